@@ -1,0 +1,98 @@
+"""Command line: `run_engine.py` / `scapecast` subcommands (DESIGN §8).
+
+Every subcommand reads configs/default.yaml, then `--config FILE`, then `--set section.key=value`.
+User errors (bad config, missing files, no camera) print one line and exit non-zero; `--debug` shows
+the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from engine.config import Config, ConfigError, load_config
+from engine.errors import UserError
+
+log = logging.getLogger("scapecast")
+
+
+def _cmd_model_info(args: argparse.Namespace, config: Config) -> int:
+    """Print the face model summary: vertex counts per region, expressions, identity modes, embedding residual."""
+    from engine.face_model import FaceModel, LandmarkEmbedding, ModelFileError
+
+    model = FaceModel.load()
+    info = model.summary()
+    try:
+        embedding = LandmarkEmbedding.load()
+        info["landmark_embedding"] = {"landmarks": len(embedding.vertex_ids), "residual_mm": embedding.residual_mm}
+    except ModelFileError as exc:
+        info["landmark_embedding"] = f"unavailable: {exc}"
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model      {info['model_id']}  (sha256 {info['model_hash']}…)")
+    print(f"vertices   {info['vertices']}  triangles {info['triangles']}  render vertices {info['render_vertices']}")
+    for region, count in info["regions"].items():  # type: ignore[union-attr]
+        print(f"  {region:<14} {count:>6} vertices")
+    print(f"identity   {info['identity_modes']} modes;  rigid vertices {info['rigid_vertices']}")
+    print(f"expressions ({len(info['expressions'])}): {', '.join(info['expressions'])}")  # type: ignore[arg-type]
+    emb = info["landmark_embedding"]
+    if isinstance(emb, dict):
+        residual = ", ".join(f"{k} {v:.2f}" for k, v in emb["residual_mm"].items())
+        print(f"landmarks  {emb['landmarks']} embedded; residual (mm): {residual}")
+    else:
+        print(f"landmarks  {emb}")
+    return 0
+
+
+def _add_model_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model-info", help="print the face model summary")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_cmd_model_info)
+
+
+# Each subcommand module contributes one `add_*` function; order here is the order in --help.
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_model_info]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scapecast", description="Real-time streaming avatar engine.")
+    parser.add_argument("--config", help="YAML config layered over configs/default.yaml")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override"
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `run_engine.py` and the `scapecast` console script."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known = {a for a in parser._subparsers._group_actions[0].choices}  # type: ignore[union-attr]
+    # `run` is the default subcommand: `scapecast --source demo` means `scapecast run --source demo`.
+    if "run" in known and not any(a in known for a in argv) and not any(a in ("-h", "--help") for a in argv):
+        argv = ["run", *argv]
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        config = load_config(args.config, args.overrides)
+        return int(args.handler(args, config) or 0)
+    except (ConfigError, UserError) as exc:
+        if args.debug:
+            raise
+        print(f"scapecast: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,224 @@
+"""One validated configuration schema for every stage (pydantic), loaded from YAML with CLI overrides.
+
+Order of precedence: `configs/default.yaml` < `--config FILE` < `--set section.key=value`.
+Unknown keys are errors (typos must not be silently ignored); messages name the full key path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Section):
+    """Capture: `auto` (webcam if one opens, else demo), `webcam[:N]`, `demo`, or a video/image path."""
+
+    kind: str = "auto"
+    width: int = Field(640, ge=16, le=7680)
+    height: int = Field(480, ge=16, le=4320)
+    fps: float = Field(30.0, gt=0, le=240)
+    realtime: bool = False  # file sources: drop frames to keep wall-clock pace instead of processing all
+    loop: bool = False
+    demo_size: int = Field(512, ge=64, le=2048)
+    demo_seed: int = 0
+
+
+class TrackingConfig(_Section):
+    """MediaPipe FaceMesh."""
+
+    max_faces: int = Field(1, ge=1, le=4)
+    refine_landmarks: bool = True
+    min_detection_confidence: float = Field(0.5, ge=0, le=1)
+    min_tracking_confidence: float = Field(0.5, ge=0, le=1)
+    static_image_mode: bool = False
+
+
+class FilterConfig(_Section):
+    """One Euro filter (Casiez et al. 2012) parameters for one channel group."""
+
+    min_cutoff: float = Field(1.0, gt=0)
+    beta: float = Field(0.0, ge=0)
+    d_cutoff: float = Field(1.0, gt=0)
+
+
+class SolveConfig(_Section):
+    """Regression: landmarks → head pose + 53 expression weights."""
+
+    regularization: float = Field(0.05, ge=0)
+    max_iterations: int = Field(30, ge=1, le=1000)
+    use_depth: bool = True
+    filter_enabled: bool = True
+    filter_eyes: FilterConfig = FilterConfig(min_cutoff=3.0, beta=0.5)
+    filter_brows: FilterConfig = FilterConfig(min_cutoff=1.5, beta=0.3)
+    filter_mouth: FilterConfig = FilterConfig(min_cutoff=1.5, beta=0.3)
+    filter_pose: FilterConfig = FilterConfig(min_cutoff=1.0, beta=0.2)
+    coast_seconds: float = Field(0.5, ge=0)
+    ease_seconds: float = Field(1.0, ge=0)
+
+
+class DetailConfig(_Section):
+    """Dynamic displacement bases (FaceScape §4.3)."""
+
+    enabled: bool = True
+    resolution: int = Field(512, ge=64, le=2048)
+    backend: Literal["auto", "tensorrt", "torch", "onnxruntime"] = "auto"
+    weights: Path | None = None  # None: the shipped network in models/
+    engine_cache_dir: Path | None = None  # None: the user cache dir
+    scale_mm: float = Field(1.0, gt=0)  # output gain applied when shading
+
+
+class RenderConfig(_Section):
+    """moderngl avatar renderer."""
+
+    width: int = Field(512, ge=16, le=4096)
+    height: int = Field(512, ge=16, le=4096)
+    samples: int = Field(4, ge=0, le=16)
+    backend: Literal["egl", "window", "auto"] = "egl"
+    fov_y_deg: float = Field(25.0, gt=1, lt=120)
+    camera_distance_cm: float = Field(60.0, gt=1)
+    debug_view: Literal["none", "displacement", "weights", "normals"] = "none"
+    background: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    mirror_preview: bool = True
+
+
+class StreamConfig(_Section):
+    """ZeroMQ publisher (wire format v1) and bridges."""
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    params_port: int = Field(5555, ge=1, le=65535)
+    frame_port: int = Field(5556, ge=1, le=65535)
+    asset_port: int = Field(5557, ge=1, le=65535)
+    frame_codec: Literal["jpeg", "rgba", "none"] = "jpeg"
+    jpeg_quality: int = Field(85, ge=1, le=100)
+    send_hwm: int = Field(4, ge=1, le=10000)
+    insecure: bool = False
+    curve_server_secret: Path | None = None
+    curve_allowed_clients: Path | None = None
+    vmc_enabled: bool = False
+    vmc_host: str = "127.0.0.1"
+    vmc_port: int = Field(39539, ge=1, le=65535)
+    vmc_name_casing: Literal["arkit", "vrm"] = "arkit"
+
+
+class IdentityConfig(_Section):
+    """Which identity bundle drives the avatar, and where bundles live."""
+
+    name: str = "default"
+    cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/scapecast/identities
+
+
+class PipelineConfig(_Section):
+    """Threads and run limits."""
+
+    frames: int | None = Field(None, ge=1)
+    duration_s: float | None = Field(None, gt=0)
+    window: bool = False
+    status_line: bool = True
+
+
+class Config(_Section):
+    """The whole engine configuration."""
+
+    source: SourceConfig = SourceConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    solve: SolveConfig = SolveConfig()
+    detail: DetailConfig = DetailConfig()
+    render: RenderConfig = RenderConfig()
+    stream: StreamConfig = StreamConfig()
+    identity: IdentityConfig = IdentityConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    path = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        parent = first["loc"][:-1]
+        allowed = _allowed_keys(parent)
+        return f"{origin}: unknown key '{path}' (allowed: {', '.join(allowed)})"
+    return f"{origin}: invalid value for '{path}': {first['msg']} (got {first.get('input')!r})"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for key in loc:
+        field = model.model_fields.get(str(key))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            break
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`section.key=value` → nested dict; the value is parsed as YAML (numbers, booleans, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(
+    path: Path | str | None = None, overrides: list[str] | None = None, base: Path | None = DEFAULT_CONFIG_PATH
+) -> Config:
+    """Build the validated Config: defaults file, then `path`, then each `section.key=value` override."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if base is not None and Path(base).is_file():
+        data = _read_yaml(Path(base))
+        origin = str(base)
+    if path is not None:
+        data = _deep_merge(data, _read_yaml(Path(path)))
+        origin = str(path)
+    for text in overrides or []:
+        data = _deep_merge(data, parse_override(text))
+        origin = f"--set {text}" if len(overrides or []) == 1 else "--set overrides"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from None
