@@ -1,0 +1,26 @@
+"""Shared fixtures. Tests that read ../shared skip cleanly when it is absent (a fresh clone, CI elsewhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """`../shared`, or skip the test when this checkout has none beside it."""
+    if not (SHARED_DIR / "DESIGN.md").is_file():
+        pytest.skip("../shared is absent: this test needs the shared data set")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def face_model():
+    """The shipped ICT face model (loaded once per session)."""
+    from engine.face_model import FaceModel
+
+    return FaceModel.load()
