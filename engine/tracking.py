@@ -1,0 +1,187 @@
+"""Tracking stage: `Frame` (RGB uint8) → MediaPipe FaceMesh landmarks for each face (478 with the iris points).
+
+Wraps MediaPipe's FaceMesh graph (`mediapipe==0.10.21`, models shipped in the wheel) with `refine_landmarks`
+on, so each face has 468 canonical-mesh landmarks plus 10 iris points: 468 the subject's right iris centre,
+469–472 its contour, 473 the subject's left iris centre, 474–477 its contour (MediaPipe's "left"/"right" are
+the subject's, as in `FACEMESH_LEFT_IRIS` = 474–477).
+
+Presence score: FaceMesh's solution graph gates faces on the landmark model's own presence flag
+(`min_tracking_confidence`) but does not output that flag. What it does output is the face *detector's* score
+on the frames where the detector runs (every frame in static mode; in video mode only when a face is
+(re)acquired). So `Landmarks.presence` is the score of the detection that acquired the face, carried along
+while the face keeps being tracked; a face that passed the gate without any known detection reports
+`min_tracking_confidence`, the lower bound the gate guarantees.
+
+A `FaceTracker` is not thread-safe: use one per thread.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import numpy as np
+
+from engine.config import TrackingConfig
+from engine.types import Frame, Landmarks
+
+N_LANDMARKS_REFINED = 478
+N_LANDMARKS_BASIC = 468
+MIN_IMAGE_SIZE = 32  # pixels; below this FaceMesh cannot find a face and some graph stages misbehave
+
+_GRAPH = "mediapipe/modules/face_landmark/face_landmark_front_cpu.binarypb"
+# Calculator options addressed by their expanded subgraph path inside the graph.
+_DETECTION_THRESHOLD = (
+    "__".join(
+        ("facedetectionshortrangecpu", "facedetectionshortrange", "facedetection", "TensorsToDetectionsCalculator")
+    )
+    + ".min_score_thresh"
+)
+_TRACKING_THRESHOLD = "facelandmarkcpu__ThresholdingCalculator.threshold"
+
+
+class InvalidFrameError(ValueError):
+    """A frame the tracker cannot take (wrong type, dtype, shape, size or memory layout); says which."""
+
+
+def validate_image(image: object) -> np.ndarray:
+    """Check that `image` is an (H, W, 3) uint8 C-contiguous RGB array at least MIN_IMAGE_SIZE a side.
+
+    Returns the array unchanged; raises InvalidFrameError naming what was wrong.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InvalidFrameError(f"frame image must be a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidFrameError(f"frame image must be H×W×3 RGB, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise InvalidFrameError(f"frame image must be uint8, got dtype {image.dtype}")
+    height, width = image.shape[:2]
+    if height < MIN_IMAGE_SIZE or width < MIN_IMAGE_SIZE:
+        raise InvalidFrameError(f"frame image is {width}×{height}; at least {MIN_IMAGE_SIZE}×{MIN_IMAGE_SIZE} needed")
+    if not image.flags.c_contiguous:
+        raise InvalidFrameError("frame image must be C-contiguous (use np.ascontiguousarray on views and slices)")
+    return image
+
+
+def _boxes(points: np.ndarray) -> np.ndarray:
+    """(F, N, 2) normalized points → (F, 4) boxes x0, y0, x1, y1."""
+    return np.concatenate([points.min(axis=1), points.max(axis=1)], axis=1)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(A, 4), (B, 4) boxes → (A, B) intersection over union."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+class FaceTracker:
+    """MediaPipe FaceMesh on RGB frames.
+
+    `static=True` (or `config.static_image_mode`) treats every frame as an unrelated still: the face detector
+    runs each time (slower, no temporal smoothing) — use it for photos and enrollment images. Otherwise the
+    previous frame's landmarks seed the next frame's crop (video mode).
+    """
+
+    def __init__(self, config: TrackingConfig | None = None, *, static: bool | None = None) -> None:
+        # Imported here: mediapipe takes ~1 s to import and only the tracking stage needs it.
+        from mediapipe.python.solution_base import SolutionBase
+
+        self.config = config if config is not None else TrackingConfig()
+        self.static = self.config.static_image_mode if static is None else static
+        self._graph = SolutionBase(
+            binary_graph_path=_GRAPH,
+            side_inputs={
+                "num_faces": self.config.max_faces,
+                "with_attention": self.config.refine_landmarks,
+                "use_prev_landmarks": not self.static,
+            },
+            calculator_params={
+                _DETECTION_THRESHOLD: self.config.min_detection_confidence,
+                _TRACKING_THRESHOLD: self.config.min_tracking_confidence,
+            },
+            outputs=["multi_face_landmarks", "face_detections"],
+        )
+        self._prev_boxes = np.zeros((0, 4))
+        self._prev_scores = np.zeros(0)
+
+    @property
+    def n_landmarks(self) -> int:
+        """478 with refined landmarks (iris), 468 without."""
+        return N_LANDMARKS_REFINED if self.config.refine_landmarks else N_LANDMARKS_BASIC
+
+    def process(self, frame: Frame) -> list[Landmarks]:
+        """Track one frame: a list with one `Landmarks` per face found (empty when there is none).
+
+        Raises InvalidFrameError for an image that is not (H, W, 3) uint8 C-contiguous of a usable size.
+        """
+        return self.process_image(frame.image)
+
+    def process_image(self, image: np.ndarray) -> list[Landmarks]:
+        """Same as `process`, on a bare (H, W, 3) uint8 RGB array."""
+        if self._graph is None:
+            raise RuntimeError("FaceTracker is closed")
+        image = validate_image(image)
+        height, width = image.shape[:2]
+        result = self._graph.process({"image": image})
+        faces = result.multi_face_landmarks or []
+        if not faces:
+            self._prev_boxes, self._prev_scores = np.zeros((0, 4)), np.zeros(0)
+            return []
+        points = [[(p.x, p.y, p.z) for p in face.landmark] for face in faces]
+        normalized = np.array(points, dtype=np.float64).reshape(len(faces), -1, 3)
+        # MediaPipe can emit NaN for a degenerate crop; such a face is unusable downstream, so it is dropped.
+        finite = np.isfinite(normalized).all(axis=(1, 2))
+        normalized = normalized[finite]
+        boxes = _boxes(normalized[:, :, :2])
+        presence = self._presence(boxes, result.face_detections)
+        self._prev_boxes, self._prev_scores = boxes, presence
+        scale = np.array([width, height, width], dtype=np.float64)
+        return [
+            Landmarks(
+                normalized=normalized[k].astype(np.float32),
+                pixels=(normalized[k] * scale).astype(np.float32),
+                image_size=(width, height),
+                presence=float(presence[k]),
+                face_index=k,
+            )
+            for k in range(len(normalized))
+        ]
+
+    def _presence(self, boxes: np.ndarray, detections: list | None) -> np.ndarray:
+        """(F, 4) face boxes → (F,) presence: best-overlapping detection's score, else the carried score."""
+        floor = self.config.min_tracking_confidence
+        presence = np.full(len(boxes), floor)
+        if detections:
+            det_boxes = np.array(
+                [
+                    (b.xmin, b.ymin, b.xmin + b.width, b.ymin + b.height)
+                    for b in (d.location_data.relative_bounding_box for d in detections)
+                ]
+            )
+            det_scores = np.array([d.score[0] if d.score else floor for d in detections])
+            ref_boxes, ref_scores = det_boxes, det_scores
+        else:
+            ref_boxes, ref_scores = self._prev_boxes, self._prev_scores
+        if len(ref_boxes) and len(boxes):
+            overlap = _iou(boxes, ref_boxes)
+            best = overlap.argmax(axis=1)
+            matched = overlap[np.arange(len(boxes)), best] > 0.1
+            presence[matched] = np.maximum(ref_scores[best[matched]], floor)
+        return presence
+
+    def close(self) -> None:
+        """Release the MediaPipe graph (idempotent)."""
+        if self._graph is not None:
+            self._graph.close()
+            self._graph = None
+
+    def __enter__(self) -> FaceTracker:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,117 @@
+"""MediaPipe tracking wrapper: real FaceMesh on MediaPipe's own test photos, compared with its goldens."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.config import TrackingConfig
+from engine.tracking import FaceTracker, InvalidFrameError, validate_image
+from engine.types import Frame
+
+MEDIAPIPE_TOLERANCE = 0.03  # normalized; what MediaPipe's own landmark tests accept
+
+
+def _image(shared_dir: Path, name: str) -> np.ndarray:
+    return np.ascontiguousarray(Image.open(shared_dir / "testdata/mediapipe/images" / name).convert("RGB"))
+
+
+def _portrait_golden(shared_dir: Path) -> np.ndarray:
+    text = (shared_dir / "testdata/mediapipe/golden/portrait_expected_face_landmarks.pbtxt").read_text()
+    xs = [float(v) for v in re.findall(r"\bx:\s*([-\d.eE+]+)", text)]
+    ys = [float(v) for v in re.findall(r"\by:\s*([-\d.eE+]+)", text)]
+    return np.stack([xs, ys], axis=1)
+
+
+@pytest.fixture(scope="module")
+def still_tracker():
+    with FaceTracker(TrackingConfig(), static=True) as tracker:
+        yield tracker
+
+
+def test_portrait_matches_mediapipe_golden(shared_dir, still_tracker):
+    image = _image(shared_dir, "portrait.jpg")
+    golden = _portrait_golden(shared_dir)
+    faces = still_tracker.process(Frame(image, t_capture_ns=0, index=0))
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.normalized.shape == (478, 3) and face.pixels.shape == (478, 3)
+    assert np.isfinite(face.normalized).all()
+    assert face.image_size == (image.shape[1], image.shape[0])
+    assert golden.shape == (478, 2)
+    error = np.abs(face.normalized[:, :2] - golden)
+    assert error.max() < MEDIAPIPE_TOLERANCE, f"max deviation {error.max():.4f} at landmark {error.argmax() // 2}"
+    assert 0.5 <= face.presence <= 1.0
+
+
+def test_business_person_matches_golden_and_pixels_are_scaled(shared_dir, still_tracker):
+    image = _image(shared_dir, "business-person.png")
+    golden_path = shared_dir / "testdata/mediapipe/golden/business-person_expected_face_landmarks.json"
+    data = json.loads(golden_path.read_text())
+    golden = np.asarray(data["landmarks"])
+    (face,) = still_tracker.process_image(image)
+    assert np.abs(face.normalized[:, :2] - golden[:, :2]).max() < MEDIAPIPE_TOLERANCE
+    height, width = image.shape[:2]
+    np.testing.assert_allclose(face.pixels[:, 0], face.normalized[:, 0] * width, rtol=1e-5)
+    np.testing.assert_allclose(face.pixels[:, 1], face.normalized[:, 1] * height, rtol=1e-5)
+    # z in pixels is scaled by the width, like x (MediaPipe's convention), not by the height.
+    np.testing.assert_allclose(face.pixels[:, 2], face.normalized[:, 2] * width, rtol=1e-5, atol=1e-3)
+
+
+def test_iris_points_belong_to_the_subjects_eyes(shared_dir, still_tracker):
+    (face,) = still_tracker.process_image(_image(shared_dir, "sergey.png"))
+    px = face.pixels
+    # Frontal, unmirrored photo: the subject's right eye (outer corner 33) is on the image's left.
+    assert px[33, 0] < px[263, 0]
+    for centre, contour, corners in ((468, slice(469, 473), (33, 133)), (473, slice(474, 478), (362, 263))):
+        lo, hi = sorted(px[list(corners), 0])
+        assert lo < px[centre, 0] < hi
+        np.testing.assert_allclose(px[contour, :2].mean(axis=0), px[centre, :2], atol=3.0)
+
+
+def test_video_mode_tracks_consecutive_frames(shared_dir):
+    image = _image(shared_dir, "portrait.jpg")
+    with FaceTracker(TrackingConfig(static_image_mode=False)) as tracker:
+        first = tracker.process(Frame(image, 0, 0))
+        second = tracker.process(Frame(image, 33_000_000, 1))
+    assert len(first) == len(second) == 1
+    # The second frame is tracked from the first's crop, not re-detected: same face, same presence.
+    assert np.abs(first[0].normalized[:, :2] - second[0].normalized[:, :2]).max() < 0.01
+    assert second[0].presence == pytest.approx(first[0].presence)
+
+
+def test_no_face_gives_empty_list(still_tracker):
+    assert still_tracker.process(Frame(np.zeros((256, 256, 3), np.uint8), 0, 0)) == []
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    assert still_tracker.process_image(noise) == []
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((64, 64, 3), np.float32), "uint8"),
+        (np.zeros((64, 64), np.uint8), "H×W×3"),
+        (np.zeros((64, 64, 4), np.uint8), "H×W×3"),
+        (np.zeros((1, 1, 3), np.uint8), "1×1"),
+        (np.zeros((64, 128, 3), np.uint8)[:, ::2], "C-contiguous"),
+        ([[0, 0, 0]], "numpy array"),
+    ],
+)
+def test_invalid_frames_are_refused_with_a_reason(image, message):
+    with pytest.raises(InvalidFrameError, match=message):
+        validate_image(image)
+
+
+def test_tracker_refuses_invalid_frame_and_closes(still_tracker):
+    with pytest.raises(InvalidFrameError, match="uint8"):
+        still_tracker.process(Frame(np.zeros((64, 64, 3), np.int16), 0, 0))
+    tracker = FaceTracker(TrackingConfig(), static=True)
+    tracker.close()
+    tracker.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        tracker.process_image(np.zeros((64, 64, 3), np.uint8))
