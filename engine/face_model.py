@@ -37,6 +37,29 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def seam_split(
+    triangles: np.ndarray, triangle_uv_ids: np.ndarray, uvs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split vertices at UV seams: one render vertex per distinct (model vertex, uv) corner pair.
+
+    triangles, triangle_uv_ids: (T, 3) int; uvs: (U, 2). Returns render_to_model (R,) int32,
+    render_uv (R, 2) float32 and render_triangles (T, 3) int32 with triangles == render_to_model[render_triangles].
+    """
+    pairs = np.stack([np.ravel(triangles), np.ravel(triangle_uv_ids)], axis=1)
+    unique_pairs, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    render_to_model = unique_pairs[:, 0].astype(np.int32)
+    render_uv = np.asarray(uvs, dtype=np.float32)[unique_pairs[:, 1]]
+    return render_to_model, render_uv, inverse.reshape(-1, 3).astype(np.int32)
+
+
+def fan_triangulate(polygons: np.ndarray) -> np.ndarray:
+    """(F, k) polygon corner ids → (F·(k−2), 3) triangles (0, i, i+1), polygon by polygon."""
+    polygons = np.asarray(polygons)
+    k = polygons.shape[1]
+    tris = [polygons[:, [0, i, i + 1]] for i in range(1, k - 1)]
+    return np.stack(tris, axis=1).reshape(-1, 3)
+
+
 @dataclass(frozen=True)
 class FaceTopology:
     """Mesh connectivity shared by every identity and expression.
@@ -230,7 +253,9 @@ class LandmarkEmbedding:
         """Load `models/landmark_embedding.npz` (made by `tools/fit_landmark_embedding.py`)."""
         path = Path(path)
         if not path.is_file():
-            raise ModelFileError(f"landmark embedding not found: {path} (build it with tools/fit_landmark_embedding.py)")
+            raise ModelFileError(
+                f"landmark embedding not found: {path} (build it with tools/fit_landmark_embedding.py)"
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
                 names = [str(s) for s in z["residual_regions"]]

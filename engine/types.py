@@ -83,8 +83,12 @@ class FaceState:
         return ict_to_arkit(self.weights)
 
     @staticmethod
-    def neutral(t_capture_ns: int = 0, frame_index: int = -1, tracking: TrackingState = TrackingState.LOST) -> FaceState:
-        return FaceState(HeadPose.identity(), np.zeros(len(ICT_EXPRESSIONS)), tracking, 0.0, t_capture_ns, frame_index)
+    def neutral(
+        t_capture_ns: int = 0, frame_index: int = -1, tracking: TrackingState = TrackingState.LOST
+    ) -> FaceState:
+        """The rest face, frontal, zero confidence (what `lost` eases to)."""
+        zeros = np.zeros(len(ICT_EXPRESSIONS))
+        return FaceState(HeadPose.identity(), zeros, tracking, 0.0, t_capture_ns, frame_index)
 
 
 @dataclass(frozen=True)

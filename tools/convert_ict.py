@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from engine.face_model import seam_split  # noqa: E402
 
 # Vertex ranges (0-based, inclusive) from ICT-FaceKit's README; region ids are stored per vertex.
 REGION_RANGES: list[tuple[str, int, int]] = [
@@ -111,12 +115,7 @@ def main() -> None:
     identity_codes, identity_scale = quantize(identity_deltas)
     expression_codes, expression_scale = quantize(expression_deltas)
 
-    # Seam split: one render vertex per distinct (model vertex, uv) pair.
-    pairs = np.stack([triangles.ravel(), triangle_uv_ids.ravel()], axis=1)
-    unique_pairs, inverse = np.unique(pairs, axis=0, return_inverse=True)
-    render_to_model = unique_pairs[:, 0].astype(np.int32)
-    render_uv = uvs[unique_pairs[:, 1]]
-    render_triangles = inverse.reshape(-1, 3).astype(np.int32)
+    render_to_model, render_uv, render_triangles = seam_split(triangles, triangle_uv_ids, uvs)
 
     material_names = sorted(set(tri_mat))
     triangle_material = np.array([material_names.index(m) for m in tri_mat], dtype=np.uint8)
