@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from engine.app import add_run_command
 from engine.config import Config, ConfigError, load_config
 from engine.errors import UserError
 
@@ -55,7 +56,7 @@ def _add_model_info(sub: argparse._SubParsersAction) -> None:
 
 
 # Each subcommand module contributes one `add_*` function; order here is the order in --help.
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_model_info]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_command, _add_model_info]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,269 @@
+"""Wiring for the `run` command: identity resolution, stage factories, the live status line and the summary.
+
+The pipeline (`engine/pipeline.py`) only moves data between stages; this module decides which stages to
+build from the config and what to report when the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from engine.config import Config, IdentityConfig
+from engine.errors import UserError
+from engine.face_model import FaceModel
+from engine.identity import DEFAULT_IDENTITY_DIR, BundleError, Identity, default_bundle_dir, load_bundle
+from engine.metrics import closed_loop_metrics
+from engine.pipeline import FrameResult, Pipeline, PipelineParts
+
+log = logging.getLogger(__name__)
+
+
+def load_identity(config: IdentityConfig, model: FaceModel) -> Identity:
+    """The identity bundle named in the config (the shipped default when `default` was never enrolled).
+
+    A bundle whose bases are corrupt is rebuilt from its identity (bases recomputed and saved); a bundle of
+    another face model, or one whose identity file is damaged, is refused with the command that fixes it.
+    """
+    directory = default_bundle_dir(config.name, config.cache_dir)
+    if config.name == "default" and not (directory / "identity.json").is_file():
+        directory = DEFAULT_IDENTITY_DIR
+    if not (directory / "identity.json").is_file():
+        raise UserError(
+            f"no identity named {config.name!r} in {directory.parent} "
+            f"(create it with: run_engine.py enroll --name {config.name} --image PHOTO)"
+        )
+    try:
+        return load_bundle(directory, model)
+    except BundleError as exc:
+        if directory == DEFAULT_IDENTITY_DIR:
+            raise UserError(f"the shipped default identity is damaged ({exc}); restore models/ from git") from None
+        try:
+            partial = load_bundle(directory, model, with_bases=False)
+        except BundleError:
+            raise UserError(f"{exc} — re-create it with: run_engine.py enroll --name {config.name} ...") from None
+        log.warning("%s — recomputing the detail bases", exc)
+        return rebuild_bases(partial, model, directory)
+
+
+def rebuild_bases(identity: Identity, model: FaceModel, directory: Path, config: Config | None = None) -> Identity:
+    """Recompute an identity's 20 detail bases (progress bar) and save the bundle again."""
+    from dataclasses import replace
+
+    from engine.detail.precompute import precompute_bases
+    from engine.identity import save_bundle
+
+    detail = (config or Config()).detail
+    texture = identity.texture if identity.texture is not None else np.full((1024, 1024, 3), 180, np.uint8)
+    bases = precompute_bases(model, identity.identity_weights, texture, detail, progress=True)
+    rebuilt = replace(identity, bases=bases)
+    save_bundle(rebuilt, directory)
+    return rebuilt
+
+
+class ParamsJsonl:
+    """Writes one JSON line per processed frame: frame index, capture time, tracking, pose, ARKit blendshapes."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._file: TextIO = open(path, "w", buffering=1)  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise UserError(f"cannot write --params-jsonl {path}: {exc.strerror}") from None
+
+    def __call__(self, result: FrameResult) -> None:
+        state = result.state
+        record = {
+            "frame": result.frame.index,
+            "t_capture_ns": state.t_capture_ns,
+            "tracking": {"state": state.tracking.value, "confidence": round(float(state.confidence), 4)},
+            "pose": {
+                "quaternion": [round(float(x), 6) for x in state.pose.quaternion],
+                "translation": [round(float(x), 4) for x in state.pose.translation],
+                "scale": round(float(state.pose.scale), 6),
+            },
+            "blendshapes": {k: round(v, 5) for k, v in state.arkit().items()},
+        }
+        self._file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def build_parts(
+    config: Config, source_spec: str, model: FaceModel, identity: Identity, render: bool = True
+) -> PipelineParts:
+    """Stage factories for one run (each called on its own thread)."""
+    from engine.face_model import LandmarkEmbedding
+    from engine.solve.solver import FaceSolver
+    from engine.sources.select import open_source
+    from engine.tracking import FaceTracker
+
+    embedding = LandmarkEmbedding.load()
+    engine_id = f"scapecast-{uuid.uuid4().hex[:8]}"
+
+    def make_renderer() -> Any:
+        from engine.render.renderer import AvatarRenderer
+
+        return AvatarRenderer(model, identity, config.render)
+
+    def make_publisher() -> Any:
+        from engine.identity import default_bundle_dir
+        from engine.stream.publisher import Publisher
+
+        bundle = default_bundle_dir(identity.name, config.identity.cache_dir)
+        asset_dir = bundle if (bundle / "identity.json").is_file() else DEFAULT_IDENTITY_DIR
+        return Publisher(config.stream, engine_id, identity_info=identity_info(identity), asset_dir=asset_dir)
+
+    consumers: list[Callable[[FrameResult], None]] = []
+    if config.stream.vmc_enabled:
+        from engine.stream.vmc import VmcBridge
+
+        bridge = VmcBridge(config.stream.vmc_host, config.stream.vmc_port, config.stream.vmc_name_casing)
+        consumers.append(lambda result: bridge.send(result.state))
+
+    return PipelineParts(
+        source=lambda: open_source(source_spec, config),
+        tracker=lambda: FaceTracker(config.tracking),
+        solver=lambda: FaceSolver(model, embedding, identity, config.solve),
+        renderer=make_renderer if render else None,
+        publisher=make_publisher if config.stream.enabled else None,
+        consumers=consumers,
+    )
+
+
+def identity_info(identity: Identity) -> dict[str, Any]:
+    """What the `identity` topic announces about the avatar."""
+    return {"id": identity.name, "model_id": identity.model_id, "source": identity.source}
+
+
+class StatusLine:
+    """A one-line live status on stderr (rewritten in place on a terminal, a line every 5 s otherwise)."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last_line_s = 0.0
+
+    def __call__(self, pipeline: Pipeline) -> None:
+        import time
+
+        stats = pipeline.stats(window=60)
+        text = (
+            f"[scapecast] {pipeline.source_description or 'starting'} | frames {stats['frames']} | "
+            f"{stats['fps']:.1f} fps | latency p95 {stats['latency_ms']['p95']:.1f} ms | {stats['tracking']}"
+        )
+        if self.tty:
+            self.stream.write("\r" + text.ljust(100)[:140])
+            self.stream.flush()
+        elif time.monotonic() - self._last_line_s >= 5.0:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self._last_line_s = time.monotonic()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def summarize(pipeline: Pipeline) -> dict[str, Any]:
+    """The `--summary-json` document (DESIGN §8)."""
+    results = pipeline.snapshot()
+    stats = pipeline.stats(window=None)
+    tracked = sum(1 for r in results if r.landmarks is not None)
+    summary: dict[str, Any] = {
+        "source": pipeline.source_description,
+        "frames": stats["frames"],
+        "fps": stats["fps"],
+        "latency_ms": stats["latency_ms"],
+        "frame_latency_ms": stats["frame_latency_ms"],
+        "stages_ms": stats["stages_ms"],
+        "tracking_rate": round(tracked / len(results), 4) if results else 0.0,
+        "published": dict(pipeline.published),
+        "dropped": stats["dropped"],
+        "invalid_frames": pipeline.invalid_frames,
+        "wall_s": round((pipeline.t_end_ns - pipeline.t_start_ns) / 1e9, 3),
+    }
+    with_truth = [r for r in results if r.frame.true_weights is not None]
+    if with_truth:
+        truth = np.stack([r.frame.true_weights for r in with_truth])
+        solved = np.stack([r.state.weights for r in with_truth])
+        summary["closed_loop"] = closed_loop_metrics(truth, solved)
+    return summary
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    """The live engine (DESIGN §8 `run`)."""
+    if args.frames is not None:
+        config.pipeline.frames = args.frames
+    if args.duration is not None:
+        config.pipeline.duration_s = args.duration
+    if args.identity:
+        config.identity.name = args.identity
+    if args.realtime:
+        config.source.realtime = True
+    source_spec = args.source or config.source.kind
+    model = FaceModel.load()
+    identity = load_identity(config.identity, model)
+    parts = build_parts(config, source_spec, model, identity, render=not args.no_render)
+    jsonl = ParamsJsonl(Path(args.params_jsonl)) if args.params_jsonl else None
+    if jsonl is not None:
+        parts.consumers.append(jsonl)
+    pipeline = Pipeline(parts, realtime=True if config.source.realtime else None)
+    status = StatusLine() if config.pipeline.status_line and not args.quiet else None
+    # SIGTERM stops as cleanly as Ctrl-C (SIGINT raises KeyboardInterrupt, which run() handles).
+    previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop())
+    try:
+        pipeline.run(config.pipeline.frames, config.pipeline.duration_s, on_tick=status)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if status is not None:
+            status.finish()
+        if jsonl is not None:
+            jsonl.close()
+    summary = summarize(pipeline)
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+    print(_summary_text(summary))
+    return 0
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    lines = [
+        f"scapecast: {summary['frames']} frames from {summary['source']} in {summary['wall_s']} s, "
+        f"{summary['fps']} fps, capture→publish p50 {summary['latency_ms']['p50']} ms "
+        f"p95 {summary['latency_ms']['p95']} ms, tracking rate {summary['tracking_rate']:.3f}",
+        "  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in summary["stages_ms"].items()),
+        "  published: " + (", ".join(f"{k} {v}" for k, v in summary["published"].items()) or "nothing"),
+    ]
+    if "closed_loop" in summary:
+        loop = summary["closed_loop"]
+        lines.append(
+            f"  closed loop: mean |w − w_true| {loop['mae']} on {loop['driven_channels']} driven channels "
+            f"({loop['mae_all']} over all 53)"
+        )
+    return "\n".join(lines)
+
+
+def add_run_command(sub: argparse._SubParsersAction) -> None:
+    """`run` (the default command): the live engine."""
+    p = sub.add_parser("run", help="the live engine (default command)")
+    p.add_argument("--source", help="auto | webcam[:N] | demo | PATH (video, image or folder); default from config")
+    p.add_argument("--identity", help="identity bundle name (default from config: 'default')")
+    p.add_argument("--frames", type=int, help="stop after N processed frames")
+    p.add_argument("--duration", type=float, help="stop after S seconds")
+    p.add_argument("--no-window", action="store_true", help="headless: no preview window")
+    p.add_argument("--no-render", action="store_true", help="track and publish parameters only")
+    p.add_argument("--realtime", action="store_true", help="file sources: keep wall-clock pace, drop stale frames")
+    p.add_argument("--summary-json", help="write the run summary (fps, latency, accuracy) to PATH")
+    p.add_argument("--params-jsonl", help="write one JSON line per processed frame to PATH")
+    p.add_argument("--quiet", action="store_true", help="no live status line")
+    p.set_defaults(handler=cmd_run)
