@@ -96,13 +96,17 @@ class RenderConfig(_Section):
 
 
 class StreamConfig(_Section):
-    """ZeroMQ publisher (wire format v1) and bridges."""
+    """ZeroMQ publisher (wire format v1, docs/protocol.md) and bridges.
+
+    A non-loopback `bind_address` needs CURVE (`curve_server_secret` + `curve_allowed_clients`, made by
+    `run_engine.py keys`) or `insecure`. Port 0 binds an ephemeral port (tests, several engines on one host).
+    """
 
     enabled: bool = True
     bind_address: str = "127.0.0.1"
-    params_port: int = Field(5555, ge=1, le=65535)
-    frame_port: int = Field(5556, ge=1, le=65535)
-    asset_port: int = Field(5557, ge=1, le=65535)
+    params_port: int = Field(5555, ge=0, le=65535)
+    frame_port: int = Field(5556, ge=0, le=65535)
+    asset_port: int = Field(5557, ge=0, le=65535)
     frame_codec: Literal["jpeg", "rgba", "none"] = "jpeg"
     jpeg_quality: int = Field(85, ge=1, le=100)
     send_hwm: int = Field(4, ge=1, le=10000)

@@ -1,0 +1,196 @@
+"""Publisher: wire format v1 over ZeroMQ (DESIGN §7). See `engine/stream/schema.py` and docs/protocol.md.
+
+    port 5555  PUB     [b"params"|b"identity"|b"status"|b"stats", msgpack header]
+    port 5556  PUB     [b"frame", msgpack header, image bytes (JPEG or raw RGBA)]
+    port 5557  ROUTER  asset service (engine/stream/assets.py)
+
+Every header holds v, seq (per topic), t_capture_ns, t_publish_ns (monotonic ns), source, plus the topic's
+fields. Frames get their own socket so that small `params` never queue behind megabyte images.
+
+Slow subscribers: a PUB socket never blocks; when one subscriber's queue reaches SNDHWM (kept small) ZeroMQ
+drops that subscriber's messages only. Subscribers see the loss as a `seq` gap. No ZMQ_CONFLATE: it breaks
+multipart messages and topic filters; latest-value semantics live in the client instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import zmq
+
+from engine.config import StreamConfig
+from engine.errors import UserError
+from engine.names import ARKIT_BLENDSHAPES, UNSUPPORTED_ARKIT
+from engine.stream.assets import AssetServer, scan_bundle
+from engine.stream.schema import FRAME, IDENTITY, PARAMS, STATS, STATUS, TOPICS, VERSION, encode
+from engine.stream.security import ServerSecurity
+from engine.types import FaceState, RenderedFrame
+
+log = logging.getLogger(__name__)
+
+IDENTITY_PERIOD_S = 1.0  # late joiners learn the identity within this period (plus connect time)
+
+
+class Publisher:
+    """Binds the three sockets of wire format v1 and publishes engine output; never blocks on subscribers.
+
+    identity_info: at least `id` and `model_id` of the identity being rendered (extra keys are passed through
+    in the `identity` message). asset_dir: an identity bundle directory served by the asset service.
+    Port 0 in `config` binds an ephemeral port; `endpoints` ({"params", "frame", "assets"}: address) tells which.
+    """
+
+    def __init__(
+        self,
+        config: StreamConfig,
+        source_id: str,
+        identity_info: dict[str, Any] | None = None,
+        asset_dir: Path | None = None,
+    ):
+        self.config = config
+        self.source_id = source_id
+        self.counts: dict[str, int] = dict.fromkeys(TOPICS, 0)
+        self.drops: dict[str, int] = dict.fromkeys(TOPICS, 0)
+        self._seq: dict[str, int] = dict.fromkeys(TOPICS, 0)
+        self._last_identity = -float("inf")
+        self._sockets: list[zmq.Socket] = []
+        self._assets: AssetServer | None = None
+        self._context = zmq.Context()
+        self._security = ServerSecurity()
+        try:
+            files = scan_bundle(asset_dir)
+            info = dict(identity_info or {})
+            self.identity_id = str(info.pop("id", "default"))
+            self._identity_fields = {
+                "id": self.identity_id,
+                "model_id": str(info.pop("model_id", "")),
+                "assets": {name: f.sha256 for name, f in files.items()},
+                "channels": [n for n in ARKIT_BLENDSHAPES if n not in UNSUPPORTED_ARKIT],
+                "unsupported": list(UNSUPPORTED_ARKIT),
+                **info,
+            }
+            self._security = ServerSecurity.from_config(config, self._context)
+            self._params = self._bind(zmq.PUB, config.params_port)
+            self._frames = self._bind(zmq.PUB, config.frame_port)
+            assets_socket = self._bind(zmq.ROUTER, config.asset_port)
+            self._sockets.remove(assets_socket)  # the asset thread owns and closes it
+            self.endpoints: dict[str, str] = {
+                name: sock.getsockopt_string(zmq.LAST_ENDPOINT)
+                for name, sock in (("params", self._params), ("frame", self._frames), ("assets", assets_socket))
+            }
+            self._assets = AssetServer(assets_socket, self.identity_id, files)
+        except BaseException:
+            self.close()
+            raise
+
+    def _bind(self, kind: int, port: int) -> zmq.Socket:
+        socket = self._context.socket(kind)
+        self._sockets.append(socket)
+        socket.linger = 0
+        socket.sndhwm = self.config.send_hwm
+        self._security.apply(socket)
+        host = self.config.bind_address
+        address = f"tcp://{f'[{host}]' if ':' in host else host}:{port or '*'}"
+        if ":" in host:
+            socket.ipv6 = True
+        try:
+            socket.bind(address)
+        except zmq.ZMQError as exc:
+            in_use = exc.errno == errno.EADDRINUSE
+            hint = " (another engine running? pick another port in the stream section)" if in_use else ""
+            raise UserError(f"cannot bind {address}: {exc.strerror}{hint}") from None
+        return socket
+
+    def _send(
+        self, socket: zmq.Socket, topic: str, t_capture_ns: int, fields: dict, payload: bytes | None = None
+    ) -> bool:
+        # seq advances even when the send is dropped, so that receivers can count the gap.
+        seq = self._seq[topic]
+        self._seq[topic] = seq + 1
+        header = {"v": VERSION, "seq": seq, "t_capture_ns": int(t_capture_ns), "t_publish_ns": time.monotonic_ns(),
+                  "source": self.source_id, **fields}  # fmt: skip
+        try:
+            socket.send_multipart(encode(topic, header, payload), flags=zmq.NOBLOCK, copy=payload is None)
+        except zmq.Again:
+            self.drops[topic] += 1
+            return False
+        self.counts[topic] += 1
+        return True
+
+    def publish_params(self, state: FaceState) -> bool:
+        """Send one `params` message (pose, 51 ARKit blendshapes, tracking) for `state`; False if dropped."""
+        self.tick()
+        pose = state.pose
+        fields = {
+            "pose": {
+                "quaternion": [float(c) for c in pose.quaternion],
+                "translation": [float(c) for c in pose.translation],
+                "scale": float(pose.scale),
+            },
+            "blendshapes": state.arkit(),
+            "tracking": {"state": str(state.tracking.value), "confidence": float(state.confidence)},
+            "identity": self.identity_id,
+            "face": int(state.face_index),
+            "frame_index": int(state.frame_index),
+        }
+        return self._send(self._params, PARAMS, state.t_capture_ns, fields)
+
+    def publish_frame(self, frame: RenderedFrame) -> bool:
+        """Send one `frame` message ((H, W, 4) uint8 RGBA as JPEG — alpha dropped — or raw RGBA per config)."""
+        codec = self.config.frame_codec
+        if codec == "none":
+            return False
+        image = np.ascontiguousarray(frame.image)
+        if image.ndim != 3 or image.shape[2] != 4 or image.dtype != np.uint8:
+            raise ValueError(f"RenderedFrame.image must be (H, W, 4) uint8, got {image.shape} {image.dtype}")
+        if codec == "jpeg":
+            ok, encoded = cv2.imencode(
+                ".jpg", cv2.cvtColor(image, cv2.COLOR_RGBA2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality]
+            )
+            if not ok:
+                raise RuntimeError("OpenCV failed to JPEG-encode the frame")
+            payload = encoded.tobytes()
+        else:
+            payload = image.tobytes()
+        height, width = image.shape[:2]
+        fields = {"width": width, "height": height, "codec": codec, "frame_index": int(frame.state.frame_index),
+                  "face": int(frame.state.face_index)}  # fmt: skip
+        return self._send(self._frames, FRAME, frame.state.t_capture_ns, fields, payload)
+
+    def publish_status(self, state: str, detail: dict[str, Any]) -> bool:
+        """Send a `status` message (a state change such as `running`, `tracking_lost`, `stopping`)."""
+        return self._send(self._params, STATUS, time.monotonic_ns(), {"state": state, "detail": detail})
+
+    def publish_stats(self, stats: dict[str, Any]) -> bool:
+        """Send a `stats` message (per-stage timings etc.; numpy scalars and arrays are converted)."""
+        return self._send(self._params, STATS, time.monotonic_ns(), {"stats": stats})
+
+    def tick(self) -> None:
+        """Periodic work: re-send `identity` once per IDENTITY_PERIOD_S. Called by publish_params; call it when idle."""
+        now = time.monotonic()
+        if now - self._last_identity >= IDENTITY_PERIOD_S:
+            self._last_identity = now
+            self._send(self._params, IDENTITY, time.monotonic_ns(), self._identity_fields)
+
+    def close(self) -> None:
+        """Stop the asset thread, close the sockets without lingering, stop the authenticator. Idempotent."""
+        if self._assets is not None:
+            self._assets.stop()
+            self._assets = None
+        for socket in self._sockets:
+            socket.close(linger=0)
+        self._sockets.clear()
+        self._security.stop()
+        if not self._context.closed:
+            self._context.term()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
