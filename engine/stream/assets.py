@@ -1,10 +1,12 @@
 """Asset service: hands an identity bundle's files (identity.json, texture.png, bases.npz, …) to remote renderers.
 
-Socket: ROUTER, default port 5557. Requests come from DEALER (or REQ) sockets; the reply mirrors the envelope.
+Socket: ROUTER, default port 5557. Requests use the REQ envelope: an empty delimiter frame, then the request
+(a REQ socket adds the delimiter itself; a DEALER sends it explicitly). The reply carries the same envelope,
+so requests also pass through ROUTER/DEALER proxies (`run_engine.py relay`).
 
-    request  [b"list"]              → reply [b"list", msgpack{v, id, files: {name: {sha256, size}}}]
-    request  [b"get", name (utf-8)] → reply [b"file", msgpack{v, name, sha256, size}, bytes]
-    anything else, or an unknown name → reply [b"error", msgpack{v, reason}]
+    request  [b"", b"list"]              → reply [b"", b"list", msgpack{v, id, files: {name: {sha256, size}}}]
+    request  [b"", b"get", name (utf-8)] → reply [b"", b"file", msgpack{v, name, sha256, size}, bytes]
+    anything else, or an unknown name    → reply [b"", b"error", msgpack{v, reason}]
 
 The directory is treated generically: every regular, non-hidden file at its top level is served, by name
 only (no paths, so no traversal). Files are read per request and hashed as sent, so a receiver comparing
@@ -93,10 +95,12 @@ class AssetServer:
             if not self._socket.poll(100):
                 continue
             frames = self._socket.recv_multipart()
-            # ROUTER prepends the peer id; a REQ peer adds an empty delimiter that must be echoed back.
-            envelope, request = frames[:1], frames[1:]
-            if request and request[0] == b"":
-                envelope, request = frames[:2], frames[2:]
+            # Each ROUTER hop prepends a peer id; the envelope runs up to the empty delimiter and is echoed back.
+            if b"" in frames:
+                split = frames.index(b"") + 1
+                envelope, request = frames[:split], frames[split:]
+            else:
+                envelope, request = [frames[0], b""], []
             self.requests += 1
             try:
                 self._socket.send_multipart(envelope + self._reply(request), flags=zmq.NOBLOCK, copy=False)
@@ -110,13 +114,14 @@ class AssetServer:
 
 
 def _request(socket: zmq.Socket, frames: list[bytes], deadline: float, address: str) -> list[bytes]:
-    socket.send_multipart(frames)
+    socket.send_multipart([b"", *frames])
     remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
     if not socket.poll(remaining_ms):
         raise AssetError(f"no answer from the asset service at {address} (engine down, wrong port, or keys?)")
-    reply = socket.recv_multipart()
-    if reply[0] == b"error":
-        raise AssetError(f"asset service at {address}: {msgpack.unpackb(reply[1]).get('reason')}")
+    reply = socket.recv_multipart()[1:]
+    if not reply or reply[0] == b"error":
+        reason = msgpack.unpackb(reply[1]).get("reason") if len(reply) > 1 else "empty reply"
+        raise AssetError(f"asset service at {address}: {reason}")
     return reply
 
 

@@ -182,6 +182,14 @@ class StreamClient:
         self.close()
 
 
+def engine_addresses(params_address: str) -> dict[str, str]:
+    """`tcp://HOST:5555` → {"params", "frame", "assets"} at ports +0, +1, +2 (the default layout of §7)."""
+    base, _, port = params_address.rpartition(":")
+    if not base.startswith("tcp://") or not port.isdigit() or not 0 < int(port) < 65534:
+        raise UserError(f"expected an engine address like tcp://HOST:5555, got {params_address!r}")
+    return {name: f"{base}:{int(port) + i}" for i, name in enumerate(("params", "frame", "assets"))}
+
+
 def params_to_face_state(message: Message) -> FaceState:
     """A `params` message → FaceState (53 ICT weights; ARKit channels the engine merges drive both sides)."""
     header = message.header
