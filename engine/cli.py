@@ -16,6 +16,7 @@ from collections.abc import Callable
 from engine.app import add_run_command
 from engine.config import Config, ConfigError, load_config
 from engine.errors import UserError
+from engine.stream.commands import add_keys_command, add_relay_command, add_view_command
 
 log = logging.getLogger("scapecast")
 
@@ -56,7 +57,13 @@ def _add_model_info(sub: argparse._SubParsersAction) -> None:
 
 
 # Each subcommand module contributes one `add_*` function; order here is the order in --help.
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_command, _add_model_info]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_run_command,
+    _add_model_info,
+    add_view_command,
+    add_relay_command,
+    add_keys_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
