@@ -39,6 +39,31 @@ _DETECTION_THRESHOLD = (
 _TRACKING_THRESHOLD = "facelandmarkcpu__ThresholdingCalculator.threshold"
 
 
+LANDMARK_REGION_NAMES = ("eyes", "brows", "nose", "lips", "face_oval", "iris", "other")
+
+
+def landmark_regions() -> np.ndarray:
+    """(478,) str: the region of each landmark, from MediaPipe's own connection sets.
+
+    `eyes`: eyelid contours; `brows`; `nose`; `lips`: outer and inner lip contours; `face_oval`: the face
+    outline (a silhouette: it slides over the surface as the head turns, so solvers should trust it less);
+    `iris`: 468..477; `other`: the rest of the mesh. Where MediaPipe's sets overlap, the later name wins.
+    """
+    from mediapipe.python.solutions import face_mesh_connections as fmc
+
+    def ids(*sets: frozenset[tuple[int, int]]) -> list[int]:
+        return sorted({i for s in sets for edge in s for i in edge})
+
+    region = np.full(N_LANDMARKS_REFINED, "other", dtype="<U9")
+    region[ids(fmc.FACEMESH_FACE_OVAL)] = "face_oval"
+    region[ids(fmc.FACEMESH_NOSE)] = "nose"
+    region[ids(fmc.FACEMESH_LEFT_EYEBROW, fmc.FACEMESH_RIGHT_EYEBROW)] = "brows"
+    region[ids(fmc.FACEMESH_LIPS)] = "lips"
+    region[ids(fmc.FACEMESH_LEFT_EYE, fmc.FACEMESH_RIGHT_EYE)] = "eyes"
+    region[N_LANDMARKS_BASIC:] = "iris"
+    return region
+
+
 class InvalidFrameError(ValueError):
     """A frame the tracker cannot take (wrong type, dtype, shape, size or memory layout); says which."""
 
