@@ -211,6 +211,9 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     if args.realtime:
         config.source.realtime = True
     source_spec = args.source or config.source.kind
+    from engine.sources.select import check_source_spec
+
+    check_source_spec(source_spec)
     model = FaceModel.load()
     identity = load_identity(config.identity, model)
     parts = build_parts(config, source_spec, model, identity, render=not args.no_render)

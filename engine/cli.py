@@ -14,7 +14,9 @@ import sys
 from collections.abc import Callable
 
 from engine.app import add_run_command
+from engine.bench import add_bench_command
 from engine.config import Config, ConfigError, load_config
+from engine.enroll import add_enroll_command
 from engine.errors import UserError
 from engine.stream.commands import add_keys_command, add_relay_command, add_view_command
 
@@ -59,6 +61,8 @@ def _add_model_info(sub: argparse._SubParsersAction) -> None:
 # Each subcommand module contributes one `add_*` function; order here is the order in --help.
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_run_command,
+    add_enroll_command,
+    add_bench_command,
     _add_model_info,
     add_view_command,
     add_relay_command,
@@ -79,14 +83,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_GLOBAL_WITH_VALUE = ("--config", "--set")
+
+
+def _strip_global_options(argv: list[str]) -> list[str]:
+    """argv without the global options (`--config X`, `--set X`, `--debug`, and their `=` forms)."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _GLOBAL_WITH_VALUE:
+            skip = True
+        elif arg != "--debug" and not arg.startswith(tuple(f"{o}=" for o in _GLOBAL_WITH_VALUE)):
+            rest.append(arg)
+    return rest
+
+
+def _global_options_first(argv: list[str]) -> list[str]:
+    """Move global options in front of the subcommand, so `run --set a.b=1` works like `--set a.b=1 run`."""
+    rest = _strip_global_options(argv)
+    front, i = [], 0
+    while i < len(argv):
+        if argv[i] in _GLOBAL_WITH_VALUE and i + 1 < len(argv):
+            front += argv[i : i + 2]
+            i += 2
+            continue
+        if argv[i] == "--debug" or argv[i].startswith(tuple(f"{o}=" for o in _GLOBAL_WITH_VALUE)):
+            front.append(argv[i])
+        i += 1
+    return front + rest
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `run_engine.py` and the `scapecast` console script."""
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _global_options_first(list(sys.argv[1:] if argv is None else argv))
     known = {a for a in parser._subparsers._group_actions[0].choices}  # type: ignore[union-attr]
     # `run` is the default subcommand: `scapecast --source demo` means `scapecast run --source demo`.
-    if "run" in known and not any(a in known for a in argv) and not any(a in ("-h", "--help") for a in argv):
-        argv = ["run", *argv]
+    if not any(a in known for a in argv) and not any(a in ("-h", "--help") for a in argv):
+        globals_end = len(argv) - len(_strip_global_options(argv))
+        argv = [*argv[:globals_end], "run", *argv[globals_end:]]
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
@@ -104,3 +140,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0

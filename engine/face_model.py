@@ -60,6 +60,18 @@ def fan_triangulate(polygons: np.ndarray) -> np.ndarray:
     return np.stack(tris, axis=1).reshape(-1, 3)
 
 
+def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """(V, 3) positions, (T, 3) triangles → (V, 3) float32 unit normals (area-weighted; counter-clockwise
+    triangles face outwards). Vertices used by no triangle get (0, 0, 1)."""
+    v = np.asarray(vertices, dtype=np.float32)
+    face_normals = np.cross(v[triangles[:, 1]] - v[triangles[:, 0]], v[triangles[:, 2]] - v[triangles[:, 0]])
+    normals = np.zeros_like(v)
+    for corner in range(3):
+        np.add.at(normals, triangles[:, corner], face_normals)
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    return np.where(length > 1e-12, normals / np.maximum(length, 1e-12), np.array([0, 0, 1], np.float32))
+
+
 @dataclass(frozen=True)
 class FaceTopology:
     """Mesh connectivity shared by every identity and expression.

@@ -74,6 +74,14 @@ def open_demo(config: Config) -> FrameSource:
     return PacedSource(iter(performer), config.source.fps, "demo performer", performer.close)
 
 
+def check_source_spec(spec: str) -> None:
+    """Fail early, with one clear line, on a source spec that cannot work (before any model is loaded)."""
+    if spec in ("auto", "demo") or parse_webcam_spec(spec) is not None:
+        return
+    if not Path(spec).expanduser().exists():
+        raise UserError(f"source not found: {spec} (expected auto, webcam[:N], demo, or a video/image path)")
+
+
 def open_source(spec: str, config: Config) -> FrameSource:
     """Open the source named by `spec` (see module docstring); errors are one clear UserError line."""
     if spec == "auto":

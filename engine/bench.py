@@ -1,0 +1,225 @@
+"""`bench`: per-stage and end-to-end benchmarks, as ratios measured in one run, and the BENCHMARKS.md tables.
+
+This machine is shared and noisy, so the comparisons that matter (tracking + solve vs MediaPipe alone) are
+measured on the same frames in the same run, interleaved, and quoted as medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.config import Config
+from engine.face_model import FaceModel
+from engine.types import Frame
+
+log = logging.getLogger(__name__)
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+_BEGIN, _END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        fn()
+        times.append(time.perf_counter_ns() - t0)
+    return statistics.median(times) / 1e6
+
+
+def bench_face_model(model: FaceModel, repeats: int = 300) -> dict[str, float]:
+    """Mesh evaluation (identity pre-multiplied): face + head vertices, and the whole mesh, ms median."""
+    rng = np.random.default_rng(0)
+    face = model.personalize(rng.normal(size=model.n_identity).astype(np.float32))
+    weights = rng.uniform(size=len(model.expression_names)).astype(np.float32)
+    n_face_head = len(model.topology.region_vertices("face", "head"))
+    return {
+        "eval_face_head_ms": round(_median_ms(lambda: face.evaluate(weights, n_face_head), repeats), 4),
+        "eval_full_ms": round(_median_ms(lambda: face.evaluate(weights), repeats), 4),
+    }
+
+
+def demo_frames(config: Config, count: int) -> list[Frame]:
+    """`count` consecutive demo-performer frames, rendered once and kept in memory."""
+    from engine.app import load_identity
+    from engine.sources.demo import DemoPerformer
+
+    model = FaceModel.load()
+    identity = load_identity(config.identity, model)
+    performer = DemoPerformer(model, identity, config.render, fps=config.source.fps, size=config.source.demo_size)
+    try:
+        iterator = iter(performer)
+        return [next(iterator) for _ in range(count)]
+    finally:
+        performer.close()
+
+
+def bench_tracking(config: Config, frames: list[Frame], rounds: int = 3) -> dict[str, Any]:
+    """MediaPipe alone vs MediaPipe + solve on the same frames, interleaved rounds, median fps of each."""
+    from engine.app import load_identity
+    from engine.face_model import LandmarkEmbedding
+    from engine.solve.solver import FaceSolver
+    from engine.tracking import FaceTracker
+
+    model = FaceModel.load()
+    identity = load_identity(config.identity, model)
+    embedding = LandmarkEmbedding.load()
+
+    def one_pass(solve: bool) -> float:
+        solver = FaceSolver(model, embedding, identity, config.solve) if solve else None
+        with FaceTracker(config.tracking) as tracker:
+            t0 = time.perf_counter_ns()
+            for frame in frames:
+                faces = tracker.process(frame)
+                if solver is not None:
+                    solver.solve(faces[0] if faces else None, frame.t_capture_ns, frame.index)
+            return len(frames) / ((time.perf_counter_ns() - t0) / 1e9)
+
+    mediapipe_fps, combined_fps = [], []
+    for _ in range(rounds):
+        mediapipe_fps.append(one_pass(False))
+        combined_fps.append(one_pass(True))
+    mp_fps, both_fps = statistics.median(mediapipe_fps), statistics.median(combined_fps)
+    return {
+        "frames": len(frames),
+        "rounds": rounds,
+        "mediapipe_fps": round(mp_fps, 1),
+        "tracking_solve_fps": round(both_fps, 1),
+        "ratio": round(both_fps / mp_fps, 3),
+    }
+
+
+def bench_pipeline(config: Config, frames: int) -> dict[str, Any]:
+    """The full pipeline on the demo source (render at the configured size, publish on free ports)."""
+    from engine.app import build_parts, load_identity, summarize
+    from engine.pipeline import Pipeline
+
+    config = config.model_copy(deep=True)
+    for port_field in ("params_port", "frame_port", "asset_port"):
+        setattr(config.stream, port_field, _free_port())
+    model = FaceModel.load()
+    identity = load_identity(config.identity, model)
+    pipeline = Pipeline(build_parts(config, "demo", model, identity))
+    pipeline.run(max_frames=frames)
+    summary = summarize(pipeline)
+    keys = ("frames", "fps", "latency_ms", "frame_latency_ms", "stages_ms", "tracking_rate")
+    return {k: summary[k] for k in keys} | {"closed_loop_mae": summary.get("closed_loop", {}).get("mae")}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_benchmarks(config: Config, quick: bool = False) -> dict[str, Any]:
+    """Every benchmark in one run; `quick` shortens each (for smoke tests)."""
+    from engine.detail.bench import bench_precompute
+    from engine.render.bench import bench_render
+    from engine.solve.bench import bench_solve
+    from engine.stream.bench import bench_stream
+
+    results: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": _cpus()},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("face_model", lambda: bench_face_model(FaceModel.load(), 50 if quick else 300)),
+        ("solve", bench_solve),
+        ("tracking", lambda: bench_tracking(config, demo_frames(config, 30 if quick else 120), 1 if quick else 3)),
+        ("render", lambda: bench_render(size=config.render.width, frames=20 if quick else 100)),
+        ("stream", bench_stream),
+        ("precompute", lambda: bench_precompute(resolution=128 if quick else config.detail.resolution)),
+        ("pipeline", lambda: bench_pipeline(config, 60 if quick else 600)),
+    ]
+    for name, step in steps:
+        log.info("bench: %s", name)
+        started = time.monotonic()
+        results[name] = step()
+        log.info("bench: %s done in %.1f s", name, time.monotonic() - started)
+    return results
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def benchmark_tables(results: dict[str, Any]) -> str:
+    """Markdown tables of one bench run (what BENCHMARKS.md shows between its markers)."""
+    tracking, pipeline, render = results["tracking"], results["pipeline"], results["render"]
+    lines = [
+        f"Measured {results['date']} on {results['machine']['platform']}, {results['machine']['cpus']} CPUs, "
+        f"Python {results['machine']['python']}.",
+        "",
+        "| what | measured | target |",
+        "| --- | --- | --- |",
+        f"| face model evaluation, face + head (ms, median) | {results['face_model']['eval_face_head_ms']} | ≤ 1 |",
+        f"| regression solve, pose + 53 weights (ms, median) | {_get(results['solve'], 'median_ms')} | ≤ 0.5 |",
+        f"| MediaPipe FaceMesh alone (fps) | {tracking['mediapipe_fps']} | — |",
+        f"| tracking + regression (fps) | {tracking['tracking_solve_fps']} | — |",
+        f"| tracking + regression / MediaPipe alone | {tracking['ratio']} | ≥ 0.85 |",
+        f"| render alone {render.get('size', '')}² (ms per frame, median) | {_get(render, 'ms_per_frame')} | ≤ 16.7 |",
+        f"| full pipeline, demo source (fps) | {pipeline['fps']} | ≥ 30 |",
+        f"| capture → publish latency p95 (ms) | {pipeline['latency_ms']['p95']} | ≤ 60 |",
+        f"| params publish → receive p99 on loopback (ms) | {_get(results['stream'], 'latency_ms', 'p99')} | ≤ 1 |",
+        f"| basis precompute, 20 bases (s, CPU) | {_get(results['precompute'], 'seconds')} | ≤ 30 |",
+        f"| closed-loop mean weight error, driven channels | {pipeline['closed_loop_mae']} | ≤ 0.05 |",
+        "",
+        "Pipeline stages, p50 (ms): " + ", ".join(f"{k} {v}" for k, v in pipeline["stages_ms"].items()) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def _get(mapping: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(mapping, dict) or key not in mapping:
+            return "n/a"
+        mapping = mapping[key]
+    return mapping
+
+
+def refresh_benchmarks_md(results: dict[str, Any], path: Path = BENCHMARKS_MD) -> None:
+    """Replace the generated block of BENCHMARKS.md (between its markers) with this run's tables."""
+    text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{_BEGIN}\n{_END}\n"
+    block = f"{_BEGIN}\n{benchmark_tables(results)}\n{_END}"
+    if _BEGIN in text and _END in text:
+        text = re.sub(re.escape(_BEGIN) + ".*?" + re.escape(_END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def cmd_bench(args: argparse.Namespace, config: Config) -> int:
+    """`bench`: run everything, print JSON, refresh BENCHMARKS.md (unless --no-update)."""
+    results = run_benchmarks(config, quick=args.quick)
+    text = json.dumps(results, indent=2, default=float)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    if not args.no_update:
+        refresh_benchmarks_md(results)
+        print(f"updated {BENCHMARKS_MD}")
+    return 0
+
+
+def add_bench_command(sub: argparse._SubParsersAction) -> None:
+    """`bench [--json PATH] [--quick] [--no-update]`."""
+    p = sub.add_parser("bench", help="per-stage and end-to-end benchmarks; refreshes BENCHMARKS.md")
+    p.add_argument("--json", help="write the results as JSON to PATH")
+    p.add_argument("--quick", action="store_true", help="short runs (smoke test, numbers not representative)")
+    p.add_argument("--no-update", action="store_true", help="do not rewrite BENCHMARKS.md")
+    p.set_defaults(handler=cmd_bench)
