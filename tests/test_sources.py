@@ -14,6 +14,7 @@ from engine.errors import UserError
 from engine.sources.files import ImageSource, VideoFileSource, read_image_rgb
 from engine.sources.select import check_source_spec, parse_webcam_spec
 from engine.sources.webcam import WebcamSource
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
