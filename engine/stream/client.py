@@ -130,6 +130,11 @@ class StreamClient:
             self.received[topic] += 1
             self._changed.notify_all()
 
+    @property
+    def running(self) -> bool:
+        """True while the receiver thread is alive (it only stops on close())."""
+        return self._thread.is_alive()
+
     def latest(self, topic: str, face: int = 0) -> Message | None:
         """The newest valid message of `topic` (for `params`/`frame`: of face index `face`), or None yet."""
         with self._changed:
