@@ -1,0 +1,158 @@
+"""Pipeline wiring: one-slot hand-offs, file vs live pacing, stage errors, stop, statistics.
+
+The stage objects here are small fakes: these tests isolate the threading from MediaPipe and OpenGL
+(the end-to-end runs with real stages are in test_engine_run.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from engine.pipeline import OneSlot, Pipeline, PipelineParts
+from engine.sources.base import FrameSource, now_ns
+from engine.types import FaceState, Frame, HeadPose, Landmarks, RenderedFrame, TrackingState
+
+
+class CountingSource(FrameSource):
+    def __init__(self, count: int, live: bool, period_s: float = 0.0) -> None:
+        self.count, self.live, self.period_s = count, live, period_s
+        self.description = "live fake" if live else "file fake"
+        self.emitted = 0
+        self.closed = False
+
+    def read(self) -> Frame | None:
+        if self.emitted >= self.count:
+            return None
+        time.sleep(self.period_s)
+        frame = Frame(np.zeros((8, 8, 3), np.uint8), now_ns(), self.emitted)
+        self.emitted += 1
+        return frame
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class SlowTracker:
+    def __init__(self, delay_s: float = 0.0, fail_at: int | None = None) -> None:
+        self.delay_s, self.fail_at = delay_s, fail_at
+
+    def process(self, frame: Frame) -> list[Landmarks]:
+        if frame.index == self.fail_at:
+            raise RuntimeError("tracker exploded")
+        time.sleep(self.delay_s)
+        points = np.zeros((478, 3))
+        return [Landmarks(points, points, (8, 8), 1.0)]
+
+    def close(self) -> None:
+        pass
+
+
+class EchoSolver:
+    def solve(self, landmarks, t_capture_ns: int, frame_index: int) -> FaceState:
+        weights = np.full(53, frame_index / 1000.0)
+        state = TrackingState.TRACKING if landmarks is not None else TrackingState.LOST
+        return FaceState(HeadPose.identity(), weights, state, 1.0, t_capture_ns, frame_index)
+
+
+class RecordingRenderer:
+    def __init__(self) -> None:
+        self.thread = None
+
+    def render(self, state: FaceState) -> RenderedFrame:
+        self.thread = threading.current_thread().name
+        return RenderedFrame(np.zeros((4, 4, 4), np.uint8), state, now_ns())
+
+    def close(self) -> None:
+        pass
+
+
+def test_one_slot_overwrites_and_counts_drops() -> None:
+    slot: OneSlot[int] = OneSlot()
+    stop = threading.Event()
+    assert slot.put(1, wait=False, stop=stop) and slot.put(2, wait=False, stop=stop)
+    assert slot.dropped == 1 and slot.get() == 2 and slot.get(timeout=0.01) is None
+    slot.close()
+    assert slot.closed and not slot.put(3, wait=False, stop=stop)
+
+
+def test_one_slot_wait_blocks_until_taken() -> None:
+    slot: OneSlot[int] = OneSlot()
+    stop = threading.Event()
+    slot.put(1, wait=True, stop=stop)
+    taken: list[int] = []
+
+    def consumer() -> None:
+        time.sleep(0.1)
+        taken.append(slot.get())
+
+    thread = threading.Thread(target=consumer)
+    thread.start()
+    t0 = time.monotonic()
+    slot.put(2, wait=True, stop=stop)  # must wait for the consumer
+    assert time.monotonic() - t0 >= 0.08
+    thread.join()
+    assert taken == [1] and slot.get() == 2 and slot.dropped == 0
+
+
+def test_file_source_processes_every_frame_in_order() -> None:
+    source = CountingSource(25, live=False)
+    renderer = RecordingRenderer()
+    parts = PipelineParts(lambda: source, lambda: SlowTracker(0.004), EchoSolver, lambda: renderer)
+    pipeline = Pipeline(parts)
+    pipeline.run()
+    indices = [r.frame.index for r in pipeline.snapshot()]
+    assert indices == list(range(25))
+    assert source.closed and renderer.thread == "publish"
+    assert all(r.rendered is not None for r in pipeline.snapshot())
+    stats = pipeline.stats()
+    assert stats["frames"] == 25 and stats["dropped"] == {"capture": 0, "solved": 0}
+    assert stats["stages_ms"]["track"] >= 3.0  # the tracker's 4 ms sleep is measured where it happens
+
+
+def test_live_source_drops_stale_frames() -> None:
+    # Frames arrive every 2 ms but tracking takes 15 ms: most frames must be skipped, newest first.
+    parts = PipelineParts(lambda: CountingSource(200, live=True, period_s=0.002), lambda: SlowTracker(0.015),
+                          EchoSolver)  # fmt: skip
+    pipeline = Pipeline(parts)
+    pipeline.run()
+    indices = [r.frame.index for r in pipeline.snapshot()]
+    assert len(indices) < 120 and indices == sorted(indices)
+    assert pipeline.stats()["dropped"]["capture"] > 50
+
+
+def test_max_frames_and_stop() -> None:
+    parts = PipelineParts(lambda: CountingSource(10_000, live=True, period_s=0.001), SlowTracker, EchoSolver)
+    pipeline = Pipeline(parts)
+    pipeline.run(max_frames=30)
+    assert 30 <= pipeline.processed <= 31
+    pipeline = Pipeline(parts)
+    t0 = time.monotonic()
+    pipeline.run(duration_s=0.3)
+    assert time.monotonic() - t0 < 3.0
+
+
+def test_stage_error_propagates_and_stops_everything() -> None:
+    source = CountingSource(1000, live=False)
+    parts = PipelineParts(lambda: source, lambda: SlowTracker(fail_at=5), EchoSolver)
+    pipeline = Pipeline(parts)
+    with pytest.raises(RuntimeError, match="tracker exploded"):
+        pipeline.run()
+    assert source.closed and pipeline.processed <= 5
+
+
+def test_invalid_frames_count_as_lost_not_crashes() -> None:
+    class PickyTracker(SlowTracker):
+        def process(self, frame: Frame) -> list[Landmarks]:
+            if frame.index % 2:
+                raise ValueError("frame is not HxWx3 uint8")
+            return super().process(frame)
+
+    parts = PipelineParts(lambda: CountingSource(10, live=False), PickyTracker, EchoSolver)
+    pipeline = Pipeline(parts)
+    pipeline.run()
+    states = [r.state.tracking for r in pipeline.snapshot()]
+    assert pipeline.invalid_frames == 5 and states.count(TrackingState.LOST) == 5
