@@ -1,0 +1,135 @@
+"""CURVE and bind policy on real sockets, and the relay (ZeroMQ's own proxy) end to end."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.config import StreamConfig
+from engine.errors import UserError
+from engine.stream.client import StreamClient
+from engine.stream.publisher import Publisher
+from engine.stream.relay import Relay
+from engine.stream.security import ClientKeys, is_loopback, make_keys
+from engine.types import FaceState, RenderedFrame
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An engine key pair with `alice` on its allow-list, and `mallory`, a valid pair that is not on it."""
+    root = tmp_path_factory.mktemp("keys")
+    files = make_keys(root / "engine", ["alice"])
+    outsider = make_keys(root / "outsider", ["mallory"])
+    return {**files, "mallory secret": outsider["mallory secret"]}
+
+
+def curve_config(keys: dict[str, Path]) -> StreamConfig:
+    return StreamConfig(
+        params_port=0,
+        frame_port=0,
+        asset_port=0,
+        curve_server_secret=keys["server secret"],
+        curve_allowed_clients=keys["allow-list"],
+    )
+
+
+def test_make_keys_writes_a_usable_layout(keys: dict[str, Path]) -> None:
+    assert (keys["allow-list"] / "alice.key").read_bytes() == keys["alice public"].read_bytes()
+    assert not (keys["allow-list"] / "server.key").exists()
+    assert keys["server secret"].stat().st_mode & 0o077 == 0  # secrets are private to the user
+    with pytest.raises(UserError, match="no secret key"):
+        ClientKeys.load(keys["server public"], keys["alice public"])
+
+
+def test_only_allowed_keys_receive_under_curve(keys: dict[str, Path]) -> None:
+    alice = ClientKeys.load(keys["server public"], keys["alice secret"])
+    mallory = ClientKeys.load(keys["server public"], keys["mallory secret"])
+    state = FaceState.neutral()
+    with Publisher(curve_config(keys), "secure", {"id": "ada"}) as pub:
+        address = pub.endpoints["params"]
+        with (
+            StreamClient(address, keys=alice) as allowed,
+            StreamClient(address, keys=mallory) as outsider,
+            StreamClient(address) as plain,
+        ):
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                pub.publish_params(state)
+                time.sleep(0.02)
+            assert allowed.received["params"] > 20 and allowed.latest("identity") is not None
+            assert sum(outsider.received.values()) == 0 and sum(plain.received.values()) == 0
+            assert sum(outsider.dropped.values()) == 0 and sum(plain.dropped.values()) == 0
+
+
+def test_curve_assets_fetch_for_an_allowed_client(keys: dict[str, Path], tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "identity.json").write_text("{}")
+    alice = ClientKeys.load(keys["server public"], keys["alice secret"])
+    with Publisher(curve_config(keys), "secure", {"id": "ada"}, bundle) as pub:
+        with StreamClient(pub.endpoints["params"], asset_address=pub.endpoints["assets"], keys=alice) as client:
+            time.sleep(0.3)
+            pub.tick()
+            files = client.fetch_assets(tmp_path / "dest", timeout_s=5.0)
+    assert files["identity.json"].read_text() == "{}"
+
+
+def test_non_loopback_bind_needs_curve_or_insecure(keys: dict[str, Path]) -> None:
+    with pytest.raises(UserError, match="--insecure"):
+        Publisher(StreamConfig(bind_address="0.0.0.0", params_port=0, frame_port=0, asset_port=0), "open")
+    with pytest.raises(UserError, match="needs both"):
+        Publisher(StreamConfig(params_port=0, curve_server_secret=keys["server secret"]), "half")
+    with pytest.raises(UserError, match="client .key files"):
+        Publisher(curve_config(keys).model_copy(update={"curve_allowed_clients": keys["server secret"]}), "bad")
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.3.4.5")
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "*", "192.168.1.4", "example.com", "::"))
+
+
+def _consecutive_free_ports(n: int = 3) -> int:
+    """A base port with `n` free ports after it (the relay derives frame/assets ports as +1, +2)."""
+    rng = np.random.default_rng()
+    for _ in range(50):
+        base = int(rng.integers(20_000, 60_000))
+        sockets = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no free port range found")
+
+
+def test_relay_fans_out_params_frames_and_assets(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "texture.png").write_bytes(b"\x89PNG fake texture")
+    base = _consecutive_free_ports()
+    engine = StreamConfig(params_port=base, frame_port=base + 1, asset_port=base + 2)
+    with (
+        Publisher(engine, "upstream", {"id": "ada"}, bundle) as pub,
+        Relay(f"tcp://127.0.0.1:{base}", StreamConfig(params_port=0, frame_port=0, asset_port=0)) as relay,
+        StreamClient(relay.endpoints["params"], asset_address=relay.endpoints["assets"]) as a,
+        StreamClient(relay.endpoints["params"], relay.endpoints["frame"]) as b,
+    ):
+        image = np.full((8, 8, 4), 77, np.uint8)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not (
+            a.latest("identity") and b.received["params"] > 5 and b.received["frame"]
+        ):
+            pub.publish_params(FaceState.neutral(frame_index=3))
+            pub.publish_frame(RenderedFrame(image, FaceState.neutral(frame_index=3), 0))
+            time.sleep(0.02)
+        assert a.latest("params").header["source"] == "upstream" and b.received["params"] > 5
+        assert b.latest("frame").header["frame_index"] == 3
+        files = a.fetch_assets(tmp_path / "dest", timeout_s=5.0)
+    assert files["texture.png"].read_bytes() == b"\x89PNG fake texture"
