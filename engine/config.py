@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
@@ -56,11 +56,21 @@ class FilterConfig(_Section):
 
 
 class SolveConfig(_Section):
-    """Regression: landmarks → head pose + 53 expression weights."""
+    """Regression: landmarks → head pose + 53 expression weights (docs/solve.md)."""
 
-    regularization: float = Field(0.05, ge=0)
-    max_iterations: int = Field(30, ge=1, le=1000)
+    regularization: float = Field(0.05, ge=0)  # λ in cm² (data term: squared cm summed over landmarks)
+    channel_regularization: dict[str, float] = {}  # ICT channel name → λ replacing `regularization`
+    symmetry_prior: float = Field(0.0, ge=0)  # μ in cm² on (X_L − X_R)²
+    max_iterations: int = Field(30, ge=1, le=1000)  # box-QP active-set iterations per solve
+    pose_iterations: int = Field(2, ge=1, le=10)  # pose ↔ expression alternations per frame
     use_depth: bool = True
+    depth_weight: float = Field(0.3, ge=0, le=1)  # weight of MediaPipe's z relative to x, y (when use_depth)
+    eyes_enabled: bool = True  # blink from lid distances and gaze from irises replace the LSQ eye channels
+    gaze_horizontal_deg: float = Field(30.0, gt=0, le=90)  # eyeball turn that eyeLookIn/Out = 1 stands for
+    gaze_up_deg: float = Field(25.0, gt=0, le=90)
+    gaze_down_deg: float = Field(25.0, gt=0, le=90)
+    camera_fov_y_deg: float = Field(25.0, gt=1, lt=120)  # assumed camera, for the pose's translation and scale
+    reference_distance_cm: float = Field(60.0, gt=1)
     filter_enabled: bool = True
     filter_eyes: FilterConfig = FilterConfig(min_cutoff=3.0, beta=0.5)
     filter_brows: FilterConfig = FilterConfig(min_cutoff=1.5, beta=0.3)
@@ -68,6 +78,18 @@ class SolveConfig(_Section):
     filter_pose: FilterConfig = FilterConfig(min_cutoff=1.0, beta=0.2)
     coast_seconds: float = Field(0.5, ge=0)
     ease_seconds: float = Field(1.0, ge=0)
+
+    @field_validator("channel_regularization")
+    @classmethod
+    def _known_channels(cls, value: dict[str, float]) -> dict[str, float]:
+        from engine.names import ICT_EXPRESSIONS
+
+        unknown = sorted(set(value) - set(ICT_EXPRESSIONS))
+        if unknown:
+            raise ValueError(f"unknown ICT channel(s) {unknown}; known: {', '.join(ICT_EXPRESSIONS)}")
+        if any(v < 0 for v in value.values()):
+            raise ValueError("channel regularization must be ≥ 0")
+        return value
 
 
 class DetailConfig(_Section):
@@ -82,17 +104,27 @@ class DetailConfig(_Section):
 
 
 class RenderConfig(_Section):
-    """moderngl avatar renderer."""
+    """moderngl avatar renderer (docs/rendering.md)."""
 
     width: int = Field(512, ge=16, le=4096)
     height: int = Field(512, ge=16, le=4096)
-    samples: int = Field(4, ge=0, le=16)
-    backend: Literal["egl", "window", "auto"] = "egl"
+    samples: int = Field(4, ge=0, le=16)  # MSAA samples; 0 or 1: no multisampling
+    backend: Literal["egl", "window", "auto"] = "egl"  # window/auto: also show frames in a preview window
     fov_y_deg: float = Field(25.0, gt=1, lt=120)
-    camera_distance_cm: float = Field(60.0, gt=1)
+    camera_distance_cm: float = Field(60.0, gt=1)  # framed camera: model origin this far ahead
+    follow_pose_translation: bool = False  # place the head by the pose's translation/scale instead of framing it
     debug_view: Literal["none", "displacement", "weights", "normals"] = "none"
-    background: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
-    mirror_preview: bool = True
+    background: tuple[float, float, float, float] = Field((0.0, 0.0, 0.0, 0.0))  # RGBA in [0, 1]; alpha 0 or 1
+    mirror_preview: bool = True  # the preview window shows a mirror image (the output frames are never mirrored)
+
+    @field_validator("background")
+    @classmethod
+    def _background_alpha(cls, value: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        if not all(0.0 <= c <= 1.0 for c in value):
+            raise ValueError("background components must be in [0, 1]")
+        if value[3] not in (0.0, 1.0):
+            raise ValueError("background alpha must be 0 (transparent) or 1 (opaque)")
+        return value
 
 
 class StreamConfig(_Section):

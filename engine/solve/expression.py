@@ -1,0 +1,116 @@
+"""Expression weights from posed landmarks: the regularized bounded least squares of DESIGN §3.2.
+
+With the pose (R, s, t) known, observed landmarks y (camera frame, pixels) are brought into the model frame,
+y' = Rᵀ(y − t)/s (cm), and
+
+    min_w  Σ_l ω_l (y'_l − L_l − E_l w)ᵀ M (y'_l − L_l − E_l w) + Σ_k λ_k w_k² + μ Σ_pairs (w_L − w_R)²,
+    lo ≤ w ≤ hi,
+
+L (478, 3) the identity's neutral landmarks, E (478, 3, 53) the embedded expression basis, ω per-landmark
+weights, and M = I − (1 − ζ) n nᵀ down-weights the camera's depth axis n = Rᵀ e_z by ζ (MediaPipe's z is
+the noisiest coordinate). Because M is a 3 × 3 matrix shared by all landmarks, the 53 × 53 normal matrix is a
+9-term combination of Gram blocks precomputed per identity: EᵀME = Σ_ab M_ab G_ab. Per frame that is a
+(9 × 2809) product plus one (53 × 1434) product for the right-hand side, then the warm-started box QP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.face_model import FaceModel, LandmarkEmbedding
+from engine.names import ICT_EXPRESSIONS
+from engine.solve.bounded_lsq import BoxQPResult, solve_box_qp
+
+N_EXPRESSIONS = len(ICT_EXPRESSIONS)
+N_MESH_LANDMARKS = 468  # landmarks 468..477 are iris points: gaze, not blendshapes (see engine.solve.eyes)
+
+
+@dataclass(frozen=True)
+class EmbeddedFace:
+    """One identity's landmarks as an affine function of the expression weights.
+
+    neutral: (478, 3) float64 cm; basis: (478, 3, 53) float64 cm per unit weight.
+    """
+
+    neutral: np.ndarray
+    basis: np.ndarray
+
+    @staticmethod
+    def build(model: FaceModel, embedding: LandmarkEmbedding, identity_weights: np.ndarray | None = None) -> EmbeddedFace:
+        """Embed `model.personalize(identity_weights)` through `embedding` (vectorized gathers, ~10 ms)."""
+        face = model.personalize(identity_weights)
+        neutral = embedding.apply(face.neutral.astype(np.float64))
+        basis = embedding.apply(face.expression_basis)  # (53, 478, 3)
+        return EmbeddedFace(neutral, np.ascontiguousarray(np.moveaxis(basis, 0, -1).astype(np.float64)))
+
+    def landmarks(self, weights: np.ndarray) -> np.ndarray:
+        """(53,) → (478, 3) cm in the model frame."""
+        return self.neutral + self.basis @ weights
+
+    def motion(self) -> np.ndarray:
+        """(478,) cm: the largest displacement any single expression at weight 1 gives each landmark."""
+        return np.linalg.norm(self.basis, axis=1).max(axis=1)
+
+
+def symmetric_pairs(names: tuple[str, ...] = ICT_EXPRESSIONS) -> np.ndarray:
+    """(P, 2) indices of `X_L` / `X_R` channel pairs."""
+    pairs = [(i, names.index(n[:-2] + "_R")) for i, n in enumerate(names) if n.endswith("_L")]
+    return np.array(pairs, dtype=np.int64)
+
+
+class ExpressionSolver:
+    """The per-identity precomputation and the per-frame solve for the 53 weights.
+
+    landmark_weights: (478,) ω_l ≥ 0; regularization: (53,) λ_k in cm² (the data term sums squared cm over
+    landmarks); symmetry: μ in cm² for the left/right pair prior.
+    """
+
+    def __init__(
+        self,
+        face: EmbeddedFace,
+        landmark_weights: np.ndarray,
+        regularization: np.ndarray,
+        symmetry: float = 0.0,
+    ) -> None:
+        self.face = face
+        self.landmark_weights = np.asarray(landmark_weights, dtype=np.float64)
+        basis = face.basis * np.sqrt(self.landmark_weights)[:, None, None]  # (478, 3, 53)
+        # G[a, b] = Σ_l ω_l E_l[a]ᵀ E_l[b]: (3, 3, 53, 53) → flattened (9, 2809) for one product per frame.
+        gram = np.einsum("lak,lbj->abkj", basis, basis)
+        self._gram = gram.reshape(9, -1)
+        self._basis_flat_t = np.ascontiguousarray(face.basis.reshape(-1, N_EXPRESSIONS).T)  # (53, 1434)
+        prior = np.diag(np.asarray(regularization, dtype=np.float64))
+        for i, j in symmetric_pairs():
+            prior[i, i] += symmetry
+            prior[j, j] += symmetry
+            prior[i, j] -= symmetry
+            prior[j, i] -= symmetry
+        self._prior = prior
+
+    def normal_equations(self, observed_model: np.ndarray, metric: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """observed_model: (478, 3) cm in the model frame; metric: (3, 3) M. Returns H (53, 53), b (53,)."""
+        H = (metric.reshape(-1) @ self._gram).reshape(N_EXPRESSIONS, N_EXPRESSIONS) + self._prior
+        residual = (observed_model - self.face.neutral) * self.landmark_weights[:, None]
+        b = self._basis_flat_t @ (residual @ metric).reshape(-1)
+        return H, b
+
+    def solve(
+        self,
+        observed_model: np.ndarray,
+        metric: np.ndarray,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        warm_start: np.ndarray | None = None,
+        max_iterations: int = 30,
+    ) -> BoxQPResult:
+        """Bounded weights (53,) for landmarks already in the model frame; lo == hi pins a channel."""
+        H, b = self.normal_equations(observed_model, metric)
+        return solve_box_qp(H, b, lo, hi, warm_start, max_iterations)
+
+
+def depth_metric(rotation: np.ndarray, depth_weight: float) -> np.ndarray:
+    """(3, 3) M = I − (1 − ζ) n nᵀ with n = Rᵀ e_z, the camera's depth axis in the model frame."""
+    n = rotation[2]
+    return np.eye(3) - (1.0 - depth_weight) * np.outer(n, n)

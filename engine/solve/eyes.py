@@ -1,0 +1,176 @@
+"""Eyes: blink from eyelid landmarks, gaze (`eyeLook*`) from the iris centres (DESIGN §3.5).
+
+Left/right are the subject's. MediaPipe's canonical mesh numbers the subject's right eye 33 (outer corner) /
+133 (inner) with iris centre 468, the subject's left eye 263 / 362 with iris centre 473 (checked on the golden
+landmarks: on an unmirrored photo 468 lies on the image's left). A mirrored image therefore reads as a face
+with its sides swapped, as it should.
+
+ICT's `eyeLook*` shapes only move the eyelids; the eyeballs turn in the rig. The gaze convention shared with
+the renderer (`gaze_angles` / `eye_rotations`): `eyeLookOut_L` = 1 turns the left eye `gaze_horizontal_deg`
+towards the subject's left (+x), `eyeLookUp_*` = 1 turns it `gaze_up_deg` up, `eyeLookDown_*` `gaze_down_deg`
+down. The solver inverts that from the iris offset relative to the eye corners (normalized by eye width) and
+pins those channels in the least-squares solve, so the lid motion they imply is accounted for.
+
+Blink: the lid gap (upper − lower lid along the model's y, averaged over five lid pairs) over the eye width is
+affine in the weights. With every other channel held at its solved value, the blink that makes the model's
+ratio equal the observed one is a one-dimensional solve; it replaces the least-squares blink, which
+otherwise trades blink against squint and lid-moving gaze on noisy lids.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.face_model import FaceModel
+from engine.names import ICT_EXPRESSIONS
+from engine.solve.expression import EmbeddedFace
+
+# Per eye, subject's (left, right): corners, five upper/lower lid pairs, iris centre and its four rim points.
+OUTER_CORNER = (263, 33)
+INNER_CORNER = (362, 133)
+UPPER_LID = ((388, 387, 386, 385, 384), (161, 160, 159, 158, 157))
+LOWER_LID = ((390, 373, 374, 380, 381), (163, 144, 145, 153, 154))
+IRIS_CENTER = (473, 468)
+IRIS = ((473, 474, 475, 476, 477), (468, 469, 470, 471, 472))
+
+_INDEX = {name: i for i, name in enumerate(ICT_EXPRESSIONS)}
+BLINK = (_INDEX["eyeBlink_L"], _INDEX["eyeBlink_R"])
+LOOK_OUT = (_INDEX["eyeLookOut_L"], _INDEX["eyeLookOut_R"])
+LOOK_IN = (_INDEX["eyeLookIn_L"], _INDEX["eyeLookIn_R"])
+LOOK_UP = (_INDEX["eyeLookUp_L"], _INDEX["eyeLookUp_R"])
+LOOK_DOWN = (_INDEX["eyeLookDown_L"], _INDEX["eyeLookDown_R"])
+GAZE_CHANNELS = np.array(LOOK_OUT + LOOK_IN + LOOK_UP + LOOK_DOWN)
+# +x is the subject's left: looking out turns the left eye towards +x and the right eye towards −x.
+_OUTWARD_SIGN = (1.0, -1.0)
+
+
+@dataclass(frozen=True)
+class GazeRanges:
+    """Degrees of eyeball rotation that a weight of 1 stands for (the renderer and the solver share these)."""
+
+    horizontal_deg: float = 30.0
+    up_deg: float = 25.0
+    down_deg: float = 25.0
+
+
+def gaze_angles(weights: np.ndarray, ranges: GazeRanges = GazeRanges()) -> np.ndarray:
+    """(53,) weights → (2, 2) per eye (left, right): yaw towards +x, pitch towards +y, in degrees."""
+    out = np.empty((2, 2))
+    for eye in range(2):
+        horizontal = weights[LOOK_OUT[eye]] - weights[LOOK_IN[eye]]
+        out[eye, 0] = _OUTWARD_SIGN[eye] * horizontal * ranges.horizontal_deg
+        out[eye, 1] = weights[LOOK_UP[eye]] * ranges.up_deg - weights[LOOK_DOWN[eye]] * ranges.down_deg
+    return out
+
+
+def eye_rotations(weights: np.ndarray, ranges: GazeRanges = GazeRanges()) -> np.ndarray:
+    """(53,) weights → (2, 3, 3) model-frame rotations of the (left, right) eyeball about its centre."""
+    rotations = np.empty((2, 3, 3))
+    for eye, (yaw, pitch) in enumerate(np.radians(gaze_angles(weights, ranges))):
+        ry = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
+        # Pitch up moves the iris towards +y: rotation about +x by −pitch.
+        rx = np.array([[1, 0, 0], [0, math.cos(pitch), math.sin(pitch)], [0, -math.sin(pitch), math.cos(pitch)]])
+        rotations[eye] = ry @ rx
+    return rotations
+
+
+def eyeball_centers(model: FaceModel, identity_weights: np.ndarray | None = None) -> np.ndarray:
+    """(2, 3) cm: centroids of the (left, right) eyeball meshes of that identity."""
+    w = model.default_identity_weights() if identity_weights is None else identity_weights
+    neutral = model.identity_neutral(w)
+    return np.stack([neutral[model.topology.region_vertices(r)].mean(axis=0) for r in ("eyeball_left", "eyeball_right")])
+
+
+@dataclass(frozen=True)
+class EyeReadout:
+    """blink: (2,) in [0, 1] (left, right); gaze: (53,) with only the eight `eyeLook*` channels set."""
+
+    blink: np.ndarray
+    gaze: np.ndarray
+
+
+class EyeModel:
+    """Blink and gaze read from model-frame landmarks (cm), calibrated on one identity's embedded face.
+
+    eyeball_centers: (2, 3) cm (`eyeball_centers`); the embedded iris centre's distance from them is the
+    radius that turns iris offsets into angles. `valid` is False when the embedding's eye landmarks do not
+    behave like eyes (width outside 1.5–5 cm, a blink that barely closes the lids, irises not on the
+    eyeballs); the solver then keeps its least-squares eye channels.
+    """
+
+    def __init__(self, face: EmbeddedFace, eyeball_centers: np.ndarray, ranges: GazeRanges = GazeRanges()) -> None:
+        self.face = face
+        self.ranges = ranges
+        radii = np.linalg.norm(face.neutral[np.array(IRIS)].mean(axis=1) - eyeball_centers, axis=1)
+        self.radius = float(radii.mean())
+        up = np.array(UPPER_LID)
+        low = np.array(LOWER_LID)
+        # Lid gap along model y, affine in w: gap(w) = gap0 + gap_basis @ w, per eye.
+        self._gap0 = (face.neutral[up, 1] - face.neutral[low, 1]).mean(axis=1)  # (2,)
+        self._gap_basis = (face.basis[up, 1, :] - face.basis[low, 1, :]).mean(axis=1)  # (2, 53)
+        width0 = self._width(face.neutral)
+        self._width0 = width0
+        # Per eye the reference points: outer and inner corner. (Lid points would average more noise away, but
+        # they move with blink and eyeWide, which are solved from the same lids: the coupling is unstable.)
+        self._rim = np.array([OUTER_CORNER, INNER_CORNER]).T  # (2, 2)
+        self._iris = np.array(IRIS)  # (2, 5)
+        self._rim0 = face.neutral[self._rim].mean(axis=1)  # (2, 3)
+        self._iris_rest = (face.neutral[self._iris].mean(axis=1) - self._rim0)[:, :2]  # (2, 2) cm
+        blink_gain = np.array([self._gap_basis[e, BLINK[e]] for e in range(2)]) / width0
+        self._blink_gain = blink_gain
+        self.valid = bool(
+            np.all((width0 > 1.5) & (width0 < 5.0)) and np.all(blink_gain < -0.05) and np.all((radii > 0.6) & (radii < 2.0))
+        )
+
+    @staticmethod
+    def _width(points: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(points[list(OUTER_CORNER)] - points[list(INNER_CORNER)], axis=1)
+
+    def gaze(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(478, 3) model-frame landmarks (cm), (53,) current weight estimate → (53,) with the eight
+        `eyeLook*` weights set, others 0.
+
+        The iris (mean of its five points) is read relative to the eye corners' midpoint, minus the corners'
+        own motion under `weights`: ICT's eyeLook and squint shapes move the corners, and uncorrected gaze
+        reads ~20 % low. The offset is scaled by the model's eye width over the observed one, so any face size reads the same
+        angle.
+        """
+        w = np.array(weights, dtype=np.float64)
+        for _ in range(3):  # the rim's motion depends on the gaze being solved: a short fixed-point iteration
+            gaze = self._gaze_once(observed_model, w)
+            w[GAZE_CHANNELS] = gaze[GAZE_CHANNELS]
+        return gaze
+
+    def _gaze_once(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        rim = self._rim
+        model_rim = self.face.neutral[rim] + self.face.basis[rim] @ weights  # (2, 2, 3)
+        rim_motion = model_rim.mean(axis=1) - self._rim0
+        width_model = np.linalg.norm(model_rim[:, 0] - model_rim[:, 1], axis=1)
+        width = np.linalg.norm(observed_model[rim[:, 0]] - observed_model[rim[:, 1]], axis=1)
+        offset = observed_model[self._iris].mean(axis=1) - observed_model[rim].mean(axis=1) + rim_motion
+        offset = (offset[:, :2] * (width_model / width)[:, None] - self._iris_rest) / self.radius
+        angles = np.degrees(np.arcsin(np.clip(offset, -1.0, 1.0)))  # (2, 2): yaw towards +x, pitch towards +y
+        out = np.zeros(len(ICT_EXPRESSIONS))
+        for eye in range(2):
+            outward = _OUTWARD_SIGN[eye] * angles[eye, 0] / self.ranges.horizontal_deg
+            out[LOOK_OUT[eye]] = max(0.0, outward)
+            out[LOOK_IN[eye]] = max(0.0, -outward)
+            out[LOOK_UP[eye]] = max(0.0, angles[eye, 1] / self.ranges.up_deg)
+            out[LOOK_DOWN[eye]] = max(0.0, -angles[eye, 1] / self.ranges.down_deg)
+        return np.minimum(out, 1.0)
+
+    def blink(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(478, 3) model-frame landmarks, (53,) solved weights → (2,) blink (left, right) in [0, 1].
+
+        Solves ratio_model(w with blink = b) = ratio_obs for b, every other channel held at `weights`.
+        """
+        up = np.array(UPPER_LID)
+        low = np.array(LOWER_LID)
+        ratio_obs = (observed_model[up, 1] - observed_model[low, 1]).mean(axis=1) / self._width(observed_model)
+        others = np.array(weights, dtype=np.float64)
+        others[list(BLINK)] = 0.0
+        ratio_open = (self._gap0 + self._gap_basis @ others) / self._width0
+        return np.clip((ratio_obs - ratio_open) / self._blink_gain, 0.0, 1.0)

@@ -1,0 +1,121 @@
+"""Head pose from landmarks: weighted similarity alignment (Umeyama 1991) and the pose conventions.
+
+Frames. Model: cm, y up, +z towards the viewer, +x the subject's left (ICT). Observed: MediaPipe pixels turned
+into a right-handed y-up frame, `(x, H − y, −z)` (MediaPipe's z grows away from the camera). Camera (OpenGL):
+x right, y up, looking down −z. A frontal face has the identity rotation; a head turned to the subject's left
+is a positive rotation about +y.
+
+Weak perspective: observed ≈ s·R·model + t with s in pixels per cm. `HeadPose` reports R, a translation in cm
+for a camera of `fov_y_deg` with the face at `reference_distance_cm`, and `scale` = apparent size / model size
+at that distance (1 when the face is exactly as large as the model would be there).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine.types import HeadPose
+
+
+def umeyama(
+    source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None, with_scale: bool = True
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Least-squares similarity `target ≈ s·R·source + t` (Umeyama 1991), optionally weighted.
+
+    source, target: (n, 3); weights: (n,) ≥ 0 or None. Returns R (3, 3) proper rotation, t (3,), s > 0.
+    """
+    w = np.ones(len(source)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    mu_s = w @ source
+    mu_t = w @ target
+    src = source - mu_s
+    tgt = target - mu_t
+    cov = (tgt * w[:, None]).T @ src  # (3, 3) Σ w tgt srcᵀ
+    u, sig, vt = np.linalg.svd(cov)
+    d = np.ones(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[2] = -1.0
+    rot = (u * d) @ vt
+    var_s = float(w @ np.einsum("ij,ij->i", src, src))
+    scale = float(sig @ d) / var_s if with_scale else 1.0
+    return rot, mu_t - scale * rot @ mu_s, scale
+
+
+def pixels_to_observed(pixels: np.ndarray, image_height: int) -> np.ndarray:
+    """(n, 3) MediaPipe pixel landmarks (x right, y down, z away from camera) → (n, 3) y-up right-handed."""
+    out = np.empty_like(pixels, dtype=np.float64)
+    out[:, 0] = pixels[:, 0]
+    out[:, 1] = image_height - pixels[:, 1]
+    out[:, 2] = -pixels[:, 2]
+    return out
+
+
+def rotation_to_quaternion(rot: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation → (4,) unit quaternion w, x, y, z with w ≥ 0 (Shepperd's method)."""
+    m = rot
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    if trace > 0:
+        s = 2.0 * math.sqrt(trace + 1.0)
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
+    elif m[1, 1] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
+    else:
+        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
+    quat = np.array(q)
+    quat /= np.linalg.norm(quat)
+    return quat if quat[0] >= 0 else -quat
+
+
+def quaternion_to_rotation(quat: np.ndarray) -> np.ndarray:
+    """(4,) quaternion w, x, y, z (any norm > 0) → (3, 3) rotation."""
+    w, x, y, z = np.asarray(quat, dtype=np.float64) / np.linalg.norm(quat)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def rotation_angle_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> float:
+    """Angle of the relative rotation R_aᵀ R_b in degrees."""
+    cos = (np.trace(rot_a.T @ rot_b) - 1.0) / 2.0
+    return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
+
+
+def euler_to_rotation(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
+    """R = R_y(yaw) · R_x(pitch) · R_z(roll), degrees; positive yaw turns the face to the subject's left."""
+    y, p, r = (math.radians(a) for a in (yaw_deg, pitch_deg, roll_deg))
+    ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
+    rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
+    return ry @ rx @ rz
+
+
+def head_pose_from_similarity(
+    rot: np.ndarray,
+    trans_px: np.ndarray,
+    scale_px_per_cm: float,
+    image_size: tuple[int, int],
+    fov_y_deg: float,
+    reference_distance_cm: float,
+) -> HeadPose:
+    """Weak-perspective similarity (observed y-up pixel frame) → `HeadPose` in the OpenGL camera frame.
+
+    The model origin lands at pixel `trans_px[:2]`; at `reference_distance_cm` one cm spans
+    f / distance pixels (f the focal length in pixels from `fov_y_deg` and the image height).
+    """
+    width, height = image_size
+    focal_px = 0.5 * height / math.tan(math.radians(fov_y_deg) / 2.0)
+    px_per_cm_at_ref = focal_px / reference_distance_cm
+    offset_px = np.array([trans_px[0] - 0.5 * width, trans_px[1] - 0.5 * height])
+    translation = np.array([*(offset_px / px_per_cm_at_ref), -reference_distance_cm])
+    return HeadPose(rotation_to_quaternion(rot), translation, scale_px_per_cm / px_per_cm_at_ref)

@@ -1,0 +1,249 @@
+"""The per-frame regression: landmarks → head pose + 53 weights, with filtering and tracking states (DESIGN §3).
+
+`FrameFitter` is the stateless fit of one frame for one identity (pose ↔ expression alternation, eyes);
+`FaceSolver` wraps it with the neutral calibration, the One Euro filters and the tracking-state machine:
+`tracking` (a face this frame) → `coasting` (no face: hold the last state for `coast_seconds`) → `lost`
+(ease to neutral over `ease_seconds`) → `tracking` again as soon as a face returns, no restart needed.
+Bad landmarks (NaN/inf, wrong shape, empty image size) count as no face; `solve` never raises on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.config import FilterConfig, SolveConfig
+from engine.face_model import FaceModel, LandmarkEmbedding
+from engine.identity import Identity
+from engine.names import ICT_EXPRESSIONS
+from engine.solve.expression import N_MESH_LANDMARKS, EmbeddedFace, ExpressionSolver, depth_metric
+from engine.solve.eyes import GAZE_CHANNELS, EyeModel, GazeRanges, eyeball_centers
+from engine.solve.filters import OneEuroFilter, QuaternionOneEuro
+from engine.solve.pose import head_pose_from_similarity, pixels_to_observed, umeyama
+from engine.types import FaceState, HeadPose, Landmarks, TrackingState
+
+N_EXPRESSIONS = len(ICT_EXPRESSIONS)
+_JAW_OPEN = ICT_EXPRESSIONS.index("jawOpen")
+_MOUTH_CLOSE = ICT_EXPRESSIONS.index("mouthClose")
+# Landmarks that move less than this in every expression anchor the first pose estimate.
+_RIGID_MOTION_CM = 0.15
+# Non-rigid landmarks still count a little once the expression explains them (stabilizes roll/pitch).
+_NONRIGID_POSE_WEIGHT = 0.1
+# Residual (cm RMS over the mesh landmarks) at which confidence has fallen to 1/e.
+_RESIDUAL_SCALE_CM = 0.4
+
+
+def rigid_weights(face: EmbeddedFace) -> np.ndarray:
+    """(478,) 1 for landmarks that no expression moves more than 1.5 mm (nose bridge, temples, outer
+    forehead), 0 elsewhere and on the irises. Falls back to the 40 least-moving mesh landmarks."""
+    motion = face.motion()[:N_MESH_LANDMARKS]
+    rigid = motion < _RIGID_MOTION_CM
+    if rigid.sum() < 40:
+        rigid = np.zeros(N_MESH_LANDMARKS, bool)
+        rigid[np.argsort(motion)[:40]] = True
+    weights = np.zeros(len(face.neutral))
+    weights[:N_MESH_LANDMARKS] = rigid
+    return weights
+
+
+@dataclass(frozen=True)
+class FrameFit:
+    """One frame's raw fit. weights: (53,) before calibration; rotation (3, 3), translation_px (3,) and
+    scale_px_per_cm map model cm into the observed y-up pixel frame; observed_model: (478, 3) the landmarks in
+    the model frame (cm); residual_cm: RMS distance over the 468 mesh landmarks after the fit."""
+
+    weights: np.ndarray
+    rotation: np.ndarray
+    translation_px: np.ndarray
+    scale_px_per_cm: float
+    observed_model: np.ndarray
+    residual_cm: float
+
+
+class FrameFitter:
+    """Pose ↔ expression alternation for one identity (no state between frames but the caller's warm start)."""
+
+    def __init__(
+        self,
+        model: FaceModel,
+        embedding: LandmarkEmbedding,
+        identity_weights: np.ndarray | None,
+        config: SolveConfig,
+    ) -> None:
+        self.config = config
+        self.face = EmbeddedFace.build(model, embedding, identity_weights)
+        lam = np.full(N_EXPRESSIONS, config.regularization)
+        for name, value in config.channel_regularization.items():
+            lam[ICT_EXPRESSIONS.index(name)] = value
+        landmark_weights = np.zeros(len(self.face.neutral))
+        landmark_weights[:N_MESH_LANDMARKS] = 1.0  # irises carry gaze, which no blendshape explains
+        self.expression = ExpressionSolver(self.face, landmark_weights, lam, config.symmetry_prior)
+        self.pose_weights_first = rigid_weights(self.face)
+        self.pose_weights_refine = np.maximum(self.pose_weights_first, _NONRIGID_POSE_WEIGHT)
+        self.pose_weights_refine[N_MESH_LANDMARKS:] = 0.0
+        ranges = GazeRanges(config.gaze_horizontal_deg, config.gaze_up_deg, config.gaze_down_deg)
+        self.eyes = EyeModel(self.face, eyeball_centers(model, identity_weights), ranges)
+        self.eyes_active = config.eyes_enabled and self.eyes.valid
+        self._depth_weight = config.depth_weight if config.use_depth else 0.0
+
+    def fit(self, observed: np.ndarray, warm_start: np.ndarray | None = None, has_iris: bool = True) -> FrameFit:
+        """observed: (478, 3) landmarks in the y-up pixel frame (`pixels_to_observed`); warm_start: (53,)."""
+        w = np.zeros(N_EXPRESSIONS) if warm_start is None else np.asarray(warm_start, dtype=np.float64)
+        lo = np.zeros(N_EXPRESSIONS)
+        hi = np.ones(N_EXPRESSIONS)
+        pose_weights = self.pose_weights_first
+        for _ in range(self.config.pose_iterations):
+            rot, trans, scale = umeyama(self.face.landmarks(w), observed, pose_weights)
+            observed_model = ((observed - trans) @ rot) / scale  # Rᵀ(y − t)/s, row-wise
+            metric = depth_metric(rot, self._depth_weight)
+            lo[:] = 0.0
+            hi[:] = 1.0
+            if self.eyes_active and has_iris:
+                gaze = self.eyes.gaze(observed_model, w)
+                lo[GAZE_CHANNELS] = hi[GAZE_CHANNELS] = gaze[GAZE_CHANNELS]
+            w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations).w
+            if w[_MOUTH_CLOSE] > w[_JAW_OPEN]:
+                # ICT's mouthClose is a corrective for lips sealed over an open jaw; alone it drives the lower
+                # lip through the upper one, so it may never exceed jawOpen.
+                hi[_MOUTH_CLOSE] = w[_JAW_OPEN]
+                w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations).w
+            pose_weights = self.pose_weights_refine
+        if self.eyes_active:
+            blink = self.eyes.blink(observed_model, w)
+            w[[ICT_EXPRESSIONS.index("eyeBlink_L"), ICT_EXPRESSIONS.index("eyeBlink_R")]] = blink
+        diff = observed_model[:N_MESH_LANDMARKS] - self.face.landmarks(w)[:N_MESH_LANDMARKS]
+        residual = float(np.sqrt(np.mean(np.einsum("ij,ij->i", diff, diff))))
+        return FrameFit(w, rot, trans, scale, observed_model, residual)
+
+
+def channel_groups() -> dict[str, np.ndarray]:
+    """ICT channel indices per filter group: eyes (blink, gaze, squint, wide), brows, mouth (the rest)."""
+    groups = {"eyes": [], "brows": [], "mouth": []}
+    for i, name in enumerate(ICT_EXPRESSIONS):
+        key = "eyes" if name.startswith("eye") else "brows" if name.startswith("brow") else "mouth"
+        groups[key].append(i)
+    return {k: np.array(v) for k, v in groups.items()}
+
+
+def _channel_filter(config: SolveConfig) -> OneEuroFilter:
+    params = np.empty((3, N_EXPRESSIONS))
+    by_group: dict[str, FilterConfig] = {"eyes": config.filter_eyes, "brows": config.filter_brows, "mouth": config.filter_mouth}
+    for group, idx in channel_groups().items():
+        f = by_group[group]
+        params[:, idx] = np.array([[f.min_cutoff], [f.beta], [f.d_cutoff]])
+    return OneEuroFilter(params[0], params[1], params[2])
+
+
+def valid_observation(landmarks: Landmarks | None) -> tuple[np.ndarray, bool] | None:
+    """(478, 3) y-up pixel-frame landmarks and whether irises are present, or None for anything unusable:
+    None, a wrong shape (468 without irises is accepted), non-finite values, an empty image."""
+    if landmarks is None:
+        return None
+    try:
+        pixels = np.asarray(landmarks.pixels, dtype=np.float64)
+        width, height = (int(v) for v in landmarks.image_size)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if pixels.ndim != 2 or pixels.shape[1] != 3 or pixels.shape[0] not in (N_MESH_LANDMARKS, 478):
+        return None
+    if width <= 0 or height <= 0 or not np.isfinite(pixels).all():
+        return None
+    has_iris = pixels.shape[0] == 478
+    if not has_iris:
+        # Without irises, stand-in points at the mesh centroid keep shapes fixed; they carry zero weight.
+        pixels = np.vstack([pixels, np.repeat(pixels.mean(axis=0, keepdims=True), 10, axis=0)])
+    observed = pixels_to_observed(pixels, height)
+    if np.ptp(observed[:, :2], axis=0).min() <= 0:
+        return None
+    return observed, has_iris
+
+
+class FaceSolver:
+    """Stateful per-frame solver of one face track (DESIGN §3): calibration, filtering, tracking states."""
+
+    def __init__(self, model: FaceModel, embedding: LandmarkEmbedding, identity: Identity, config: SolveConfig) -> None:
+        self.config = config
+        self.fitter = FrameFitter(model, embedding, identity.identity_weights, config)
+        offset = np.asarray(identity.neutral_offset, dtype=np.float64)
+        if offset.shape != (N_EXPRESSIONS,):
+            offset = np.zeros(N_EXPRESSIONS)
+        self.neutral_offset = np.clip(offset, 0.0, 0.95)
+        self._weights_filter = _channel_filter(config)
+        fp = config.filter_pose
+        self._quat_filter = QuaternionOneEuro(fp.min_cutoff, fp.beta, fp.d_cutoff)
+        self._pose_filter = OneEuroFilter(fp.min_cutoff, fp.beta, fp.d_cutoff)
+        self._warm: np.ndarray | None = None
+        self._last: FaceState | None = None
+        self._last_seen_ns: int | None = None
+        self._lost = True
+        self.last_fit: FrameFit | None = None
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """(53,) raw weights → (53,) with the rest offset removed: (w − o)/(1 − o), clamped to [0, 1]."""
+        return np.clip((raw - self.neutral_offset) / (1.0 - self.neutral_offset), 0.0, 1.0)
+
+    def solve(self, landmarks: Landmarks | None, t_capture_ns: int, frame_index: int) -> FaceState:
+        """One frame → FaceState. `landmarks` None or unusable → coasting / lost."""
+        obs = valid_observation(landmarks)
+        if obs is None:
+            return self._no_face(t_capture_ns, frame_index)
+        observed, has_iris = obs
+        assert landmarks is not None
+        try:
+            fit = self.fitter.fit(observed, self._warm, has_iris)
+        except np.linalg.LinAlgError:
+            return self._no_face(t_capture_ns, frame_index)
+        if not (np.isfinite(fit.weights).all() and np.isfinite(fit.rotation).all() and fit.scale_px_per_cm > 0):
+            return self._no_face(t_capture_ns, frame_index)
+        self.last_fit = fit
+        self._warm = fit.weights
+        cfg = self.config
+        pose = head_pose_from_similarity(
+            fit.rotation, fit.translation_px, fit.scale_px_per_cm, landmarks.image_size,
+            cfg.camera_fov_y_deg, cfg.reference_distance_cm,
+        )  # fmt: skip
+        weights = self.calibrate(fit.weights)
+        if self._lost:
+            self._reset_filters()  # a face after a loss starts fresh instead of sliding from stale values
+            self._lost = False
+        if cfg.filter_enabled:
+            weights = np.clip(self._weights_filter(weights, t_capture_ns), 0.0, 1.0)
+            quat = self._quat_filter(pose.quaternion, t_capture_ns)
+            rest = self._pose_filter(np.append(pose.translation, pose.scale), t_capture_ns)
+            pose = HeadPose(quat, rest[:3], float(rest[3]))
+        presence = float(np.clip(getattr(landmarks, "presence", 1.0), 0.0, 1.0))
+        confidence = presence * float(np.exp(-((fit.residual_cm / _RESIDUAL_SCALE_CM) ** 2)))
+        state = FaceState(
+            pose, weights, TrackingState.TRACKING, confidence, t_capture_ns, frame_index, landmarks.face_index
+        )
+        self._last = state
+        self._last_seen_ns = t_capture_ns
+        return state
+
+    def _reset_filters(self) -> None:
+        self._weights_filter.reset()
+        self._quat_filter.reset()
+        self._pose_filter.reset()
+
+    def _no_face(self, t_ns: int, frame_index: int) -> FaceState:
+        last = self._last
+        if last is None or self._last_seen_ns is None:
+            return FaceState.neutral(t_ns, frame_index, TrackingState.LOST)
+        elapsed = max(0.0, (t_ns - self._last_seen_ns) * 1e-9)
+        coast = self.config.coast_seconds
+        if elapsed <= coast:
+            fade = 1.0 - elapsed / coast if coast > 0 else 0.0
+            return FaceState(
+                last.pose, last.weights, TrackingState.COASTING, last.confidence * fade, t_ns, frame_index,
+                last.face_index,
+            )  # fmt: skip
+        ease = self.config.ease_seconds
+        progress = min(1.0, (elapsed - coast) / ease) if ease > 0 else 1.0
+        keep = 1.0 - progress * progress * (3.0 - 2.0 * progress)  # smoothstep: no velocity jump at either end
+        last_quat = last.pose.quaternion if last.pose.quaternion[0] >= 0 else -last.pose.quaternion
+        quat = last_quat * keep + np.array([1.0, 0.0, 0.0, 0.0]) * (1.0 - keep)
+        pose = HeadPose(quat / np.linalg.norm(quat), last.pose.translation, last.pose.scale)
+        self._warm = None
+        self._lost = True
+        return FaceState(pose, last.weights * keep, TrackingState.LOST, 0.0, t_ns, frame_index, last.face_index)
