@@ -392,3 +392,13 @@ def test_bind_conflict_is_a_user_error(publisher: Publisher) -> None:
     port = int(publisher.endpoints["params"].rsplit(":", 1)[1])
     with pytest.raises(UserError, match="cannot bind .*another engine"):
         Publisher(StreamConfig(params_port=port, frame_port=0, asset_port=0), "second")
+
+
+def test_bench_stream_measures_something() -> None:
+    """The benchmark runs end to end (its numbers are reported by `bench`, never asserted here)."""
+    from engine.stream.bench import bench_stream
+
+    result = bench_stream(params_seconds=0.3, params_hz=200, frames=10, size=64)
+    assert result["params_latency_ms"]["samples"] > 10
+    assert result["params_latency_ms"]["transport"]["p50"] > 0
+    assert result["jpeg_64"]["received"] == 10 and result["jpeg_64"]["mean_bytes"] > 0
