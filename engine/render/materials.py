@@ -1,0 +1,138 @@
+"""What each part of the head is made of: shading classes per render vertex and a procedural base albedo.
+
+ICT-FaceKit ships no textures. Skin without an identity texture gets a per-vertex albedo painted from the
+geometry — darker lips around the mouth opening, brows above the eyes, warmer cheeks — so that a render
+reads as a face to a landmark tracker. Irises are drawn per pixel in the shader from the rest position
+(pupil and limbus stay sharp whatever the mesh density). Transparent overlay layers of ICT's eyes (eye
+occlusion, eye blend, lacrimal fluid) are not drawn.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+from engine.face_model import FaceTopology
+
+
+class ShadeClass(IntEnum):
+    """Per-vertex material class; the values are passed to the shaders as `#define CLASS_<NAME>`."""
+
+    FACE = 0  # face skin: the UV tile the detail bases and the identity texture live in
+    HEAD = 1  # back of the head and neck
+    MOUTH = 2  # mouth socket (inside the cheeks)
+    EYE_SOCKET = 3  # the pink flesh in the eye corners
+    GUMS = 4  # gums and tongue
+    TEETH = 5
+    SCLERA = 6
+    IRIS = 7  # ICT's iris sits under the sclera (corneal) surface; both get the drawn iris and pupil
+    LASHES = 8
+
+
+HIDDEN_MATERIALS = ("M_EyeOcclusion", "M_EyeBlend", "M_LacrimalFluid")
+
+_MATERIAL_CLASS = {
+    "M_Face": ShadeClass.FACE, "M_BackHead": ShadeClass.HEAD, "M_GumsTongue": ShadeClass.GUMS,
+    "M_Teeth": ShadeClass.TEETH, "M_ScleraLeft": ShadeClass.SCLERA, "M_ScleraRight": ShadeClass.SCLERA,
+    "M_IrisLeft": ShadeClass.IRIS, "M_IrisRight": ShadeClass.IRIS, "M_EyeLashes": ShadeClass.LASHES,
+}  # fmt: skip
+# Regions that share the back-head material but are not outer skin.
+_REGION_CLASS = {"mouth_socket": ShadeClass.MOUTH, "eye_socket": ShadeClass.EYE_SOCKET}
+
+# sRGB albedos.
+SKIN = np.array([0.80, 0.60, 0.50])
+LIPS = np.array([0.56, 0.24, 0.26])
+BROWS = np.array([0.20, 0.14, 0.11])
+_CLASS_ALBEDO = {
+    ShadeClass.MOUTH: (0.35, 0.10, 0.10), ShadeClass.EYE_SOCKET: (0.75, 0.42, 0.40),
+    ShadeClass.GUMS: (0.70, 0.30, 0.32), ShadeClass.TEETH: (0.86, 0.83, 0.74),
+    ShadeClass.SCLERA: (0.90, 0.87, 0.84), ShadeClass.IRIS: (0.90, 0.87, 0.84), ShadeClass.LASHES: (0.06, 0.05, 0.05),
+}  # fmt: skip
+
+
+def render_vertex_classes(topology: FaceTopology) -> np.ndarray:
+    """(R,) uint8 ShadeClass of each render vertex (every render vertex belongs to one material)."""
+    classes = np.full(len(topology.render_to_model), ShadeClass.HEAD, dtype=np.uint8)
+    for k, name in enumerate(topology.material_names):
+        if name in _MATERIAL_CLASS:
+            classes[topology.render_triangles[topology.triangle_material == k].ravel()] = _MATERIAL_CLASS[name]
+    region = topology.vertex_region[topology.render_to_model]
+    for name, cls in _REGION_CLASS.items():
+        classes[(region == topology.region_names.index(name)) & (classes == ShadeClass.HEAD)] = cls
+    return classes
+
+
+def visible_triangles(topology: FaceTopology) -> tuple[np.ndarray, int]:
+    """(T', 3) uint32 render triangles to draw, face-tile triangles first, and how many of those there are."""
+    mat = topology.triangle_material
+    face = topology.material_names.index("M_Face")
+    hidden = [topology.material_names.index(n) for n in HIDDEN_MATERIALS if n in topology.material_names]
+    others = (mat != face) & ~np.isin(mat, hidden)
+    tris = np.concatenate([topology.render_triangles[mat == face], topology.render_triangles[others]])
+    return tris.astype(np.uint32), int((mat == face).sum())
+
+
+def procedural_albedo(topology: FaceTopology, rest: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Per-render-vertex sRGB albedo (R, 3) float32 in [0, 1], painted from the rest shape (R, 3) cm.
+
+    Lips: lens shapes above and below the mouth opening (the face mesh's boundary loop around the mouth),
+    thickest at the centre and vanishing at the corners. Brows: an arch ~2 cm above each eye opening's centre.
+    """
+    albedo = np.tile(SKIN, (len(rest), 1))
+    face = classes == ShadeClass.FACE
+    skin = face | (classes == ShadeClass.HEAD)
+    x, y, z = rest[:, 0], rest[:, 1], rest[:, 2]
+    # Warmer cheeks and nose, paler forehead: low-frequency variation a real face has.
+    cheek = np.exp(-(((np.abs(x) - 4.2) / 2.2) ** 2 + ((y + 1.0) / 2.2) ** 2))
+    nose = np.exp(-((x / 1.2) ** 2 + ((y - 0.5) / 2.0) ** 2))
+    albedo += (cheek + 0.6 * nose)[:, None] * np.array([0.05, -0.03, -0.03])
+    albedo[classes == ShadeClass.HEAD] *= 0.97
+
+    rim = _mouth_rim(topology, rest, classes)
+    if len(rim):
+        # In the frontal (x, y) plane: the lips are lens shapes above and below the opening's mid-line,
+        # as wide as the opening and thickest at the centre (the rim itself curls inside the mouth).
+        corner = np.abs(rest[rim, 0]).max() + 0.15
+        mid_y = rest[rim, 1].mean()
+        taper = np.sqrt(np.clip(1.0 - (x / corner) ** 2, 0.0, 1.0))
+        extent = np.where(y > mid_y, 0.85, 1.1) * taper
+        lips = face & (z > rest[rim, 2].min() - 1.5)
+        weight = np.clip((extent - np.abs(y - mid_y)) / 0.12, 0.0, 1.0) * lips
+        albedo = albedo * (1 - weight[:, None]) + LIPS * weight[:, None]
+
+    for side in (1.0, -1.0):
+        eye_x, eye_y = 3.25 * side, _eye_centre_y(rest, classes, side)
+        s = (x - eye_x) * side  # along the brow, towards the temple
+        centre = eye_y + 2.0 + 0.35 * (1.0 - ((s - 0.3) / 2.4) ** 2)
+        half = 0.38 - 0.12 * np.clip((s + 1.8) / 4.4, 0.0, 1.0)  # thicker at the inner end
+        along = np.clip(1.0 - np.abs(s - 0.35) / 2.55, 0.0, 1.0)
+        weight = np.clip((half - np.abs(y - centre)) / 0.1 + 0.5, 0.0, 1.0) * np.clip(along * 4.0, 0.0, 1.0)
+        weight *= face & (x * side > 0)
+        albedo = albedo * (1 - weight[:, None]) + BROWS * weight[:, None]
+
+    for cls, color in _CLASS_ALBEDO.items():
+        albedo[classes == cls] = color
+    albedo[~skin & ~np.isin(classes, list(_CLASS_ALBEDO))] = SKIN
+    return np.clip(albedo, 0.0, 1.0).astype(np.float32)
+
+
+def _mouth_rim(topology: FaceTopology, rest: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Render-vertex ids on the face mesh's boundary loop around the mouth opening."""
+    face = topology.material_names.index("M_Face")
+    tris = topology.render_triangles[topology.triangle_material == face]
+    model_tris = topology.render_to_model[tris]
+    edges = np.sort(np.concatenate([model_tris[:, [0, 1]], model_tris[:, [1, 2]], model_tris[:, [2, 0]]]), axis=1)
+    unique, counts = np.unique(edges, axis=0, return_counts=True)
+    boundary_model = np.unique(unique[counts == 1])
+    boundary = np.flatnonzero(np.isin(topology.render_to_model, boundary_model) & (classes == ShadeClass.FACE))
+    p = rest[boundary]
+    # Below the nose, above the chin, within the mouth's width, on the front of the face.
+    near_mouth = (np.abs(p[:, 0]) < 4.0) & (p[:, 1] < -1.0) & (p[:, 1] > -8.0) & (p[:, 2] > rest[:, 2].max() - 6.0)
+    return boundary[near_mouth]
+
+
+def _eye_centre_y(rest: np.ndarray, classes: np.ndarray, side: float) -> float:
+    """Height (cm) of the centre of one eye's visible cap (the iris material)."""
+    cap = (classes == ShadeClass.IRIS) & (rest[:, 0] * side > 0)
+    return float(rest[cap, 1].mean()) if cap.any() else 3.6

@@ -1,0 +1,193 @@
+"""The avatar mesh in render order (seam-split vertices) and its upload to OpenGL.
+
+`AvatarMesh` is plain numpy: the identity's rest shape, per-blendshape position and normal deltas gathered
+into render-vertex order (so a frame is one weighted sum, no gather), UVs, shading classes, the procedural
+albedo and the activation masks A_j (DESIGN §4.2) of the blendshapes the key expressions use.
+`MeshBuffers` owns the GL objects and updates vertices per frame, either on the CPU (numpy, the default on
+llvmpipe, where vertex shading is single-threaded) or on the GPU (deltas in float textures, summed in the
+vertex shader).
+
+Normals are blended linearly like positions (a per-blendshape normal delta, renormalized in the shader):
+exact at the rest shape and at each single full blendshape, and it costs no per-frame normal pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import moderngl
+import numpy as np
+import scipy.sparse as sp
+
+from engine.detail.weights import activation_masks, key_expression_weights
+from engine.face_model import FaceModel
+from engine.render.materials import ShadeClass, procedural_albedo, render_vertex_classes, visible_triangles
+
+# Float textures are laid out row-major in this width (below every GL 3.3 implementation's max texture size).
+TEXTURE_WIDTH = 4096
+
+
+def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals. vertices: (..., V, 3) cm; triangles: (T, 3) → (..., V, 3) float32."""
+    v = np.asarray(vertices, dtype=np.float32)
+    a, b, c = (v[..., triangles[:, k], :] for k in range(3))
+    face = np.cross(b - a, c - a)  # length = 2 × area: the weighting
+    n_vertices = v.shape[-2]
+    rows = triangles.ravel()
+    cols = np.repeat(np.arange(len(triangles)), 3)
+    incidence = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_vertices, len(triangles)))
+    lead = face.shape[:-2]
+    flat = np.moveaxis(face, -2, 0).reshape(len(triangles), -1)  # (T, ... * 3)
+    summed = np.moveaxis((incidence @ flat).reshape(n_vertices, *lead, 3), 0, -2)
+    norm = np.linalg.norm(summed, axis=-1, keepdims=True)
+    return (summed / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def mask_channels() -> np.ndarray:
+    """(J,) int ICT blendshape indices that some key expression uses: the only A_j the shaders need."""
+    return np.flatnonzero(np.abs(key_expression_weights()[1:]).sum(axis=0) > 0)
+
+
+@dataclass(frozen=True)
+class AvatarMesh:
+    """Render-order arrays for one identity (R seam-split render vertices, E blendshapes).
+
+    rest: (R, 6) float32 rest position (cm) and unit normal. basis: (E, R, 6) float32 per-unit-weight
+    position and normal deltas. uv: (R, 2) float32 (face tile in [0, 1]²). classes: (R,) uint8 ShadeClass.
+    albedo: (R, 3) float32 sRGB. masks: (R, J) float32 A_j for `channels` (0 off the face tile).
+    channels: (J,) ICT indices. triangles: (T', 3) uint32 visible triangles, the first `n_face_triangles`
+    of them in the face tile. eye_poles: (2, 3) float32 rest front pole of the left and right eyeball (cm).
+    """
+
+    rest: np.ndarray
+    basis: np.ndarray
+    uv: np.ndarray
+    classes: np.ndarray
+    albedo: np.ndarray
+    masks: np.ndarray
+    channels: np.ndarray
+    triangles: np.ndarray
+    n_face_triangles: int
+    eye_poles: np.ndarray
+
+    @property
+    def n_vertices(self) -> int:
+        return len(self.rest)
+
+    @staticmethod
+    def build(model: FaceModel, identity_weights: np.ndarray | None = None) -> AvatarMesh:
+        """Personalize `model` with `identity_weights` (None: the mean face) and lay it out for rendering."""
+        topo = model.topology
+        face = model.personalize(identity_weights)
+        neutral_normals = vertex_normals(face.neutral, topo.triangles)
+        basis_normals = np.empty_like(face.expression_basis)
+        for start in range(0, len(face.expression_basis), 8):  # bounded memory: 8 shapes at a time
+            shapes = face.neutral[None] + face.expression_basis[start : start + 8]
+            basis_normals[start : start + 8] = vertex_normals(shapes, topo.triangles) - neutral_normals
+        r2m = topo.render_to_model
+        rest = np.concatenate([face.neutral[r2m], neutral_normals[r2m]], axis=1).astype(np.float32)
+        basis = np.concatenate([face.expression_basis[:, r2m], basis_normals[:, r2m]], axis=2).astype(np.float32)
+        classes = render_vertex_classes(topo)
+        channels = mask_channels()
+        masks = activation_masks(model.expression_basis[channels], topo.region_vertices("face"))[:, r2m].T
+        masks = np.where((classes == ShadeClass.FACE)[:, None], masks, 0.0).astype(np.float32)
+        triangles, n_face = visible_triangles(topo)
+        poles = np.zeros((2, 3), np.float32)
+        for k, side in enumerate((1.0, -1.0)):  # subject's left (+x) first
+            cap = np.flatnonzero((classes == ShadeClass.SCLERA) & (rest[:, 0] * side > 0))
+            if len(cap):
+                poles[k] = rest[cap[np.argmax(rest[cap, 2])], :3]
+        return AvatarMesh(
+            rest=rest,
+            basis=np.ascontiguousarray(basis),
+            uv=np.ascontiguousarray(topo.render_uv, dtype=np.float32),
+            classes=classes,
+            albedo=procedural_albedo(topo, rest[:, :3], classes),
+            masks=masks,
+            channels=channels,
+            triangles=triangles,
+            n_face_triangles=n_face,
+            eye_poles=poles,
+        )
+
+    def evaluate(self, weights: np.ndarray) -> np.ndarray:
+        """(E,) expression weights → (R, 6) float32 positions (cm) and unnormalized normals.
+
+        Only the non-zero weights are summed: a typical frame drives a handful of the 53 channels.
+        """
+        w = np.asarray(weights, dtype=np.float32)
+        active = np.flatnonzero(w)
+        flat = self.basis.reshape(len(self.basis), -1)
+        out = self.rest.reshape(-1) + w[active] @ flat[active] if len(active) else self.rest.reshape(-1).copy()
+        return out.reshape(-1, 6)
+
+    @property
+    def mask_texels(self) -> int:
+        """vec4 texels per vertex that hold the J masks."""
+        return -(-self.masks.shape[1] // 4)
+
+
+def _float_texture(ctx: moderngl.Context, values: np.ndarray, components: int) -> moderngl.Texture:
+    """(n, components) float32 → a TEXTURE_WIDTH-wide float texture, element k at (k % W, k // W)."""
+    n = len(values)
+    rows = -(-n // TEXTURE_WIDTH)
+    padded = np.zeros((rows * TEXTURE_WIDTH, components), np.float32)
+    padded[:n] = values
+    tex = ctx.texture((TEXTURE_WIDTH, rows), components, padded.tobytes(), dtype="f4")
+    tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
+    return tex
+
+
+class MeshBuffers:
+    """The GL side of an AvatarMesh: vertex buffers, index buffer, mask texture, optional GPU deltas.
+
+    Dynamic buffer `deformed`: (R, 6) position + normal, rewritten per frame on the CPU path, written once
+    (the rest shape) on the GPU path. Static buffer: uv (2), class (1), albedo (3), rest position (3).
+    """
+
+    def __init__(self, ctx: moderngl.Context, mesh: AvatarMesh, gpu_blendshapes: bool) -> None:
+        self.mesh = mesh
+        self.gpu_blendshapes = gpu_blendshapes
+        self.deformed = ctx.buffer(mesh.rest.tobytes(), dynamic=True)
+        static = np.concatenate(
+            [mesh.uv, mesh.classes[:, None].astype(np.float32), mesh.albedo, mesh.rest[:, :3]], axis=1
+        )
+        self.static = ctx.buffer(np.ascontiguousarray(static, dtype=np.float32).tobytes())
+        self.index = ctx.buffer(mesh.triangles.tobytes())
+        j4 = mesh.mask_texels
+        masks = np.zeros((mesh.n_vertices, 4 * j4), np.float32)
+        masks[:, : mesh.masks.shape[1]] = mesh.masks
+        self.mask_texture = _float_texture(ctx, masks.reshape(-1, 4), 4)
+        self.basis_texture: moderngl.Texture | None = None
+        if gpu_blendshapes:
+            # Positions and normals of delta j, vertex r at texel j·R + r (RGB), two consecutive rows blocks.
+            self.basis_texture = _float_texture(ctx, mesh.basis.reshape(-1, 6)[:, :3], 3)
+            self.normal_basis_texture = _float_texture(ctx, mesh.basis.reshape(-1, 6)[:, 3:], 3)
+
+    def vertex_array(self, program: moderngl.Program) -> moderngl.VertexArray:
+        """A VAO binding this mesh's buffers to the attributes `program` uses (unused ones are skipped)."""
+        names = set(program)
+        deformed = [n for n in ("in_position", "in_normal") if n in names]
+        static = [n for n in ("in_uv", "in_class", "in_albedo", "in_rest") if n in names]
+        fmt_d = " ".join("3f" if n in deformed else "12x" for n in ("in_position", "in_normal"))
+        sizes = {"in_uv": "2f", "in_class": "1f", "in_albedo": "3f", "in_rest": "3f"}
+        skips = {"in_uv": "8x", "in_class": "4x", "in_albedo": "12x", "in_rest": "12x"}
+        fmt_s = " ".join(sizes[n] if n in static else skips[n] for n in sizes)
+        content = []
+        if deformed:
+            content.append((self.deformed, fmt_d, *deformed))
+        if static:
+            content.append((self.static, fmt_s, *static))
+        return program.ctx.vertex_array(program, content, self.index, index_element_size=4)
+
+    def update(self, weights: np.ndarray) -> None:
+        """CPU path: write this frame's deformed positions and normals (no-op on the GPU path)."""
+        if not self.gpu_blendshapes:
+            self.deformed.write(self.mesh.evaluate(weights).tobytes())
+
+    def release(self) -> None:
+        for obj in (self.deformed, self.static, self.index, self.mask_texture, self.basis_texture):
+            if obj is not None:
+                obj.release()
+        if self.basis_texture is not None:
+            self.normal_basis_texture.release()

@@ -1,0 +1,151 @@
+// The avatar fragment stage: the dynamic-detail blend (detail_blend.glsl) on face skin, normal
+// perturbation from the blended UV gradient, and shading: wrapped diffuse from a key and a fill light,
+// a hemisphere ambient, Blinn-Phong specular, per-material albedo (identity texture on face skin,
+// procedural elsewhere), a drawn iris and pupil, and depth darkening inside the mouth.
+// Output: linear shading → sRGB, alpha 1 (the background is cleared to alpha 0).
+
+in vec3 v_position;
+in vec3 v_normal;
+in vec2 v_uv;
+flat in int v_class;
+in vec3 v_albedo;
+in vec3 v_rest;
+in vec4 v_m[5];
+
+out vec4 frag;
+
+uniform bool u_detail;
+uniform float u_detail_gain;                 // multiplies the blended displacement
+uniform bool u_has_albedo_map;
+uniform sampler2D u_albedo_map;              // identity UV albedo (sRGB) of the face tile
+uniform vec3 u_light_dir[2];                 // camera frame, unit, towards key and fill light
+uniform vec3 u_light_color[2];
+uniform vec3 u_sky;                          // hemisphere ambient from above / below
+uniform vec3 u_ground;
+uniform vec3 u_eye_pole[2];                  // rest front pole of the subject's left, right eyeball
+uniform vec3 u_iris_color;                   // linear
+uniform vec2 u_mouth_depth;                  // rest z (cm) of the mouth's front and of its dark back
+uniform int u_debug_view;                    // 0 shaded, 1 displacement F, 2 weights M_i, 3 normals
+uniform float u_debug_range_mm;
+
+// Screen-space UV derivatives, taken in uniform control flow so that sampling inside branches is defined.
+vec2 g_duv_dx;
+vec2 g_duv_dy;
+
+#include "detail_blend.glsl"
+
+vec3 fetch_basis(vec2 uv, int layer) {
+    return textureGrad(u_bases, vec3(uv, float(layer)), g_duv_dx, g_duv_dy).xyz;
+}
+
+vec3 to_linear(vec3 c) {
+    return pow(c, vec3(2.2));
+}
+
+// Bump mapping from a UV gradient (Mikkelsen 2010): ∇u, ∇v on the surface from screen derivatives.
+vec3 perturb_normal(vec3 n, vec3 dpdx, vec3 dpdy, vec2 grad_mm) {
+    vec3 r1 = cross(dpdy, n);
+    vec3 r2 = cross(n, dpdx);
+    float det = dot(dpdx, r1);
+    if (abs(det) < 1e-12) {
+        return n;
+    }
+    vec3 grad_u = (r1 * g_duv_dx.x + r2 * g_duv_dy.x) / det;  // 1/cm
+    vec3 grad_v = (r1 * g_duv_dx.y + r2 * g_duv_dy.y) / det;
+    return normalize(n - 0.1 * (grad_mm.x * grad_u + grad_mm.y * grad_v));  // mm → cm
+}
+
+vec3 iris_albedo(vec3 rest) {
+    vec3 pole = rest.x > 0.0 ? u_eye_pole[0] : u_eye_pole[1];
+    vec2 d = rest.xy - pole.xy;
+    float r = length(d);
+    float angle = atan(d.y, d.x);
+    float fibres = 0.82 + 0.18 * sin(angle * 31.0 + 9.0 * sin(angle * 5.0)) * sin(r * 60.0 + angle * 3.0);
+    vec3 iris = u_iris_color * fibres * mix(0.55, 1.15, smoothstep(0.2, 0.5, r));
+    vec3 color = mix(iris, to_linear(vec3(0.90, 0.87, 0.84)), smoothstep(0.56, 0.62, r));
+    color *= 1.0 - 0.6 * smoothstep(0.46, 0.57, r) * (1.0 - smoothstep(0.57, 0.63, r));  // limbal ring
+    return mix(vec3(0.004), color, smoothstep(0.19, 0.215, r));  // pupil
+}
+
+vec3 palette(int i) {
+    return 0.5 + 0.5 * cos(6.2831853 * (float(i) / 19.0 + vec3(0.0, 0.33, 0.67)));
+}
+
+void main() {
+    vec3 dpdx = dFdx(v_position);
+    vec3 dpdy = dFdy(v_position);
+    g_duv_dx = dFdx(v_uv);
+    g_duv_dy = dFdy(v_uv);
+    vec3 n = normalize(v_normal);
+    if (!gl_FrontFacing) {
+        n = -n;  // the inside of the mouth socket is seen from its back
+    }
+    bool face = v_class == CLASS_FACE;
+    vec3 f = vec3(0.0);
+    if (u_detail && face) {
+        f = u_detail_gain * blend_detail(v_uv, v_m);
+        n = perturb_normal(n, dpdx, dpdy, f.yz);
+    }
+
+    if (u_debug_view == 1) {
+        float x = clamp(f.x / u_debug_range_mm, -1.0, 1.0);
+        vec3 c = x > 0.0 ? mix(vec3(1.0), vec3(0.85, 0.15, 0.1), x) : mix(vec3(1.0), vec3(0.1, 0.3, 0.9), -x);
+        frag = vec4(face ? c : vec3(0.25), 1.0);
+        return;
+    }
+    if (u_debug_view == 2) {
+        vec3 c = vec3(0.25);
+        if (face) {
+            float total = 0.0;
+            vec3 mixed = vec3(0.0);
+            for (int k = 0; k < u_n_active; ++k) {
+                total += active_weight(v_m, k);
+                mixed += active_weight(v_m, k) * palette(u_active[k]);
+            }
+            c = (mixed + max(1.0 - total, 0.0) * vec3(0.6)) / max(total, 1.0);
+        }
+        frag = vec4(c, 1.0);
+        return;
+    }
+    if (u_debug_view == 3) {
+        frag = vec4(n * 0.5 + 0.5, 1.0);
+        return;
+    }
+
+    vec3 albedo = to_linear(v_albedo);
+    float specular = 0.06;
+    float shininess = 24.0;
+    float wrap = 0.0;
+    float occlusion = 1.0;
+    if (face || v_class == CLASS_HEAD) {
+        if (face && u_has_albedo_map) {
+            albedo = to_linear(textureGrad(u_albedo_map, v_uv, g_duv_dx, g_duv_dy).rgb);
+        }
+        albedo *= clamp(1.0 + 0.3 * f.x, 0.7, 1.05);  // folds (F < 0) hold less light
+        wrap = 0.3;  // light scattered under the skin reaches past the terminator
+    } else if (v_class == CLASS_IRIS || v_class == CLASS_SCLERA) {
+        albedo = iris_albedo(v_rest);  // ICT's sclera is the outer (corneal) surface: the iris shows through it
+        specular = 0.7;
+        shininess = 180.0;
+    } else if (v_class == CLASS_LASHES) {
+        if (fract(v_uv.x * 90.0) > (v_uv.y > 0.5 ? 0.35 : 0.2)) {
+            discard;  // ICT's lash cards carry strands in an alpha texture it does not ship: cut strands
+        }
+        specular = 0.0;
+    } else {
+        occlusion = pow(clamp((v_rest.z - u_mouth_depth.y) / (u_mouth_depth.x - u_mouth_depth.y), 0.03, 1.0), 1.5);
+        specular = v_class == CLASS_TEETH ? 0.25 : 0.12;
+        shininess = 48.0;
+    }
+
+    vec3 view = normalize(-v_position);
+    vec3 color = albedo * mix(u_ground, u_sky, 0.5 + 0.5 * n.y) * occlusion;
+    for (int k = 0; k < 2; ++k) {
+        vec3 l = u_light_dir[k];
+        float diffuse = max((dot(n, l) + wrap) / (1.0 + wrap), 0.0);
+        vec3 h = normalize(l + view);
+        float spec = dot(n, l) > 0.0 ? pow(max(dot(n, h), 0.0), shininess) * (shininess + 8.0) / 25.1327 : 0.0;
+        color += u_light_color[k] * occlusion * (albedo * diffuse + specular * spec);
+    }
+    frag = vec4(pow(clamp(color, 0.0, 1.0), vec3(1.0 / 2.2)), 1.0);
+}
