@@ -172,7 +172,7 @@ def _cmd_view(args: argparse.Namespace, config: Config) -> int:
             raise UserError(f"nothing from {addresses['params']} within {args.timeout:g} s: {hint}")
         identity = _load_remote_identity(client, identity_message, model, args.cache_dir)
         identity_id = identity_message.header["id"]
-        renderer = AvatarRenderer(model, identity, config.render)
+        renderer = AvatarRenderer(model, identity, config.render, detail_gain=config.detail.scale_mm)
         previous = None
         try:
             while args.frames is None or sink.frames < args.frames:
@@ -185,12 +185,14 @@ def _cmd_view(args: argparse.Namespace, config: Config) -> int:
                     if latest is not None and latest.header["id"] == message.header["identity"]:
                         identity = _load_remote_identity(client, latest, model, args.cache_dir)
                         identity_id = latest.header["id"]
-                        renderer = AvatarRenderer(model, identity, config.render)
+                        renderer.close()
+                        renderer = AvatarRenderer(model, identity, config.render, detail_gain=config.detail.scale_mm)
                 if not sink.write(renderer.render(params_to_face_state(message)).image):
                     break
         except KeyboardInterrupt:
             pass
         finally:
+            renderer.close()
             sink.close()
     print(f"rendered {sink.frames} frames" + (f" to {args.out}" if args.out else ""))
     return 0
