@@ -67,12 +67,33 @@ def activation_masks(expression_basis: np.ndarray, vertex_ids: np.ndarray | None
     return np.clip(norms / np.where(peak > 0, peak, 1.0), 0.0, 1.0).astype(np.float32)
 
 
-def key_expression_coefficients(expression_weights: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
-    """c: (53,) current weights α → (19, 53) float32, c_ij = α^j α̂_i^j / Σ_k (α̂_i^k)² for i = 1..19."""
+def key_expression_coefficients(
+    expression_weights: np.ndarray, table: np.ndarray | None = None, normalizers: np.ndarray | None = None
+) -> np.ndarray:
+    """c: (53,) current weights α → (19, 53) float32, c_ij = α^j α̂_i^j / D_i for i = 1..19.
+
+    D_i = Σ_k (α̂_i^k)² (DESIGN §4.2) unless `normalizers` (19,) are given — see `peak_normalizers`.
+    """
     alpha_hat = key_expression_weights() if table is None else table
     alpha_hat = alpha_hat[1:]
-    norm = (alpha_hat**2).sum(axis=1, keepdims=True)
+    norm = (alpha_hat**2).sum(axis=1, keepdims=True) if normalizers is None else np.asarray(normalizers)[:, None]
     return (np.asarray(expression_weights, dtype=np.float64)[None, :] * alpha_hat / norm).astype(np.float32)
+
+
+def peak_normalizers(
+    masks: np.ndarray, vertex_ids: np.ndarray | None = None, table: np.ndarray | None = None
+) -> np.ndarray:
+    """(53, V) A → (19,) D_i = max_v Σ_k (α̂_i^k)² A_k(v): the denominator that makes M_i reach 1 at α = α̂_i.
+
+    With DESIGN's D_i = Σ_k (α̂_i^k)², a key expression made of a left/right pair (smile, dimpler, eye_closed,
+    cheek_blowing …) peaks at M_i = 0.5 — one side's mask is ≈ 0 where the other's is 1 — and several (anger,
+    sadness, grin, brow_raiser) never outweigh the neutral basis at their own full expression. Only the
+    CPU-side c_ij change; the shaders are the same.
+    """
+    alpha_hat = (key_expression_weights() if table is None else table)[1:]
+    region = masks if vertex_ids is None else masks[:, vertex_ids]
+    peak = ((alpha_hat**2) @ region).max(axis=1)
+    return np.where(peak > 0, peak, 1.0)
 
 
 def vertex_key_weights(coefficients: np.ndarray, masks: np.ndarray) -> np.ndarray:
