@@ -161,11 +161,10 @@ def _cmd_view(args: argparse.Namespace, config: Config) -> int:
     from engine.stream.schema import IDENTITY, PARAMS
 
     addresses = engine_addresses(args.connect)
+    keys = _client_keys(args)
     sink = _Sink(args.out, args.fps, (config.render.width, config.render.height))
     model = FaceModel.load()
-    with StreamClient(
-        addresses["params"], asset_address=args.assets or addresses["assets"], keys=_client_keys(args)
-    ) as client:
+    with StreamClient(addresses["params"], asset_address=args.assets or addresses["assets"], keys=keys) as client:
         hint = "is the engine running there, bound to a reachable stream.bind_address, with matching CURVE keys?"
         identity_message = client.wait(IDENTITY, args.timeout)
         if identity_message is None:
