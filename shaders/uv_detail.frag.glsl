@@ -8,7 +8,10 @@ out vec4 frag;
 #include "detail_blend.glsl"
 
 vec3 fetch_basis(vec2 uv, int layer) {
-    return textureLod(u_bases, vec3(uv, float(layer)), 0.0).xyz;  // level 0: exact at texel centres
+    // The texel under this pixel, unfiltered: bilinear weights quantized by the rasterizer would leak
+    // 1/256 of a neighbour when the interpolated UV lands a hair off the texel centre.
+    ivec2 size = textureSize(u_bases, 0).xy;
+    return texelFetch(u_bases, ivec3(clamp(ivec2(floor(uv * vec2(size))), ivec2(0), size - 1), layer), 0).xyz;
 }
 
 void main() {

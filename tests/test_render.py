@@ -1,0 +1,188 @@
+"""The avatar renderer, headless: image contract, pose and expression reach the pixels, CPU and GPU paths agree."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from engine.config import ConfigError, RenderConfig, load_config
+from engine.identity import DetailBases, Identity
+from engine.names import ICT_EXPRESSIONS
+from engine.render.camera import Camera, euler_to_quaternion, quaternion_to_matrix
+from engine.render.renderer import AvatarRenderer
+from engine.types import FaceState, HeadPose
+
+SIZE = 192
+
+
+def _identity(face_model, bases: np.ndarray | None = None) -> Identity:
+    return Identity(
+        "test", face_model.model_id, face_model.default_identity_weights(), np.zeros(53, np.float32),
+        bases=None if bases is None else DetailBases(bases, "synthetic"),
+    )  # fmt: skip
+
+
+def _ridges(n: int = 64) -> np.ndarray:
+    """Ridges along v, a different frequency per key expression (mm, mm per unit UV)."""
+    v = (np.arange(n) + 0.5) / n
+    maps = np.zeros((20, n, n, 3), np.float32)
+    for i in range(20):
+        k = 6 + i
+        maps[i, :, :, 0] = 0.4 * np.sin(2 * np.pi * k * v)[:, None]
+        maps[i, :, :, 2] = (0.4 * 2 * np.pi * k * np.cos(2 * np.pi * k * v))[:, None]
+    return maps
+
+
+@pytest.fixture(scope="module")
+def renderer(face_model):
+    with AvatarRenderer(face_model, _identity(face_model, _ridges()), RenderConfig(width=SIZE, height=SIZE)) as r:
+        yield r
+
+
+def _state(**weights: float) -> FaceState:
+    w = np.zeros(53)
+    for name, value in weights.items():
+        w[ICT_EXPRESSIONS.index(name)] = value
+    return replace(FaceState.neutral(), weights=w)
+
+
+def _posed(state: FaceState, yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0) -> FaceState:
+    q = euler_to_quaternion(np.array(yaw), np.array(pitch), np.array(roll))
+    return replace(state, pose=HeadPose(q, np.zeros(3), 1.0))
+
+
+def _projected_bbox(face_model, camera: Camera, pose: HeadPose) -> tuple[np.ndarray, np.ndarray]:
+    vertices = face_model.evaluate(face_model.default_identity_weights(), np.zeros(53))
+    mv = camera.model_view(pose)
+    cam = vertices @ mv[:3, :3].T + mv[:3, 3]
+    px = camera.project(cam)
+    return px.min(axis=0), px.max(axis=0)
+
+
+def test_render_is_rgba_top_row_first_with_transparent_background(face_model, renderer):
+    frame = renderer.render(_state())
+    img = frame.image
+    assert img.shape == (SIZE, SIZE, 4) and img.dtype == np.uint8
+    alpha = img[..., 3]
+    assert 0.2 < (alpha > 0).mean() < 0.9, "the head fills part of the frame"
+    lo, hi = _projected_bbox(face_model, renderer.camera, HeadPose.identity())
+    ys, xs = np.nonzero(alpha)
+    # Every covered pixel lies within the projected mesh (+1 px of antialiasing): alpha is 0 elsewhere.
+    assert xs.min() >= np.floor(lo[0]) - 1 and xs.max() <= np.ceil(hi[0]) + 1
+    assert ys.min() >= np.floor(lo[1]) - 1 and ys.max() <= np.ceil(hi[1]) + 1
+    # Top row first: the neck reaches the bottom edge, the top corners are empty.
+    assert alpha[-1].max() == 255 and alpha[0, 0] == 0 and alpha[0, -1] == 0
+    assert frame.state.frame_index == -1 and frame.t_render_done_ns > 0
+
+
+def test_subject_left_is_image_right(renderer):
+    """Left/right are the subject's: closing the left eye changes the right half of the (unmirrored) image."""
+    neutral = renderer.render(_state()).image.astype(np.int16)
+    blink = renderer.render(_state(eyeBlink_L=1.0)).image.astype(np.int16)
+    diff = np.abs(blink - neutral)[..., :3].sum(axis=-1)
+    assert diff[:, SIZE // 2 :].sum() > 20 * diff[:, : SIZE // 2].sum()
+
+
+def test_open_jaw_changes_mouth_pixels_only(renderer):
+    neutral = renderer.render(_state()).image.astype(np.int16)
+    opened = renderer.render(_state(jawOpen=1.0)).image.astype(np.int16)
+    diff = np.abs(opened - neutral)[..., :3].max(axis=-1)
+    mouth = diff[int(0.62 * SIZE) : int(0.85 * SIZE), int(0.35 * SIZE) : int(0.65 * SIZE)]
+    forehead = diff[int(0.05 * SIZE) : int(0.25 * SIZE), int(0.3 * SIZE) : int(0.7 * SIZE)]
+    assert (mouth > 40).mean() > 0.2
+    assert forehead.max() <= 2
+    # The opening is dark inside: the mouth region gets darker on average.
+    assert opened[int(0.62 * SIZE) : int(0.85 * SIZE), int(0.4 * SIZE) : int(0.6 * SIZE), :3].mean() < neutral[
+        int(0.62 * SIZE) : int(0.85 * SIZE), int(0.4 * SIZE) : int(0.6 * SIZE), :3
+    ].mean() - 10
+
+
+@pytest.mark.parametrize("yaw", [20.0, -20.0])
+def test_yaw_moves_the_face_towards_the_subjects_side(renderer, yaw):
+    """Positive yaw turns the face to the subject's left, which the camera sees on the image right."""
+
+    def dark_centroid_x(img: np.ndarray) -> float:
+        lum = img[..., :3].astype(np.float32).mean(axis=-1)
+        ys, xs = np.nonzero((img[..., 3] == 255) & (lum < 70))  # brows, lashes, irises, nostrils
+        return float(xs.mean())
+
+    frontal = dark_centroid_x(renderer.render(_state()).image)
+    turned = dark_centroid_x(renderer.render(_posed(_state(), yaw=yaw)).image)
+    assert np.sign(turned - frontal) == np.sign(yaw)
+    assert abs(turned - frontal) > 0.06 * SIZE
+
+
+def test_pitch_and_roll_change_the_image(renderer):
+    base = renderer.render(_state()).image
+    for pose in ({"pitch": 15.0}, {"roll": 15.0}):
+        moved = renderer.render(_posed(_state(), **pose)).image
+        assert (base[..., 3] != moved[..., 3]).mean() > 0.01
+
+
+def test_detail_changes_shading_not_the_silhouette(renderer):
+    state = _state(mouthSmile_L=0.6, mouthSmile_R=0.6)
+    with_detail = renderer.render(state).image.astype(np.int16)
+    renderer.detail = False
+    try:
+        without = renderer.render(state).image.astype(np.int16)
+    finally:
+        renderer.detail = True
+    diff = np.abs(with_detail - without)[..., :3].max(axis=-1)
+    assert (diff > 3).mean() > 0.05
+    assert (with_detail[..., 3] == without[..., 3]).all(), "detail shades; it does not move the silhouette"
+
+
+def test_gpu_blendshapes_match_cpu(face_model):
+    state = _posed(_state(jawOpen=0.6, mouthSmile_R=0.8, eyeBlink_L=0.5, browInnerUp_L=0.7), yaw=10, pitch=-5)
+    images = []
+    for gpu in (False, True):
+        with AvatarRenderer(face_model, _identity(face_model), RenderConfig(width=128, height=128), gpu) as r:
+            assert r.gpu_blendshapes is gpu
+            images.append(r.render(state).image.astype(np.int16))
+    diff = np.abs(images[0] - images[1])
+    assert diff.mean() < 0.2 and (diff > 8).mean() < 0.002
+
+
+@pytest.mark.parametrize("view", ["displacement", "weights", "normals"])
+def test_debug_views(face_model, view):
+    config = RenderConfig(width=96, height=96, debug_view=view, samples=0)
+    with AvatarRenderer(face_model, _identity(face_model, _ridges()), config) as r:
+        smile = r.render(_state(mouthSmile_L=1.0, mouthSmile_R=1.0)).image
+        neutral = r.render(_state()).image
+    assert (smile[..., 3] > 0).mean() > 0.2
+    changed = (np.abs(smile.astype(np.int16) - neutral)[..., :3].max(axis=-1) > 10).mean()
+    if view == "weights":
+        assert changed > 0.02, "a smile lights up the smile key expression's weight"
+    else:
+        assert len(np.unique(smile[..., :3].reshape(-1, 3), axis=0)) > 50
+
+
+def test_uv_render_needs_bases(face_model):
+    with AvatarRenderer(face_model, _identity(face_model), RenderConfig(width=32, height=32, samples=0)) as r:
+        assert r.detail is False
+        with pytest.raises(ValueError, match="no detail bases"):
+            r.render_uv(np.zeros(53))
+
+
+def test_bad_inputs_name_the_problem(face_model, renderer):
+    with pytest.raises(ValueError, match="shape"):
+        renderer.render(replace(FaceState.neutral(), weights=np.zeros(52)))
+    with pytest.raises(ValueError, match="NaN"):
+        renderer.render(replace(FaceState.neutral(), weights=np.full(53, np.nan)))
+    with pytest.raises(ValueError, match="quaternion"):
+        renderer.render(replace(FaceState.neutral(), pose=HeadPose(np.zeros(4), np.zeros(3))))
+    bad = _identity(face_model, np.zeros((19, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="detail bases"):
+        AvatarRenderer(face_model, bad, RenderConfig(width=32, height=32))
+    with pytest.raises(ConfigError, match="render.background"):
+        load_config(overrides=["render.background=[0, 0, 0, 0.5]"])
+
+
+def test_quaternion_conventions():
+    q = euler_to_quaternion(np.array(90.0), np.array(0.0), np.array(0.0))
+    # Positive yaw: the face's forward axis (+z) turns towards the subject's left (+x).
+    np.testing.assert_allclose(quaternion_to_matrix(q) @ [0, 0, 1], [1, 0, 0], atol=1e-12)
+    q = euler_to_quaternion(np.array(0.0), np.array(90.0), np.array(0.0))
+    np.testing.assert_allclose(quaternion_to_matrix(q) @ [0, 0, 1], [0, -1, 0], atol=1e-12)
