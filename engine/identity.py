@@ -169,15 +169,16 @@ def read_bundle_meta(directory: Path | str) -> dict:
     return meta
 
 
-def load_bundle(directory: Path | str, model: FaceModel, with_bases: bool = True) -> Identity:
-    """Read and verify a bundle made for `model`. `with_bases=False` skips `bases.npz` (to rebuild it).
+def load_bundle(directory: Path | str, model: FaceModel, with_bases: bool = True, check_model: bool = True) -> Identity:
+    """Read and verify a bundle made for `model`. `with_bases=False` skips `bases.npz` (to rebuild it);
+    `check_model=False` accepts another model file's hash (to adopt w_id and texture into a rebuild).
 
     Raises BundleError naming the problem: missing or unreadable file, checksum mismatch, another model's
     hash, or arrays of the wrong shape.
     """
     directory = Path(directory)
     meta = read_bundle_meta(directory)
-    if meta.get("model_hash") != model.model_hash:
+    if check_model and meta.get("model_hash") != model.model_hash:
         raise BundleError(
             f"identity bundle {directory} was made for model {meta.get('model_id')!r} "
             f"(sha256 {str(meta.get('model_hash'))[:12]}…), not the loaded {model.model_id!r} "

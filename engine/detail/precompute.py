@@ -1,0 +1,140 @@
+"""The once-per-identity basis run (DESIGN §4.3): identity + UV texture → `DetailBases` (20 × N² × 3).
+
+Inputs per key expression i: the identity's UV texture, the deforming map (key-expression mesh minus neutral,
+rasterized into the face tile), the neutral position map and the face mask (`net.network_inputs`). The
+network's output F̂_i (mm) is masked to the face tile; its UV gradient comes from central differences
+(one-sided at the tile border), in mm per unit UV, for the shader's normal perturbation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.config import DetailConfig
+from engine.detail.backends import (
+    Availability,
+    Backend,
+    OnnxRuntimeBackend,
+    TensorRTBackend,
+    TorchBackend,
+    default_engine_cache_dir,
+    select_backend,
+)
+from engine.detail.net import DEFAULT_WEIGHTS, SIZE_MULTIPLE, network_inputs
+from engine.detail.uv_raster import face_rasterizer
+from engine.detail.weights import N_KEY_EXPRESSIONS, key_expression_weights
+from engine.errors import UserError
+from engine.face_model import FaceModel, file_sha256
+from engine.identity import DetailBases, Identity, load_bundle, save_bundle
+
+log = logging.getLogger(__name__)
+
+# Albedo used when an identity has no texture yet (mid skin tone, linear-ish RGB).
+PLAIN_SKIN = np.array([198, 150, 122], np.uint8)
+
+
+def detail_inputs(
+    model: FaceModel, identity_weights: np.ndarray, texture: np.ndarray | None, resolution: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Network inputs for the 20 key expressions → ((20, 10, N, N) float32, (N, N) bool face mask).
+
+    texture: (H, W, 3) uint8 UV albedo with row 0 at v = 0 (resampled to N×N), or None for plain skin.
+    """
+    raster = face_rasterizer(model, resolution)
+    face = model.personalize(identity_weights)
+    offsets = np.einsum("ij,jvc->ivc", key_expression_weights().astype(np.float32), face.expression_basis)
+    mask = raster.filled
+    if texture is None:
+        tex = np.broadcast_to(PLAIN_SKIN, (resolution, resolution, 3))
+    else:
+        texture = np.asarray(texture)
+        if texture.ndim != 3 or texture.shape[2] != 3 or texture.dtype != np.uint8:
+            raise UserError(f"identity texture must be (H, W, 3) uint8, got {texture.shape} {texture.dtype}")
+        tex = texture
+        if texture.shape[:2] != (resolution, resolution):
+            tex = np.asarray(Image.fromarray(texture).resize((resolution, resolution), Image.BILINEAR))
+    tex = (tex * mask[..., None]).astype(np.uint8)
+    inputs = network_inputs(tex, raster.rasterize(offsets), raster.rasterize(face.neutral), mask)
+    return inputs, mask
+
+
+def uv_gradients(maps: np.ndarray) -> np.ndarray:
+    """(B, N, N) mm, row 0 at v = 0 → (B, N, N, 2) [∂/∂u, ∂/∂v] in mm per unit UV (central differences,
+    one-sided at the border; texel spacing 1/N)."""
+    n = maps.shape[-1]
+    d_dv, d_du = np.gradient(maps, 1.0 / n, axis=(1, 2))
+    return np.stack([d_du, d_dv], axis=-1).astype(np.float32)
+
+
+def onnx_path_for(weights: Path, cache_dir: Path) -> Path:
+    """The ONNX graph matching `weights`: its sibling `.onnx`, else one exported once into `cache_dir`."""
+    sibling = weights.with_suffix(".onnx")
+    if sibling.is_file():
+        return sibling
+    from engine.detail.net import export_onnx, load_network
+
+    target = cache_dir / f"detail_net_{file_sha256(weights)[:16]}.onnx"
+    if not target.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".onnx.tmp")
+        export_onnx(load_network(weights), tmp)
+        tmp.replace(target)
+    return target
+
+
+def make_backend(config: DetailConfig, resolution: int, available: Availability | None = None) -> Backend:
+    """Instantiate the backend `config.backend` asks for (`auto`: the best available), logging the choice."""
+    weights = Path(config.weights) if config.weights is not None else DEFAULT_WEIGHTS
+    cache_dir = Path(config.engine_cache_dir) if config.engine_cache_dir is not None else default_engine_cache_dir()
+    name, device, reason = select_backend(config.backend, available or Availability.probe())
+    log.info("detail backend: %s on %s (%s)", name, device, reason)
+    if name == "tensorrt":
+        return TensorRTBackend(onnx_path_for(weights, cache_dir), resolution, N_KEY_EXPRESSIONS, cache_dir)
+    if name == "torch":
+        return TorchBackend(weights, device)
+    return OnnxRuntimeBackend(onnx_path_for(weights, cache_dir))
+
+
+def precompute_bases(
+    model: FaceModel,
+    identity_weights: np.ndarray,
+    texture: np.ndarray | None,
+    config: DetailConfig,
+    progress: bool = True,
+    backend: Backend | None = None,
+) -> DetailBases:
+    """The 20 displacement bases of one identity at `config.resolution`² → DetailBases (20, N, N, 3) with
+    channels [F̂_i mm, ∂F̂_i/∂u, ∂F̂_i/∂v mm per unit UV]. Pass `backend` to reuse one across identities."""
+    n = config.resolution
+    if n % SIZE_MULTIPLE:
+        raise UserError(f"detail.resolution must be a multiple of {SIZE_MULTIPLE}, got {n}")
+    backend = backend or make_backend(config, n)
+    inputs, mask = detail_inputs(model, identity_weights, texture, n)
+    disp = backend.run(inputs, progress=progress) * mask
+    if not np.isfinite(disp).all():
+        raise UserError(f"the {backend.name} backend produced non-finite displacement; try detail.backend=torch")
+    maps = np.concatenate([disp[..., None], uv_gradients(disp)], axis=-1).astype(np.float32)
+    return DetailBases(maps=maps, backend=backend.name)
+
+
+def rebuild_bundle_bases(
+    directory: Path | str,
+    model: FaceModel,
+    config: DetailConfig,
+    progress: bool = True,
+    adopt_model: bool = False,
+    save_to: Path | str | None = None,
+) -> Identity:
+    """Recompute `bases.npz` of a bundle from its w_id and texture (after a network change, or when the
+    bases file is damaged) and save the bundle to `save_to` (default: in place). `adopt_model` also accepts a
+    bundle made for another build of the model (same identity modes) and re-stamps it with this model's hash."""
+    identity = load_bundle(directory, model, with_bases=False, check_model=not adopt_model)
+    bases = precompute_bases(model, identity.identity_weights, identity.texture, config, progress)
+    identity = replace(identity, bases=bases, model_id=model.model_id, model_hash=model.model_hash)
+    save_bundle(identity, save_to if save_to is not None else directory)
+    return identity
