@@ -65,6 +65,7 @@ class SolveConfig(_Section):
     pose_iterations: int = Field(2, ge=1, le=10)  # pose ↔ expression alternations per frame
     use_depth: bool = True
     depth_weight: float = Field(0.3, ge=0, le=1)  # weight of MediaPipe's z relative to x, y (when use_depth)
+    oval_weight: float = Field(0.3, ge=0, le=1)  # weight of the face-outline landmarks (a sliding silhouette)
     eyes_enabled: bool = True  # blink from lid distances and gaze from irises replace the LSQ eye channels
     gaze_horizontal_deg: float = Field(30.0, gt=0, le=90)  # eyeball turn that eyeLookIn/Out = 1 stands for
     gaze_up_deg: float = Field(25.0, gt=0, le=90)

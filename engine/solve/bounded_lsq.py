@@ -36,19 +36,61 @@ def solve_box_qp(
 ) -> BoxQPResult:
     """Minimize ½wᵀHw − bᵀw on the box [lo, hi] (all (n,) float64; lo ≤ hi, lo == hi pins a variable).
 
-    Primal active set: variables on a bound form the working set; each iteration solves the free subspace
-    exactly and moves towards it inside the box (the better of: projecting it onto the box, or stepping to the
-    first blocking bound); when the subspace optimum is feasible it releases every bound whose multiplier has
-    the wrong sign. The objective falls
-    monotonically, so it cannot cycle in exact arithmetic; `max_iterations` caps pathological cases.
-    `w0` (n,) warm start (clipped into the box); its bound variables are the initial working set.
+    First a primal-dual active-set method (Hintermüller, Ito, Kunisch 2002: a semismooth Newton method): it
+    re-guesses the whole active set from w − g/diag(H) each iteration, so many channels flickering at zero
+    under landmark noise cost one subspace solve, not one each; from a warm start it typically needs 2–3. It
+    can cycle on matrices far from diagonally dominant, so after 8 iterations without settling the primal
+    active-set method (`_primal_active_set`, monotone, finite) finishes from its iterate. `w0` (n,) is the warm
+    start; `iterations` in the result counts the subspace solves of both phases.
     """
     n = len(b)
     w = np.clip(np.zeros(n) if w0 is None else np.asarray(w0, dtype=np.float64), lo, hi)
     pinned = lo >= hi
+    inv_diag = 1.0 / np.diag(H)
+    state = np.zeros(n, dtype=np.int8)  # −1 on lo, +1 on hi, 2 pinned, 0 free
+    pdas_limit = min(8, max_iterations)
+    for iteration in range(1, pdas_limit + 1):
+        if iteration == 1 and w0 is not None:
+            guess = w  # the warm start's own active set: last frame's bounds are the best first guess
+        else:
+            guess = w - (H @ w - b) * inv_diag
+        new_state = np.where(pinned, 2, np.where(guess <= lo, -1, np.where(guess >= hi, 1, 0))).astype(np.int8)
+        if iteration > 1 and np.array_equal(new_state, state):
+            # Unchanged sets mean KKT holds: free variables are stationary inside the box, and a bound variable
+            # stays bound only while its gradient pushes it outwards.
+            return BoxQPResult(w, iteration - 1, True)
+        state = new_state
+        w = _subspace_solve(H, b, np.where(state == 1, hi, lo), state != 0)
+    scale = max(1.0, float(np.abs(b).max()), float(np.abs(H).max()))
+    result = _primal_active_set(H, b, lo, hi, np.clip(w, lo, hi), max_iterations - pdas_limit, tol * scale)
+    return BoxQPResult(result.w, result.iterations + pdas_limit, result.converged)
+
+
+def _subspace_solve(H: np.ndarray, b: np.ndarray, bound: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """(n,) with fixed variables at `bound` and the free ones minimizing the objective over their subspace.
+
+    One full-size solve with the fixed rows and columns replaced by the identity: for n ≈ 53 that is cheaper in
+    numpy than gathering the free block."""
+    free = ~fixed
+    w_fixed = np.where(fixed, bound, 0.0)
+    rhs = np.where(fixed, bound, b - H @ w_fixed)
+    K = H * np.outer(free, free)
+    K.flat[:: len(b) + 1] += fixed
+    return np.linalg.solve(K, rhs)
+
+
+def _primal_active_set(
+    H: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray, w: np.ndarray, max_iterations: int, tol: float
+) -> BoxQPResult:
+    """Primal active set from a feasible `w`: variables on a bound form the working set; each iteration solves
+    the free subspace exactly and moves towards it inside the box (the better of: projecting it onto the box,
+    or stepping to the first blocking bound); when the subspace optimum is feasible it releases every bound
+    whose multiplier has the wrong sign. The objective falls monotonically, so it cannot cycle in exact
+    arithmetic; `max_iterations` caps pathological cases."""
+    n = len(b)
+    pinned = lo >= hi
     at_lo = (w <= lo) & ~pinned
     at_hi = (w >= hi) & ~pinned & ~at_lo
-    scale = max(1.0, float(np.abs(b).max()), float(np.abs(H).max()))
     for iteration in range(1, max_iterations + 1):
         free = ~(at_lo | at_hi | pinned)
         w_target = w.copy()
@@ -87,8 +129,8 @@ def solve_box_qp(
             continue
         w = w_target
         grad = H @ w - b
-        release_lo = at_lo & (grad < -tol * scale)  # pushing the variable up, off its lower bound
-        release_hi = at_hi & (grad > tol * scale)
+        release_lo = at_lo & (grad < -tol)  # pushing the variable up, off its lower bound
+        release_hi = at_hi & (grad > tol)
         if not (release_lo.any() or release_hi.any()):
             return BoxQPResult(w, iteration, True)
         at_lo &= ~release_lo

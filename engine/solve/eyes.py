@@ -2,8 +2,8 @@
 
 Left/right are the subject's. MediaPipe's canonical mesh numbers the subject's right eye 33 (outer corner) /
 133 (inner) with iris centre 468, the subject's left eye 263 / 362 with iris centre 473 (checked on the golden
-landmarks: on an unmirrored photo 468 lies on the image's left). A mirrored image therefore reads as a face
-with its sides swapped, as it should.
+landmarks: on an unmirrored photo 468 lies on the image's left; indices in `engine.solve.landmark_sets`).
+A mirrored image therefore reads as a face with its sides swapped, as it should.
 
 ICT's `eyeLook*` shapes only move the eyelids; the eyeballs turn in the rig. The gaze convention shared with
 the renderer (`gaze_angles` / `eye_rotations`): `eyeLookOut_L` = 1 turns the left eye `gaze_horizontal_deg`
@@ -27,14 +27,7 @@ import numpy as np
 from engine.face_model import FaceModel
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.expression import EmbeddedFace
-
-# Per eye, subject's (left, right): corners, five upper/lower lid pairs, iris centre and its four rim points.
-OUTER_CORNER = (263, 33)
-INNER_CORNER = (362, 133)
-UPPER_LID = ((388, 387, 386, 385, 384), (161, 160, 159, 158, 157))
-LOWER_LID = ((390, 373, 374, 380, 381), (163, 144, 145, 153, 154))
-IRIS_CENTER = (473, 468)
-IRIS = ((473, 474, 475, 476, 477), (468, 469, 470, 471, 472))
+from engine.solve.landmark_sets import INNER_CORNER, IRIS, LOWER_LID, OUTER_CORNER, UPPER_LID
 
 _INDEX = {name: i for i, name in enumerate(ICT_EXPRESSIONS)}
 BLINK = (_INDEX["eyeBlink_L"], _INDEX["eyeBlink_R"])
@@ -56,7 +49,10 @@ class GazeRanges:
     down_deg: float = 25.0
 
 
-def gaze_angles(weights: np.ndarray, ranges: GazeRanges = GazeRanges()) -> np.ndarray:
+DEFAULT_GAZE_RANGES = GazeRanges()
+
+
+def gaze_angles(weights: np.ndarray, ranges: GazeRanges = DEFAULT_GAZE_RANGES) -> np.ndarray:
     """(53,) weights → (2, 2) per eye (left, right): yaw towards +x, pitch towards +y, in degrees."""
     out = np.empty((2, 2))
     for eye in range(2):
@@ -66,7 +62,7 @@ def gaze_angles(weights: np.ndarray, ranges: GazeRanges = GazeRanges()) -> np.nd
     return out
 
 
-def eye_rotations(weights: np.ndarray, ranges: GazeRanges = GazeRanges()) -> np.ndarray:
+def eye_rotations(weights: np.ndarray, ranges: GazeRanges = DEFAULT_GAZE_RANGES) -> np.ndarray:
     """(53,) weights → (2, 3, 3) model-frame rotations of the (left, right) eyeball about its centre."""
     rotations = np.empty((2, 3, 3))
     for eye, (yaw, pitch) in enumerate(np.radians(gaze_angles(weights, ranges))):
@@ -81,7 +77,8 @@ def eyeball_centers(model: FaceModel, identity_weights: np.ndarray | None = None
     """(2, 3) cm: centroids of the (left, right) eyeball meshes of that identity."""
     w = model.default_identity_weights() if identity_weights is None else identity_weights
     neutral = model.identity_neutral(w)
-    return np.stack([neutral[model.topology.region_vertices(r)].mean(axis=0) for r in ("eyeball_left", "eyeball_right")])
+    regions = ("eyeball_left", "eyeball_right")
+    return np.stack([neutral[model.topology.region_vertices(r)].mean(axis=0) for r in regions])
 
 
 @dataclass(frozen=True)
@@ -101,76 +98,78 @@ class EyeModel:
     eyeballs); the solver then keeps its least-squares eye channels.
     """
 
-    def __init__(self, face: EmbeddedFace, eyeball_centers: np.ndarray, ranges: GazeRanges = GazeRanges()) -> None:
+    def __init__(
+        self, face: EmbeddedFace, eyeball_centers: np.ndarray, ranges: GazeRanges = DEFAULT_GAZE_RANGES
+    ) -> None:
         self.face = face
         self.ranges = ranges
         radii = np.linalg.norm(face.neutral[np.array(IRIS)].mean(axis=1) - eyeball_centers, axis=1)
         self.radius = float(radii.mean())
-        up = np.array(UPPER_LID)
-        low = np.array(LOWER_LID)
+        up = self._upper = np.array(UPPER_LID)
+        low = self._lower = np.array(LOWER_LID)
+        self._blink = np.array(BLINK)
         # Lid gap along model y, affine in w: gap(w) = gap0 + gap_basis @ w, per eye.
         self._gap0 = (face.neutral[up, 1] - face.neutral[low, 1]).mean(axis=1)  # (2,)
         self._gap_basis = (face.basis[up, 1, :] - face.basis[low, 1, :]).mean(axis=1)  # (2, 53)
         width0 = self._width(face.neutral)
         self._width0 = width0
-        # Per eye the reference points: outer and inner corner. (Lid points would average more noise away, but
+        # Gaze reference: per eye the outer and inner corner. (Lid points would average more noise away, but
         # they move with blink and eyeWide, which are solved from the same lids: the coupling is unstable.)
-        self._rim = np.array([OUTER_CORNER, INNER_CORNER]).T  # (2, 2)
+        self._corners = np.array([OUTER_CORNER, INNER_CORNER])  # (2 kinds, 2 eyes)
         self._iris = np.array(IRIS)  # (2, 5)
-        self._rim0 = face.neutral[self._rim].mean(axis=1)  # (2, 3)
-        self._iris_rest = (face.neutral[self._iris].mean(axis=1) - self._rim0)[:, :2]  # (2, 2) cm
+        self._corner0 = face.neutral[self._corners]  # (2, 2, 3)
+        self._corner_basis = face.basis[self._corners]  # (2, 2, 3, 53)
+        self._corner_gaze_basis = np.ascontiguousarray(self._corner_basis[..., GAZE_CHANNELS])  # (2, 2, 3, 8)
+        self._mid0 = self._corner0.mean(axis=0)  # (2, 3)
+        self._iris_rest = (face.neutral[self._iris].mean(axis=1) - self._mid0)[:, :2]  # (2, 2) cm
+        self._outward = np.array(_OUTWARD_SIGN)
         blink_gain = np.array([self._gap_basis[e, BLINK[e]] for e in range(2)]) / width0
         self._blink_gain = blink_gain
-        self.valid = bool(
-            np.all((width0 > 1.5) & (width0 < 5.0)) and np.all(blink_gain < -0.05) and np.all((radii > 0.6) & (radii < 2.0))
-        )
+        eyes_like = (width0 > 1.5) & (width0 < 5.0) & (blink_gain < -0.05) & (radii > 0.6) & (radii < 2.0)
+        self.valid = bool(eyes_like.all())
 
     @staticmethod
     def _width(points: np.ndarray) -> np.ndarray:
         return np.linalg.norm(points[list(OUTER_CORNER)] - points[list(INNER_CORNER)], axis=1)
 
     def gaze(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """(478, 3) model-frame landmarks (cm), (53,) current weight estimate → (53,) with the eight
-        `eyeLook*` weights set, others 0.
+        """(478, 3) model-frame landmarks (cm), (53,) current weight estimate → (8,) `eyeLook*` weights in
+        `GAZE_CHANNELS` order (out L/R, in L/R, up L/R, down L/R).
 
         The iris (mean of its five points) is read relative to the eye corners' midpoint, minus the corners'
-        own motion under `weights`: ICT's eyeLook and squint shapes move the corners, and uncorrected gaze
-        reads ~20 % low. The offset is scaled by the model's eye width over the observed one, so any face size reads the same
+        own motion under the weights: ICT's eyeLook and squint shapes move the corners, and uncorrected gaze
+        reads ~20 % low. That motion depends on the gaze being solved, hence a short fixed-point iteration.
+        The offset is scaled by the model's eye width over the observed one, so any face size reads the same
         angle.
         """
-        w = np.array(weights, dtype=np.float64)
-        for _ in range(3):  # the rim's motion depends on the gaze being solved: a short fixed-point iteration
-            gaze = self._gaze_once(observed_model, w)
-            w[GAZE_CHANNELS] = gaze[GAZE_CHANNELS]
+        others = np.array(weights, dtype=np.float64)
+        others[GAZE_CHANNELS] = 0.0
+        corners_static = self._corner0 + self._corner_basis @ others  # (2, 2, 3)
+        observed_corners = observed_model[self._corners]
+        width = np.linalg.norm(observed_corners[0] - observed_corners[1], axis=-1)
+        raw = observed_model[self._iris].mean(axis=1) - observed_corners.mean(axis=0)  # (2, 3)
+        gaze = np.asarray(weights, dtype=np.float64)[GAZE_CHANNELS]
+        for _ in range(2):
+            corners = corners_static + self._corner_gaze_basis @ gaze
+            width_model = np.linalg.norm(corners[0] - corners[1], axis=-1)
+            offset = (raw + corners.mean(axis=0) - self._mid0)[:, :2] * (width_model / width)[:, None]
+            sines = np.clip((offset - self._iris_rest) / self.radius, -1.0, 1.0)
+            angles = np.degrees(np.arcsin(sines))  # (2 eyes, 2): yaw towards +x, pitch towards +y
+            outward = self._outward * angles[:, 0] / self.ranges.horizontal_deg
+            up = angles[:, 1] / self.ranges.up_deg
+            down = -angles[:, 1] / self.ranges.down_deg
+            gaze = np.clip(np.concatenate([outward, -outward, up, down]), 0.0, 1.0)
         return gaze
-
-    def _gaze_once(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        rim = self._rim
-        model_rim = self.face.neutral[rim] + self.face.basis[rim] @ weights  # (2, 2, 3)
-        rim_motion = model_rim.mean(axis=1) - self._rim0
-        width_model = np.linalg.norm(model_rim[:, 0] - model_rim[:, 1], axis=1)
-        width = np.linalg.norm(observed_model[rim[:, 0]] - observed_model[rim[:, 1]], axis=1)
-        offset = observed_model[self._iris].mean(axis=1) - observed_model[rim].mean(axis=1) + rim_motion
-        offset = (offset[:, :2] * (width_model / width)[:, None] - self._iris_rest) / self.radius
-        angles = np.degrees(np.arcsin(np.clip(offset, -1.0, 1.0)))  # (2, 2): yaw towards +x, pitch towards +y
-        out = np.zeros(len(ICT_EXPRESSIONS))
-        for eye in range(2):
-            outward = _OUTWARD_SIGN[eye] * angles[eye, 0] / self.ranges.horizontal_deg
-            out[LOOK_OUT[eye]] = max(0.0, outward)
-            out[LOOK_IN[eye]] = max(0.0, -outward)
-            out[LOOK_UP[eye]] = max(0.0, angles[eye, 1] / self.ranges.up_deg)
-            out[LOOK_DOWN[eye]] = max(0.0, -angles[eye, 1] / self.ranges.down_deg)
-        return np.minimum(out, 1.0)
 
     def blink(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """(478, 3) model-frame landmarks, (53,) solved weights → (2,) blink (left, right) in [0, 1].
 
         Solves ratio_model(w with blink = b) = ratio_obs for b, every other channel held at `weights`.
         """
-        up = np.array(UPPER_LID)
-        low = np.array(LOWER_LID)
-        ratio_obs = (observed_model[up, 1] - observed_model[low, 1]).mean(axis=1) / self._width(observed_model)
+        gap = (observed_model[self._upper, 1] - observed_model[self._lower, 1]).mean(axis=1)
+        corners = observed_model[self._corners]
+        ratio_obs = gap / np.linalg.norm(corners[0] - corners[1], axis=-1)
         others = np.array(weights, dtype=np.float64)
-        others[list(BLINK)] = 0.0
+        others[self._blink] = 0.0
         ratio_open = (self._gap0 + self._gap_basis @ others) / self._width0
         return np.clip((ratio_obs - ratio_open) / self._blink_gain, 0.0, 1.0)

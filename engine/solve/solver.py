@@ -17,15 +17,17 @@ from engine.config import FilterConfig, SolveConfig
 from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
-from engine.solve.expression import N_MESH_LANDMARKS, EmbeddedFace, ExpressionSolver, depth_metric
+from engine.solve.expression import EmbeddedFace, ExpressionSolver, depth_metric
 from engine.solve.eyes import GAZE_CHANNELS, EyeModel, GazeRanges, eyeball_centers
 from engine.solve.filters import OneEuroFilter, QuaternionOneEuro
+from engine.solve.landmark_sets import FACE_OVAL, N_MESH_LANDMARKS
 from engine.solve.pose import head_pose_from_similarity, pixels_to_observed, umeyama
 from engine.types import FaceState, HeadPose, Landmarks, TrackingState
 
 N_EXPRESSIONS = len(ICT_EXPRESSIONS)
 _JAW_OPEN = ICT_EXPRESSIONS.index("jawOpen")
 _MOUTH_CLOSE = ICT_EXPRESSIONS.index("mouthClose")
+_BLINK = np.array([ICT_EXPRESSIONS.index("eyeBlink_L"), ICT_EXPRESSIONS.index("eyeBlink_R")])
 # Landmarks that move less than this in every expression anchor the first pose estimate.
 _RIGID_MOTION_CM = 0.15
 # Non-rigid landmarks still count a little once the expression explains them (stabilizes roll/pitch).
@@ -78,6 +80,7 @@ class FrameFitter:
             lam[ICT_EXPRESSIONS.index(name)] = value
         landmark_weights = np.zeros(len(self.face.neutral))
         landmark_weights[:N_MESH_LANDMARKS] = 1.0  # irises carry gaze, which no blendshape explains
+        landmark_weights[list(FACE_OVAL)] = config.oval_weight
         self.expression = ExpressionSolver(self.face, landmark_weights, lam, config.symmetry_prior)
         self.pose_weights_first = rigid_weights(self.face)
         self.pose_weights_refine = np.maximum(self.pose_weights_first, _NONRIGID_POSE_WEIGHT)
@@ -92,26 +95,28 @@ class FrameFitter:
         w = np.zeros(N_EXPRESSIONS) if warm_start is None else np.asarray(warm_start, dtype=np.float64)
         lo = np.zeros(N_EXPRESSIONS)
         hi = np.ones(N_EXPRESSIONS)
-        pose_weights = self.pose_weights_first
-        for _ in range(self.config.pose_iterations):
-            rot, trans, scale = umeyama(self.face.landmarks(w), observed, pose_weights)
+        # First the landmarks no expression moves much place the head (with last frame's expression), then all
+        # of them once this frame's expression explains the rest.
+        rot, trans, scale = umeyama(self.face.landmarks(w), observed, self.pose_weights_first)
+        for iteration in range(self.config.pose_iterations):
             observed_model = ((observed - trans) @ rot) / scale  # Rᵀ(y − t)/s, row-wise
             metric = depth_metric(rot, self._depth_weight)
             lo[:] = 0.0
             hi[:] = 1.0
             if self.eyes_active and has_iris:
-                gaze = self.eyes.gaze(observed_model, w)
-                lo[GAZE_CHANNELS] = hi[GAZE_CHANNELS] = gaze[GAZE_CHANNELS]
+                lo[GAZE_CHANNELS] = hi[GAZE_CHANNELS] = self.eyes.gaze(observed_model, w)
             w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations).w
             if w[_MOUTH_CLOSE] > w[_JAW_OPEN]:
                 # ICT's mouthClose is a corrective for lips sealed over an open jaw; alone it drives the lower
                 # lip through the upper one, so it may never exceed jawOpen.
                 hi[_MOUTH_CLOSE] = w[_JAW_OPEN]
                 w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations).w
-            pose_weights = self.pose_weights_refine
+            if iteration + 1 == self.config.pose_iterations:
+                break
+            rot, trans, scale = umeyama(self.face.landmarks(w), observed, self.pose_weights_refine)
         if self.eyes_active:
             blink = self.eyes.blink(observed_model, w)
-            w[[ICT_EXPRESSIONS.index("eyeBlink_L"), ICT_EXPRESSIONS.index("eyeBlink_R")]] = blink
+            w[_BLINK] = blink
         diff = observed_model[:N_MESH_LANDMARKS] - self.face.landmarks(w)[:N_MESH_LANDMARKS]
         residual = float(np.sqrt(np.mean(np.einsum("ij,ij->i", diff, diff))))
         return FrameFit(w, rot, trans, scale, observed_model, residual)
@@ -128,7 +133,11 @@ def channel_groups() -> dict[str, np.ndarray]:
 
 def _channel_filter(config: SolveConfig) -> OneEuroFilter:
     params = np.empty((3, N_EXPRESSIONS))
-    by_group: dict[str, FilterConfig] = {"eyes": config.filter_eyes, "brows": config.filter_brows, "mouth": config.filter_mouth}
+    by_group: dict[str, FilterConfig] = {
+        "eyes": config.filter_eyes,
+        "brows": config.filter_brows,
+        "mouth": config.filter_mouth,
+    }
     for group, idx in channel_groups().items():
         f = by_group[group]
         params[:, idx] = np.array([[f.min_cutoff], [f.beta], [f.d_cutoff]])

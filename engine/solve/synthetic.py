@@ -14,15 +14,8 @@ import numpy as np
 from engine.face_model import DEFAULT_MODEL_PATH, FaceModel, LandmarkEmbedding
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.expression import EmbeddedFace
-from engine.solve.eyes import (
-    INNER_CORNER,
-    IRIS,
-    LOWER_LID,
-    OUTER_CORNER,
-    UPPER_LID,
-    GazeRanges,
-    eye_rotations,
-)
+from engine.solve.eyes import DEFAULT_GAZE_RANGES, GazeRanges, eye_rotations
+from engine.solve.landmark_sets import INNER_CORNER, IRIS, LOWER_LID, OUTER_CORNER, UPPER_LID
 from engine.types import Landmarks
 
 _MOUTH_CLOSE = ICT_EXPRESSIONS.index("mouthClose")
@@ -51,7 +44,7 @@ def synthetic_landmarks(
     image_size: tuple[int, int] = (640, 480),
     noise_cm: float = 0.0,
     rng: np.random.Generator | None = None,
-    ranges: GazeRanges = GazeRanges(),
+    ranges: GazeRanges = DEFAULT_GAZE_RANGES,
 ) -> Landmarks:
     """MediaPipe-style landmarks of `face` with (53,) `weights` under weak perspective.
 
