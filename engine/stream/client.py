@@ -76,9 +76,10 @@ class StreamClient:
         self._thread = threading.Thread(target=self._run, name="scapecast-client", daemon=True)
         self._thread.start()
 
-    def _socket(self, kind: int, address: str) -> zmq.Socket:
+    def _socket(self, kind: int, address: str, hwm: int = 1000) -> zmq.Socket:
         socket = self._context.socket(kind)
         socket.linger = 0
+        socket.rcvhwm = hwm  # before connect: a pipe keeps the HWM it was created with
         socket.reconnect_ivl, socket.reconnect_ivl_max = 100, 2000  # ms
         socket.heartbeat_ivl, socket.heartbeat_timeout = 1000, 3000  # ms: detect a vanished publisher
         if self._keys is not None:
@@ -91,8 +92,7 @@ class StreamClient:
         return socket
 
     def _subscribe(self, address: str, topics: Iterable[str], hwm: int) -> None:
-        socket = self._socket(zmq.SUB, address)
-        socket.rcvhwm = hwm
+        socket = self._socket(zmq.SUB, address, hwm)
         for topic in topics:
             socket.subscribe(topic.encode("ascii"))
         self._sockets.append(socket)

@@ -35,6 +35,9 @@ from engine.types import FaceState, RenderedFrame
 log = logging.getLogger(__name__)
 
 IDENTITY_PERIOD_S = 1.0  # late joiners learn the identity within this period (plus connect time)
+# `send_hwm` bounds the frame queue. The params socket's messages are 1–2 KB and come in bursts of up to four
+# per frame (params, status, stats, identity), so it gets a larger queue: still tiny in bytes.
+PARAMS_HWM_FACTOR = 8
 
 
 class Publisher:
@@ -55,7 +58,6 @@ class Publisher:
         self.config = config
         self.source_id = source_id
         self.counts: dict[str, int] = dict.fromkeys(TOPICS, 0)
-        self.drops: dict[str, int] = dict.fromkeys(TOPICS, 0)
         self._seq: dict[str, int] = dict.fromkeys(TOPICS, 0)
         self._last_identity = -float("inf")
         self._sockets: list[zmq.Socket] = []
@@ -67,17 +69,17 @@ class Publisher:
             info = dict(identity_info or {})
             self.identity_id = str(info.pop("id", "default"))
             self._identity_fields = {
+                **info,
                 "id": self.identity_id,
                 "model_id": str(info.pop("model_id", "")),
                 "assets": {name: f.sha256 for name, f in files.items()},
                 "channels": [n for n in ARKIT_BLENDSHAPES if n not in UNSUPPORTED_ARKIT],
                 "unsupported": list(UNSUPPORTED_ARKIT),
-                **info,
             }
             self._security = ServerSecurity.from_config(config, self._context)
-            self._params = self._bind(zmq.PUB, config.params_port)
-            self._frames = self._bind(zmq.PUB, config.frame_port)
-            assets_socket = self._bind(zmq.ROUTER, config.asset_port)
+            self._params = self._bind(zmq.PUB, config.params_port, PARAMS_HWM_FACTOR * config.send_hwm)
+            self._frames = self._bind(zmq.PUB, config.frame_port, config.send_hwm)
+            assets_socket = self._bind(zmq.ROUTER, config.asset_port, config.send_hwm)
             self._sockets.remove(assets_socket)  # the asset thread owns and closes it
             self.endpoints: dict[str, str] = {
                 name: sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -88,11 +90,11 @@ class Publisher:
             self.close()
             raise
 
-    def _bind(self, kind: int, port: int) -> zmq.Socket:
+    def _bind(self, kind: int, port: int, hwm: int) -> zmq.Socket:
         socket = self._context.socket(kind)
         self._sockets.append(socket)
         socket.linger = 0
-        socket.sndhwm = self.config.send_hwm
+        socket.sndhwm = hwm
         self._security.apply(socket)
         host = self.config.bind_address
         address = f"tcp://{f'[{host}]' if ':' in host else host}:{port or '*'}"
@@ -108,22 +110,17 @@ class Publisher:
 
     def _send(
         self, socket: zmq.Socket, topic: str, t_capture_ns: int, fields: dict, payload: bytes | None = None
-    ) -> bool:
-        # seq advances even when the send is dropped, so that receivers can count the gap.
+    ) -> None:
         seq = self._seq[topic]
         self._seq[topic] = seq + 1
         header = {"v": VERSION, "seq": seq, "t_capture_ns": int(t_capture_ns), "t_publish_ns": time.monotonic_ns(),
                   "source": self.source_id, **fields}  # fmt: skip
-        try:
-            socket.send_multipart(encode(topic, header, payload), flags=zmq.NOBLOCK, copy=payload is None)
-        except zmq.Again:
-            self.drops[topic] += 1
-            return False
+        # PUB + NOBLOCK never waits: a subscriber at its HWM silently misses this message and sees a seq gap.
+        socket.send_multipart(encode(topic, header, payload), flags=zmq.NOBLOCK, copy=payload is None)
         self.counts[topic] += 1
-        return True
 
-    def publish_params(self, state: FaceState) -> bool:
-        """Send one `params` message (pose, 51 ARKit blendshapes, tracking) for `state`; False if dropped."""
+    def publish_params(self, state: FaceState) -> None:
+        """Send one `params` message (pose, 51 ARKit blendshapes, tracking) for `state`."""
         self.tick()
         pose = state.pose
         fields = {
@@ -138,13 +135,13 @@ class Publisher:
             "face": int(state.face_index),
             "frame_index": int(state.frame_index),
         }
-        return self._send(self._params, PARAMS, state.t_capture_ns, fields)
+        self._send(self._params, PARAMS, state.t_capture_ns, fields)
 
-    def publish_frame(self, frame: RenderedFrame) -> bool:
+    def publish_frame(self, frame: RenderedFrame) -> None:
         """Send one `frame` message ((H, W, 4) uint8 RGBA as JPEG — alpha dropped — or raw RGBA per config)."""
         codec = self.config.frame_codec
         if codec == "none":
-            return False
+            return
         image = np.ascontiguousarray(frame.image)
         if image.ndim != 3 or image.shape[2] != 4 or image.dtype != np.uint8:
             raise ValueError(f"RenderedFrame.image must be (H, W, 4) uint8, got {image.shape} {image.dtype}")
@@ -160,15 +157,15 @@ class Publisher:
         height, width = image.shape[:2]
         fields = {"width": width, "height": height, "codec": codec, "frame_index": int(frame.state.frame_index),
                   "face": int(frame.state.face_index)}  # fmt: skip
-        return self._send(self._frames, FRAME, frame.state.t_capture_ns, fields, payload)
+        self._send(self._frames, FRAME, frame.state.t_capture_ns, fields, payload)
 
-    def publish_status(self, state: str, detail: dict[str, Any]) -> bool:
+    def publish_status(self, state: str, detail: dict[str, Any]) -> None:
         """Send a `status` message (a state change such as `running`, `tracking_lost`, `stopping`)."""
-        return self._send(self._params, STATUS, time.monotonic_ns(), {"state": state, "detail": detail})
+        self._send(self._params, STATUS, time.monotonic_ns(), {"state": state, "detail": detail})
 
-    def publish_stats(self, stats: dict[str, Any]) -> bool:
+    def publish_stats(self, stats: dict[str, Any]) -> None:
         """Send a `stats` message (per-stage timings etc.; numpy scalars and arrays are converted)."""
-        return self._send(self._params, STATS, time.monotonic_ns(), {"stats": stats})
+        self._send(self._params, STATS, time.monotonic_ns(), {"stats": stats})
 
     def tick(self) -> None:
         """Periodic work: re-send `identity` once per IDENTITY_PERIOD_S. Called by publish_params; call it when idle."""

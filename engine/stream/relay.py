@@ -17,6 +17,7 @@ import zmq
 from engine.config import StreamConfig
 from engine.errors import UserError
 from engine.stream.client import engine_addresses
+from engine.stream.publisher import PARAMS_HWM_FACTOR
 from engine.stream.security import ClientKeys, ServerSecurity
 
 
@@ -45,7 +46,7 @@ class Relay:
                 down = self._context.socket(down_kind)
                 for socket in (up, down):
                     socket.linger = 0
-                    socket.sndhwm = socket.rcvhwm = config.send_hwm
+                    socket.sndhwm = socket.rcvhwm = config.send_hwm * (PARAMS_HWM_FACTOR if name == "params" else 1)
                 if upstream_keys is not None:
                     upstream_keys.apply(up)
                 self._security.apply(down)
