@@ -100,7 +100,8 @@ class DetailConfig(_Section):
     resolution: int = Field(512, ge=64, le=2048)
     backend: Literal["auto", "tensorrt", "torch", "onnxruntime"] = "auto"
     weights: Path | None = None  # None: the shipped network in models/
-    engine_cache_dir: Path | None = None  # None: the user cache dir
+    engine_cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/scapecast/engines
+    precision: Literal["fp16", "fp32"] = "fp16"  # TensorRT engine precision
     scale_mm: float = Field(1.0, gt=0)  # output gain applied when shading
 
 
@@ -157,6 +158,7 @@ class IdentityConfig(_Section):
 
     name: str = "default"
     cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/scapecast/identities
+    rebuild: bool = True  # corrupt or stale bundle: rebuild its bases from w_id + texture instead of refusing
 
 
 class PipelineConfig(_Section):

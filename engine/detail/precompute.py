@@ -94,7 +94,8 @@ def make_backend(config: DetailConfig, resolution: int, available: Availability 
     name, device, reason = select_backend(config.backend, available or Availability.probe())
     log.info("detail backend: %s on %s (%s)", name, device, reason)
     if name == "tensorrt":
-        return TensorRTBackend(onnx_path_for(weights, cache_dir), resolution, N_KEY_EXPRESSIONS, cache_dir)
+        onnx = onnx_path_for(weights, cache_dir)
+        return TensorRTBackend(onnx, resolution, N_KEY_EXPRESSIONS, cache_dir, config.precision)
     if name == "torch":
         return TorchBackend(weights, device)
     return OnnxRuntimeBackend(onnx_path_for(weights, cache_dir))
