@@ -80,6 +80,7 @@ class StreamClient:
         socket = self._context.socket(kind)
         socket.linger = 0
         socket.rcvhwm = hwm  # before connect: a pipe keeps the HWM it was created with
+        socket.ipv6 = address.startswith("tcp://[")
         socket.reconnect_ivl, socket.reconnect_ivl_max = 100, 2000  # ms
         socket.heartbeat_ivl, socket.heartbeat_timeout = 1000, 3000  # ms: detect a vanished publisher
         if self._keys is not None:

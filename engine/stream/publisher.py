@@ -29,7 +29,7 @@ from engine.errors import UserError
 from engine.names import ARKIT_BLENDSHAPES, UNSUPPORTED_ARKIT
 from engine.stream.assets import AssetServer, scan_bundle
 from engine.stream.schema import FRAME, IDENTITY, PARAMS, STATS, STATUS, TOPICS, VERSION, encode
-from engine.stream.security import ServerSecurity
+from engine.stream.security import ServerSecurity, bind_endpoint
 from engine.types import FaceState, RenderedFrame
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,7 @@ class Publisher:
         socket.linger = 0
         socket.sndhwm = hwm
         self._security.apply(socket)
-        host = self.config.bind_address
-        address = f"tcp://{f'[{host}]' if ':' in host else host}:{port or '*'}"
-        if ":" in host:
-            socket.ipv6 = True
+        address = bind_endpoint(socket, self.config.bind_address, port)
         try:
             socket.bind(address)
         except zmq.ZMQError as exc:

@@ -18,7 +18,7 @@ from engine.config import StreamConfig
 from engine.errors import UserError
 from engine.stream.client import engine_addresses
 from engine.stream.publisher import PARAMS_HWM_FACTOR
-from engine.stream.security import ClientKeys, ServerSecurity
+from engine.stream.security import ClientKeys, ServerSecurity, bind_endpoint
 
 
 class Relay:
@@ -50,13 +50,13 @@ class Relay:
                 if upstream_keys is not None:
                     upstream_keys.apply(up)
                 self._security.apply(down)
-                host = config.bind_address
+                address = bind_endpoint(down, config.bind_address, ports[name])
                 try:
-                    down.bind(f"tcp://{host}:{ports[name] or '*'}")
+                    down.bind(address)
                 except zmq.ZMQError as exc:
                     up.close()
                     down.close()
-                    raise UserError(f"relay cannot bind {host}:{ports[name]}: {exc.strerror}") from None
+                    raise UserError(f"relay cannot bind {address}: {exc.strerror}") from None
                 up.connect(sources[name])
                 self.endpoints[name] = down.getsockopt_string(zmq.LAST_ENDPOINT)
                 self._start_proxy(name, down, up)

@@ -45,6 +45,14 @@ def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
     return public, secret_key
 
 
+def bind_endpoint(socket: zmq.Socket, host: str, port: int) -> str:
+    """`tcp://HOST:PORT` for binding `socket` (port 0: any free port; IPv6 hosts bracketed and enabled)."""
+    if ":" in host.strip("[]"):
+        socket.ipv6 = True
+        host = f"[{host.strip('[]')}]"
+    return f"tcp://{host}:{port or '*'}"
+
+
 @dataclass
 class ServerSecurity:
     """CURVE server settings for the sockets one process binds; `None` keys mean plain TCP."""
