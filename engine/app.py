@@ -113,7 +113,7 @@ def build_parts(
     def make_renderer() -> Any:
         from engine.render.renderer import AvatarRenderer
 
-        return AvatarRenderer(model, identity, config.render)
+        return AvatarRenderer(model, identity, config.render, detail_gain=config.detail.scale_mm)
 
     def make_publisher() -> Any:
         from engine.identity import default_bundle_dir
@@ -210,6 +210,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         config.identity.name = args.identity
     if args.realtime:
         config.source.realtime = True
+    if args.insecure:
+        config.stream.insecure = True
     source_spec = args.source or config.source.kind
     from engine.sources.select import check_source_spec
 
@@ -269,4 +271,7 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary-json", help="write the run summary (fps, latency, accuracy) to PATH")
     p.add_argument("--params-jsonl", help="write one JSON line per processed frame to PATH")
     p.add_argument("--quiet", action="store_true", help="no live status line")
+    p.add_argument(
+        "--insecure", action="store_true", help="allow binding a non-loopback address without CURVE keys"
+    )
     p.set_defaults(handler=cmd_run)
