@@ -26,6 +26,7 @@ from engine.detail.uv_raster import UVRasterizer, face_rasterizer
 from engine.errors import UserError
 from engine.face_model import FaceModel, LandmarkEmbedding, vertex_normals
 from engine.identity import Identity, save_bundle
+from engine.solve.landmark_sets import RIGID_LANDMARKS
 from engine.solve.pose import pixels_to_observed, umeyama
 from engine.types import Frame, Landmarks
 
@@ -163,7 +164,7 @@ def unwrap_texture(
     normals = vertex_normals(vertices, model.topology.triangles)
     depth_vertices = model.topology.region_vertices("face", "head")
     embedded = embedding.apply(vertices).astype(np.float64)
-    rigid = _pose_landmarks()
+    rigid = np.asarray(RIGID_LANDMARKS)  # landmarks that move little with expression
     colour_sum = np.zeros((size, size, 3), np.float32)
     weight_sum = np.zeros((size, size), np.float32)
     for tracked in tqdm(frames, desc="unwrapping texture", unit="frame", disable=not progress):
@@ -176,16 +177,6 @@ def unwrap_texture(
         colour_sum += colour * weight[..., None]
         weight_sum += weight
     return fill_texture(colour_sum, weight_sum, raster, mirror_u_map(raster, model))
-
-
-def _pose_landmarks() -> np.ndarray:
-    """Landmarks that move little with expression: the solver's rigid set when available, else all 468."""
-    try:
-        from engine.solve.landmark_sets import RIGID_LANDMARKS
-
-        return np.asarray(RIGID_LANDMARKS)
-    except ImportError:
-        return np.arange(468)
 
 
 def track_frames(frames: Iterable[Frame], config: Config, static: bool) -> list[TrackedFrame]:
