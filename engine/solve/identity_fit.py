@@ -24,7 +24,7 @@ import numpy as np
 from engine.config import SolveConfig
 from engine.errors import UserError
 from engine.face_model import FaceModel, LandmarkEmbedding
-from engine.solve.expression import depth_metric
+from engine.solve.expression import coordinate_gram, depth_metric
 from engine.solve.landmark_sets import FACE_OVAL, N_MESH_LANDMARKS
 from engine.solve.solver import FrameFitter, valid_observation
 from engine.types import Landmarks
@@ -71,7 +71,7 @@ def fit_identity(
     omega[:N_MESH_LANDMARKS] = 1.0
     omega[list(FACE_OVAL)] = config.oval_weight
     weighted = basis * np.sqrt(omega)[:, None, None]
-    gram = np.einsum("lak,lbj->abkj", weighted, weighted).reshape(9, -1)  # (9, n²)
+    gram = coordinate_gram(weighted)  # (9, n²)
     mean_neutral = embedding.apply(model.neutral.astype(np.float64))
     precision = prior / np.square(model.identity_prior_std[:n_modes].astype(np.float64))
     depth_weight = config.depth_weight if config.use_depth else 0.0
