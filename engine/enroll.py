@@ -26,14 +26,20 @@ from engine.detail.uv_raster import UVRasterizer, face_rasterizer
 from engine.errors import UserError
 from engine.face_model import FaceModel, LandmarkEmbedding, vertex_normals
 from engine.identity import Identity, save_bundle
-from engine.solve.landmark_sets import RIGID_LANDMARKS
-from engine.solve.pose import pixels_to_observed, umeyama
+from engine.solve.landmark_sets import FACE_OVAL
 from engine.types import Frame, Landmarks
 
 log = logging.getLogger(__name__)
 TEXTURE_SIZE = 1024
 # Weight of a texel seen at angle θ to the camera: cos(θ)^k favours frontal views strongly.
 VIEW_WEIGHT_POWER = 3.0
+# Above the brows, a texel darker than this fraction of the median skin luminance is taken for hair.
+HAIR_LUMA_RATIO = 0.6
+# MediaPipe brow landmarks (both sides): the forehead starts this far (cm) above the highest of them.
+BROW_LANDMARKS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
+FOREHEAD_MARGIN_CM = 0.8
+# Temples (|x| beyond the brow tails, down to eye level) can show hair too.
+TEMPLE_HALF_WIDTH_CM = 6.2
 
 
 @dataclass(frozen=True)
@@ -64,22 +70,42 @@ def _depth_buffer(pixels: np.ndarray, depth: np.ndarray, shape: tuple[int, int],
     return buffer
 
 
+def face_region_mask(landmarks: Landmarks, shape: tuple[int, int], grow: float = -0.015) -> np.ndarray:
+    """(H, W) bool: inside the convex hull of the face-oval landmarks, grown (or, negative, shrunk) by
+    `grow` × face height.
+
+    Texels that project outside it see hair, neck or background, which must not become skin albedo; the
+    default shrinks the outline slightly because MediaPipe's oval sits on the silhouette.
+    """
+    outline = landmarks.pixels[list(FACE_OVAL), :2].astype(np.float32)
+    hull = cv2.convexHull(outline).astype(np.int32)
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1)
+    radius = max(1, int(abs(grow) * float(np.ptp(outline[:, 1]))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    mask = cv2.dilate(mask, kernel) if grow > 0 else cv2.erode(mask, kernel)
+    return mask.astype(bool)
+
+
 def unwrap_frame(
     image: np.ndarray,
     vertices: np.ndarray,
-    normals: np.ndarray,
     rotation: np.ndarray,
     translation: np.ndarray,
     scale: float,
     raster: UVRasterizer,
     depth_vertices: np.ndarray,
+    region: np.ndarray,
+    triangles: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One frame's contribution to the UV albedo: (N, N, 3) float32 colour and (N, N) float32 weight.
 
-    vertices/normals: (V, 3) posed-identity model geometry; `depth_vertices` the vertex ids that may occlude
-    (face and head). A texel counts when its surface faces the camera and no nearer surface covers it.
+    vertices: (V, 3) the frame's fitted mesh (identity + expression), model cm; `depth_vertices` the vertex ids
+    that may occlude (face and head); `region`: (H, W) bool pixels that show facial skin. A texel counts when
+    its surface faces the camera, no nearer surface covers it and it lands inside `region`.
     """
     height, width = image.shape[:2]
+    normals = vertex_normals(vertices, triangles)
     pixels, depth = project_vertices(vertices, rotation, translation, scale, height)
     corners, bary = raster.corners_model, raster.barycentric
     texel_px = np.einsum("hwk,hwkc->hwc", bary, pixels[corners])
@@ -93,6 +119,9 @@ def unwrap_frame(
     unoccluded = texel_depth >= buffer[rows, cols] - 0.8 * scale  # within 8 mm of the nearest surface
     inside = (texel_px[..., 0] >= 0) & (texel_px[..., 0] < width - 1) & (texel_px[..., 1] >= 0)
     inside &= texel_px[..., 1] < height - 1
+    px = np.clip(texel_px[..., 0].astype(int), 0, width - 1)
+    py = np.clip(texel_px[..., 1].astype(int), 0, height - 1)
+    inside &= region[py, px]
     weight = np.where(raster.covered & inside & unoccluded & (facing > 0.2), facing**VIEW_WEIGHT_POWER, 0.0)
     colour = cv2.remap(
         image, texel_px[..., 0].astype(np.float32), texel_px[..., 1].astype(np.float32), cv2.INTER_LINEAR
@@ -120,19 +149,56 @@ def mirror_u_map(raster: UVRasterizer, model: FaceModel) -> np.ndarray:
     return result.reshape(n, n)
 
 
-def fill_texture(
-    colour_sum: np.ndarray, weight_sum: np.ndarray, raster: UVRasterizer, mirror: np.ndarray
-) -> np.ndarray:
-    """Accumulated colour/weight → (N, N, 3) uint8 albedo with every covered texel filled.
+def push_pull_fill(image: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """(N, N, C) float image with (N, N) bool `known` texels → every texel filled by smooth extrapolation.
 
-    Unseen texels take their mirror texel's colour, then OpenCV inpainting (Telea) closes remaining holes,
-    and whatever is still empty takes the mean observed skin tone.
+    Pull: average the known texels down a pyramid (normalized convolution); push: fill each level's holes
+    from the coarser level. Unlike inpainting along isophotes it never streaks, and it costs O(N²).
+    """
+    weight = known.astype(np.float32)
+    levels = [(image * weight[..., None], weight)]
+    while min(levels[-1][1].shape) > 1:
+        colour, w = levels[-1]
+        h, wd = (colour.shape[0] + 1) // 2 * 2, (colour.shape[1] + 1) // 2 * 2
+        colour = np.pad(colour, ((0, h - colour.shape[0]), (0, wd - colour.shape[1]), (0, 0)))
+        w = np.pad(w, ((0, h - w.shape[0]), (0, wd - w.shape[1])))
+        levels.append((
+            colour.reshape(h // 2, 2, wd // 2, 2, -1).sum(axis=(1, 3)),
+            w.reshape(h // 2, 2, wd // 2, 2).sum(axis=(1, 3)),
+        ))  # fmt: skip
+    colour, w = levels[-1]
+    filled = colour / np.maximum(w, 1e-6)[..., None]
+    for colour, w in reversed(levels[:-1]):
+        up = cv2.resize(filled.astype(np.float32), (w.shape[1], w.shape[0]), interpolation=cv2.INTER_LINEAR)
+        up = up.reshape(w.shape[0], w.shape[1], -1)
+        mix = np.clip(w, 0.0, 1.0)[..., None]  # texels with full known weight keep their own value
+        filled = np.where(w[..., None] > 0, colour / np.maximum(w, 1e-6)[..., None], up) * mix + up * (1 - mix)
+    return filled
+
+
+def fill_texture(
+    colour_sum: np.ndarray,
+    weight_sum: np.ndarray,
+    raster: UVRasterizer,
+    mirror: np.ndarray,
+    forehead: np.ndarray | None = None,
+) -> np.ndarray:
+    """Accumulated colour/weight → (N, N, 3) uint8 albedo with every texel filled.
+
+    On the `forehead` texels (above the brows, and the temples), colours much darker than the median skin
+    are hair and are dropped. Unseen texels take their mirror texel's colour (the other side of the face),
+    then smooth push-pull extrapolation from the seen skin fills what no frame showed (hairline, ears, under
+    the chin).
     """
     seen = weight_sum > 1e-4
     if not seen.any():
         raise UserError("no face texel was visible in the enrollment frames")
     albedo = np.zeros_like(colour_sum)
     albedo[seen] = colour_sum[seen] / weight_sum[seen, None]
+    if forehead is not None:
+        luma = albedo @ np.array([0.299, 0.587, 0.114], np.float32)
+        skin_luma = float(np.median(luma[seen]))
+        seen &= ~(forehead & (luma < HAIR_LUMA_RATIO * skin_luma))
     flat_albedo = albedo.reshape(-1, 3)
     flat_seen = seen.ravel().copy()
     source = mirror.ravel()
@@ -140,13 +206,8 @@ def fill_texture(
     take[take] = flat_seen[source[take]]
     flat_albedo[take] = flat_albedo[source[take]]
     flat_seen |= take
-    seen = flat_seen.reshape(seen.shape)
-    mean_tone = albedo[seen].mean(axis=0)
-    image = np.clip(albedo, 0, 255).astype(np.uint8)
-    holes = (~seen).astype(np.uint8)
-    image = cv2.inpaint(image, holes, 5, cv2.INPAINT_TELEA)
-    image[~seen & ~raster.covered] = np.clip(mean_tone, 0, 255).astype(np.uint8)
-    return raster.fill_gutter(image)
+    filled = push_pull_fill(albedo, flat_seen.reshape(seen.shape))
+    return raster.fill_gutter(np.clip(filled, 0, 255).astype(np.uint8))
 
 
 def unwrap_texture(
@@ -157,26 +218,45 @@ def unwrap_texture(
     size: int = TEXTURE_SIZE,
     progress: bool = True,
 ) -> np.ndarray:
-    """(size, size, 3) uint8 UV albedo of the face tile from tracked frames (row 0 at v = 0)."""
+    """(size, size, 3) uint8 UV albedo of the face tile from tracked frames (row 0 at v = 0).
+
+    Each frame is fitted (pose and expression) with the solver's per-frame fit, so a smiling photo maps its
+    lips and cheeks onto the smiling mesh rather than smearing them over the neutral one.
+    """
+    from engine.config import SolveConfig
+    from engine.solve.solver import FrameFitter, valid_observation
+
     raster = face_rasterizer(model, size)
     face = model.personalize(identity_weights)
-    vertices = face.neutral
-    normals = vertex_normals(vertices, model.topology.triangles)
+    fitter = FrameFitter(model, embedding, identity_weights, SolveConfig())
     depth_vertices = model.topology.region_vertices("face", "head")
-    embedded = embedding.apply(vertices).astype(np.float64)
-    rigid = np.asarray(RIGID_LANDMARKS)  # landmarks that move little with expression
+    n_vertices = int(depth_vertices.max()) + 1  # face and head lead the vertex order: skip teeth and eyes
     colour_sum = np.zeros((size, size, 3), np.float32)
     weight_sum = np.zeros((size, size), np.float32)
     for tracked in tqdm(frames, desc="unwrapping texture", unit="frame", disable=not progress):
-        height = tracked.frame.image.shape[0]
-        observed = pixels_to_observed(tracked.landmarks.pixels, height)
-        rotation, translation, scale = umeyama(embedded[rigid], observed[rigid])
+        observation = valid_observation(tracked.landmarks)
+        if observation is None:
+            continue
+        observed, has_iris = observation
+        fit = fitter.fit(observed, has_iris=has_iris)
+        vertices = face.evaluate(fit.weights.astype(np.float32), n_vertices)
+        region = face_region_mask(tracked.landmarks, tracked.frame.image.shape[:2])
         colour, weight = unwrap_frame(
-            tracked.frame.image, vertices, normals, rotation, translation, scale, raster, depth_vertices
-        )
+            tracked.frame.image, vertices, fit.rotation, fit.translation_px, fit.scale_px_per_cm, raster,
+            depth_vertices, region, _triangles_within(model, n_vertices),
+        )  # fmt: skip
         colour_sum += colour * weight[..., None]
         weight_sum += weight
-    return fill_texture(colour_sum, weight_sum, raster, mirror_u_map(raster, model))
+    surface = np.einsum("hwk,hwkc->hwc", raster.barycentric, face.neutral[raster.corners_model])
+    brow_top = float(embedding.apply(face.neutral)[list(BROW_LANDMARKS), 1].max())
+    forehead = raster.covered & (surface[..., 1] > brow_top + FOREHEAD_MARGIN_CM)
+    forehead |= raster.covered & (np.abs(surface[..., 0]) > TEMPLE_HALF_WIDTH_CM) & (surface[..., 1] > brow_top - 2.5)
+    return fill_texture(colour_sum, weight_sum, raster, mirror_u_map(raster, model), forehead)
+
+
+def _triangles_within(model: FaceModel, n_vertices: int) -> np.ndarray:
+    triangles = model.topology.triangles
+    return triangles[(triangles < n_vertices).all(axis=1)]
 
 
 def track_frames(frames: Iterable[Frame], config: Config, static: bool) -> list[TrackedFrame]:
