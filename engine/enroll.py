@@ -280,8 +280,13 @@ def enroll(
     directory: Path,
     static: bool,
     max_frames: int = 60,
+    calibrate: bool = True,
 ) -> Identity:
-    """Build and save the identity bundle `name` from `frames` (see module docstring)."""
+    """Build and save the identity bundle `name` from `frames` (see module docstring).
+
+    `calibrate=False` stores a zero neutral calibration: for bundles that drive other people's faces (the
+    shipped default identity), where the enrolled person's resting expression means nothing.
+    """
     from engine.detail.precompute import precompute_bases
     from engine.solve.identity_fit import fit_identity
 
@@ -302,7 +307,7 @@ def enroll(
         name=name,
         model_id=model.model_id,
         identity_weights=np.asarray(fit.identity_weights, np.float32),
-        neutral_offset=np.asarray(fit.neutral_offset, np.float32),
+        neutral_offset=np.asarray(fit.neutral_offset if calibrate else np.zeros_like(fit.neutral_offset), np.float32),
         texture=texture,
         bases=bases,
         source=source,
