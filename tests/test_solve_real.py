@@ -1,0 +1,151 @@
+"""The solver on real photos tracked by MediaPipe, against MediaPipe's own blendshape goldens (DESIGN §3).
+
+The mean ICT identity, no enrollment, no calibration: what a first-time user sees. MediaPipe's blendshape
+model is an anchor, not ground truth (../shared/testdata/mediapipe/README.md); the checks are about meaning
+(smile is smile, left is the subject's left), with the known gaps marked as strict xfails so that they
+announce themselves when fixed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.config import SolveConfig, TrackingConfig
+from engine.face_model import FaceModel, LandmarkEmbedding
+from engine.names import ICT_EXPRESSIONS, ict_to_arkit
+from engine.solve.landmark_sets import N_MESH_LANDMARKS
+from engine.solve.solver import FrameFitter, valid_observation
+from engine.types import Frame
+
+pytest.importorskip("mediapipe")
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def images(shared_dir: Path) -> dict[str, np.ndarray]:
+    folder = shared_dir / "testdata" / "mediapipe" / "images"
+    return {name: _load_rgb(folder / name) for name in ("portrait.jpg", "sergey.png")}
+
+
+@pytest.fixture(scope="module")
+def golden(shared_dir: Path) -> dict[str, float]:
+    sets = json.loads((shared_dir / "testdata/mediapipe/golden/blendshapes.json").read_text())["sets"]
+    return next(v for k, v in sets.items() if k.startswith("portrait_expected_blendshapes"))
+
+
+@pytest.fixture(scope="module")
+def fitter(face_model: FaceModel) -> FrameFitter:
+    return FrameFitter(face_model, LandmarkEmbedding.load(), None, SolveConfig())
+
+
+@pytest.fixture(scope="module")
+def readings(images: dict[str, np.ndarray], fitter: FrameFitter) -> dict[str, np.ndarray]:
+    """(53,) raw weights per image, plus the horizontally mirrored portrait."""
+    from engine.tracking import FaceTracker
+
+    inputs = dict(images)
+    inputs["portrait_mirrored"] = np.ascontiguousarray(images["portrait.jpg"][:, ::-1])
+    out = {}
+    with FaceTracker(TrackingConfig(), static=True) as tracker:
+        for name, image in inputs.items():
+            faces = tracker.process(Frame(image, 0, 0))
+            assert faces, f"MediaPipe found no face in {name}"
+            observed, has_iris = valid_observation(faces[0])
+            out[name] = fitter.fit(observed, has_iris=has_iris).weights
+    return out
+
+
+def _swap_sides() -> np.ndarray:
+    """Index map that exchanges every `X_L` with its `X_R`."""
+    swap = np.arange(len(ICT_EXPRESSIONS))
+    for i, name in enumerate(ICT_EXPRESSIONS):
+        if name.endswith("_L"):
+            j = ICT_EXPRESSIONS.index(name[:-2] + "_R")
+            swap[i], swap[j] = j, i
+    return swap
+
+
+def test_portrait_smiles(readings) -> None:
+    arkit = ict_to_arkit(readings["portrait.jpg"])
+    assert arkit["mouthSmileLeft"] > 0.5 and arkit["mouthSmileRight"] > 0.5
+
+
+@pytest.mark.parametrize(
+    "channel",
+    [
+        "mouthSmileLeft",
+        "mouthSmileRight",
+        "eyeBlinkLeft",
+        "eyeBlinkRight",
+    ],
+)
+def test_portrait_agrees_with_mediapipe_within_0_3(readings, golden, channel: str) -> None:
+    assert ict_to_arkit(readings["portrait.jpg"])[channel] == pytest.approx(golden[channel], abs=0.3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reads ~0.16 / 0.50 vs 0.79 / 0.81: 2–4 px of landmark movement shifts the low-energy brow channels by "
+    "0.4 (see the mirror test); the left brow misses the ±0.3 band",
+)
+def test_portrait_brows_agree_with_mediapipe_within_0_3(readings, golden) -> None:
+    arkit = ict_to_arkit(readings["portrait.jpg"])
+    for channel in ("browDownLeft", "browDownRight"):
+        assert arkit[channel] == pytest.approx(golden[channel], abs=0.3), channel
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reads ~0.95: the smile's 1.5 cm lip parting and a chin 2 cm below the mean identity's are "
+    "explained by ICT's jawOpen (MediaPipe: 0.13); needs enrollment on a neutral frame",
+)
+def test_portrait_jaw_reads_closed(readings) -> None:
+    assert ict_to_arkit(readings["portrait.jpg"])["jawOpen"] < 0.3
+
+
+def test_sergey_smiles(readings) -> None:
+    arkit = ict_to_arkit(readings["sergey.png"])
+    assert arkit["mouthSmileLeft"] > 0.4 and arkit["mouthSmileRight"] > 0.4
+
+
+def test_mirrored_portrait_swaps_left_and_right(readings) -> None:
+    """MediaPipe on the mirrored photo is not the mirror of MediaPipe on the photo (1.7 px mean landmark
+    difference here), so the sides swap only up to that: the mouth pairs within 0.15, all pairs on average."""
+    original, mirrored = readings["portrait.jpg"], readings["portrait_mirrored"]
+    swapped = original[_swap_sides()]
+    sided = [i for i, n in enumerate(ICT_EXPRESSIONS) if n.endswith(("_L", "_R"))]
+    for name in ("mouthSmile_L", "mouthSmile_R", "mouthStretch_L", "mouthStretch_R", "mouthPress_L", "mouthPress_R"):
+        i = ICT_EXPRESSIONS.index(name)
+        assert mirrored[i] == pytest.approx(swapped[i], abs=0.15), name
+    assert np.abs(mirrored[sided] - swapped[sided]).mean() < 0.1
+
+
+def test_exactly_mirrored_landmarks_swap_exactly(images, fitter) -> None:
+    """The solver itself is mirror-equivariant: mirror MediaPipe's landmarks (x → W − x, each landmark
+    renamed to its mirror partner, found on the symmetric embedded neutral) and the sides swap."""
+    from dataclasses import replace
+
+    from scipy.spatial import cKDTree
+
+    from engine.tracking import FaceTracker
+
+    neutral = fitter.face.neutral[:N_MESH_LANDMARKS]
+    distance, partner = cKDTree(neutral).query(neutral * np.array([-1.0, 1.0, 1.0]))
+    assert distance.max() < 0.05  # the embedding is symmetric to 0.5 mm
+    partner = np.concatenate([partner, [473, 474, 477, 476, 475, 468, 469, 472, 471, 470]])
+    with FaceTracker(TrackingConfig(), static=True) as tracker:
+        face = tracker.process(Frame(images["portrait.jpg"], 0, 0))[0]
+    pixels = face.pixels[partner].copy()
+    pixels[:, 0] = face.image_size[0] - pixels[:, 0]
+    original = fitter.fit(*valid_observation(face)[:1]).weights
+    mirrored = fitter.fit(*valid_observation(replace(face, pixels=pixels))[:1]).weights
+    np.testing.assert_allclose(mirrored, original[_swap_sides()], atol=0.03)
