@@ -19,7 +19,9 @@ Finally it evaluates: ICT posed with random expressions and head rotations, rend
 pixel error between MediaPipe and the embedding applied to the posed mesh, per region, for (b) and (c).
 
 Usage: python tools/fit_landmark_embedding.py [--shared ../shared] [--out models/landmark_embedding.npz]
-       [--stage b|c] [--renders N] [--eval N] [--seed S] [--report docs/landmark_embedding_eval.json]
+       [--stage b|c] [--renders N] [--eval N] [--seed S] [--lam PX2]
+       [--report docs/landmark_embedding_eval.json] [--overlay docs/landmark_embedding.png]
+Takes about a minute on two CPU cores (60 fitting renders, 2 × 40 evaluation renders at 512²).
 """
 
 from __future__ import annotations
@@ -317,10 +319,11 @@ _MATERIAL_COLOR = {
     "M_BackHead": (0.80, 0.62, 0.52),
     "M_GumsTongue": (0.65, 0.25, 0.25),
     "M_Teeth": (0.92, 0.90, 0.85),
-    "M_EyeLashes": (0.08, 0.06, 0.05),
     "M_IrisLeft": (1.0, 1.0, 1.0),
     "M_IrisRight": (1.0, 1.0, 1.0),
-}  # not drawn: the sclera/cornea shell, occlusion and tear films (ICT draws them translucent)
+    "M_ScleraLeft": (1.0, 1.0, 1.0),
+    "M_ScleraRight": (1.0, 1.0, 1.0),
+}  # not drawn: eyelash cards, occlusion and tear films (alpha-textured in ICT; opaque they would hide the eyes)
 
 
 def rotation(yaw_deg: float, pitch_deg: float, roll_deg: float = 0.0) -> np.ndarray:
@@ -346,9 +349,9 @@ class Renderer:
         # Per-vertex colour from the first triangle that uses it (materials do not share vertices here).
         self.vertex_color = np.zeros((model.n_vertices, 3), np.float32)
         self.vertex_color[self.triangles.ravel()] = np.repeat(colors[topo.triangle_material[keep]], 3, axis=0)
-        self.is_eye = np.zeros(model.n_vertices, np.float32)
-        for lo, hi in model.iris_ranges:
-            self.is_eye[lo : hi + 1] = 1.0
+        # Both eyeball shells (sclera/cornea outside, iris layer inside) get the procedural iris, so
+        # whichever is in front shows it.
+        self.eyeballs = [topo.region_vertices("eyeball_left"), topo.region_vertices("eyeball_right")]
         face = model.neutral[model.topology.region_vertices("face")]
         self.centre = np.array([0.0, (face[:, 1].min() + face[:, 1].max()) / 2 + 1.0, face[:, 2].max() - 4.0])
         self.size = RENDER_SIZE * SUPERSAMPLE
@@ -395,9 +398,9 @@ class Renderer:
         """Posed (V, 3) and rest (V, 3) vertices → (RGB uint8 RENDER_SIZE², position float32 (S, S, 4))."""
         normals = vertex_normals(vertices, self.triangles)
         eye_dir = np.zeros((len(vertices), 4), np.float32)
-        for (centre, _), (lo, hi) in zip(eye_frames(self.model, rest), self.model.iris_ranges, strict=True):
-            eye_dir[lo : hi + 1, :3] = rest[lo : hi + 1] - centre
-        eye_dir[:, 3] = self.is_eye
+        for (centre, _), ids in zip(eye_frames(self.model, rest), self.eyeballs, strict=True):
+            eye_dir[ids, :3] = rest[ids] - centre
+            eye_dir[ids, 3] = 1.0
         data = np.hstack([vertices, normals, self.vertex_color, eye_dir]).astype(np.float32)
         self.vbo.write(data.tobytes())
         self.prog["mvp"].write((self.proj @ self.world(rot)).T.astype("f4").tobytes())
@@ -444,65 +447,245 @@ def sample_positions(pos: np.ndarray, pixels: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------- the procedure
 
+DRIVEN = (
+    "jawOpen", "mouthSmile_L", "mouthSmile_R", "browDown_L", "browDown_R", "eyeBlink_L", "eyeBlink_R",
+    "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R", "mouthPucker", "mouthFunnel",
+    "eyeWide_L", "eyeWide_R", "mouthFrown_L", "mouthFrown_R", "cheekPuff_L", "cheekPuff_R", "noseSneer_L",
+    "noseSneer_R", "eyeSquint_L", "eyeSquint_R", "mouthStretch_L", "mouthStretch_R", "jawLeft", "jawRight",
+    "mouthLeft", "mouthRight", "mouthRollLower", "mouthShrugUpper", "mouthPress_L", "mouthPress_R",
+)  # fmt: skip
+MM_PER_PX = 10 * 2 * CAMERA_CM * np.tan(np.radians(FOV_Y_DEG) / 2) / RENDER_SIZE  # on the face plane
 
-def render_scenes(rng: np.random.Generator, n: int, model: FaceModel, expressive: bool) -> list[dict]:
-    """n scenes: identity weights, expression weights, head rotation. The first is the frontal mean neutral."""
+
+@dataclass
+class Scene:
+    """What one render shows: identity (n_id,), expression (53,) weights, head yaw/pitch in degrees."""
+
+    w_id: np.ndarray
+    w_exp: np.ndarray
+    yaw: float
+    pitch: float
+
+
+@dataclass
+class Observation:
+    """One tracked render of `scene`: posed (V, 3) cm, head rotation (3, 3), MediaPipe (478, 2) px and its
+    relative depth z (478,) px, and the (478, 3) model-space points under those pixels (position buffer)."""
+
+    scene: Scene
+    posed: np.ndarray
+    rot: np.ndarray
+    pixels: np.ndarray
+    depth: np.ndarray
+    under: np.ndarray
+
+
+def make_scenes(rng: np.random.Generator, n: int, model: FaceModel, expressive_fraction: float) -> list[Scene]:
+    """n scenes; the first is the frontal mean neutral, the rest vary identity (20 leading modes, σ 0.7) and
+    head pose (yaw ±15°, pitch ±8°); `expressive_fraction` of them get 1–3 random driven channels."""
     names = list(model.expression_names)
-    driven = [
-        "jawOpen", "mouthSmile_L", "mouthSmile_R", "browDown_L", "browDown_R", "eyeBlink_L", "eyeBlink_R",
-        "browInnerUp_L", "browInnerUp_R", "mouthPucker", "mouthFunnel", "eyeWide_L", "eyeWide_R",
-        "mouthFrown_L", "mouthFrown_R", "cheekPuff_L", "cheekPuff_R", "noseSneer_L", "noseSneer_R",
-        "eyeSquint_L", "eyeSquint_R", "mouthStretch_L", "mouthStretch_R", "jawLeft", "mouthLeft",
-    ]  # fmt: skip
-    scenes = []
-    for k in range(n):
+    scenes = [Scene(np.zeros(model.n_identity), np.zeros(len(names)), 0.0, 0.0)]
+    for k in range(1, n):
         w_id = np.zeros(model.n_identity)
+        w_id[:20] = rng.normal(0.0, 0.7, 20)
         w_exp = np.zeros(len(names))
-        yaw = pitch = 0.0
-        if k > 0:
-            w_id[:20] = rng.normal(0.0, 0.7, 20)
-            yaw, pitch = rng.uniform(-15, 15), rng.uniform(-8, 8)
-        if expressive:
-            for name in rng.choice(driven, size=rng.integers(1, 4), replace=False):
+        if rng.uniform() < expressive_fraction:
+            for name in rng.choice(DRIVEN, size=rng.integers(1, 4), replace=False):
                 w_exp[names.index(name)] = rng.uniform(0.3, 1.0)
         elif k % 2 == 1:
             w_exp[names.index("jawOpen")] = 0.15  # parts the lips so inner-lip landmarks see their own lip
-        scenes.append({"w_id": w_id, "w_exp": w_exp, "yaw": yaw, "pitch": pitch})
+        scenes.append(Scene(w_id, w_exp, rng.uniform(-15, 15), rng.uniform(-8, 8)))
     return scenes
 
 
-def track(tracker, image: np.ndarray) -> np.ndarray | None:
-    """(478, 2) MediaPipe pixel landmarks of a RENDER_SIZE² image, or None when no face is found."""
-    faces = tracker.process_image(image)
-    return faces[0].pixels[:, :2].astype(np.float64) if faces else None
+def observe(model: FaceModel, renderer: Renderer, tracker, scenes: list[Scene], desc: str) -> list[Observation | None]:
+    """Render each scene and track it with MediaPipe: one Observation per scene, None where no face was found."""
+    out: list[Observation | None] = []
+    for scene in tqdm(scenes, desc=desc, unit="render"):
+        w_id = scene.w_id.astype(np.float32)
+        rest = model.identity_neutral(w_id).astype(np.float64)
+        posed = model.personalize(w_id).evaluate(scene.w_exp).astype(np.float64)
+        rot = rotation(scene.yaw, scene.pitch)
+        image, pos = renderer.render(posed, rest, rot)
+        faces = tracker.process_image(image)
+        if faces:
+            pixels = faces[0].pixels[:, :2].astype(np.float64)
+            depth = faces[0].pixels[:, 2].astype(np.float64)
+            out.append(Observation(scene, posed, rot, pixels, depth, sample_positions(pos, pixels)))
+        else:
+            out.append(None)
+    found = sum(o is not None for o in out)
+    print(f"{desc}: MediaPipe found the face on {found}/{len(scenes)} renders")
+    if not found:
+        raise SystemExit("MediaPipe found no face on any render: check the EGL context and the camera setup")
+    return out
+
+
+def barycentric_grid(n: int) -> np.ndarray:
+    """(G, 3) barycentric points (i, j, k)/n with i + j + k = n: G = (n + 1)(n + 2)/2 samples per triangle."""
+    i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+    keep = i + j <= n
+    i, j = i[keep], j[keep]
+    return np.stack([i, j, n - i - j], axis=1) / n
+
+
+def frame_offsets(renderer: Renderer, obs: list[Observation], ids: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """(R, 2) mean 2-D offset (embedding − MediaPipe, px) per observation over the non-silhouette landmarks.
+
+    A per-frame shift is what a pose solver absorbs in its translation; MediaPipe's point cloud rotates
+    about a slightly different centre than the mesh does (≈ 1 px per 10° of yaw here).
+    """
+    inner = landmark_regions()[: len(ids)] != "face_oval"
+    return np.stack(
+        [(renderer.project(on_mesh(o.posed, ids, bary), o.rot) - o.pixels[: len(ids)])[inner].mean(0) for o in obs]
+    )
+
+
+def reprojection_errors(
+    renderer: Renderer, obs: list[Observation], ids: np.ndarray, bary: np.ndarray, aligned: bool = False
+) -> np.ndarray:
+    """(R, L) pixel distance between MediaPipe and the embedding (ids, bary (L, 3)) on each observation;
+    `aligned` first removes each frame's mean offset (`frame_offsets`)."""
+    shift = frame_offsets(renderer, obs, ids, bary) if aligned else np.zeros((len(obs), 2))
+    return np.stack(
+        [
+            np.linalg.norm(renderer.project(on_mesh(o.posed, ids, bary), o.rot) - o.pixels[: len(ids)] - d, axis=1)
+            for o, d in zip(obs, shift, strict=True)
+        ]
+    )
+
+
+def refine_by_reprojection(
+    model: FaceModel,
+    renderer: Renderer,
+    surfaces: Surfaces,
+    obs: list[Observation],
+    ids: np.ndarray,
+    bary: np.ndarray,
+    radius_cm: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move each landmark, within `radius_cm` on its allowed triangles (28 barycentric samples each), to the
+    surface point whose projections best match MediaPipe's over all observations (mean px distance), with
+    each frame's mean offset under the current embedding removed first."""
+    neutral = model.neutral.astype(np.float64)
+    start = on_mesh(neutral, ids, bary)
+    posed = np.stack([o.posed for o in obs])  # (R, V, 3)
+    mvp = np.stack([renderer.proj @ renderer.world(o.rot) for o in obs])  # (R, 4, 4)
+    target = np.stack([o.pixels for o in obs]) + frame_offsets(renderer, obs, ids, bary)[:, None]  # (R, 478, 2)
+    grid = barycentric_grid(6)
+    ids, bary = ids.copy(), bary.copy()
+    with tqdm(total=len(ids), desc="(c) reprojection refinement", unit="landmark") as bar:
+        for g, surface in enumerate(surfaces.sets):
+            tris = surface.triangles
+            tree = cKDTree(neutral[tris].mean(1))
+            for lm in np.flatnonzero(surfaces.group == g):
+                near = tree.query_ball_point(start[lm], radius_cm) or [int(tree.query(start[lm])[1])]
+                cand_ids = np.repeat(tris[near], len(grid), axis=0)  # (C, 3)
+                cand_bary = np.tile(grid, (len(near), 1))  # (C, 3)
+                pts = np.einsum("rckx,ck->rcx", posed[:, cand_ids], cand_bary)  # (R, C, 3)
+                h = np.einsum("rij,rcj->rci", mvp, np.concatenate([pts, np.ones(pts.shape[:2] + (1,))], axis=2))
+                ndc = h[..., :2] / h[..., 3:]
+                px = np.stack([(ndc[..., 0] + 1) / 2 * RENDER_SIZE, (1 - ndc[..., 1]) / 2 * RENDER_SIZE], axis=2)
+                best = int(np.linalg.norm(px - target[:, None, lm], axis=2).mean(0).argmin())
+                ids[lm], bary[lm] = cand_ids[best], cand_bary[best]
+                bar.update()
+    return ids, bary
 
 
 def fit_empirical(
-    model: FaceModel, renderer: Renderer, tracker, surfaces: Surfaces, scenes: list[dict]
-) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Stage (c): bind tracked landmarks on renders; median in mean-neutral space → (ids, bary, residual_mm)."""
+    model: FaceModel, renderer: Renderer, surfaces: Surfaces, obs: list[Observation]
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Stage (c) → ((ids, bary) after the median binding, (ids, bary) after reprojection refinement).
+
+    1. Each tracked landmark's unprojected point is snapped to its allowed triangles on that render's posed
+       mesh; the same (triangle, barycentric) is mapped onto the mean neutral and the per-landmark median is
+       snapped back to the surface.
+    2. Two rounds of `refine_by_reprojection` (8 mm, then 3 mm): the quantity the solver depends on is the
+       projection of the embedded point on posed meshes, and silhouette (face-oval) points settle where they
+       are least wrong over the head rotations seen.
+    """
     neutral = model.neutral.astype(np.float64)
-    bound = []
-    for scene in tqdm(scenes, desc="(c) render+track+bind", unit="render"):
-        rest = model.identity_neutral(scene["w_id"].astype(np.float32)).astype(np.float64)
-        posed = model.personalize(scene["w_id"].astype(np.float32)).evaluate(scene["w_exp"]).astype(np.float64)
-        rot = rotation(scene["yaw"], scene["pitch"])
-        image, pos = renderer.render(posed, rest, rot)
-        pixels = track(tracker, image)
-        if pixels is None:
-            continue
-        ids, bary = surfaces.bind(posed, sample_positions(pos, pixels))
-        bound.append(on_mesh(neutral, ids, bary))  # the same surface point on the mean neutral
-    if not bound:
-        raise SystemExit("MediaPipe found no face on any render: check the EGL context and the camera setup")
-    stack = np.stack(bound)
-    target = np.median(stack, axis=0)
-    ids, bary = surfaces.bind(neutral, target)
-    spread = np.linalg.norm(stack - on_mesh(neutral, ids, bary), axis=2).mean(0) * 10.0
-    region = landmark_regions()
-    residual = {f"render_{r}": float(spread[region == r].mean()) for r in REGIONS}
-    print(f"(c) bound {len(bound)}/{len(scenes)} renders")
-    return ids, bary, residual
+    bound = np.stack([on_mesh(neutral, *surfaces.bind(o.posed, o.under)) for o in obs])
+    median = surfaces.bind(neutral, np.median(bound, axis=0))
+    refined = median
+    for radius_cm in (0.8, 0.3):
+        refined = refine_by_reprojection(model, renderer, surfaces, obs, *refined, radius_cm)
+    return median, refined
+
+
+def weight_recovery(
+    model: FaceModel,
+    renderer: Renderer,
+    pairs: list[tuple[Observation, Observation]],
+    ids: np.ndarray,
+    bary: np.ndarray,
+    lam: float,
+    calibrated: bool,
+) -> dict[str, float]:
+    """Recover the 53 expression weights of each (expressive, neutral twin) pair from MediaPipe's 2-D
+    landmarks through the embedding, as a simple solver would: identity and head rotation known (an oracle
+    pose), the projection linearized at the neutral, a free 2-D shift, bounded least squares 0 ≤ w ≤ 1 with
+    ridge `lam` (px²). The rest reference is MediaPipe's landmarks on the neutral twin when `calibrated`
+    (the engine's neutral calibration: static embedding error cancels), else the embedded neutral projected.
+
+    Returns mean |w − w_true| on the driven channels, on the undriven ones and over all, and the motion
+    gain: MediaPipe's landmark motion projected on the embedding's predicted motion (1 = same amplitude).
+    """
+    from scipy.optimize import lsq_linear
+
+    n_exp = len(model.expression_names)
+    basis = model.expression_basis[:, ids].astype(np.float64)  # (E, 478, 3, 3)
+    delta = np.einsum("elkc,lk->elc", basis, bary)  # (E, 478, 3) landmark motion per unit weight
+    driven_err, idle_err, gain_num, gain_den = [], [], 0.0, 0.0
+    for o, twin in pairs:
+        rest = on_mesh(model.identity_neutral(o.scene.w_id.astype(np.float32)).astype(np.float64), ids, bary)
+        eps = 1e-3  # cm: central differences of the projection
+        jac = np.stack(
+            [
+                (renderer.project(rest + eps * e, o.rot) - renderer.project(rest - eps * e, o.rot)) / (2 * eps)
+                for e in np.eye(3)
+            ],
+            axis=2,
+        )  # (478, 2, 3)
+        motion = np.einsum("lij,elj->lie", jac, delta).reshape(-1, n_exp)  # (478·2, E) px per unit weight
+        rest_px = twin.pixels if calibrated else renderer.project(rest, o.rot)
+        observed = (o.pixels - rest_px).ravel()
+        predicted = motion @ o.scene.w_exp
+        gain_num, gain_den = gain_num + predicted @ observed, gain_den + predicted @ predicted
+        shift = np.tile(np.eye(2), (len(ids), 1))
+        a = np.vstack([np.hstack([motion, shift]), np.hstack([np.sqrt(lam) * np.eye(n_exp), np.zeros((n_exp, 2))])])
+        b = np.concatenate([observed, np.zeros(n_exp)])
+        lower = np.concatenate([np.zeros(n_exp), [-np.inf, -np.inf]])
+        upper = np.concatenate([np.ones(n_exp), [np.inf, np.inf]])
+        w = lsq_linear(a, b, bounds=(lower, upper)).x[:n_exp]
+        err = np.abs(w - o.scene.w_exp)
+        driven = o.scene.w_exp > 0
+        driven_err.append(err[driven])
+        idle_err.append(err[~driven])
+    driven_all, idle_all = np.concatenate(driven_err), np.concatenate(idle_err)
+    return {
+        "driven_mae": float(driven_all.mean()),
+        "undriven_mae": float(idle_all.mean()),
+        "all_mae": float(np.concatenate([driven_all, idle_all]).mean()),
+        "motion_gain": float(gain_num / gain_den),
+    }
+
+
+def depth_agreement(renderer: Renderer, obs: list[Observation], ids: np.ndarray, bary: np.ndarray) -> dict:
+    """How MediaPipe's z relates to the embedded points' camera depth: per frame z_mp ≈ a·d + b by least
+    squares (d = distance from the camera, cm; MediaPipe's z also grows away from the camera). Returns the
+    median gain a relative to the image scale (px per cm at the face; 1 = MediaPipe's z is metric like its
+    x) and the mean residual (px) per region."""
+    px_per_cm = 10.0 / MM_PER_PX
+    gains, residuals = [], []
+    for o in obs:
+        pts = on_mesh(o.posed, ids, bary)
+        distance = -(np.hstack([pts, np.ones((len(pts), 1))]) @ renderer.world(o.rot).T)[:, 2]
+        design = np.stack([distance, np.ones_like(distance)], axis=1)
+        (gain, offset), *_ = np.linalg.lstsq(design, o.depth[: len(ids)], rcond=None)
+        gains.append(gain / px_per_cm)
+        residuals.append(np.abs(design @ (gain, offset) - o.depth[: len(ids)]))
+    return {"gain": float(np.median(gains)), **region_means(np.stack(residuals))}
 
 
 def canonical_residual(model: FaceModel, shared: Path, ids: np.ndarray, bary: np.ndarray) -> dict[str, float]:
@@ -518,29 +701,11 @@ def canonical_residual(model: FaceModel, shared: Path, ids: np.ndarray, bary: np
     return out
 
 
-def evaluate(
-    model: FaceModel, renderer: Renderer, tracker, embeddings: dict[str, tuple[np.ndarray, np.ndarray]], scenes
-) -> dict[str, dict[str, float]]:
-    """2-D pixel error (mean per region, RENDER_SIZE² image) of MediaPipe vs each embedding on posed renders."""
+def region_means(errors: np.ndarray, scale: float = 1.0) -> dict[str, float]:
+    """(R, 478) errors → mean per region (and `all`), times `scale`."""
     region = landmark_regions()
-    errors: dict[str, list[np.ndarray]] = {name: [] for name in embeddings}
-    for scene in tqdm(scenes, desc="evaluate on expressive renders", unit="render"):
-        rest = model.identity_neutral(scene["w_id"].astype(np.float32)).astype(np.float64)
-        posed = model.personalize(scene["w_id"].astype(np.float32)).evaluate(scene["w_exp"]).astype(np.float64)
-        rot = rotation(scene["yaw"], scene["pitch"])
-        image, _ = renderer.render(posed, rest, rot)
-        pixels = track(tracker, image)
-        if pixels is None:
-            continue
-        for name, (ids, bary) in embeddings.items():
-            predicted = renderer.project(on_mesh(posed, ids, bary), rot)
-            errors[name].append(np.linalg.norm(predicted - pixels, axis=1))
-    out = {}
-    for name, errs in errors.items():
-        e = np.stack(errs)
-        out[name] = {r: float(e[:, region == r].mean()) for r in REGIONS}
-        out[name]["all"] = float(e.mean())
-        out[name]["frames"] = len(errs)
+    out = {r: float(errors[:, region == r].mean() * scale) for r in REGIONS}
+    out["all"] = float(errors.mean() * scale)
     return out
 
 
@@ -556,43 +721,105 @@ def save(path: Path, ids: np.ndarray, bary: np.ndarray, residual: dict[str, floa
     )
 
 
+def save_overlay(path: Path, model: FaceModel, renderer: Renderer, scene: Scene, ids, bary, tracker) -> None:
+    """PNG: a posed render with MediaPipe's landmarks (green) and the embedding's (red), 2× enlarged crop."""
+    from PIL import Image
+
+    w_id = scene.w_id.astype(np.float32)
+    posed = model.personalize(w_id).evaluate(scene.w_exp).astype(np.float64)
+    rot = rotation(scene.yaw, scene.pitch)
+    image, _ = renderer.render(posed, model.identity_neutral(w_id).astype(np.float64), rot)
+    faces = tracker.process_image(image)
+    big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
+    points = [(renderer.project(on_mesh(posed, ids, bary), rot), (255, 40, 40))]
+    if faces:
+        points.insert(0, (faces[0].pixels[:, :2], (40, 255, 40)))
+    for pts, colour in points:
+        xy = np.clip((pts * 2).round().astype(int), 1, 2 * RENDER_SIZE - 2)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                big[xy[:, 1] + dy, xy[:, 0] + dx] = colour
+    Image.fromarray(big[150:850, 160:860]).save(path)
+
+
+def evaluate(
+    model: FaceModel,
+    renderer: Renderer,
+    tracker,
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
+    n: int,
+    seed: int,
+    lam: float,
+) -> dict[str, object]:
+    """Held-out expressive renders (each with its neutral twin) → per embedding: 2-D px error (raw and with
+    each frame's mean offset removed), depth agreement and weight recovery (uncalibrated and calibrated)."""
+    scenes = make_scenes(np.random.default_rng(seed), n, model, 1.0)
+    expressive = observe(model, renderer, tracker, scenes, "evaluate: held-out expressive renders")
+    twins = [Scene(sc.w_id, np.zeros_like(sc.w_exp), sc.yaw, sc.pitch) for sc in scenes]
+    neutral = observe(model, renderer, tracker, twins, "evaluate: their neutral twins")
+    pairs = [(e, t) for e, t in zip(expressive, neutral, strict=True) if e is not None and t is not None]
+    obs = [e for e, _ in pairs]
+    report: dict[str, object] = {"eval_frames": len(obs)}
+    for name, emb in embeddings.items():
+        report.setdefault("eval_px", {})[name] = region_means(reprojection_errors(renderer, obs, *emb))
+        report.setdefault("eval_aligned_px", {})[name] = region_means(
+            reprojection_errors(renderer, obs, *emb, aligned=True)
+        )
+        report.setdefault("eval_depth", {})[name] = depth_agreement(renderer, obs, *emb)
+        report.setdefault("eval_weights", {})[name] = weight_recovery(model, renderer, pairs, *emb, lam, False)
+        report.setdefault("eval_weights_calibrated", {})[name] = weight_recovery(
+            model, renderer, pairs, *emb, lam, True
+        )
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--out", type=Path, default=DEFAULT_EMBEDDING_PATH)
     parser.add_argument("--stage", choices=("b", "c"), default="c", help="stop after (b) or run (c) too")
-    parser.add_argument("--renders", type=int, default=24, help="renders for the empirical stage")
-    parser.add_argument("--eval", type=int, default=24, help="expressive renders for the evaluation (0: skip)")
+    parser.add_argument("--renders", type=int, default=60, help="renders for the empirical stage")
+    parser.add_argument("--eval", type=int, default=40, help="expressive renders for the evaluation (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lam", type=float, default=10.0, help="ridge (px²) of the weight-recovery check")
     parser.add_argument("--report", type=Path, default=None, help="write all numbers as JSON here")
+    parser.add_argument("--overlay", type=Path, default=None, help="write an overlay PNG of one held-out render")
     args = parser.parse_args()
     start = time.perf_counter()
     model = FaceModel.load()
     print("(a)+(b) similarity, thin-plate warp, closest-point projection …")
     ids_b, bary_b, surfaces, _ = fit_geometric(model, args.shared)
-    report: dict[str, object] = {"canonical_mm_b": canonical_residual(model, args.shared, ids_b, bary_b)}
-    ids, bary, residual = ids_b, bary_b, dict(report["canonical_mm_b"])
-    if args.stage == "c" or args.eval > 0:
+    report: dict[str, object] = {"canonical_mm": {"b": canonical_residual(model, args.shared, ids_b, bary_b)}}
+    embeddings = {"b": (ids_b, bary_b)}
+    residual = dict(report["canonical_mm"]["b"])
+    if args.stage == "c" or args.eval > 0 or args.overlay is not None:
         from engine.config import TrackingConfig
         from engine.tracking import FaceTracker
 
-        rng = np.random.default_rng(args.seed)
         renderer = Renderer(model)
+        # Static mode: every render is an unrelated still. A low detection threshold keeps extreme poses.
         with FaceTracker(TrackingConfig(min_detection_confidence=0.3), static=True) as tracker:
-            embeddings = {"b": (ids_b, bary_b)}
             if args.stage == "c":
-                scenes = render_scenes(rng, args.renders, model, expressive=False)
-                ids_c, bary_c, render_residual = fit_empirical(model, renderer, tracker, surfaces, scenes)
-                embeddings["c"] = (ids_c, bary_c)
-                report["canonical_mm_c"] = canonical_residual(model, args.shared, ids_c, bary_c)
-                report["render_spread_mm_c"] = render_residual
-                ids, bary = ids_c, bary_c
-                residual = {**report["canonical_mm_c"], **render_residual}
+                scenes = make_scenes(np.random.default_rng(args.seed), args.renders, model, expressive_fraction=0.6)
+                obs = [o for o in observe(model, renderer, tracker, scenes, "(c) render + track") if o is not None]
+                median, refined = fit_empirical(model, renderer, surfaces, obs)
+                embeddings.update(c_median=median, c=refined)
+                report["canonical_mm"].update(
+                    {name: canonical_residual(model, args.shared, *emb) for name, emb in embeddings.items()}
+                )
+                fit_err = reprojection_errors(renderer, obs, *refined, aligned=True)
+                report["fit_renders_aligned_px"] = region_means(fit_err)
+                residual = dict(report["canonical_mm"]["c"])
+                residual.update({f"render_{k}": v for k, v in region_means(fit_err, MM_PER_PX).items()})
             if args.eval > 0:
-                eval_scenes = render_scenes(np.random.default_rng(args.seed + 1), args.eval, model, expressive=True)
-                report["eval_px"] = evaluate(model, renderer, tracker, embeddings, eval_scenes)
+                report.update(evaluate(model, renderer, tracker, embeddings, args.eval, args.seed + 1, args.lam))
+            if args.overlay is not None:
+                overlay_scene = make_scenes(np.random.default_rng(args.seed + 2), 2, model, 1.0)[1]
+                save_overlay(args.overlay, model, renderer, overlay_scene, *embeddings[args.stage], tracker)
         renderer.release()
+    ids, bary = embeddings[args.stage]
     save(args.out, ids, bary, residual)
+    report["mm_per_px"] = MM_PER_PX
     report["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(report, indent=1))
     if args.report is not None:
