@@ -1,0 +1,116 @@
+"""Eyes (gaze convention, blink), the enrollment fit, and the solve benchmark (DESIGN §3.3–3.5, §9)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.config import SolveConfig
+from engine.errors import UserError
+from engine.face_model import FaceModel
+from engine.names import ICT_EXPRESSIONS
+from engine.solve.bench import bench_solve
+from engine.solve.expression import EmbeddedFace
+from engine.solve.eyes import GAZE_CHANNELS, eye_rotations, eyeball_centers, gaze_angles
+from engine.solve.identity_fit import fit_identity
+from engine.solve.landmark_sets import IRIS
+from engine.solve.pose import euler_to_rotation, umeyama
+from engine.solve.solver import FrameFitter, valid_observation
+from engine.solve.synthetic import constructed_embedding, synthetic_landmarks
+from engine.types import Landmarks
+
+
+@pytest.fixture(scope="module")
+def embedding(face_model: FaceModel):
+    return constructed_embedding(face_model, seed=2)
+
+
+def _weights(**channels: float) -> np.ndarray:
+    w = np.zeros(len(ICT_EXPRESSIONS))
+    for name, value in channels.items():
+        w[ICT_EXPRESSIONS.index(name)] = value
+    return w
+
+
+def test_gaze_convention_directions() -> None:
+    """Looking out turns each eye away from the nose: the left eye towards +x, the right towards −x."""
+    angles = gaze_angles(_weights(eyeLookOut_L=1.0, eyeLookOut_R=1.0, eyeLookUp_L=1.0, eyeLookDown_R=0.5))
+    assert angles[0, 0] == pytest.approx(30.0) and angles[1, 0] == pytest.approx(-30.0)
+    assert angles[0, 1] == pytest.approx(25.0) and angles[1, 1] == pytest.approx(-12.5)
+    rotations = eye_rotations(_weights(eyeLookOut_L=1.0, eyeLookUp_R=1.0))
+    forward = np.array([0.0, 0.0, 1.0])
+    assert (rotations[0] @ forward)[0] > 0.4  # left eye: +x
+    assert (rotations[1] @ forward)[1] > 0.4  # right eye: up
+
+
+def test_gaze_is_read_from_the_irises(face_model, embedding) -> None:
+    fitter = FrameFitter(face_model, embedding, None, SolveConfig())
+    assert fitter.eyes.valid
+    centers = eyeball_centers(face_model)
+    for truth in (_weights(eyeLookIn_L=0.6, eyeLookIn_R=0.6), _weights(eyeLookOut_L=0.5, eyeLookUp_R=0.7)):
+        landmarks = synthetic_landmarks(fitter.face, centers, truth, euler_to_rotation(-20, 10, 0))
+        observed, _ = valid_observation(landmarks)
+        fit = fitter.fit(observed)
+        np.testing.assert_allclose(fit.weights[GAZE_CHANNELS], truth[GAZE_CHANNELS], atol=0.05)
+
+
+def test_blink_reads_the_upper_lid_and_ignores_a_squint(face_model, embedding) -> None:
+    fitter = FrameFitter(face_model, embedding, None, SolveConfig())
+    centers = eyeball_centers(face_model)
+    blink_l = ICT_EXPRESSIONS.index("eyeBlink_L")
+    for truth in (_weights(eyeBlink_L=0.8), _weights(eyeSquint_L=0.9, mouthSmile_L=0.8)):
+        observed, _ = valid_observation(synthetic_landmarks(fitter.face, centers, truth, np.eye(3)))
+        assert fitter.fit(observed).weights[blink_l] == pytest.approx(truth[blink_l], abs=0.08)
+
+
+def test_eyes_disable_themselves_on_an_embedding_without_eyes(face_model, embedding) -> None:
+    """Irises bound to the cheek are not eyes: the solver keeps its least-squares eye channels."""
+    from dataclasses import replace
+
+    broken = replace(embedding, vertex_ids=embedding.vertex_ids.copy())
+    broken.vertex_ids[list(IRIS[0]) + list(IRIS[1])] = broken.vertex_ids[200]
+    assert not FrameFitter(face_model, broken, None, SolveConfig()).eyes_active
+
+
+def _shape_error(model: FaceModel, embedding, truth: EmbeddedFace, identity_weights: np.ndarray | None) -> float:
+    """Mean landmark distance (cm) between two identities' neutral landmarks after similarity alignment."""
+    fitted = EmbeddedFace.build(model, embedding, identity_weights).neutral[:468]
+    target = truth.neutral[:468]
+    rot, trans, scale = umeyama(fitted, target)
+    return float(np.linalg.norm(scale * fitted @ rot.T + trans - target, axis=1).mean())
+
+
+def test_identity_fit_recovers_the_shape_of_a_random_identity(face_model, embedding) -> None:
+    rng = np.random.default_rng(5)
+    identity = np.zeros(face_model.n_identity, np.float32)
+    identity[:60] = rng.normal(size=60)
+    truth = EmbeddedFace.build(face_model, embedding, identity)
+    centers = eyeball_centers(face_model, identity)
+    frames = [
+        synthetic_landmarks(truth, centers, np.zeros(53), euler_to_rotation(*rng.uniform(-20, 20, 3)), 12.0,
+                            noise_cm=0.05, rng=rng)
+        for _ in range(3)
+    ]  # fmt: skip
+    frames.append(None)  # unusable frames are skipped
+    fit = fit_identity(face_model, embedding, frames)
+    assert fit.frames == 3
+    before = _shape_error(face_model, embedding, truth, None)
+    after = _shape_error(face_model, embedding, truth, fit.identity_weights)
+    assert after < 0.6 * before
+    assert fit.identity_weights.shape == (face_model.n_identity,)
+    assert fit.neutral_offset.shape == (53,) and np.all((fit.neutral_offset >= 0) & (fit.neutral_offset <= 1))
+    assert fit.neutral_offset.mean() < 0.08  # a relaxed face mostly reads as relaxed
+    assert 0.0 < fit.residual_px < 3.0
+
+
+def test_identity_fit_without_a_usable_frame_is_a_user_error(face_model, embedding) -> None:
+    bad = Landmarks(np.full((478, 3), np.nan), np.full((478, 3), np.nan), (640, 480), 1.0)
+    with pytest.raises(UserError, match="usable face"):
+        fit_identity(face_model, embedding, [None, bad])
+
+
+def test_bench_solve_reports_time_and_accuracy(face_model, embedding) -> None:
+    result = bench_solve(frames=40, model=face_model, embedding=embedding)
+    assert result["frames"] == 40
+    assert 0.0 < result["solve_ms"]["p50"] <= result["solve_ms"]["p95"] <= result["solve_ms"]["max"]
+    assert 0.0 < result["mae"] < 0.05 and result["rotation_error_deg"]["p95"] < 1.0
