@@ -3,6 +3,12 @@
 // a hemisphere ambient, Blinn-Phong specular, per-material albedo (identity texture on face skin,
 // procedural elsewhere), a drawn iris and pupil, and depth darkening inside the mouth.
 // Output: linear shading → sRGB, alpha 1 (the background is cleared to alpha 0).
+//
+// Compiled once per draw group (GROUP = GROUP_FACE, GROUP_EYES, GROUP_HEAD, GROUP_INTERIOR, GROUP_LASHES),
+// with DETAIL (face group, detail on) and DEBUG_VIEW (0 shaded, 1 displacement F, 2 weights M_i,
+// 3 normals) fixed at compile time:
+// llvmpipe runs both sides of every branch, so only the code a pixel needs may be in its shader. Only
+// the lash group discards (cut strands), so every other draw keeps early depth testing.
 
 in vec3 v_position;
 in vec3 v_normal;
@@ -14,7 +20,6 @@ in vec4 v_m[5];
 
 out vec4 frag;
 
-uniform bool u_detail;
 uniform float u_detail_gain;                 // multiplies the blended displacement
 uniform bool u_has_albedo_map;
 uniform sampler2D u_albedo_map;              // identity UV albedo (sRGB) of the face tile
@@ -25,17 +30,18 @@ uniform vec3 u_ground;
 uniform vec3 u_eye_pole[2];                  // rest front pole of the subject's left, right eyeball
 uniform vec3 u_iris_color;                   // linear
 uniform vec2 u_mouth_depth;                  // rest z (cm) of the mouth's front and of its dark back
-uniform int u_debug_view;                    // 0 shaded, 1 displacement F, 2 weights M_i, 3 normals
 uniform float u_debug_range_mm;
 
-// Screen-space UV derivatives, taken in uniform control flow so that sampling inside branches is defined.
+// Screen-space UV derivatives and the bases' mip level, taken in uniform control flow so that sampling
+// inside branches is defined; an explicit level is also far cheaper than textureGrad on llvmpipe.
 vec2 g_duv_dx;
 vec2 g_duv_dy;
+float g_bases_lod;
 
 #include "detail_blend.glsl"
 
 vec3 fetch_basis(vec2 uv, int layer) {
-    return textureGrad(u_bases, vec3(uv, float(layer)), g_duv_dx, g_duv_dy).xyz;
+    return textureLod(u_bases, vec3(uv, float(layer)), g_bases_lod).xyz;
 }
 
 vec3 to_linear(vec3 c) {
@@ -80,63 +86,61 @@ void main() {
     if (!gl_FrontFacing) {
         n = -n;  // the inside of the mouth socket is seen from its back
     }
-    bool face = v_class == CLASS_FACE;
     vec3 f = vec3(0.0);
-    if (u_detail && face) {
-        f = u_detail_gain * blend_detail(v_uv, v_m);
-        n = perturb_normal(n, dpdx, dpdy, f.yz);
-    }
+#if DETAIL
+    vec2 bases_size = vec2(textureSize(u_bases, 0).xy);
+    float footprint = max(length(g_duv_dx * bases_size), length(g_duv_dy * bases_size));
+    g_bases_lod = max(log2(max(footprint, 1e-6)), 0.0);
+    f = u_detail_gain * blend_detail(v_uv, v_m);
+    n = perturb_normal(n, dpdx, dpdy, f.yz);
+#endif
 
-    if (u_debug_view == 1) {
-        float x = clamp(f.x / u_debug_range_mm, -1.0, 1.0);
-        vec3 c = x > 0.0 ? mix(vec3(1.0), vec3(0.85, 0.15, 0.1), x) : mix(vec3(1.0), vec3(0.1, 0.3, 0.9), -x);
-        frag = vec4(face ? c : vec3(0.25), 1.0);
-        return;
+#if DEBUG_VIEW == 1
+    float x = clamp(f.x / u_debug_range_mm, -1.0, 1.0);
+    vec3 c = x > 0.0 ? mix(vec3(1.0), vec3(0.85, 0.15, 0.1), x) : mix(vec3(1.0), vec3(0.1, 0.3, 0.9), -x);
+    frag = vec4(GROUP == GROUP_FACE ? c : vec3(0.25), 1.0);
+#elif DEBUG_VIEW == 2
+    vec3 c = vec3(0.25);
+#if DETAIL
+    float total = 0.0;
+    vec3 mixed = vec3(0.0);
+    for (int k = 0; k < u_n_active; ++k) {
+        total += active_weight(v_m, k);
+        mixed += active_weight(v_m, k) * palette(u_active[k]);
     }
-    if (u_debug_view == 2) {
-        vec3 c = vec3(0.25);
-        if (face) {
-            float total = 0.0;
-            vec3 mixed = vec3(0.0);
-            for (int k = 0; k < u_n_active; ++k) {
-                total += active_weight(v_m, k);
-                mixed += active_weight(v_m, k) * palette(u_active[k]);
-            }
-            c = (mixed + max(1.0 - total, 0.0) * vec3(0.6)) / max(total, 1.0);
-        }
-        frag = vec4(c, 1.0);
-        return;
-    }
-    if (u_debug_view == 3) {
-        frag = vec4(n * 0.5 + 0.5, 1.0);
-        return;
-    }
-
+    c = (mixed + max(1.0 - total, 0.0) * vec3(0.6)) / max(total, 1.0);
+#endif
+    frag = vec4(c, 1.0);
+#elif DEBUG_VIEW == 3
+    frag = vec4(n * 0.5 + 0.5, 1.0);
+#else
     vec3 albedo = to_linear(v_albedo);
     float specular = 0.06;
     float shininess = 24.0;
-    float wrap = 0.0;
+    float wrap = 0.3;  // skin: light scattered under the surface reaches past the terminator
     float occlusion = 1.0;
-    if (face || v_class == CLASS_HEAD) {
-        if (face && u_has_albedo_map) {
-            albedo = to_linear(textureGrad(u_albedo_map, v_uv, g_duv_dx, g_duv_dy).rgb);
-        }
-        albedo *= clamp(1.0 + 0.3 * f.x, 0.7, 1.05);  // folds (F < 0) hold less light
-        wrap = 0.3;  // light scattered under the skin reaches past the terminator
-    } else if (v_class == CLASS_IRIS || v_class == CLASS_SCLERA) {
-        albedo = iris_albedo(v_rest);  // ICT's sclera is the outer (corneal) surface: the iris shows through it
-        specular = 0.7;
-        shininess = 180.0;
-    } else if (v_class == CLASS_LASHES) {
-        if (fract(v_uv.x * 90.0) > (v_uv.y > 0.5 ? 0.35 : 0.2)) {
-            discard;  // ICT's lash cards carry strands in an alpha texture it does not ship: cut strands
-        }
-        specular = 0.0;
-    } else {
-        occlusion = pow(clamp((v_rest.z - u_mouth_depth.y) / (u_mouth_depth.x - u_mouth_depth.y), 0.03, 1.0), 1.5);
-        specular = v_class == CLASS_TEETH ? 0.25 : 0.12;
-        shininess = 48.0;
+#if GROUP == GROUP_FACE
+    if (u_has_albedo_map) {
+        albedo = to_linear(textureGrad(u_albedo_map, v_uv, g_duv_dx, g_duv_dy).rgb);
     }
+    albedo *= clamp(1.0 + 0.3 * f.x, 0.7, 1.05);  // folds (F < 0) hold less light
+#elif GROUP == GROUP_EYES
+    albedo = iris_albedo(v_rest);  // ICT's sclera is the outer (corneal) surface: the iris shows through it
+    specular = 0.7;
+    shininess = 180.0;
+    wrap = 0.0;
+#elif GROUP == GROUP_INTERIOR
+    occlusion = pow(clamp((v_rest.z - u_mouth_depth.y) / (u_mouth_depth.x - u_mouth_depth.y), 0.03, 1.0), 1.5);
+    specular = v_class == CLASS_TEETH ? 0.25 : 0.12;
+    shininess = 48.0;
+    wrap = 0.0;
+#elif GROUP == GROUP_LASHES
+    if (fract(v_uv.x * 90.0) > (v_uv.y > 0.5 ? 0.35 : 0.2)) {
+        discard;  // ICT's lash cards carry strands in an alpha texture it does not ship: cut strands
+    }
+    specular = 0.0;
+    wrap = 0.0;
+#endif
 
     vec3 view = normalize(-v_position);
     vec3 color = albedo * mix(u_ground, u_sky, 0.5 + 0.5 * n.y) * occlusion;
@@ -148,4 +152,5 @@ void main() {
         color += u_light_color[k] * occlusion * (albedo * diffuse + specular * spec);
     }
     frag = vec4(pow(clamp(color, 0.0, 1.0), vec3(1.0 / 2.2)), 1.0);
+#endif
 }

@@ -1,7 +1,7 @@
 // The avatar vertex stage: blendshapes (CPU-deformed input, or summed here from float textures with
 // GPU_BLENDSHAPES), the per-vertex key-expression weights M_i for face skin, and the camera transform.
-// Defines: MASK_TEXELS, TEXTURE_WIDTH, CLASS_* (engine.render.materials.ShadeClass); with GPU_BLENDSHAPES
-// also N_RENDER (render vertices: delta j of vertex r is texel j·N_RENDER + r).
+// Defines: MASK_TEXELS, TEXTURE_WIDTH, CLASS_* (engine.render.materials.ShadeClass), DETAIL (face group,
+// detail on); with GPU_BLENDSHAPES also N_RENDER (delta j of vertex r is texel j·N_RENDER + r).
 
 #include "key_weights.glsl"
 
@@ -14,7 +14,6 @@ in vec3 in_rest;                             // rest position, cm: procedural ma
 
 uniform mat4 u_model_view;                   // model → camera (rotation × scale, translation)
 uniform mat4 u_projection;
-uniform bool u_detail;
 
 #ifdef GPU_BLENDSHAPES
 uniform sampler2D u_position_basis;          // RGB32F per-unit-weight position deltas, cm
@@ -47,13 +46,13 @@ void main() {
     }
 #endif
     v_class = int(in_class + 0.5);
-    if (u_detail && v_class == CLASS_FACE) {
-        key_weights(gl_VertexID, v_m);
-    } else {
-        for (int k = 0; k < 5; ++k) {
-            v_m[k] = vec4(0.0);
-        }
+#if DETAIL
+    key_weights(gl_VertexID, v_m);
+#else
+    for (int k = 0; k < 5; ++k) {
+        v_m[k] = vec4(0.0);
     }
+#endif
     vec4 camera = u_model_view * vec4(position, 1.0);
     v_position = camera.xyz;
     v_normal = mat3(u_model_view) * normal;  // rotation × uniform scale: renormalized per fragment

@@ -30,8 +30,6 @@ class ShadeClass(IntEnum):
     LASHES = 8
 
 
-HIDDEN_MATERIALS = ("M_EyeOcclusion", "M_EyeBlend", "M_LacrimalFluid")
-
 _MATERIAL_CLASS = {
     "M_Face": ShadeClass.FACE, "M_BackHead": ShadeClass.HEAD, "M_GumsTongue": ShadeClass.GUMS,
     "M_Teeth": ShadeClass.TEETH, "M_ScleraLeft": ShadeClass.SCLERA, "M_ScleraRight": ShadeClass.SCLERA,
@@ -63,14 +61,36 @@ def render_vertex_classes(topology: FaceTopology) -> np.ndarray:
     return classes
 
 
-def visible_triangles(topology: FaceTopology) -> tuple[np.ndarray, int]:
-    """(T', 3) uint32 render triangles to draw, face-tile triangles first, and how many of those there are."""
+class DrawGroup(IntEnum):
+    """Triangles drawn by one shader variant (`#define GROUP`), in this order: near surfaces first, so that
+    early depth testing skips shading what they hide; lashes last (their shader discards)."""
+
+    FACE = 0  # the face UV tile: identity texture and dynamic detail
+    EYES = 1  # sclera (corneal surface) and iris
+    HEAD = 2  # back of the head and neck
+    INTERIOR = 3  # mouth socket, gums, tongue, teeth, eye-socket flesh: darkened with depth
+    LASHES = 4
+
+
+_CLASS_GROUP = np.array(
+    [DrawGroup.FACE, DrawGroup.HEAD, DrawGroup.INTERIOR, DrawGroup.INTERIOR, DrawGroup.INTERIOR, DrawGroup.INTERIOR,
+     DrawGroup.EYES, DrawGroup.EYES, DrawGroup.LASHES],
+)  # fmt: skip  # indexed by ShadeClass
+
+
+def draw_groups(topology: FaceTopology, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Visible render triangles sorted by DrawGroup: ((T', 3) uint32, (5,) int counts per group).
+
+    classes: (R,) ShadeClass per render vertex. A triangle's group is the highest of its corners' groups,
+    so back-head triangles that touch the mouth or eye socket are drawn as interior. ICT's transparent eye
+    layers (occlusion, blend, lacrimal fluid) have no class and are not drawn.
+    """
     mat = topology.triangle_material
-    face = topology.material_names.index("M_Face")
-    hidden = [topology.material_names.index(n) for n in HIDDEN_MATERIALS if n in topology.material_names]
-    others = (mat != face) & ~np.isin(mat, hidden)
-    tris = np.concatenate([topology.render_triangles[mat == face], topology.render_triangles[others]])
-    return tris.astype(np.uint32), int((mat == face).sum())
+    drawn = np.isin(mat, [topology.material_names.index(n) for n in _MATERIAL_CLASS if n in topology.material_names])
+    tris = topology.render_triangles[drawn]
+    group = _CLASS_GROUP[classes[tris]].max(axis=1)
+    order = np.argsort(group, kind="stable")
+    return tris[order].astype(np.uint32), np.bincount(group, minlength=len(DrawGroup))
 
 
 def procedural_albedo(topology: FaceTopology, rest: np.ndarray, classes: np.ndarray) -> np.ndarray:

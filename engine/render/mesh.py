@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from engine.detail.weights import activation_masks, key_expression_weights
 from engine.face_model import FaceModel
-from engine.render.materials import ShadeClass, procedural_albedo, render_vertex_classes, visible_triangles
+from engine.render.materials import DrawGroup, ShadeClass, draw_groups, procedural_albedo, render_vertex_classes
 
 # Float textures are laid out row-major in this width (below every GL 3.3 implementation's max texture size).
 TEXTURE_WIDTH = 4096
@@ -55,8 +55,9 @@ class AvatarMesh:
     rest: (R, 6) float32 rest position (cm) and unit normal. basis: (E, R, 6) float32 per-unit-weight
     position and normal deltas. uv: (R, 2) float32 (face tile in [0, 1]²). classes: (R,) uint8 ShadeClass.
     albedo: (R, 3) float32 sRGB. masks: (R, J) float32 A_j for `channels` (0 off the face tile).
-    channels: (J,) ICT indices. triangles: (T', 3) uint32 visible triangles, the first `n_face_triangles`
-    of them in the face tile. eye_poles: (2, 3) float32 rest front pole of the left and right eyeball (cm).
+    channels: (J,) ICT indices. triangles: (T', 3) uint32 visible triangles sorted by DrawGroup;
+    group_counts: (5,) triangles per DrawGroup. eye_poles: (2, 3) float32 rest front pole of the left and
+    right eyeball (cm).
     """
 
     rest: np.ndarray
@@ -67,7 +68,7 @@ class AvatarMesh:
     masks: np.ndarray
     channels: np.ndarray
     triangles: np.ndarray
-    n_face_triangles: int
+    group_counts: np.ndarray
     eye_poles: np.ndarray
 
     @property
@@ -91,7 +92,7 @@ class AvatarMesh:
         channels = mask_channels()
         masks = activation_masks(model.expression_basis[channels], topo.region_vertices("face"))[:, r2m].T
         masks = np.where((classes == ShadeClass.FACE)[:, None], masks, 0.0).astype(np.float32)
-        triangles, n_face = visible_triangles(topo)
+        triangles, group_counts = draw_groups(topo, classes)
         poles = np.zeros((2, 3), np.float32)
         for k, side in enumerate((1.0, -1.0)):  # subject's left (+x) first
             cap = np.flatnonzero((classes == ShadeClass.SCLERA) & (rest[:, 0] * side > 0))
@@ -106,7 +107,7 @@ class AvatarMesh:
             masks=masks,
             channels=channels,
             triangles=triangles,
-            n_face_triangles=n_face,
+            group_counts=group_counts,
             eye_poles=poles,
         )
 
@@ -120,6 +121,11 @@ class AvatarMesh:
         flat = self.basis.reshape(len(self.basis), -1)
         out = self.rest.reshape(-1) + w[active] @ flat[active] if len(active) else self.rest.reshape(-1).copy()
         return out.reshape(-1, 6)
+
+    def group_range(self, group: DrawGroup) -> tuple[int, int]:
+        """(first index, index count) of a draw group in the index buffer."""
+        first = int(self.group_counts[:group].sum())
+        return 3 * first, 3 * int(self.group_counts[group])
 
     @property
     def mask_texels(self) -> int:

@@ -24,7 +24,7 @@ from engine.face_model import FaceModel
 from engine.identity import Identity
 from engine.render.camera import Camera
 from engine.render.context import create_context, is_software, load_program
-from engine.render.materials import ShadeClass
+from engine.render.materials import DrawGroup, ShadeClass
 from engine.render.mesh import TEXTURE_WIDTH, AvatarMesh, MeshBuffers
 from engine.types import FaceState, RenderedFrame
 
@@ -72,6 +72,29 @@ def key_weight_uniforms(weights: np.ndarray, channels: np.ndarray, mask_texels: 
     return KeyWeightUniforms(active=(active + 1).astype(np.int32), coefficients=packed.reshape(-1))
 
 
+def _write_uniforms(program: moderngl.Program, values: dict[str, object]) -> None:
+    """Set the uniforms `program` uses (variants compile unused ones away); arrays are written as float32
+    or int32 bytes, scalars assigned."""
+    for name, value in values.items():
+        if name not in program:
+            continue
+        if isinstance(value, np.ndarray):
+            dtype = np.int32 if value.dtype.kind in "iu" else np.float32
+            program[name].write(np.ascontiguousarray(value, dtype=dtype).tobytes())
+        else:
+            program[name].value = value
+
+
+def _gpu_weight_uniforms(weights: np.ndarray) -> dict[str, object]:
+    """GPU blendshapes: the non-zero weights as (index, value) lists."""
+    nonzero = np.flatnonzero(weights)
+    index = np.zeros(len(weights), np.int32)
+    value = np.zeros(len(weights), np.float32)
+    index[: len(nonzero)] = nonzero
+    value[: len(nonzero)] = weights[nonzero]
+    return {"u_n_weights": len(nonzero), "u_weight_index": index, "u_weight_value": value}
+
+
 class AvatarRenderer:
     """Renders an identity's avatar for a FaceState. Not thread-safe; usable from any one thread at a time.
 
@@ -98,18 +121,19 @@ class AvatarRenderer:
             self.gpu_blendshapes = not is_software(self._ctx) if gpu_blendshapes is None else gpu_blendshapes
             self.mesh = AvatarMesh.build(model, identity.identity_weights)
             self._buffers = MeshBuffers(self._ctx, self.mesh, self.gpu_blendshapes)
-            defines: dict[str, object] = {
+            self._defines: dict[str, object] = {
                 "MASK_TEXELS": self.mesh.mask_texels,
                 "TEXTURE_WIDTH": TEXTURE_WIDTH,
+                "DEBUG_VIEW": _DEBUG_VIEWS[config.debug_view],
                 **{f"CLASS_{c.name}": int(c) for c in ShadeClass},
+                **{f"GROUP_{g.name}": int(g) for g in DrawGroup},
             }
             if self.gpu_blendshapes:
-                defines.update(GPU_BLENDSHAPES=1, N_RENDER=self.mesh.n_vertices)
-            self._program = load_program(self._ctx, "avatar.vert.glsl", "avatar.frag.glsl", defines)
-            self._vao = self._buffers.vertex_array(self._program)
+                self._defines.update(GPU_BLENDSHAPES=1, N_RENDER=self.mesh.n_vertices)
             self._bases = self._upload_bases()
             self._albedo = self._upload_albedo()
-            self._bind_static_uniforms()
+            # One program per (draw group, detail): compiled on first use.
+            self._variants: dict[tuple[DrawGroup, bool], tuple[moderngl.Program, moderngl.VertexArray]] = {}
             self._fbo, self._resolved = self._framebuffers(config.width, config.height, config.samples)
             self._uv_program: moderngl.Program | None = None
         self.detail = self._bases is not None
@@ -140,25 +164,19 @@ class AvatarRenderer:
             raise ValueError(f"FaceState.weights must have shape ({self.mesh.basis.shape[0]},), got {weights.shape}")
         if not np.isfinite(weights).all():
             raise ValueError("FaceState.weights contains NaN or infinity")
-        prog = self._program
-        if self.gpu_blendshapes:
-            nonzero = np.flatnonzero(weights).astype(np.int32)
-            index = np.zeros(53, np.int32)
-            value = np.zeros(53, np.float32)
-            index[: len(nonzero)] = nonzero
-            value[: len(nonzero)] = weights[nonzero]
-            prog["u_n_weights"].value = len(nonzero)
-            prog["u_weight_index"].write(index.tobytes())
-            prog["u_weight_value"].write(value.tobytes())
-        else:
+        if not self.gpu_blendshapes:
             self._buffers.update(weights)
-        prog["u_model_view"].write(self.camera.model_view(state.pose, self.config.follow_pose_translation).T.tobytes())
-        self._set_key_weights(prog, weights if self.detail else None)
-        light = self.lighting
-        prog["u_light_dir"].write(np.stack([light.key_direction, light.fill_direction]).astype(np.float32).tobytes())
-        prog["u_light_color"].write(np.stack([light.key_color, light.fill_color]).astype(np.float32).tobytes())
-        prog["u_sky"].value = tuple(light.sky)
-        prog["u_ground"].value = tuple(light.ground)
+        self._frame = {
+            "u_model_view": self.camera.model_view(state.pose, self.config.follow_pose_translation).T,
+            "u_light_dir": np.stack([self.lighting.key_direction, self.lighting.fill_direction]),
+            "u_light_color": np.stack([self.lighting.key_color, self.lighting.fill_color]),
+            "u_sky": self.lighting.sky,
+            "u_ground": self.lighting.ground,
+        }
+        if self.gpu_blendshapes:
+            self._frame.update(_gpu_weight_uniforms(weights))
+        if self.detail:
+            self._frame.update(self._key_weight_uniforms(weights))
 
     def draw(self) -> None:
         """Rasterize into the multisampled framebuffer and resolve it."""
@@ -167,7 +185,12 @@ class AvatarRenderer:
         # A transparent background is cleared to 0 so that resolved edges are premultiplied (see read()).
         self._fbo.clear(*(background if background[3] > 0 else (0.0, 0.0, 0.0, 0.0)), depth=1.0)
         self._ctx.enable(moderngl.DEPTH_TEST)
-        self._vao.render(moderngl.TRIANGLES)
+        for group in DrawGroup:
+            first, count = self.mesh.group_range(group)
+            if count:
+                program, vao = self._variant(group, self.detail and group == DrawGroup.FACE)
+                _write_uniforms(program, self._frame)
+                vao.render(moderngl.TRIANGLES, vertices=count, first=first)
         if self._resolved is not self._fbo:
             self._ctx.copy_framebuffer(self._resolved, self._fbo)
 
@@ -211,8 +234,8 @@ class AvatarRenderer:
                 self._ctx.disable(moderngl.DEPTH_TEST)
                 self._buffers.mask_texture.use(1)
                 self._bases.use(2)
-                self._set_key_weights(self._uv_program, np.asarray(weights, dtype=np.float32))
-                self._uv_vao.render(moderngl.TRIANGLES, vertices=3 * self.mesh.n_face_triangles)
+                _write_uniforms(self._uv_program, self._key_weight_uniforms(np.asarray(weights, dtype=np.float32)))
+                self._uv_vao.render(moderngl.TRIANGLES, vertices=self.mesh.group_range(DrawGroup.FACE)[1])
                 out = np.frombuffer(fbo.read(components=4, dtype="f4", alignment=1), np.float32)
             finally:
                 fbo.release()
@@ -225,7 +248,8 @@ class AvatarRenderer:
             return
         with self._ctx:
             self._buffers.release()
-            for obj in (self._bases, self._albedo, self._fbo, self._resolved, self._program, self._uv_program):
+            programs = [obj for variant in self._variants.values() for obj in variant]
+            for obj in (self._bases, self._albedo, self._fbo, self._resolved, *programs, self._uv_program):
                 if obj is not None:
                     obj.release()
         self._ctx.release()
@@ -239,24 +263,26 @@ class AvatarRenderer:
 
     # -- setup -----------------------------------------------------------------------------------------
 
-    def _set_key_weights(self, prog: moderngl.Program, weights: np.ndarray | None) -> None:
-        """Key-weight uniforms for `weights` (None: detail off, no active keys)."""
-        if weights is None:
-            prog["u_n_active"].value = 0
-            if "u_detail" in prog:
-                prog["u_detail"].value = False
-            return
+    def _key_weight_uniforms(self, weights: np.ndarray) -> dict[str, object]:
         uniforms = key_weight_uniforms(weights, self.mesh.channels, self.mesh.mask_texels)
         active = np.zeros(N_KEY_EXPRESSIONS - 1, np.int32)
         active[: len(uniforms.active)] = uniforms.active
-        prog["u_n_active"].value = len(uniforms.active)
-        prog["u_coef"].write(uniforms.coefficients.tobytes())
-        prog["u_active"].write(active.tobytes())
-        if "u_detail" in prog:
-            prog["u_detail"].value = True
+        return {"u_n_active": len(uniforms.active), "u_coef": uniforms.coefficients, "u_active": active}
+
+    def _variant(self, group: DrawGroup, detail: bool) -> tuple[moderngl.Program, moderngl.VertexArray]:
+        """The program (and VAO) of one draw group, compiled and given its constant uniforms on first use."""
+        key = (group, detail)
+        if key not in self._variants:
+            defines = {**self._defines, "GROUP": int(group), "DETAIL": int(detail)}
+            program = load_program(self._ctx, "avatar.vert.glsl", "avatar.frag.glsl", defines)
+            self._bind_program_uniforms(program)
+            self._variants[key] = (program, self._buffers.vertex_array(program))
+        return self._variants[key]
 
     def _upload_bases(self) -> moderngl.TextureArray | None:
-        """The 20 bases as an RGB16F array texture, mipmapped (bundles store float16, so nothing is lost)."""
+        """The 20 bases as an RGBA16F array texture (bundles store float16, so nothing is lost; 8-byte texels
+        fetch faster than 6-byte RGB on llvmpipe), mipmapped, sampled from the nearest level (one bilinear
+        fetch per layer instead of two)."""
         bases = self.identity.bases
         if bases is None:
             return None
@@ -264,9 +290,11 @@ class AvatarRenderer:
         if maps.ndim != 4 or maps.shape[0] != N_KEY_EXPRESSIONS or maps.shape[3] != 3 or maps.shape[1] != maps.shape[2]:
             raise ValueError(f"detail bases must be ({N_KEY_EXPRESSIONS}, N, N, 3), got {maps.shape}")
         n = maps.shape[1]
-        tex = self._ctx.texture_array((n, n, N_KEY_EXPRESSIONS), 3, maps.astype(np.float16).tobytes(), dtype="f2")
+        padded = np.zeros((*maps.shape[:3], 4), np.float16)
+        padded[..., :3] = maps
+        tex = self._ctx.texture_array((n, n, N_KEY_EXPRESSIONS), 4, padded.tobytes(), dtype="f2")
         tex.build_mipmaps()
-        tex.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
+        tex.filter = (moderngl.LINEAR_MIPMAP_NEAREST, moderngl.LINEAR)
         tex.repeat_x = tex.repeat_y = False
         return tex
 
@@ -284,8 +312,7 @@ class AvatarRenderer:
         tex.repeat_x = tex.repeat_y = False
         return tex
 
-    def _bind_static_uniforms(self) -> None:
-        prog = self._program
+    def _bind_program_uniforms(self, prog: moderngl.Program) -> None:
         units = {"u_masks": (1, self._buffers.mask_texture), "u_bases": (2, self._bases)}
         units["u_albedo_map"] = (3, self._albedo)
         if self.gpu_blendshapes:
@@ -296,17 +323,20 @@ class AvatarRenderer:
                 prog[name].value = unit  # distinct units even when unused: mixed sampler types may not share one
             if tex is not None:
                 tex.use(unit)
-        projection = self.camera.projection()
-        prog["u_projection"].write(projection.T.tobytes())
-        prog["u_has_albedo_map"].value = self._albedo is not None
-        prog["u_detail_gain"].value = self.detail_gain
-        prog["u_debug_view"].value = _DEBUG_VIEWS[self.config.debug_view]
-        prog["u_debug_range_mm"].value = 0.5
-        prog["u_eye_pole"].write(self.mesh.eye_poles.astype(np.float32).tobytes())
-        prog["u_iris_color"].value = (0.16, 0.09, 0.045)
-        mouth = self.mesh.rest[self.mesh.classes == ShadeClass.TEETH, 2]
-        front = float(mouth.max()) if len(mouth) else 10.0
-        prog["u_mouth_depth"].value = (front, front - 5.0)
+        teeth = self.mesh.rest[self.mesh.classes == ShadeClass.TEETH, 2]
+        front = float(teeth.max()) if len(teeth) else 10.0
+        _write_uniforms(
+            prog,
+            {
+                "u_projection": self.camera.projection().T,
+                "u_has_albedo_map": self._albedo is not None,
+                "u_detail_gain": self.detail_gain,
+                "u_debug_range_mm": 0.5,
+                "u_eye_pole": self.mesh.eye_poles,
+                "u_iris_color": np.array([0.16, 0.09, 0.045]),
+                "u_mouth_depth": np.array([front, front - 5.0]),
+            },
+        )
 
     def _framebuffers(self, width: int, height: int, samples: int) -> tuple[moderngl.Framebuffer, moderngl.Framebuffer]:
         """(draw target, resolve target): one single-sample framebuffer when `samples` ≤ 1."""
