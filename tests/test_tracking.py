@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from engine.config import TrackingConfig
-from engine.tracking import FaceTracker, InvalidFrameError, validate_image
+from engine.tracking import FaceTracker, InvalidFrameError, _landmark_array, validate_image
 from engine.types import Frame
 
 MEDIAPIPE_TOLERANCE = 0.03  # normalized; what MediaPipe's own landmark tests accept
@@ -83,6 +83,30 @@ def test_video_mode_tracks_consecutive_frames(shared_dir):
     # The second frame is tracked from the first's crop, not re-detected: same face, same presence.
     assert np.abs(first[0].normalized[:, :2] - second[0].normalized[:, :2]).max() < 0.01
     assert second[0].presence == pytest.approx(first[0].presence)
+
+
+def test_decoded_landmarks_equal_mediapipe_solution_output(shared_dir, still_tracker):
+    import mediapipe as mp
+
+    image = _image(shared_dir, "sergey.png")
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as reference:
+        expected = reference.process(image).multi_face_landmarks[0]
+    reference_xyz = np.array([(p.x, p.y, p.z) for p in expected.landmark], dtype=np.float32)
+    (face,) = still_tracker.process_image(image)
+    np.testing.assert_array_equal(face.normalized, reference_xyz)
+
+
+def test_landmark_decoding_handles_other_record_layouts():
+    from mediapipe.framework.formats import landmark_pb2
+
+    values = [(0.5, 0.25, -0.125), (0.0, 1.0, 0.0)]
+    plain = landmark_pb2.NormalizedLandmarkList()
+    for x, y, z in values:
+        plain.landmark.add(x=x, y=y, z=z)
+    np.testing.assert_array_equal(_landmark_array(plain.SerializeToString()), values)
+    # A set `visibility` lengthens one record: the byte-level decoder must notice and parse instead.
+    plain.landmark[0].visibility = 0.9
+    np.testing.assert_array_equal(_landmark_array(plain.SerializeToString()), values)
 
 
 def test_no_face_gives_empty_list(still_tracker):
