@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 import scipy.optimize
 
 
@@ -47,20 +48,23 @@ def solve_box_qp(
     w = np.clip(np.zeros(n) if w0 is None else np.asarray(w0, dtype=np.float64), lo, hi)
     pinned = lo >= hi
     inv_diag = 1.0 / np.diag(H)
-    state = np.zeros(n, dtype=np.int8)  # −1 on lo, +1 on hi, 2 pinned, 0 free
+    # Working sets as boolean masks: on the lower bound (pinned variables count as "lower": lo == hi), on the
+    # upper bound. Kept as two masks rather than one state array: fewer numpy calls per iteration.
+    at_lo = at_hi = np.zeros(n, dtype=bool)
     pdas_limit = min(8, max_iterations)
     for iteration in range(1, pdas_limit + 1):
         if iteration == 1 and w0 is not None:
             guess = w  # the warm start's own active set: last frame's bounds are the best first guess
         else:
             guess = w - (H @ w - b) * inv_diag
-        new_state = np.where(pinned, 2, np.where(guess <= lo, -1, np.where(guess >= hi, 1, 0))).astype(np.int8)
-        if iteration > 1 and np.array_equal(new_state, state):
+        new_lo = (guess <= lo) | pinned
+        new_hi = (guess >= hi) & ~new_lo
+        if iteration > 1 and not ((new_lo ^ at_lo).any() or (new_hi ^ at_hi).any()):
             # Unchanged sets mean KKT holds: free variables are stationary inside the box, and a bound variable
             # stays bound only while its gradient pushes it outwards.
             return BoxQPResult(w, iteration - 1, True)
-        state = new_state
-        w = _subspace_solve(H, b, np.where(state == 1, hi, lo), state != 0)
+        at_lo, at_hi = new_lo, new_hi
+        w = _subspace_solve(H, b, np.where(at_hi, hi, lo), at_lo | at_hi)
     scale = max(1.0, float(np.abs(b).max()), float(np.abs(H).max()))
     result = _primal_active_set(H, b, lo, hi, np.clip(w, lo, hi), max_iterations - pdas_limit, tol * scale)
     return BoxQPResult(result.w, result.iterations + pdas_limit, result.converged)
@@ -76,7 +80,12 @@ def _subspace_solve(H: np.ndarray, b: np.ndarray, bound: np.ndarray, fixed: np.n
     rhs = np.where(fixed, bound, b - H @ w_fixed)
     K = H * np.outer(free, free)
     K.flat[:: len(b) + 1] += fixed
-    return np.linalg.solve(K, rhs)
+    # K is symmetric positive definite (a principal block of H plus identity rows). LAPACK's Cholesky solve
+    # directly: numpy.linalg.solve's per-call overhead is ~5× the 53 × 53 factorization itself.
+    _, x, info = scipy.linalg.lapack.dposv(K, rhs)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"subspace matrix not positive definite (LAPACK dposv info {info})")
+    return x
 
 
 def _primal_active_set(

@@ -23,6 +23,7 @@ import numpy as np
 from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.bounded_lsq import BoxQPResult, solve_box_qp
+from engine.solve.landmark_sets import MIRROR
 
 N_EXPRESSIONS = len(ICT_EXPRESSIONS)
 
@@ -39,13 +40,24 @@ class EmbeddedFace:
 
     @staticmethod
     def build(
-        model: FaceModel, embedding: LandmarkEmbedding, identity_weights: np.ndarray | None = None
+        model: FaceModel,
+        embedding: LandmarkEmbedding,
+        identity_weights: np.ndarray | None = None,
+        symmetric: bool = True,
     ) -> EmbeddedFace:
-        """Embed `model.personalize(identity_weights)` through `embedding` (vectorized gathers, ~10 ms)."""
+        """Embed `model.personalize(identity_weights)` through `embedding` (vectorized gathers, a few ms).
+
+        `symmetric`: average each landmark with its mirror partner's mirror image (channels `_L` ↔ `_R`
+        swapped). ICT and MediaPipe's topology are both symmetric, so an embedding's asymmetry is fitting noise;
+        averaging it out makes the solver mirror-equivariant: a mirrored face reads with its sides swapped.
+        """
         face = model.personalize(identity_weights)
         neutral = embedding.apply(face.neutral.astype(np.float64))
-        basis = embedding.apply(face.expression_basis)  # (53, 478, 3)
-        return EmbeddedFace(neutral, np.ascontiguousarray(np.moveaxis(basis, 0, -1).astype(np.float64)))
+        basis = np.moveaxis(embedding.apply(face.expression_basis), 0, -1).astype(np.float64)  # (478, 3, 53)
+        if symmetric:
+            neutral = symmetrize_landmarks(neutral)
+            basis = symmetrize_landmarks(basis, side_swap())
+        return EmbeddedFace(neutral, np.ascontiguousarray(basis))
 
     @cached_property
     def _flat(self) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +79,28 @@ def coordinate_gram(basis: np.ndarray) -> np.ndarray:
     n, _, k = basis.shape
     flat = basis.reshape(n, 3 * k)
     return (flat.T @ flat).reshape(3, k, 3, k).transpose(0, 2, 1, 3).reshape(9, k * k)
+
+
+def symmetrize_landmarks(points: np.ndarray, channel_map: np.ndarray | None = None) -> np.ndarray:
+    """(478, 3) or (478, 3, K) landmark positions / bases → the average with their mirror image: landmark i
+    becomes ½(p_i + flip(p_MIRROR[i])), x negated; `channel_map` (K,) pairs each basis column with its mirror
+    column (`side_swap()` for expressions; None for unsided ones such as identity modes)."""
+    mirror = np.array(MIRROR)
+    flip = np.array([-1.0, 1.0, 1.0])
+    mirrored = points[mirror]
+    if points.ndim == 3:
+        if channel_map is not None:
+            mirrored = mirrored[..., channel_map]
+        flip = flip[:, None]
+    return 0.5 * (points + mirrored * flip)
+
+
+def side_swap(names: tuple[str, ...] = ICT_EXPRESSIONS) -> np.ndarray:
+    """(53,) index map exchanging every `X_L` channel with its `X_R`."""
+    swap = np.arange(len(names))
+    for i, j in symmetric_pairs(names):
+        swap[i], swap[j] = j, i
+    return swap
 
 
 def symmetric_pairs(names: tuple[str, ...] = ICT_EXPRESSIONS) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""One Euro filter (Casiez, Roussel, Vogel, CHI 2012), vectorized over channels, and its quaternion form.
+"""One Euro filter (Casiez, Roussel, Vogel, CHI 2012), vectorized over channels, and quaternion continuity.
 
 The cutoff adapts to speed: f_c = min_cutoff + beta·|ẋ|, so slow motion is smoothed hard (no jitter at rest)
 and fast motion passes with little lag. Parameters may differ per channel (eyes faster than the mouth).
 Time stamps are monotonic nanoseconds; a non-increasing time stamp returns the previous output unchanged.
+A unit quaternion is filtered as four channels after `continuous_quaternion` and renormalized afterwards:
+adequate for the small per-frame rotations of a head.
 """
 
 from __future__ import annotations
@@ -51,24 +53,9 @@ class OneEuroFilter:
         return self._x.copy()
 
 
-class QuaternionOneEuro:
-    """One Euro on a unit quaternion (w, x, y, z): flip into the previous output's hemisphere, filter the four
-    components, renormalize. Adequate for the small per-frame rotations of a head."""
-
-    def __init__(self, min_cutoff_hz: float, beta: float, d_cutoff_hz: float) -> None:
-        self._filter = OneEuroFilter(min_cutoff_hz, beta, d_cutoff_hz)
-        self._last: np.ndarray | None = None
-
-    def reset(self) -> None:
-        self._filter.reset()
-        self._last = None
-
-    def __call__(self, quat: np.ndarray, t_ns: int) -> np.ndarray:
-        """(4,) quaternion at `t_ns` → (4,) filtered unit quaternion."""
-        q = np.asarray(quat, dtype=np.float64)
-        if self._last is not None and float(q @ self._last) < 0.0:
-            q = -q
-        out = self._filter(q, t_ns)
-        out /= np.linalg.norm(out)
-        self._last = out
-        return out
+def continuous_quaternion(quat: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+    """(4,) q or −q, whichever lies in `previous`'s hemisphere: q and −q are the same rotation, but filtering
+    their components across a sign flip would pass through zero."""
+    if previous is not None and float(quat @ previous) < 0.0:
+        return -quat
+    return quat

@@ -24,7 +24,7 @@ import numpy as np
 from engine.config import SolveConfig
 from engine.errors import UserError
 from engine.face_model import FaceModel, LandmarkEmbedding
-from engine.solve.expression import coordinate_gram, depth_metric
+from engine.solve.expression import coordinate_gram, depth_metric, symmetrize_landmarks
 from engine.solve.landmark_sets import FACE_OVAL, N_MESH_LANDMARKS
 from engine.solve.solver import FrameFitter, valid_observation
 from engine.types import Landmarks
@@ -67,12 +67,14 @@ def fit_identity(
     n_modes = int(min(max(n_modes, 0), model.n_identity))
     # Embedded identity basis on the mesh landmarks: (478, 3, n_modes).
     basis = np.moveaxis(embedding.apply(model.identity_basis[:n_modes].astype(np.float64)), 0, -1)
+    # The same mirror averaging as the expression side (EmbeddedFace.build), so both live in one geometry.
+    basis = symmetrize_landmarks(basis)
     omega = np.zeros(len(basis))
     omega[:N_MESH_LANDMARKS] = 1.0
     omega[list(FACE_OVAL)] = config.oval_weight
     weighted = basis * np.sqrt(omega)[:, None, None]
     gram = coordinate_gram(weighted)  # (9, n²)
-    mean_neutral = embedding.apply(model.neutral.astype(np.float64))
+    mean_neutral = symmetrize_landmarks(embedding.apply(model.neutral.astype(np.float64)))
     precision = prior / np.square(model.identity_prior_std[:n_modes].astype(np.float64))
     depth_weight = config.depth_weight if config.use_depth else 0.0
 

@@ -26,19 +26,22 @@ def umeyama(
 
     source, target: (n, 3); weights: (n,) ≥ 0 or None. Returns R (3, 3) proper rotation, t (3,), s > 0.
     """
-    w = np.ones(len(source)) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    mu_s = w @ source
-    mu_t = w @ target
-    src = source - mu_s
-    tgt = target - mu_t
-    cov = (tgt * w[:, None]).T @ src  # (3, 3) Σ w tgt srcᵀ
+    if weights is None:
+        mu_s, mu_t = source.mean(axis=0), target.mean(axis=0)
+        src, tgt = source - mu_s, target - mu_t
+        cov = tgt.T @ src / len(source)  # (3, 3) Σ tgt srcᵀ / n
+        var_s = float(np.einsum("ij,ij->", src, src)) / len(source)
+    else:
+        w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+        mu_s, mu_t = w @ source, w @ target
+        src, tgt = source - mu_s, target - mu_t
+        cov = (tgt * w[:, None]).T @ src
+        var_s = float(w @ np.einsum("ij,ij->i", src, src))
     u, sig, vt = np.linalg.svd(cov)
     d = np.ones(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+    if np.linalg.det(cov) < 0:  # det(U)·det(Vᵀ) has the sign of det(cov) (σ ≥ 0): avoid a reflection
         d[2] = -1.0
     rot = (u * d) @ vt
-    var_s = float(w @ np.einsum("ij,ij->i", src, src))
     scale = float(sig @ d) / var_s if with_scale else 1.0
     return rot, mu_t - scale * rot @ mu_s, scale
 

@@ -19,7 +19,7 @@ from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.expression import EmbeddedFace, ExpressionSolver, depth_metric
 from engine.solve.eyes import GAZE_CHANNELS, EyeModel, GazeRanges, eyeball_centers
-from engine.solve.filters import OneEuroFilter, QuaternionOneEuro
+from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.landmark_sets import FACE_OVAL, N_MESH_LANDMARKS
 from engine.solve.pose import head_pose_from_similarity, pixels_to_observed, umeyama
 from engine.types import FaceState, HeadPose, Landmarks, TrackingState
@@ -83,6 +83,7 @@ class FrameFitter:
         landmark_weights[list(FACE_OVAL)] = config.oval_weight
         self.expression = ExpressionSolver(self.face, landmark_weights, lam, config.symmetry_prior)
         self.pose_weights_first = rigid_weights(self.face)
+        self._rigid_ids = np.flatnonzero(self.pose_weights_first)
         self.pose_weights_refine = np.maximum(self.pose_weights_first, _NONRIGID_POSE_WEIGHT)
         self.pose_weights_refine[N_MESH_LANDMARKS:] = 0.0
         ranges = GazeRanges(config.gaze_horizontal_deg, config.gaze_up_deg, config.gaze_down_deg)
@@ -97,7 +98,8 @@ class FrameFitter:
         hi = np.ones(N_EXPRESSIONS)
         # First the landmarks no expression moves much place the head (with last frame's expression), then all
         # of them once this frame's expression explains the rest.
-        rot, trans, scale = umeyama(self.face.landmarks(w), observed, self.pose_weights_first)
+        rigid = self._rigid_ids
+        rot, trans, scale = umeyama(self.face.landmarks(w)[rigid], observed[rigid])
         for iteration in range(self.config.pose_iterations):
             observed_model = ((observed - trans) @ rot) / scale  # Rᵀ(y − t)/s, row-wise
             metric = depth_metric(rot, self._depth_weight)
@@ -131,15 +133,15 @@ def channel_groups() -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in groups.items()}
 
 
-def _channel_filter(config: SolveConfig) -> OneEuroFilter:
-    params = np.empty((3, N_EXPRESSIONS))
+def _state_filter(config: SolveConfig) -> OneEuroFilter:
+    """One filter over the 53 weights (per-group parameters) and the 8 pose numbers (pose parameters)."""
+    params = np.empty((3, N_EXPRESSIONS + 8))
     by_group: dict[str, FilterConfig] = {
-        "eyes": config.filter_eyes,
-        "brows": config.filter_brows,
-        "mouth": config.filter_mouth,
-    }
-    for group, idx in channel_groups().items():
-        f = by_group[group]
+        "eyes": config.filter_eyes, "brows": config.filter_brows, "mouth": config.filter_mouth,
+    }  # fmt: skip
+    groups = channel_groups() | {"pose": np.arange(N_EXPRESSIONS, N_EXPRESSIONS + 8)}
+    for group, idx in groups.items():
+        f = by_group.get(group, config.filter_pose)
         params[:, idx] = np.array([[f.min_cutoff], [f.beta], [f.d_cutoff]])
     return OneEuroFilter(params[0], params[1], params[2])
 
@@ -178,10 +180,8 @@ class FaceSolver:
         if offset.shape != (N_EXPRESSIONS,):
             offset = np.zeros(N_EXPRESSIONS)
         self.neutral_offset = np.clip(offset, 0.0, 0.95)
-        self._weights_filter = _channel_filter(config)
-        fp = config.filter_pose
-        self._quat_filter = QuaternionOneEuro(fp.min_cutoff, fp.beta, fp.d_cutoff)
-        self._pose_filter = OneEuroFilter(fp.min_cutoff, fp.beta, fp.d_cutoff)
+        self._filter = _state_filter(config)  # 53 weights, then quaternion (4), translation (3) and scale
+        self._last_quat: np.ndarray | None = None
         self._warm: np.ndarray | None = None
         self._last: FaceState | None = None
         self._last_seen_ns: int | None = None
@@ -217,10 +217,12 @@ class FaceSolver:
             self._reset_filters()  # a face after a loss starts fresh instead of sliding from stale values
             self._lost = False
         if cfg.filter_enabled:
-            weights = np.clip(self._weights_filter(weights, t_capture_ns), 0.0, 1.0)
-            quat = self._quat_filter(pose.quaternion, t_capture_ns)
-            rest = self._pose_filter(np.append(pose.translation, pose.scale), t_capture_ns)
-            pose = HeadPose(quat, rest[:3], float(rest[3]))
+            quat = continuous_quaternion(pose.quaternion, self._last_quat)
+            state = self._filter(np.concatenate([weights, quat, pose.translation, [pose.scale]]), t_capture_ns)
+            weights = np.clip(state[:N_EXPRESSIONS], 0.0, 1.0)
+            quat = state[N_EXPRESSIONS : N_EXPRESSIONS + 4] / np.linalg.norm(state[N_EXPRESSIONS : N_EXPRESSIONS + 4])
+            self._last_quat = quat
+            pose = HeadPose(quat, state[N_EXPRESSIONS + 4 : N_EXPRESSIONS + 7], float(state[-1]))
         presence = float(np.clip(getattr(landmarks, "presence", 1.0), 0.0, 1.0))
         confidence = presence * float(np.exp(-((fit.residual_cm / _RESIDUAL_SCALE_CM) ** 2)))
         state = FaceState(
@@ -231,9 +233,8 @@ class FaceSolver:
         return state
 
     def _reset_filters(self) -> None:
-        self._weights_filter.reset()
-        self._quat_filter.reset()
-        self._pose_filter.reset()
+        self._filter.reset()
+        self._last_quat = None
 
     def _no_face(self, t_ns: int, frame_index: int) -> FaceState:
         last = self._last
