@@ -23,9 +23,10 @@ from engine.detail.weights import N_KEY_EXPRESSIONS, key_expression_coefficients
 from engine.face_model import FaceModel
 from engine.identity import Identity
 from engine.render.camera import Camera
-from engine.render.context import create_context, is_software, load_program
+from engine.render.context import create_context, is_software, load_program, wants_window
 from engine.render.materials import DrawGroup, ShadeClass
 from engine.render.mesh import TEXTURE_WIDTH, AvatarMesh, MeshBuffers
+from engine.render.outputs import PreviewWindow
 from engine.types import FaceState, RenderedFrame
 
 # A key expression is skipped when its M_i cannot exceed this anywhere (M_i ≤ Σ_j c_ij since A_j ≤ 1).
@@ -98,6 +99,9 @@ def _gpu_weight_uniforms(weights: np.ndarray) -> dict[str, object]:
 class AvatarRenderer:
     """Renders an identity's avatar for a FaceState. Not thread-safe; usable from any one thread at a time.
 
+    With `config.backend` `window` (or `auto` and a display) each frame is also shown in a preview window;
+    `preview_open` turns False when the user closes it.
+
     `gpu_blendshapes`: sum blendshapes in the vertex shader instead of numpy (None: numpy on software
     rasterizers, where vertex shading is single-threaded; GPU otherwise). `detail_gain` scales the blended
     displacement (DetailConfig.scale_mm).
@@ -137,6 +141,11 @@ class AvatarRenderer:
             self._fbo, self._resolved = self._framebuffers(config.width, config.height, config.samples)
             self._uv_program: moderngl.Program | None = None
         self.detail = self._bases is not None
+        # render.backend window/auto: every rendered frame is also shown (rendering itself stays off-screen).
+        self.preview: PreviewWindow | None = None
+        if wants_window(config.backend):
+            self.preview = PreviewWindow("scapecast avatar", mirror=config.mirror_preview)
+        self.preview_open = self.preview is not None
 
     # -- public API ------------------------------------------------------------------------------------
 
@@ -155,7 +164,10 @@ class AvatarRenderer:
             self.upload(state)
             self.draw()
             image = self.read()
-        return RenderedFrame(image, state, time.monotonic_ns())
+        done = time.monotonic_ns()
+        if self.preview is not None and self.preview_open:
+            self.preview_open = self.preview.show(image)
+        return RenderedFrame(image, state, done)
 
     def upload(self, state: FaceState) -> None:
         """Per-frame inputs: deformed vertices (CPU path) or weights (GPU path), pose and key weights."""
@@ -246,6 +258,8 @@ class AvatarRenderer:
         """Release every GL object and the context."""
         if self._ctx is None:
             return
+        if self.preview is not None:
+            self.preview.close()
         with self._ctx:
             self._buffers.release()
             programs = [obj for variant in self._variants.values() for obj in variant]

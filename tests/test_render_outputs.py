@@ -1,0 +1,89 @@
+"""Image outputs: PNG with alpha, MP4 through OpenCV, side-by-side sheets, the preview window's guard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.errors import UserError
+from engine.render.context import wants_window
+from engine.render.outputs import Mp4Writer, PreviewWindow, flatten, side_by_side, write_png
+
+
+def _gradient(h: int, w: int, alpha: bool = False) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) % 256], axis=-1)
+    if alpha:
+        img = np.concatenate([img, ((x // 8) % 2 * 255)[..., None]], axis=-1)
+    return img.astype(np.uint8)
+
+
+def test_png_round_trip_keeps_alpha_and_orientation(tmp_path):
+    from PIL import Image
+
+    img = _gradient(40, 64, alpha=True)
+    path = write_png(tmp_path / "sub" / "a.png", img)
+    back = np.asarray(Image.open(path))
+    np.testing.assert_array_equal(back, img)
+
+
+def test_flatten_composites_straight_alpha():
+    img = np.zeros((1, 3, 4), np.uint8)
+    img[0, :, :3] = 200
+    img[0, :, 3] = [0, 128, 255]
+    out = flatten(img, background=(10, 20, 30))
+    np.testing.assert_array_equal(out[0, 0], [10, 20, 30])
+    np.testing.assert_array_equal(out[0, 2], [200, 200, 200])
+    np.testing.assert_allclose(out[0, 1], 200 * 128 / 255 + np.array([10, 20, 30]) * 127 / 255, atol=1)
+
+
+def test_side_by_side_scales_to_one_height():
+    left = _gradient(120, 160)
+    right = _gradient(60, 60, alpha=True)
+    sheet = side_by_side(left, right)
+    assert sheet.shape == (120, 160 + 120, 3)
+    np.testing.assert_array_equal(sheet[:, :160], left)
+    small = side_by_side(left, right, height=60)
+    assert small.shape == (60, 80 + 60, 3)
+
+
+def test_mp4_writer_round_trip(tmp_path):
+    import cv2
+
+    path = tmp_path / "clip.mp4"
+    frames = [np.roll(_gradient(64, 96), 8 * k, axis=1) for k in range(5)]
+    with Mp4Writer(path, fps=10) as writer:
+        for frame in frames:
+            writer.write(frame)
+        with pytest.raises(ValueError, match="size"):
+            writer.write(_gradient(32, 32))
+    assert writer.frames == 5
+    cap = cv2.VideoCapture(str(path))
+    read = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        read.append(bgr[..., ::-1])
+    cap.release()
+    assert len(read) == 5 and read[0].shape == (64, 96, 3)
+    # Lossy, but the same picture: mean error small, and frame k is closer to input k than to input k+1.
+    assert np.abs(read[2].astype(int) - frames[2]).mean() < 12
+    assert np.abs(read[2].astype(int) - frames[2]).mean() < np.abs(read[2].astype(int) - frames[3]).mean()
+
+
+def test_bad_inputs(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="uint8"):
+        write_png(tmp_path / "x.png", np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="fps"):
+        Mp4Writer(tmp_path / "x.mp4", fps=0)
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    with pytest.raises(UserError, match="cannot write PNG"):
+        write_png(tmp_path / "blocker" / "x.png", _gradient(4, 4))
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(UserError, match="no display"):
+        PreviewWindow()
+    assert wants_window("auto") is False and wants_window("egl") is False
+    with pytest.raises(UserError, match="no display"):
+        wants_window("window")
