@@ -688,6 +688,39 @@ def depth_agreement(renderer: Renderer, obs: list[Observation], ids: np.ndarray,
     return {"gain": float(np.median(gains)), **region_means(np.stack(residuals))}
 
 
+def channel_response(
+    model: FaceModel, renderer: Renderer, tracker, embeddings: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per driven channel at weight 0.8 (mean identity, frontal) against the neutral render: how MediaPipe's
+    landmark motion compares with the motion each embedding predicts. `gain`: observed motion projected on
+    the predicted one (1 = same amplitude); `cosine`: agreement of direction over all landmarks; `motion_px`:
+    the largest predicted landmark motion (small = a channel 2-D landmarks barely see)."""
+    names = list(model.expression_names)
+    neutral_scene = Scene(np.zeros(model.n_identity), np.zeros(len(names)), 0.0, 0.0)
+    scenes = [neutral_scene]
+    for name in DRIVEN:
+        w = np.zeros(len(names))
+        w[names.index(name)] = 0.8
+        scenes.append(Scene(neutral_scene.w_id, w, 0.0, 0.0))
+    rest, *posed = observe(model, renderer, tracker, scenes, "per-channel response")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for emb_name, (ids, bary) in embeddings.items():
+        base = renderer.project(on_mesh(rest.posed, ids, bary), rest.rot)
+        table = {}
+        for name, o in zip(DRIVEN, posed, strict=True):
+            if o is None or rest is None:
+                continue
+            predicted = (renderer.project(on_mesh(o.posed, ids, bary), o.rot) - base).ravel()
+            observed = (o.pixels - rest.pixels).ravel()
+            table[name] = {
+                "gain": float(predicted @ observed / max(predicted @ predicted, 1e-9)),
+                "cosine": float(predicted @ observed / max(np.linalg.norm(predicted) * np.linalg.norm(observed), 1e-9)),
+                "motion_px": float(np.abs(predicted.reshape(-1, 2)).max()),
+            }
+        out[emb_name] = table
+    return out
+
+
 def canonical_residual(model: FaceModel, shared: Path, ids: np.ndarray, bary: np.ndarray) -> dict[str, float]:
     """Mean distance (mm) per region between the embedded ICT neutral landmarks and MediaPipe's canonical
     model (with iris) similarity-aligned to them over the 468 mesh landmarks (the test recomputes this)."""
@@ -770,6 +803,7 @@ def evaluate(
         report.setdefault("eval_weights_calibrated", {})[name] = weight_recovery(
             model, renderer, pairs, *emb, lam, True
         )
+    report["channel_response"] = channel_response(model, renderer, tracker, embeddings)
     return report
 
 
