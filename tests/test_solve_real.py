@@ -17,6 +17,7 @@ import pytest
 from engine.config import SolveConfig, TrackingConfig
 from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.names import ICT_EXPRESSIONS, ict_to_arkit
+from engine.solve.expression import side_swap
 from engine.solve.landmark_sets import MIRROR
 from engine.solve.solver import FrameFitter, valid_observation
 from engine.types import Frame
@@ -62,16 +63,6 @@ def readings(images: dict[str, np.ndarray], fitter: FrameFitter) -> dict[str, np
             observed, has_iris = valid_observation(faces[0])
             out[name] = fitter.fit(observed, has_iris=has_iris).weights
     return out
-
-
-def _swap_sides() -> np.ndarray:
-    """Index map that exchanges every `X_L` with its `X_R`."""
-    swap = np.arange(len(ICT_EXPRESSIONS))
-    for i, name in enumerate(ICT_EXPRESSIONS):
-        if name.endswith("_L"):
-            j = ICT_EXPRESSIONS.index(name[:-2] + "_R")
-            swap[i], swap[j] = j, i
-    return swap
 
 
 def test_portrait_smiles(readings) -> None:
@@ -121,8 +112,8 @@ def test_mirrored_portrait_swaps_left_and_right(readings) -> None:
     """MediaPipe on the mirrored photo is not the mirror of MediaPipe on the photo (1.7 px mean landmark
     difference here), so the sides swap only up to that: the mouth pairs within 0.15, all pairs on average."""
     original, mirrored = readings["portrait.jpg"], readings["portrait_mirrored"]
-    swapped = original[_swap_sides()]
-    sided = [i for i, n in enumerate(ICT_EXPRESSIONS) if n.endswith(("_L", "_R"))]
+    swapped = original[side_swap()]
+    sided = np.flatnonzero(side_swap() != np.arange(len(ICT_EXPRESSIONS)))
     for name in ("mouthSmile_L", "mouthSmile_R", "mouthStretch_L", "mouthStretch_R", "mouthPress_L", "mouthPress_R"):
         i = ICT_EXPRESSIONS.index(name)
         assert mirrored[i] == pytest.approx(swapped[i], abs=0.15), name
@@ -142,4 +133,4 @@ def test_exactly_mirrored_landmarks_swap_exactly(images, fitter) -> None:
     pixels[:, 0] = face.image_size[0] - pixels[:, 0]
     original = fitter.fit(*valid_observation(face)[:1]).weights
     mirrored = fitter.fit(*valid_observation(replace(face, pixels=pixels))[:1]).weights
-    np.testing.assert_allclose(mirrored, original[_swap_sides()], atol=0.03)
+    np.testing.assert_allclose(mirrored, original[side_swap()], atol=0.03)

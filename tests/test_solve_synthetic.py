@@ -70,7 +70,7 @@ def test_independent_of_the_shipped_embedding(face_model: FaceModel) -> None:
 
 def test_driven_channels_are_recovered_not_zeroed(face_model: FaceModel, shipped_or_constructed) -> None:
     """Single strong channels read back close to their value (an all-zero answer would fail here). The
-    regularization shrinks low-energy channels (brows, lids) by up to ~13 % without noise: hence 0.12."""
+    regularization shrinks low-energy channels (brows, lids) by up to ~18 % without noise: hence 0.15."""
     fitter = FrameFitter(face_model, shipped_or_constructed, None, SolveConfig())
     centers = eyeball_centers(face_model)
     rng = np.random.default_rng(0)
@@ -80,7 +80,7 @@ def test_driven_channels_are_recovered_not_zeroed(face_model: FaceModel, shipped
         landmarks = synthetic_landmarks(fitter.face, centers, truth, euler_to_rotation(15, -10, 5), rng=rng)
         observed, has_iris = valid_observation(landmarks)
         fit = fitter.fit(observed, has_iris=has_iris)
-        assert fit.weights[ICT_EXPRESSIONS.index(name)] == pytest.approx(0.7, abs=0.12), name
+        assert fit.weights[ICT_EXPRESSIONS.index(name)] == pytest.approx(0.7, abs=0.15), name
 
 
 def test_yaw_to_the_subjects_left_is_a_positive_rotation_about_y(face_model, shipped_or_constructed) -> None:

@@ -96,9 +96,12 @@ def symmetrize_landmarks(points: np.ndarray, channel_map: np.ndarray | None = No
 
 
 def side_swap(names: tuple[str, ...] = ICT_EXPRESSIONS) -> np.ndarray:
-    """(53,) index map exchanging every `X_L` channel with its `X_R`."""
+    """(53,) index map from each channel to its mirror image: `X_L` ↔ `X_R`, and the sideways motions
+    `jawLeft` ↔ `jawRight`, `mouthLeft` ↔ `mouthRight` (+x is the subject's left)."""
     swap = np.arange(len(names))
-    for i, j in symmetric_pairs(names):
+    pairs = [tuple(p) for p in symmetric_pairs(names)]
+    pairs += [(i, names.index(n[: -len("Left")] + "Right")) for i, n in enumerate(names) if n.endswith("Left")]
+    for i, j in pairs:
         swap[i], swap[j] = j, i
     return swap
 
