@@ -18,6 +18,7 @@ from engine.bench import add_bench_command
 from engine.config import Config, ConfigError, load_config
 from engine.enroll import add_enroll_command
 from engine.errors import UserError
+from engine.render.stills import add_render
 from engine.report import add_report_command
 from engine.stream.commands import add_keys_command, add_relay_command, add_view_command
 
@@ -69,6 +70,7 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_view_command,
     add_relay_command,
     add_keys_command,
+    add_render,
 ]
 
 

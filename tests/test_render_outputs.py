@@ -87,3 +87,31 @@ def test_bad_inputs(tmp_path, monkeypatch):
     assert wants_window("auto") is False and wants_window("egl") is False
     with pytest.raises(UserError, match="no display"):
         wants_window("window")
+
+
+def test_render_stills_writes_each_expression_with_and_without_detail(face_model, tmp_path):
+    from PIL import Image
+
+    from engine.config import RenderConfig
+    from engine.identity import Identity
+    from engine.render.bench import synthetic_ridge_bases
+    from engine.render.stills import key_expression_state, render_stills
+
+    identity = Identity(
+        "stills", face_model.model_id, face_model.default_identity_weights(), np.zeros(53, np.float32),
+        bases=synthetic_ridge_bases(64),
+    )  # fmt: skip
+    config = RenderConfig(width=64, height=64, samples=0)
+    written = render_stills(face_model, identity, config, tmp_path, ("neutral", "smile"))
+    names = sorted(p.name for p in written)
+    assert names == sorted(
+        [f"{e}_detail_{s}.png" for e in ("neutral", "smile") for s in ("on", "off")]
+        + ["neutral_compare.png", "smile_compare.png"]
+        + [f"smile_{v}.png" for v in ("displacement", "weights", "normals")]
+    )
+    smile = np.asarray(Image.open(tmp_path / "smile_detail_off.png"))
+    neutral = np.asarray(Image.open(tmp_path / "neutral_detail_off.png"))
+    assert smile.shape == (64, 64, 4) and np.abs(smile.astype(int) - neutral).max() > 30
+    assert key_expression_state("smile").weights.max() == 1.0
+    with pytest.raises(ValueError, match="unknown key expression"):
+        key_expression_state("smirk")

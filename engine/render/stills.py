@@ -1,0 +1,94 @@
+"""Still renders of key expressions (detail on and off, debug views) into a folder: `scapecast render`.
+
+Each key expression is rendered at its table pattern scaled to a peak weight of 1 (DESIGN §4.1 lists
+e.g. smile at 0.6; the scaled pattern shows the same shape more clearly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from engine.config import Config, RenderConfig
+from engine.detail.weights import KEY_EXPRESSION_NAMES, key_expression_weights
+from engine.errors import UserError
+from engine.face_model import FaceModel
+from engine.identity import Identity
+from engine.render.outputs import side_by_side, write_png
+from engine.types import FaceState
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STILLS = ("neutral", "smile", "mouth_stretch", "brow_raiser", "lip_puckerer")
+
+
+def key_expression_state(name: str) -> FaceState:
+    """A frontal FaceState showing key expression `name` at a peak weight of 1."""
+    if name not in KEY_EXPRESSION_NAMES:
+        raise ValueError(f"unknown key expression {name!r}; known: {', '.join(KEY_EXPRESSION_NAMES)}")
+    pattern = key_expression_weights()[KEY_EXPRESSION_NAMES.index(name)]
+    return replace(FaceState.neutral(), weights=pattern / max(pattern.max(), 1e-9))
+
+
+def render_stills(
+    model: FaceModel,
+    identity: Identity,
+    config: RenderConfig,
+    out_dir: Path,
+    names: tuple[str, ...] = DEFAULT_STILLS,
+    debug_views: bool = True,
+    detail_gain: float = 1.0,
+) -> list[Path]:
+    """Write `<name>_detail_on.png` / `_detail_off.png` (RGBA) and a `<name>_compare.png` sheet per key
+    expression, plus `<first non-neutral>_{displacement,weights,normals}.png`. Returns the files written."""
+    from engine.render.renderer import AvatarRenderer
+
+    states = {name: key_expression_state(name) for name in names}
+    written: list[Path] = []
+    with AvatarRenderer(model, identity, config, detail_gain=detail_gain) as renderer:
+        has_detail = renderer.detail
+        for name, state in states.items():
+            images = {}
+            for on in (True, False) if has_detail else (False,):
+                renderer.detail = on
+                images[on] = renderer.render(state).image
+                written.append(write_png(out_dir / f"{name}_detail_{'on' if on else 'off'}.png", images[on]))
+            if has_detail:
+                sheet = side_by_side(images[False], images[True], background=(40, 40, 40))
+                written.append(write_png(out_dir / f"{name}_compare.png", sheet))
+    focus = next((n for n in names if n != "neutral"), None)
+    if debug_views and has_detail and focus is not None:
+        for view in ("displacement", "weights", "normals"):
+            debug_config = config.model_copy(update={"debug_view": view})
+            with AvatarRenderer(model, identity, debug_config, detail_gain=detail_gain) as renderer:
+                written.append(write_png(out_dir / f"{focus}_{view}.png", renderer.render(states[focus]).image))
+    return written
+
+
+def _cmd_render(args: argparse.Namespace, config: Config) -> int:
+    from engine.app import load_identity
+    from engine.render.bench import synthetic_ridge_bases
+
+    model = FaceModel.load()
+    identity = load_identity(config.identity, model)
+    if args.synthetic_bases:
+        identity = replace(identity, bases=synthetic_ridge_bases(config.detail.resolution))
+    names = tuple(n.strip() for n in args.expressions.split(",") if n.strip())
+    unknown = [n for n in names if n not in KEY_EXPRESSION_NAMES]
+    if unknown:
+        raise UserError(f"unknown key expression(s) {unknown}; known: {', '.join(KEY_EXPRESSION_NAMES)}")
+    written = render_stills(model, identity, config.render, Path(args.out), names, detail_gain=config.detail.scale_mm)
+    for path in written:
+        print(path)
+    return 0
+
+
+def add_render(sub: argparse._SubParsersAction) -> None:
+    """`render`: still images of key expressions, detail on and off, and the debug views."""
+    p = sub.add_parser("render", help="render still images of key expressions (detail on/off, debug views)")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.add_argument("--expressions", default=",".join(DEFAULT_STILLS), help="comma-separated key expression names")
+    p.add_argument("--synthetic-bases", action="store_true", help="replace the identity's bases with synthetic ridges")
+    p.set_defaults(handler=_cmd_render)
