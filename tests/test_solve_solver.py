@@ -117,6 +117,9 @@ def test_bad_landmarks_are_no_face_never_an_exception(face_model, embedding) -> 
         assert np.isfinite(state.weights).all() and np.isfinite(state.pose.quaternion).all()
         np.testing.assert_array_equal(state.weights, tracked.weights)
     assert solver.solve(good, 20 * MS, 20).tracking is TrackingState.TRACKING
+    for presence in (float("nan"), 7.0, -1.0):
+        state = solver.solve(replace(good, presence=presence), 30 * MS, 30)
+        assert state.tracking is TrackingState.TRACKING and 0.0 <= state.confidence <= 1.0
 
 
 def test_landmarks_without_irises_are_accepted(face_model, embedding) -> None:

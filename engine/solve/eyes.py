@@ -119,11 +119,18 @@ class EyeModel:
         self._corners = np.array([OUTER_CORNER, INNER_CORNER])  # (2 kinds, 2 eyes)
         self._iris = np.array(IRIS)  # (2, 5)
         self._corner0 = face.neutral[self._corners]  # (2, 2, 3)
-        self._corner_basis = face.basis[self._corners]  # (2, 2, 3, 53)
-        self._corner_gaze_basis = np.ascontiguousarray(self._corner_basis[..., GAZE_CHANNELS])  # (2, 2, 3, 8)
+        # Flattened (12, …) copies: the per-frame corner motion is two small matrix-vector products.
+        self._corner0_flat = self._corner0.reshape(-1)
+        self._corner_basis_flat = np.ascontiguousarray(face.basis[self._corners].reshape(12, -1))  # (12, 53)
+        self._corner_gaze_flat = np.ascontiguousarray(self._corner_basis_flat[:, GAZE_CHANNELS])  # (12, 8)
+        # Angles → the eight channels: [out, in, up, down] × (left, right), one (8, 4) product.
+        h, u, d = ranges.horizontal_deg, ranges.up_deg, ranges.down_deg
+        self._angles_to_gaze = np.array(
+            [[1 / h, 0, 0, 0], [0, 0, -1 / h, 0], [-1 / h, 0, 0, 0], [0, 0, 1 / h, 0],
+             [0, 1 / u, 0, 0], [0, 0, 0, 1 / u], [0, -1 / d, 0, 0], [0, 0, 0, -1 / d]]
+        )  # fmt: skip
         self._mid0 = self._corner0.mean(axis=0)  # (2, 3)
         self._iris_rest = (face.neutral[self._iris].mean(axis=1) - self._mid0)[:, :2]  # (2, 2) cm
-        self._outward = np.array(_OUTWARD_SIGN)
         blink_gain = np.array([self._gap_basis[e, BLINK[e]] for e in range(2)]) / width0
         self._blink_gain = blink_gain
         eyes_like = (width0 > 1.5) & (width0 < 5.0) & (blink_gain < -0.05) & (radii > 0.6) & (radii < 2.0)
@@ -143,23 +150,20 @@ class EyeModel:
         The offset is scaled by the model's eye width over the observed one, so any face size reads the same
         angle.
         """
-        others = np.array(weights, dtype=np.float64)
-        others[GAZE_CHANNELS] = 0.0
-        corners_static = self._corner0 + self._corner_basis @ others  # (2, 2, 3)
+        weights = np.asarray(weights, dtype=np.float64)
+        gaze = weights[GAZE_CHANNELS]
+        # The corners under every channel but gaze (flattened (2 kinds, 2 eyes, 3)).
+        corners_static = self._corner0_flat + self._corner_basis_flat @ weights - self._corner_gaze_flat @ gaze
         observed_corners = observed_model[self._corners]
         width = np.linalg.norm(observed_corners[0] - observed_corners[1], axis=-1)
-        raw = observed_model[self._iris].mean(axis=1) - observed_corners.mean(axis=0)  # (2, 3)
-        gaze = np.asarray(weights, dtype=np.float64)[GAZE_CHANNELS]
+        raw = observed_model[self._iris].sum(axis=1) * 0.2 - (observed_corners[0] + observed_corners[1]) * 0.5
         for _ in range(2):
-            corners = corners_static + self._corner_gaze_basis @ gaze
+            corners = (corners_static + self._corner_gaze_flat @ gaze).reshape(2, 2, 3)
             width_model = np.linalg.norm(corners[0] - corners[1], axis=-1)
-            offset = (raw + corners.mean(axis=0) - self._mid0)[:, :2] * (width_model / width)[:, None]
+            offset = (raw + (corners[0] + corners[1]) * 0.5 - self._mid0)[:, :2] * (width_model / width)[:, None]
             sines = np.clip((offset - self._iris_rest) / self.radius, -1.0, 1.0)
-            angles = np.degrees(np.arcsin(sines))  # (2 eyes, 2): yaw towards +x, pitch towards +y
-            outward = self._outward * angles[:, 0] / self.ranges.horizontal_deg
-            up = angles[:, 1] / self.ranges.up_deg
-            down = -angles[:, 1] / self.ranges.down_deg
-            gaze = np.clip(np.concatenate([outward, -outward, up, down]), 0.0, 1.0)
+            # (2 eyes, 2) yaw towards +x, pitch towards +y, in degrees → the eight channels.
+            gaze = np.clip(self._angles_to_gaze @ np.degrees(np.arcsin(sines)).reshape(-1), 0.0, 1.0)
         return gaze
 
     def blink(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:

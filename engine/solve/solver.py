@@ -170,6 +170,15 @@ def valid_observation(landmarks: Landmarks | None) -> tuple[np.ndarray, bool] | 
     return observed, has_iris
 
 
+def _presence(landmarks: Landmarks) -> float:
+    """The tracker's presence score clamped to [0, 1]; a missing or non-numeric score counts as 1, NaN as 0."""
+    try:
+        presence = float(landmarks.presence)
+    except (AttributeError, TypeError, ValueError):
+        return 1.0
+    return min(1.0, max(0.0, presence)) if np.isfinite(presence) else 0.0
+
+
 class FaceSolver:
     """Stateful per-frame solver of one face track (DESIGN §3): calibration, filtering, tracking states."""
 
@@ -223,8 +232,7 @@ class FaceSolver:
             quat = state[N_EXPRESSIONS : N_EXPRESSIONS + 4] / np.linalg.norm(state[N_EXPRESSIONS : N_EXPRESSIONS + 4])
             self._last_quat = quat
             pose = HeadPose(quat, state[N_EXPRESSIONS + 4 : N_EXPRESSIONS + 7], float(state[-1]))
-        presence = float(np.clip(getattr(landmarks, "presence", 1.0), 0.0, 1.0))
-        confidence = presence * float(np.exp(-((fit.residual_cm / _RESIDUAL_SCALE_CM) ** 2)))
+        confidence = _presence(landmarks) * float(np.exp(-((fit.residual_cm / _RESIDUAL_SCALE_CM) ** 2)))
         state = FaceState(
             pose, weights, TrackingState.TRACKING, confidence, t_capture_ns, frame_index, landmarks.face_index
         )
