@@ -32,16 +32,16 @@ uniform vec3 u_iris_color;                   // linear
 uniform vec2 u_mouth_depth;                  // rest z (cm) of the mouth's front and of its dark back
 uniform float u_debug_range_mm;
 
-// Screen-space UV derivatives and the bases' mip level, taken in uniform control flow so that sampling
-// inside branches is defined; an explicit level is also far cheaper than textureGrad on llvmpipe.
+// Screen-space UV derivatives (bump mapping, albedo lookup).
 vec2 g_duv_dx;
 vec2 g_duv_dy;
-float g_bases_lod;
 
 #include "detail_blend.glsl"
 
 vec3 fetch_basis(vec2 uv, int layer) {
-    return textureLod(u_bases, vec3(uv, float(layer)), g_bases_lod).xyz;
+    // Implicit derivatives: the detail loop runs in uniform control flow (its bound is a uniform), and
+    // llvmpipe picks one level per 2×2 quad this way — explicit per-pixel levels or gradients run slower.
+    return texture(u_bases, vec3(uv, float(layer))).xyz;
 }
 
 vec3 to_linear(vec3 c) {
@@ -88,9 +88,6 @@ void main() {
     }
     vec3 f = vec3(0.0);
 #if DETAIL
-    vec2 bases_size = vec2(textureSize(u_bases, 0).xy);
-    float footprint = max(length(g_duv_dx * bases_size), length(g_duv_dy * bases_size));
-    g_bases_lod = max(log2(max(footprint, 1e-6)), 0.0);
     f = u_detail_gain * blend_detail(v_uv, v_m);
     n = perturb_normal(n, dpdx, dpdy, f.yz);
 #endif
@@ -104,7 +101,7 @@ void main() {
 #if DETAIL
     float total = 0.0;
     vec3 mixed = vec3(0.0);
-    for (int k = 0; k < u_n_active; ++k) {
+    for (int k = 0; k < N_ACTIVE; ++k) {
         total += active_weight(v_m, k);
         mixed += active_weight(v_m, k) * palette(u_active[k]);
     }

@@ -5,7 +5,6 @@
 // displacement and its gradient. The including shader defines fetch_basis().
 
 uniform sampler2DArray u_bases;
-uniform int u_n_active;
 uniform int u_active[19];                    // key-expression index (1..19) of active slot k
 
 vec3 fetch_basis(vec2 uv, int layer);
@@ -16,12 +15,12 @@ float active_weight(vec4 m[5], int k) {
 
 vec3 blend_detail(vec2 uv, vec4 m[5]) {
     float total = 0.0;
-    for (int k = 0; k < u_n_active; ++k) {
+    for (int k = 0; k < N_ACTIVE; ++k) {
         total += active_weight(m, k);
     }
     float scale = 1.0 / max(total, 1.0);
     vec3 f = max(1.0 - total * scale, 0.0) * fetch_basis(uv, 0);
-    for (int k = 0; k < u_n_active; ++k) {
+    for (int k = 0; k < N_ACTIVE; ++k) {
         f += active_weight(m, k) * scale * fetch_basis(uv, u_active[k]);
     }
     return f;

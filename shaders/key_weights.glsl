@@ -1,10 +1,11 @@
 // Per-vertex key-expression weights (DESIGN §4.2):  M_i(v) = clamp(Σ_j c_ij · A_j(v), 0, 1).
 // Only the active key expressions (those whose M_i can be > 0 this frame) are evaluated; slot k holds
 // the k-th active one, so the fragment stage fetches only those layers.
-// Defines: MASK_TEXELS (vec4 texels of A_j per vertex), TEXTURE_WIDTH (width of the mask texture).
+// Defines: MASK_TEXELS (vec4 texels of A_j per vertex), TEXTURE_WIDTH (width of the mask texture),
+// N_ACTIVE (active key expressions this frame, ≤ 19). N_ACTIVE is a compile-time constant so that every
+// loop unrolls with constant indices: llvmpipe turns dynamic indexing into per-pixel memory traffic.
 
 uniform sampler2D u_masks;                   // A_j for the key-expression blendshapes, RGBA32F
-uniform int u_n_active;                      // active key expressions, ≤ 19
 uniform vec4 u_coef[19 * MASK_TEXELS];       // c_kj of active slot k, packed like the masks
 
 vec4 mask_texel(int index) {
@@ -19,7 +20,7 @@ void key_weights(int vertex_id, out vec4 m[5]) {
     for (int k = 0; k < 5; ++k) {
         m[k] = vec4(0.0);
     }
-    for (int k = 0; k < u_n_active; ++k) {
+    for (int k = 0; k < N_ACTIVE; ++k) {
         float s = 0.0;
         for (int t = 0; t < MASK_TEXELS; ++t) {
             s += dot(u_coef[k * MASK_TEXELS + t], a[t]);

@@ -56,9 +56,10 @@ def _time_renderer(renderer: AvatarRenderer, states: list[FaceState]) -> dict[st
     ctx = renderer._ctx
     stages: dict[str, list[float]] = {"upload": [], "draw": [], "readback": [], "total": []}
     with ctx:
-        renderer.upload(states[0])
-        renderer.draw()
-        renderer.read()  # warm-up: shader JIT, first texture touches
+        for state in states:  # warm-up: every shader variant the sequence needs is compiled (JIT) once
+            renderer.upload(state)
+            renderer.draw()
+        renderer.read()
         for state in states:
             t0 = time.perf_counter()
             renderer.upload(state)

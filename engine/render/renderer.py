@@ -81,7 +81,10 @@ def _write_uniforms(program: moderngl.Program, values: dict[str, object]) -> Non
             continue
         if isinstance(value, np.ndarray):
             dtype = np.int32 if value.dtype.kind in "iu" else np.float32
-            program[name].write(np.ascontiguousarray(value, dtype=dtype).tobytes())
+            uniform = program[name]
+            # Compilers shrink arrays to the elements used (constant N_ACTIVE): write only those.
+            size = uniform.array_length * uniform.dimension * 4
+            uniform.write(np.ascontiguousarray(value, dtype=dtype).tobytes()[:size])
         else:
             program[name].value = value
 
@@ -136,10 +139,12 @@ class AvatarRenderer:
                 self._defines.update(GPU_BLENDSHAPES=1, N_RENDER=self.mesh.n_vertices)
             self._bases = self._upload_bases()
             self._albedo = self._upload_albedo()
-            # One program per (draw group, detail): compiled on first use.
-            self._variants: dict[tuple[DrawGroup, bool], tuple[moderngl.Program, moderngl.VertexArray]] = {}
+            # One program per (draw group, detail, active key count), compiled on first use: the count is a
+            # compile-time constant so the key loops unroll (see shaders/key_weights.glsl).
+            self._variants: dict[tuple[DrawGroup, bool, int], tuple[moderngl.Program, moderngl.VertexArray]] = {}
+            self._uv_variants: dict[int, tuple[moderngl.Program, moderngl.VertexArray]] = {}
             self._fbo, self._resolved = self._framebuffers(config.width, config.height, config.samples)
-            self._uv_program: moderngl.Program | None = None
+            self._n_active = 0
         self.detail = self._bases is not None
         # render.backend window/auto: every rendered frame is also shown (rendering itself stays off-screen).
         self.preview: PreviewWindow | None = None
@@ -187,8 +192,10 @@ class AvatarRenderer:
         }
         if self.gpu_blendshapes:
             self._frame.update(_gpu_weight_uniforms(weights))
+        self._n_active = 0
         if self.detail:
             self._frame.update(self._key_weight_uniforms(weights))
+            self._n_active = int(self._frame["u_n_active"])
 
     def draw(self) -> None:
         """Rasterize into the multisampled framebuffer and resolve it."""
@@ -200,7 +207,8 @@ class AvatarRenderer:
         for group in DrawGroup:
             first, count = self.mesh.group_range(group)
             if count:
-                program, vao = self._variant(group, self.detail and group == DrawGroup.FACE)
+                detail = self.detail and group == DrawGroup.FACE
+                program, vao = self._variant(group, detail, self._n_active if detail else 0)
                 _write_uniforms(program, self._frame)
                 vao.render(moderngl.TRIANGLES, vertices=count, first=first)
         if self._resolved is not self._fbo:
@@ -231,13 +239,15 @@ class AvatarRenderer:
         if self._bases is None:
             raise ValueError(f"identity {self.identity.name!r} has no detail bases to blend")
         n = self.identity.bases.resolution if resolution is None else resolution
+        uniforms = self._key_weight_uniforms(np.asarray(weights, dtype=np.float32))
         with self._ctx:
-            if self._uv_program is None:
-                defines = {"MASK_TEXELS": self.mesh.mask_texels, "TEXTURE_WIDTH": TEXTURE_WIDTH}
-                self._uv_program = load_program(self._ctx, "uv_detail.vert.glsl", "uv_detail.frag.glsl", defines)
-                self._uv_program["u_masks"].value = 1
-                self._uv_program["u_bases"].value = 2
-                self._uv_vao = self._buffers.vertex_array(self._uv_program)
+            n_active = int(uniforms["u_n_active"])
+            if n_active not in self._uv_variants:
+                defines = {"MASK_TEXELS": self.mesh.mask_texels, "TEXTURE_WIDTH": TEXTURE_WIDTH, "N_ACTIVE": n_active}
+                program = load_program(self._ctx, "uv_detail.vert.glsl", "uv_detail.frag.glsl", defines)
+                _write_uniforms(program, {"u_masks": 1, "u_bases": 2})
+                self._uv_variants[n_active] = (program, self._buffers.vertex_array(program))
+            program, vao = self._uv_variants[n_active]
             target = self._ctx.texture((n, n), 4, dtype="f4")
             fbo = self._ctx.framebuffer(color_attachments=[target])
             try:
@@ -246,8 +256,8 @@ class AvatarRenderer:
                 self._ctx.disable(moderngl.DEPTH_TEST)
                 self._buffers.mask_texture.use(1)
                 self._bases.use(2)
-                _write_uniforms(self._uv_program, self._key_weight_uniforms(np.asarray(weights, dtype=np.float32)))
-                self._uv_vao.render(moderngl.TRIANGLES, vertices=self.mesh.group_range(DrawGroup.FACE)[1])
+                _write_uniforms(program, uniforms)
+                vao.render(moderngl.TRIANGLES, vertices=self.mesh.group_range(DrawGroup.FACE)[1])
                 out = np.frombuffer(fbo.read(components=4, dtype="f4", alignment=1), np.float32)
             finally:
                 fbo.release()
@@ -262,8 +272,9 @@ class AvatarRenderer:
             self.preview.close()
         with self._ctx:
             self._buffers.release()
-            programs = [obj for variant in self._variants.values() for obj in variant]
-            for obj in (self._bases, self._albedo, self._fbo, self._resolved, *programs, self._uv_program):
+            variants = [*self._variants.values(), *self._uv_variants.values()]
+            programs = [obj for variant in variants for obj in variant]
+            for obj in (self._bases, self._albedo, self._fbo, self._resolved, *programs):
                 if obj is not None:
                     obj.release()
         self._ctx.release()
@@ -283,11 +294,11 @@ class AvatarRenderer:
         active[: len(uniforms.active)] = uniforms.active
         return {"u_n_active": len(uniforms.active), "u_coef": uniforms.coefficients, "u_active": active}
 
-    def _variant(self, group: DrawGroup, detail: bool) -> tuple[moderngl.Program, moderngl.VertexArray]:
+    def _variant(self, group: DrawGroup, detail: bool, n_active: int) -> tuple[moderngl.Program, moderngl.VertexArray]:
         """The program (and VAO) of one draw group, compiled and given its constant uniforms on first use."""
-        key = (group, detail)
+        key = (group, detail, n_active)
         if key not in self._variants:
-            defines = {**self._defines, "GROUP": int(group), "DETAIL": int(detail)}
+            defines = {**self._defines, "GROUP": int(group), "DETAIL": int(detail), "N_ACTIVE": n_active}
             program = load_program(self._ctx, "avatar.vert.glsl", "avatar.frag.glsl", defines)
             self._bind_program_uniforms(program)
             self._variants[key] = (program, self._buffers.vertex_array(program))
