@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
-from engine.face_model import DEFAULT_EMBEDDING_PATH, FaceModel  # noqa: E402
+from engine.face_model import DEFAULT_EMBEDDING_PATH, FaceModel, LandmarkEmbedding  # noqa: E402
 from engine.tracking import LANDMARK_REGION_NAMES as REGIONS  # noqa: E402
 from engine.tracking import landmark_regions  # noqa: E402
 
@@ -336,13 +336,18 @@ def rotation(yaw_deg: float, pitch_deg: float, roll_deg: float = 0.0) -> np.ndar
 
 
 class Renderer:
-    """Headless moderngl renderer of one ICT mesh pose: RGB image + model-space position buffer."""
+    """Headless moderngl renderer of one ICT mesh pose: RGB image + model-space position buffer.
 
-    def __init__(self, model: FaceModel) -> None:
+    `painted`: skin gets the engine's procedural albedo (`engine.render.materials`: lips, brows, cheeks —
+    what the demo performer shows MediaPipe); otherwise plain skin colour.
+    """
+
+    def __init__(self, model: FaceModel, painted: bool = True) -> None:
         import moderngl
 
         self.model = model
         topo = model.topology
+        self.painted = painted
         keep = np.isin(topo.triangle_material, [topo.material_names.index(m) for m in _MATERIAL_COLOR])
         self.triangles = topo.triangles[keep].astype(np.int32)
         colors = np.array([_MATERIAL_COLOR.get(m, (0, 0, 0)) for m in topo.material_names], np.float32)
@@ -394,6 +399,20 @@ class Renderer:
         ndc = h[:, :2] / h[:, 3:]
         return np.stack([(ndc[:, 0] + 1) / 2 * RENDER_SIZE, (1 - ndc[:, 1]) / 2 * RENDER_SIZE], axis=1)
 
+    def skin_colour(self, rest: np.ndarray) -> np.ndarray:
+        """(V, 3) per-model-vertex colour for this rest shape (cm): painted skin, or the plain material colours."""
+        if not self.painted:
+            return self.vertex_color
+        from engine.render.materials import ShadeClass, procedural_albedo, render_vertex_classes
+
+        topo = self.model.topology
+        classes = render_vertex_classes(topo)
+        albedo = procedural_albedo(topo, rest[topo.render_to_model], classes)
+        skin = np.isin(classes, [ShadeClass.FACE, ShadeClass.HEAD])
+        colour = self.vertex_color.copy()
+        colour[topo.render_to_model[skin]] = albedo[skin]
+        return colour
+
     def render(self, vertices: np.ndarray, rest: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posed (V, 3) and rest (V, 3) vertices → (RGB uint8 RENDER_SIZE², position float32 (S, S, 4))."""
         normals = vertex_normals(vertices, self.triangles)
@@ -401,7 +420,7 @@ class Renderer:
         for (centre, _), ids in zip(eye_frames(self.model, rest), self.eyeballs, strict=True):
             eye_dir[ids, :3] = rest[ids] - centre
             eye_dir[ids, 3] = 1.0
-        data = np.hstack([vertices, normals, self.vertex_color, eye_dir]).astype(np.float32)
+        data = np.hstack([vertices, normals, self.skin_colour(rest), eye_dir]).astype(np.float32)
         self.vbo.write(data.tobytes())
         self.prog["mvp"].write((self.proj @ self.world(rot)).T.astype("f4").tobytes())
         self.prog["rot"].write(rot.T.astype("f4").tobytes())
@@ -818,6 +837,8 @@ def main() -> None:
     parser.add_argument("--lam", type=float, default=10.0, help="ridge (px²) of the weight-recovery check")
     parser.add_argument("--report", type=Path, default=None, help="write all numbers as JSON here")
     parser.add_argument("--overlay", type=Path, default=None, help="write an overlay PNG of one held-out render")
+    parser.add_argument("--plain", action="store_true", help="render plain skin (no painted lips and brows)")
+    parser.add_argument("--compare", type=Path, default=None, help="also evaluate this embedding file (`compare`)")
     args = parser.parse_args()
     start = time.perf_counter()
     model = FaceModel.load()
@@ -830,7 +851,7 @@ def main() -> None:
         from engine.config import TrackingConfig
         from engine.tracking import FaceTracker
 
-        renderer = Renderer(model)
+        renderer = Renderer(model, painted=not args.plain)
         # Static mode: every render is an unrelated still. A low detection threshold keeps extreme poses.
         with FaceTracker(TrackingConfig(min_detection_confidence=0.3), static=True) as tracker:
             if args.stage == "c":
@@ -846,7 +867,11 @@ def main() -> None:
                 residual = dict(report["canonical_mm"]["c"])
                 residual.update({f"render_{k}": v for k, v in region_means(fit_err, MM_PER_PX).items()})
             if args.eval > 0:
-                report.update(evaluate(model, renderer, tracker, embeddings, args.eval, args.seed + 1, args.lam))
+                evaluated = dict(embeddings)
+                if args.compare is not None:
+                    other = LandmarkEmbedding.load(args.compare)
+                    evaluated["compare"] = (other.vertex_ids.astype(np.int64), other.barycentric.astype(np.float64))
+                report.update(evaluate(model, renderer, tracker, evaluated, args.eval, args.seed + 1, args.lam))
             if args.overlay is not None:
                 overlay_scene = make_scenes(np.random.default_rng(args.seed + 2), 2, model, 1.0)[1]
                 save_overlay(args.overlay, model, renderer, overlay_scene, *embeddings[args.stage], tracker)
