@@ -110,7 +110,8 @@ class RenderConfig(_Section):
 
     width: int = Field(512, ge=16, le=4096)
     height: int = Field(512, ge=16, le=4096)
-    samples: int = Field(4, ge=0, le=16)  # MSAA samples; 0 or 1: no multisampling
+    # MSAA samples; 0 or 1: none; null: 4 on a GPU, 0 on a software rasterizer (llvmpipe shades every sample)
+    samples: int | None = Field(None, ge=0, le=16)
     backend: Literal["egl", "window", "auto"] = "egl"  # window/auto: also show frames in a preview window
     fov_y_deg: float = Field(25.0, gt=1, lt=120)
     camera_distance_cm: float = Field(60.0, gt=1)  # framed camera: model origin this far ahead
