@@ -37,7 +37,8 @@ def _ridges(n: int = 64) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def renderer(face_model):
-    with AvatarRenderer(face_model, _identity(face_model, _ridges()), RenderConfig(width=SIZE, height=SIZE)) as r:
+    config = RenderConfig(width=SIZE, height=SIZE, samples=4)
+    with AvatarRenderer(face_model, _identity(face_model, _ridges()), config) as r:
         yield r
 
 
@@ -75,6 +76,24 @@ def test_render_is_rgba_top_row_first_with_transparent_background(face_model, re
     # Top row first: the neck reaches the bottom edge, the top corners are empty.
     assert alpha[-1].max() == 255 and alpha[0, 0] == 0 and alpha[0, -1] == 0
     assert frame.state.frame_index == -1 and frame.t_render_done_ns > 0
+
+
+def test_msaa_edges_have_partial_alpha_and_unpremultiplied_colour(renderer):
+    img = renderer.render(_state()).image
+    alpha = img[..., 3]
+    edge = (alpha > 0) & (alpha < 255)
+    assert edge.sum() > SIZE, "antialiased silhouette"
+    # Straight alpha: an edge pixel's colour is the skin's, not skin × coverage (which would be dark).
+    inside = alpha == 255
+    assert img[edge][:, :3].mean() > 0.7 * img[inside][:, :3].mean()
+
+
+def test_samples_default_to_none_on_software_rasterizers(face_model):
+    with AvatarRenderer(face_model, _identity(face_model), RenderConfig(width=32, height=32)) as r:
+        software = "llvmpipe" in r._ctx.info["GL_RENDERER"]
+        assert r.samples == (0 if software else 4)
+        if software:
+            assert np.isin(r.render(_state()).image[..., 3], (0, 255)).all(), "no MSAA: alpha is 0 or 255"
 
 
 def test_subject_left_is_image_right(renderer):

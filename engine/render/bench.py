@@ -83,11 +83,12 @@ def bench_render(
     frames: int = 100,
     model: FaceModel | None = None,
     identity: Identity | None = None,
-    samples: int = 4,
+    samples: int | None = None,
 ) -> dict:
     """Render `frames` varied states at size² under four setups and report ms per stage.
 
-    Returns {"size", "frames", "renderer" (GL_RENDERER), "setups": {name: {upload_ms, draw_ms, readback_ms,
+    `samples`: MSAA samples (None: the renderer's automatic choice). Returns {"size", "frames", "samples",
+    "renderer" (GL_RENDERER), "setups": {name: {upload_ms, draw_ms, readback_ms,
     total_ms, total_p50_ms, fps}}, "default": the setup AvatarRenderer picks on this machine}. Without an
     identity the mean face with synthetic 512² ridge bases is used.
     """
@@ -97,10 +98,11 @@ def bench_render(
         identity = replace(base, bases=synthetic_ridge_bases(512))
     states = performance_states(frames)
     config = RenderConfig(width=size, height=size, samples=samples)
-    result: dict = {"size": size, "frames": frames, "samples": samples, "setups": {}}
+    result: dict = {"size": size, "frames": frames, "setups": {}}
     for gpu in (False, True):
         with AvatarRenderer(model, identity, config, gpu_blendshapes=gpu) as renderer:
             result["renderer"] = renderer._ctx.info["GL_RENDERER"]
+            result["samples"] = renderer.samples
             for detail in (True, False):
                 renderer.detail = detail
                 name = f"{'gpu' if gpu else 'cpu'}_blendshapes_detail_{'on' if detail else 'off'}"

@@ -143,7 +143,9 @@ class AvatarRenderer:
             # compile-time constant so the key loops unroll (see shaders/key_weights.glsl).
             self._variants: dict[tuple[DrawGroup, bool, int], tuple[moderngl.Program, moderngl.VertexArray]] = {}
             self._uv_variants: dict[int, tuple[moderngl.Program, moderngl.VertexArray]] = {}
-            self._fbo, self._resolved = self._framebuffers(config.width, config.height, config.samples)
+            auto_samples = 0 if is_software(self._ctx) else 4
+            self.samples = min(auto_samples if config.samples is None else config.samples, self._ctx.max_samples)
+            self._fbo, self._resolved = self._framebuffers(config.width, config.height, self.samples)
             self._n_active = 0
         self.detail = self._bases is not None
         # render.backend window/auto: every rendered frame is also shown (rendering itself stays off-screen).
@@ -365,7 +367,6 @@ class AvatarRenderer:
 
     def _framebuffers(self, width: int, height: int, samples: int) -> tuple[moderngl.Framebuffer, moderngl.Framebuffer]:
         """(draw target, resolve target): one single-sample framebuffer when `samples` ≤ 1."""
-        samples = min(samples, self._ctx.max_samples)
         resolved = self._ctx.framebuffer(
             color_attachments=[self._ctx.renderbuffer((width, height), 4)],
             depth_attachment=self._ctx.depth_renderbuffer((width, height)),
