@@ -4,24 +4,26 @@ Each landmark becomes (triangle of ICT model vertices, barycentric weights), so 
 sparse linear map of the mesh (`engine.face_model.LandmarkEmbedding`). Method (docs/landmark_embedding.md):
 
   (a) similarity: MediaPipe's canonical face mesh (cm) → ICT neutral, from unambiguous correspondences
-      (eye corners, nose, mouth corners, chin: MediaPipe ids ↔ ICT's iBUG-68 landmark vertices);
-  (b) non-rigid: a regularized thin-plate warp through ~30 known MediaPipe ↔ iBUG-68 correspondences, then
-      each landmark projected onto the closest ICT face-surface point. Inner-lip landmarks may only land on
+      (eye corners, nose tip, mouth corners, chin: MediaPipe ids ↔ ICT's iBUG-68 landmark vertices);
+  (b) non-rigid: a regularized thin-plate warp through 28 MediaPipe ↔ iBUG-68 correspondences, then each
+      landmark projected onto the closest ICT face-surface point. Inner-lip landmarks may only land on
       their own lip (upper / lower, told apart by the jawOpen displacement) so that a closed neutral mouth
       cannot swap them. Iris centres/contours bind analytically to the ICT eyeballs (iris 6 mm radius);
-  (c) empirical: render ICT headless with moderngl (Lambert shading, 512², 25° vertical FOV, camera 60 cm;
-      several identities, small head rotations, slightly open mouth), run MediaPipe FaceMesh, read the
-      model-space position under each tracked landmark from a position buffer, snap it to the allowed ICT
-      triangles and take the per-landmark median over renders. Face-oval (silhouette) landmarks that miss
-      the mesh take the nearest covered pixel.
+  (c) empirical: render ICT headless with moderngl (Lambert shading, the engine's procedural skin albedo,
+      512², 25° vertical FOV, camera 60 cm; varied identities, head rotations and expressions), run
+      MediaPipe FaceMesh, read the model-space position under each tracked landmark from a position
+      buffer, snap it to the allowed ICT triangles, take the per-landmark median over renders, then move
+      each landmark to the nearby surface point whose projections best match MediaPipe on all renders.
+      Face-oval (silhouette) landmarks that miss the mesh take the nearest covered pixel.
 
-Finally it evaluates: ICT posed with random expressions and head rotations, rendered and tracked; the 2-D
-pixel error between MediaPipe and the embedding applied to the posed mesh, per region, for (b) and (c).
+Then it evaluates on held-out renders: the 2-D pixel error between MediaPipe and the embedding applied to
+the posed mesh per region, agreement with MediaPipe's z, each channel's motion response, and the weights a
+simple bounded least-squares solve recovers.
 
 Usage: python tools/fit_landmark_embedding.py [--shared ../shared] [--out models/landmark_embedding.npz]
-       [--stage b|c] [--renders N] [--eval N] [--seed S] [--lam PX2]
-       [--report docs/landmark_embedding_eval.json] [--overlay docs/landmark_embedding.png]
-Takes about a minute on two CPU cores (60 fitting renders, 2 × 40 evaluation renders at 512²).
+       [--stage b|c] [--renders N] [--eval N] [--seed S] [--lam PX2] [--plain] [--compare NPZ]
+       [--report REPORT.json] [--overlay docs/landmark_embedding.png]
+Takes about two minutes on two CPU cores.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,16 +68,9 @@ CAMERA_CM = 60.0
 # ----------------------------------------------------------------------------------------------- geometry
 
 
-def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(V, 3) float64 vertices and (F, 3) int faces (0-based) of a triangle OBJ."""
-    verts, faces = [], []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if parts and parts[0] == "v":
-            verts.append([float(x) for x in parts[1:4]])
-        elif parts and parts[0] == "f":
-            faces.append([int(p.split("/")[0]) - 1 for p in parts[1:4]])
-    return np.array(verts), np.array(faces, dtype=np.int64)
+def read_obj_vertices(path: Path) -> np.ndarray:
+    """(V, 3) float64 `v` positions of an OBJ."""
+    return np.array([[float(x) for x in ln.split()[1:4]] for ln in path.read_text().splitlines() if ln[:2] == "v "])
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -88,7 +84,7 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.nda
     return scale, rot, mu_d - scale * rot @ mu_s
 
 
-def thin_plate_warp(src: np.ndarray, dst: np.ndarray, smoothing: float) -> callable:
+def thin_plate_warp(src: np.ndarray, dst: np.ndarray, smoothing: float) -> Callable[[np.ndarray], np.ndarray]:
     """Regularized 3-D thin-plate spline (kernel r) mapping src (K, 3) towards dst (K, 3); returns f(points)."""
     k = len(src)
     kernel = np.linalg.norm(src[:, None] - src[None], axis=2) + smoothing * np.eye(k)
@@ -243,12 +239,12 @@ def iris_targets(model: FaceModel, vertices: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
-def fit_geometric(model: FaceModel, shared: Path) -> tuple[np.ndarray, np.ndarray, Surfaces, np.ndarray]:
-    """Stages (a) + (b) → (vertex ids (478, 3), barycentric (478, 3), surfaces, canonical in ICT space)."""
-    canonical, _ = read_obj(shared / "mediapipe-face-geometry/canonical_face_model.obj")
-    with_iris, _ = read_obj(shared / "mediapipe-face-geometry/face_model_with_iris.obj")
-    if len(canonical) != 468 or len(with_iris) != 478:
-        raise SystemExit(f"unexpected MediaPipe geometry: {len(canonical)} / {len(with_iris)} vertices")
+def fit_geometric(model: FaceModel, shared: Path) -> tuple[np.ndarray, np.ndarray, Surfaces]:
+    """Stages (a) + (b) → (vertex ids (478, 3), barycentric (478, 3), the per-landmark triangle sets)."""
+    canonical = read_obj_vertices(shared / "mediapipe-face-geometry/canonical_face_model.obj")
+    with_iris = read_obj_vertices(shared / "mediapipe-face-geometry/face_model_with_iris.obj")
+    if canonical.shape != (468, 3) or with_iris.shape != (478, 3) or not np.allclose(with_iris[:468], canonical):
+        raise SystemExit("unexpected MediaPipe geometry: the iris model must be the canonical mesh + 10 points")
     ict68 = model.neutral[np.load(REPO / "models/ict_face_model.npz")["landmark_vertices_68"]].astype(np.float64)
 
     def ict_point(spec: int | tuple[int, ...]) -> np.ndarray:
@@ -265,7 +261,7 @@ def fit_geometric(model: FaceModel, shared: Path) -> tuple[np.ndarray, np.ndarra
     targets = warped.copy()
     targets[468:] = iris_targets(model, neutral)
     ids, bary = surfaces.bind(neutral, targets)
-    return ids, bary, surfaces, aligned
+    return ids, bary, surfaces
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -314,16 +310,10 @@ void main() {
     position = vec4(v_pos, 1.0);
 }
 """
-_MATERIAL_COLOR = {
-    "M_Face": (0.80, 0.62, 0.52),
-    "M_BackHead": (0.80, 0.62, 0.52),
-    "M_GumsTongue": (0.65, 0.25, 0.25),
-    "M_Teeth": (0.92, 0.90, 0.85),
-    "M_IrisLeft": (1.0, 1.0, 1.0),
-    "M_IrisRight": (1.0, 1.0, 1.0),
-    "M_ScleraLeft": (1.0, 1.0, 1.0),
-    "M_ScleraRight": (1.0, 1.0, 1.0),
-}  # not drawn: eyelash cards, occlusion and tear films (alpha-textured in ICT; opaque they would hide the eyes)
+# Not drawn: eyelash cards, occlusion and tear films (alpha-textured in ICT; opaque, they would hide the eyes).
+_DRAWN_MATERIALS = (
+    "M_Face", "M_BackHead", "M_GumsTongue", "M_Teeth", "M_IrisLeft", "M_IrisRight", "M_ScleraLeft", "M_ScleraRight",
+)  # fmt: skip
 
 
 def rotation(yaw_deg: float, pitch_deg: float, roll_deg: float = 0.0) -> np.ndarray:
@@ -338,22 +328,23 @@ def rotation(yaw_deg: float, pitch_deg: float, roll_deg: float = 0.0) -> np.ndar
 class Renderer:
     """Headless moderngl renderer of one ICT mesh pose: RGB image + model-space position buffer.
 
-    `painted`: skin gets the engine's procedural albedo (`engine.render.materials`: lips, brows, cheeks —
-    what the demo performer shows MediaPipe); otherwise plain skin colour.
+    Colours come from the engine's procedural albedo (`engine.render.materials`: what the demo performer
+    shows MediaPipe when an identity has no texture): painted lips, brows and cheeks, a dark mouth interior,
+    teeth, gums. `painted=False` keeps all skin one plain colour. Irises are drawn in the shader.
     """
 
     def __init__(self, model: FaceModel, painted: bool = True) -> None:
         import moderngl
 
+        from engine.render.materials import ShadeClass, render_vertex_classes
+
         self.model = model
         topo = model.topology
         self.painted = painted
-        keep = np.isin(topo.triangle_material, [topo.material_names.index(m) for m in _MATERIAL_COLOR])
+        keep = np.isin(topo.triangle_material, [topo.material_names.index(m) for m in _DRAWN_MATERIALS])
         self.triangles = topo.triangles[keep].astype(np.int32)
-        colors = np.array([_MATERIAL_COLOR.get(m, (0, 0, 0)) for m in topo.material_names], np.float32)
-        # Per-vertex colour from the first triangle that uses it (materials do not share vertices here).
-        self.vertex_color = np.zeros((model.n_vertices, 3), np.float32)
-        self.vertex_color[self.triangles.ravel()] = np.repeat(colors[topo.triangle_material[keep]], 3, axis=0)
+        self.classes = render_vertex_classes(topo)
+        self.skin = np.isin(self.classes, [ShadeClass.FACE, ShadeClass.HEAD])
         # Both eyeball shells (sclera/cornea outside, iris layer inside) get the procedural iris, so
         # whichever is in front shows it.
         self.eyeballs = [topo.region_vertices("eyeball_left"), topo.region_vertices("eyeball_right")]
@@ -399,18 +390,16 @@ class Renderer:
         ndc = h[:, :2] / h[:, 3:]
         return np.stack([(ndc[:, 0] + 1) / 2 * RENDER_SIZE, (1 - ndc[:, 1]) / 2 * RENDER_SIZE], axis=1)
 
-    def skin_colour(self, rest: np.ndarray) -> np.ndarray:
-        """(V, 3) per-model-vertex colour for this rest shape (cm): painted skin, or the plain material colours."""
-        if not self.painted:
-            return self.vertex_color
-        from engine.render.materials import ShadeClass, procedural_albedo, render_vertex_classes
+    def colours(self, rest: np.ndarray) -> np.ndarray:
+        """(V, 3) per-model-vertex albedo for this rest shape (V, 3) cm (seam copies share a colour)."""
+        from engine.render.materials import SKIN, procedural_albedo
 
         topo = self.model.topology
-        classes = render_vertex_classes(topo)
-        albedo = procedural_albedo(topo, rest[topo.render_to_model], classes)
-        skin = np.isin(classes, [ShadeClass.FACE, ShadeClass.HEAD])
-        colour = self.vertex_color.copy()
-        colour[topo.render_to_model[skin]] = albedo[skin]
+        albedo = procedural_albedo(topo, rest[topo.render_to_model], self.classes)
+        if not self.painted:
+            albedo[self.skin] = SKIN
+        colour = np.zeros((len(rest), 3), np.float32)
+        colour[topo.render_to_model] = albedo
         return colour
 
     def render(self, vertices: np.ndarray, rest: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -420,7 +409,7 @@ class Renderer:
         for (centre, _), ids in zip(eye_frames(self.model, rest), self.eyeballs, strict=True):
             eye_dir[ids, :3] = rest[ids] - centre
             eye_dir[ids, 3] = 1.0
-        data = np.hstack([vertices, normals, self.skin_colour(rest), eye_dir]).astype(np.float32)
+        data = np.hstack([vertices, normals, self.colours(rest), eye_dir]).astype(np.float32)
         self.vbo.write(data.tobytes())
         self.prog["mvp"].write((self.proj @ self.world(rot)).T.astype("f4").tobytes())
         self.prog["rot"].write(rot.T.astype("f4").tobytes())
@@ -743,7 +732,7 @@ def channel_response(
 def canonical_residual(model: FaceModel, shared: Path, ids: np.ndarray, bary: np.ndarray) -> dict[str, float]:
     """Mean distance (mm) per region between the embedded ICT neutral landmarks and MediaPipe's canonical
     model (with iris) similarity-aligned to them over the 468 mesh landmarks (the test recomputes this)."""
-    with_iris, _ = read_obj(shared / "mediapipe-face-geometry/face_model_with_iris.obj")
+    with_iris = read_obj_vertices(shared / "mediapipe-face-geometry/face_model_with_iris.obj")
     embedded = on_mesh(model.neutral.astype(np.float64), ids, bary)
     s, rot, t = umeyama(with_iris[:468], embedded[:468])
     dist = np.linalg.norm(with_iris @ (s * rot).T + t - embedded, axis=1) * 10.0
@@ -843,7 +832,7 @@ def main() -> None:
     start = time.perf_counter()
     model = FaceModel.load()
     print("(a)+(b) similarity, thin-plate warp, closest-point projection …")
-    ids_b, bary_b, surfaces, _ = fit_geometric(model, args.shared)
+    ids_b, bary_b, surfaces = fit_geometric(model, args.shared)
     report: dict[str, object] = {"canonical_mm": {"b": canonical_residual(model, args.shared, ids_b, bary_b)}}
     embeddings = {"b": (ids_b, bary_b)}
     residual = dict(report["canonical_mm"]["b"])
