@@ -70,8 +70,7 @@ class SolveConfig(_Section):
     gaze_horizontal_deg: float = Field(30.0, gt=0, le=90)  # eyeball turn that eyeLookIn/Out = 1 stands for
     gaze_up_deg: float = Field(25.0, gt=0, le=90)
     gaze_down_deg: float = Field(25.0, gt=0, le=90)
-    camera_fov_y_deg: float = Field(25.0, gt=1, lt=120)  # assumed camera, for the pose's translation and scale
-    reference_distance_cm: float = Field(60.0, gt=1)
+    camera_fov_y_deg: float = Field(25.0, gt=1, lt=120)  # the source camera's vertical FOV (perspective, distance)
     filter_enabled: bool = True
     filter_eyes: FilterConfig = FilterConfig(min_cutoff=3.0, beta=0.5)
     filter_brows: FilterConfig = FilterConfig(min_cutoff=1.5, beta=0.3)

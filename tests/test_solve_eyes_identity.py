@@ -50,7 +50,7 @@ def test_gaze_is_read_from_the_irises(face_model, embedding) -> None:
     for truth in (_weights(eyeLookIn_L=0.6, eyeLookIn_R=0.6), _weights(eyeLookOut_L=0.5, eyeLookUp_R=0.7)):
         landmarks = synthetic_landmarks(fitter.face, centers, truth, euler_to_rotation(-20, 10, 0))
         observed, _ = valid_observation(landmarks)
-        fit = fitter.fit(observed)
+        fit = fitter.fit(observed, image_size=landmarks.image_size)
         np.testing.assert_allclose(fit.weights[GAZE_CHANNELS], truth[GAZE_CHANNELS], atol=0.05)
 
 
@@ -59,8 +59,11 @@ def test_blink_reads_the_upper_lid_and_ignores_a_squint(face_model, embedding) -
     centers = eyeball_centers(face_model)
     blink_l = ICT_EXPRESSIONS.index("eyeBlink_L")
     for truth in (_weights(eyeBlink_L=0.8), _weights(eyeSquint_L=0.9, mouthSmile_L=0.8)):
-        observed, _ = valid_observation(synthetic_landmarks(fitter.face, centers, truth, np.eye(3)))
-        assert fitter.fit(observed).weights[blink_l] == pytest.approx(truth[blink_l], abs=0.08)
+        landmarks = synthetic_landmarks(fitter.face, centers, truth, np.eye(3))
+        observed, _ = valid_observation(landmarks)
+        assert fitter.fit(observed, image_size=landmarks.image_size).weights[blink_l] == pytest.approx(
+            truth[blink_l], abs=0.08
+        )
 
 
 def test_eyes_disable_themselves_on_an_embedding_without_eyes(face_model, embedding) -> None:

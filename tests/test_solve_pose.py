@@ -7,7 +7,8 @@ import pytest
 
 from engine.solve.pose import (
     euler_to_rotation,
-    head_pose_from_similarity,
+    focal_length_px,
+    head_pose_from_fit,
     pixels_to_observed,
     quaternion_to_rotation,
     rotation_angle_deg,
@@ -65,16 +66,15 @@ def test_pixels_become_a_right_handed_y_up_frame() -> None:
     np.testing.assert_allclose(observed, [[10.0, 80.0, 5.0], [30.0, 95.0, -2.0]])
 
 
-def test_head_pose_at_the_reference_distance() -> None:
-    """A face exactly as large as the model would look at the reference distance has scale 1; its pixel
-    offset from the image centre becomes centimetres at that distance."""
+def test_head_pose_is_metric_for_the_assumed_camera() -> None:
+    """One cm spanning f/D pixels puts the head at distance D; its pixel offset from the image centre
+    becomes centimetres at that distance."""
     width, height, fov, distance = 640, 480, 25.0, 60.0
-    focal = 0.5 * height / np.tan(np.radians(fov) / 2)
-    px_per_cm = focal / distance
+    px_per_cm = focal_length_px(height, fov) / distance
     trans_px = np.array([320.0 + 2.0 * px_per_cm, 240.0 - 1.0 * px_per_cm, 0.0])
-    pose = head_pose_from_similarity(np.eye(3), trans_px, px_per_cm, (width, height), fov, distance)
-    assert pose.scale == pytest.approx(1.0)
+    pose = head_pose_from_fit(np.eye(3), trans_px, px_per_cm, (width, height), fov)
     np.testing.assert_allclose(pose.translation, [2.0, -1.0, -60.0])
     np.testing.assert_allclose(pose.quaternion, [1.0, 0.0, 0.0, 0.0])
-    closer = head_pose_from_similarity(np.eye(3), trans_px, 2 * px_per_cm, (width, height), fov, distance)
-    assert closer.scale == pytest.approx(2.0)
+    assert pose.scale == 1.0
+    closer = head_pose_from_fit(np.eye(3), trans_px, 2 * px_per_cm, (width, height), fov)
+    assert closer.translation[2] == pytest.approx(-30.0)

@@ -37,7 +37,7 @@ def _run(model: FaceModel, embedding: LandmarkEmbedding, samples: int, seed: int
         )
         observation = valid_observation(landmarks)
         assert observation is not None
-        fit = fitter.fit(*observation[:1], has_iris=observation[1])
+        fit = fitter.fit(observation[0], has_iris=observation[1], image_size=landmarks.image_size)
         errors[k] = np.abs(fit.weights - truth)
         rotation_errors[k] = rotation_angle_deg(fit.rotation, rotation)
     return errors, rotation_errors
@@ -79,7 +79,7 @@ def test_driven_channels_are_recovered_not_zeroed(face_model: FaceModel, shipped
         truth[ICT_EXPRESSIONS.index(name)] = 0.7
         landmarks = synthetic_landmarks(fitter.face, centers, truth, euler_to_rotation(15, -10, 5), rng=rng)
         observed, has_iris = valid_observation(landmarks)
-        fit = fitter.fit(observed, has_iris=has_iris)
+        fit = fitter.fit(observed, has_iris=has_iris, image_size=landmarks.image_size)
         assert fit.weights[ICT_EXPRESSIONS.index(name)] == pytest.approx(0.7, abs=0.15), name
 
 
@@ -90,6 +90,6 @@ def test_yaw_to_the_subjects_left_is_a_positive_rotation_about_y(face_model, shi
     # Turned to the subject's left, the nose tip (landmark 1) moves to the image's right of the face centre.
     assert landmarks.pixels[1, 0] > landmarks.pixels[:468, 0].mean()
     observed, _ = valid_observation(landmarks)
-    fit = fitter.fit(observed)
+    fit = fitter.fit(observed, image_size=landmarks.image_size)
     axis_angle_y = np.arctan2(fit.rotation[0, 2], fit.rotation[2, 2])
     assert np.degrees(axis_angle_y) == pytest.approx(20.0, abs=0.5)

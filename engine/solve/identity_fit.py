@@ -61,7 +61,9 @@ def fit_identity(
     """
     runtime = config or SolveConfig()
     config = runtime.model_copy(update={"regularization": expression_regularization})
-    observations = [obs for obs in (valid_observation(lm) for lm in landmarks_list) if obs is not None]
+    observations = [
+        (*obs, lm.image_size) for lm in landmarks_list if (obs := valid_observation(lm)) is not None and lm is not None
+    ]
     if not observations:
         raise UserError("identity fit: none of the frames has a usable face (478 finite landmarks)")
     n_modes = int(min(max(n_modes, 0), model.n_identity))
@@ -81,7 +83,7 @@ def fit_identity(
     w_id = model.default_identity_weights()
     for _ in range(iterations if n_modes else 0):
         fitter = FrameFitter(model, embedding, w_id, config)
-        fits = [fitter.fit(obs, None, has_iris) for obs, has_iris in observations]
+        fits = [fitter.fit(obs, None, has_iris, size) for obs, has_iris, size in observations]
         H = np.diag(precision)
         b = np.zeros(n_modes)
         for fit in fits:
@@ -93,7 +95,7 @@ def fit_identity(
         w_id[:n_modes] = np.linalg.solve(H, b)
     # The rest offset is what the tracking solver (runtime regularization) reads on these frames.
     fitter = FrameFitter(model, embedding, w_id, runtime)
-    fits = [fitter.fit(obs, None, has_iris) for obs, has_iris in observations]
+    fits = [fitter.fit(obs, None, has_iris, size) for obs, has_iris, size in observations]
     offset = np.mean([f.weights for f in fits], axis=0)
     residual_px = float(np.mean([f.residual_cm * f.scale_px_per_cm for f in fits]))
     return IdentityFit(np.asarray(w_id, np.float32), offset.astype(np.float32), residual_px, len(fits))

@@ -5,9 +5,9 @@ into a right-handed y-up frame, `(x, H − y, −z)` (MediaPipe's z grows away f
 x right, y up, looking down −z. A frontal face has the identity rotation; a head turned to the subject's left
 is a positive rotation about +y.
 
-Weak perspective: observed ≈ s·R·model + t with s in pixels per cm. `HeadPose` reports R, a translation in cm
-for a camera of `fov_y_deg` with the face at `reference_distance_cm`, and `scale` = apparent size / model size
-at that distance (1 when the face is exactly as large as the model would be there).
+Weak perspective: observed ≈ s·R·model + t with s in pixels per cm, after the solver has undone the pinhole
+camera's depth-dependent magnification (`engine.solve.solver.perspective_corrected`). `HeadPose` reports R and
+a metric translation for a camera of vertical field of view `fov_y_deg` (distance = focal length / s).
 """
 
 from __future__ import annotations
@@ -103,22 +103,22 @@ def euler_to_rotation(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.n
     return ry @ rx @ rz
 
 
-def head_pose_from_similarity(
-    rot: np.ndarray,
-    trans_px: np.ndarray,
-    scale_px_per_cm: float,
-    image_size: tuple[int, int],
-    fov_y_deg: float,
-    reference_distance_cm: float,
-) -> HeadPose:
-    """Weak-perspective similarity (observed y-up pixel frame) → `HeadPose` in the OpenGL camera frame.
+def focal_length_px(image_height: int, fov_y_deg: float) -> float:
+    """Pinhole focal length in pixels for a vertical field of view."""
+    return 0.5 * image_height / math.tan(math.radians(fov_y_deg) / 2.0)
 
-    The model origin lands at pixel `trans_px[:2]`; at `reference_distance_cm` one cm spans
-    f / distance pixels (f the focal length in pixels from `fov_y_deg` and the image height).
+
+def head_pose_from_fit(
+    rot: np.ndarray, trans_px: np.ndarray, scale_px_per_cm: float, image_size: tuple[int, int], fov_y_deg: float
+) -> HeadPose:
+    """Similarity in the (perspective-corrected) y-up pixel frame → `HeadPose` in the OpenGL camera frame.
+
+    The head is assumed to be as large as the model, so its apparent size gives its distance D = f/s and the
+    translation is metric: the model origin at ((t − c)/s, −D), c the image centre. `scale` is therefore 1
+    (monocular size and distance cannot be told apart).
     """
     width, height = image_size
-    focal_px = 0.5 * height / math.tan(math.radians(fov_y_deg) / 2.0)
-    px_per_cm_at_ref = focal_px / reference_distance_cm
-    offset_px = np.array([trans_px[0] - 0.5 * width, trans_px[1] - 0.5 * height])
-    translation = np.array([*(offset_px / px_per_cm_at_ref), -reference_distance_cm])
-    return HeadPose(rotation_to_quaternion(rot), translation, scale_px_per_cm / px_per_cm_at_ref)
+    center = np.array([0.5 * width, 0.5 * height])
+    focal = focal_length_px(height, fov_y_deg)
+    offset_cm = (np.asarray(trans_px[:2]) - center) / scale_px_per_cm
+    return HeadPose(rotation_to_quaternion(rot), np.array([*offset_cm, -focal / scale_px_per_cm]), 1.0)

@@ -21,7 +21,7 @@ from engine.solve.expression import EmbeddedFace, ExpressionSolver, depth_metric
 from engine.solve.eyes import GAZE_CHANNELS, EyeModel, GazeRanges, eyeball_centers
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.landmark_sets import FACE_OVAL, N_MESH_LANDMARKS
-from engine.solve.pose import head_pose_from_similarity, pixels_to_observed, umeyama
+from engine.solve.pose import focal_length_px, head_pose_from_fit, pixels_to_observed, umeyama
 from engine.types import FaceState, HeadPose, Landmarks, TrackingState
 
 N_EXPRESSIONS = len(ICT_EXPRESSIONS)
@@ -34,6 +34,25 @@ _RIGID_MOTION_CM = 0.15
 _NONRIGID_POSE_WEIGHT = 0.1
 # Residual (cm RMS over the mesh landmarks) at which confidence has fallen to 1/e.
 _RESIDUAL_SCALE_CM = 0.4
+
+
+def perspective_corrected(
+    observed: np.ndarray, depth_cm: np.ndarray, scale_px_per_cm: float, center: np.ndarray, focal_px: float
+) -> np.ndarray:
+    """Undo the pinhole camera's depth-dependent magnification: (478, 3) → (478, 3) weak-perspective landmarks.
+
+    A landmark `depth_cm` in front of the head origin (model point rotated into the camera frame, towards the
+    camera positive) sits at distance D − depth with D = f/s the head's distance, so its image offset from the
+    principal point is magnified by D/(D − depth). Scaling offsets (and MediaPipe's z, scaled like x) by
+    κ = 1 − depth/D makes the projection exactly orthographic with scale s, which the similarity fit models
+    (POSIT's correction, DeMenthon & Davis 1995). At 60 cm a nose 10 cm in front of the head origin is 20 %
+    magnified: without this, ±25° turns read several degrees off and the lids and brows read as expressions.
+    """
+    kappa = 1.0 - depth_cm * (scale_px_per_cm / focal_px)
+    out = np.empty_like(observed)
+    out[:, :2] = center + (observed[:, :2] - center) * kappa[:, None]
+    out[:, 2] = observed[:, 2] * kappa
+    return out
 
 
 def rigid_weights(face: EmbeddedFace) -> np.ndarray:
@@ -91,17 +110,38 @@ class FrameFitter:
         self.eyes_active = config.eyes_enabled and self.eyes.valid
         self._depth_weight = config.depth_weight if config.use_depth else 0.0
 
-    def fit(self, observed: np.ndarray, warm_start: np.ndarray | None = None, has_iris: bool = True) -> FrameFit:
-        """observed: (478, 3) landmarks in the y-up pixel frame (`pixels_to_observed`); warm_start: (53,)."""
+    def _camera(self, image_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+        """Principal point (2,) in the y-up pixel frame and focal length in pixels."""
+        width, height = image_size
+        return np.array([0.5 * width, 0.5 * height]), focal_length_px(height, self.config.camera_fov_y_deg)
+
+    def fit(
+        self,
+        observed: np.ndarray,
+        warm_start: np.ndarray | None = None,
+        has_iris: bool = True,
+        image_size: tuple[int, int] | None = None,
+    ) -> FrameFit:
+        """observed: (478, 3) landmarks in the y-up pixel frame (`pixels_to_observed`); warm_start: (53,).
+
+        `image_size` (width, height) turns on the perspective correction for a pinhole camera of vertical
+        field of view `camera_fov_y_deg` centred on the image; None fits weak perspective only.
+        """
         w = np.zeros(N_EXPRESSIONS) if warm_start is None else np.asarray(warm_start, dtype=np.float64)
         lo = np.zeros(N_EXPRESSIONS)
         hi = np.ones(N_EXPRESSIONS)
+        camera = None if image_size is None else self._camera(image_size)
         # First the landmarks no expression moves much place the head (with last frame's expression), then all
         # of them once this frame's expression explains the rest.
         rigid = self._rigid_ids
-        rot, trans, scale = umeyama(self.face.landmarks(w)[rigid], observed[rigid])
+        model = self.face.landmarks(w)
+        corrected = observed
+        rot, trans, scale = umeyama(model[rigid], corrected[rigid])
+        if camera is not None:
+            corrected = perspective_corrected(observed, model @ rot[2], scale, *camera)
+            rot, trans, scale = umeyama(model[rigid], corrected[rigid])
         for iteration in range(self.config.pose_iterations):
-            observed_model = ((observed - trans) @ rot) / scale  # Rᵀ(y − t)/s, row-wise
+            observed_model = ((corrected - trans) @ rot) / scale  # Rᵀ(y − t)/s, row-wise
             metric = depth_metric(rot, self._depth_weight)
             lo[:] = 0.0
             hi[:] = 1.0
@@ -115,7 +155,10 @@ class FrameFitter:
                 w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations).w
             if iteration + 1 == self.config.pose_iterations:
                 break
-            rot, trans, scale = umeyama(self.face.landmarks(w), observed, self.pose_weights_refine)
+            model = self.face.landmarks(w)
+            if camera is not None:
+                corrected = perspective_corrected(observed, model @ rot[2], scale, *camera)
+            rot, trans, scale = umeyama(model, corrected, self.pose_weights_refine)
         if self.eyes_active:
             blink = self.eyes.blink(observed_model, w)
             w[_BLINK] = blink
@@ -209,7 +252,7 @@ class FaceSolver:
         observed, has_iris = obs
         assert landmarks is not None
         try:
-            fit = self.fitter.fit(observed, self._warm, has_iris)
+            fit = self.fitter.fit(observed, self._warm, has_iris, landmarks.image_size)
         except np.linalg.LinAlgError:
             return self._no_face(t_capture_ns, frame_index)
         if not (np.isfinite(fit.weights).all() and np.isfinite(fit.rotation).all() and fit.scale_px_per_cm > 0):
@@ -217,10 +260,9 @@ class FaceSolver:
         self.last_fit = fit
         self._warm = fit.weights
         cfg = self.config
-        pose = head_pose_from_similarity(
-            fit.rotation, fit.translation_px, fit.scale_px_per_cm, landmarks.image_size,
-            cfg.camera_fov_y_deg, cfg.reference_distance_cm,
-        )  # fmt: skip
+        pose = head_pose_from_fit(
+            fit.rotation, fit.translation_px, fit.scale_px_per_cm, landmarks.image_size, cfg.camera_fov_y_deg
+        )
         weights = self.calibrate(fit.weights)
         if self._lost:
             self._reset_filters()  # a face after a loss starts fresh instead of sliding from stale values

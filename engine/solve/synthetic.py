@@ -1,10 +1,11 @@
 """Synthetic landmarks from the face model itself: ground truth for the solver's tests and benchmark.
 
 `synthetic_landmarks` poses an identity's embedded landmarks (expression weights, gaze turning the irises about
-the eyeball centres as the renderer does, Gaussian noise in cm) and writes them as MediaPipe would (pixels,
-y down, z growing away from the camera, relative to the head). `constructed_embedding` is an embedding that
-needs nothing but the model: random front-face triangles, the eye corners and lids on ICT's iBUG-68 eye
-vertices, the irises on the eyeballs — for checking the solver's math independently of the shipped embedding.
+the eyeball centres as the renderer does, Gaussian noise in cm), projects them through a pinhole camera and
+writes them as MediaPipe would (pixels, y down, z growing away from the camera, relative to the head).
+`constructed_embedding` is an embedding that needs nothing but the model: random front-face triangles, the eye
+corners and lids on ICT's iBUG-68 eye vertices, the irises on the eyeballs — for checking the solver's math
+independently of the shipped embedding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from engine.names import ICT_EXPRESSIONS
 from engine.solve.expression import EmbeddedFace
 from engine.solve.eyes import DEFAULT_GAZE_RANGES, GazeRanges, eye_rotations
 from engine.solve.landmark_sets import INNER_CORNER, IRIS, LOWER_LID, OUTER_CORNER, UPPER_LID
+from engine.solve.pose import focal_length_px
 from engine.types import Landmarks
 
 _MOUTH_CLOSE = ICT_EXPRESSIONS.index("mouthClose")
@@ -45,11 +47,14 @@ def synthetic_landmarks(
     noise_cm: float = 0.0,
     rng: np.random.Generator | None = None,
     ranges: GazeRanges = DEFAULT_GAZE_RANGES,
+    fov_y_deg: float = 25.0,
 ) -> Landmarks:
-    """MediaPipe-style landmarks of `face` with (53,) `weights` under weak perspective.
+    """MediaPipe-style landmarks of `face` with (53,) `weights`, seen by a pinhole camera.
 
     eyeball_centers: (2, 3) cm (left, right); rotation: (3, 3) model → camera; noise_cm: isotropic Gaussian
-    σ in cm added in the model frame. The head is centred in the image.
+    σ in cm added in the model frame. The head origin sits on the optical axis at the distance where one cm
+    spans `scale_px_per_cm` pixels (f/D) for a camera of vertical field of view `fov_y_deg`; z is depth
+    relative to the head, magnified like x and y (MediaPipe's z is "scaled like x").
     """
     points = face.landmarks(weights)
     for eye, rot in enumerate(eye_rotations(weights, ranges)):
@@ -58,9 +63,18 @@ def synthetic_landmarks(
     if noise_cm > 0:
         points = points + (rng or np.random.default_rng()).normal(scale=noise_cm, size=points.shape)
     width, height = image_size
-    cam = scale_px_per_cm * points @ rotation.T
-    cam[:, :2] += np.array([width, height]) / 2 - cam[:, :2].mean(axis=0)
-    pixels = np.stack([cam[:, 0], height - cam[:, 1], -(cam[:, 2] - cam[:, 2].mean())], axis=1)
+    focal = focal_length_px(height, fov_y_deg)
+    cam = points @ rotation.T
+    cam[:, 2] -= focal / scale_px_per_cm  # the head origin at distance D = f/s, straight ahead
+    magnification = focal / -cam[:, 2]  # pixels per cm at each landmark's own depth
+    pixels = np.stack(
+        [
+            0.5 * width + cam[:, 0] * magnification,
+            0.5 * height - cam[:, 1] * magnification,
+            -(cam[:, 2] - cam[:, 2].mean()) * magnification,
+        ],
+        axis=1,
+    )
     normalized = pixels / np.array([width, height, width])
     return Landmarks(normalized=normalized, pixels=pixels, image_size=image_size, presence=1.0)
 
