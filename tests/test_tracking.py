@@ -109,6 +109,23 @@ def test_landmark_decoding_handles_other_record_layouts():
     np.testing.assert_array_equal(_landmark_array(plain.SerializeToString()), values)
 
 
+def test_two_faces_each_with_its_own_landmarks(shared_dir):
+    portrait = Image.open(shared_dir / "testdata/mediapipe/images/portrait.jpg").convert("RGB")
+    right = np.asarray(portrait.resize((600, 750)))  # the portrait's face is small: keep it detectable
+    left = np.zeros_like(right)
+    sergey = _image(shared_dir, "sergey.png")
+    left[: sergey.shape[0], : sergey.shape[1]] = sergey
+    image = np.ascontiguousarray(np.concatenate([left, right], axis=1))
+    with FaceTracker(TrackingConfig(max_faces=2), static=True) as tracker:
+        faces = tracker.process_image(image)
+    assert len(faces) == 2
+    assert sorted(f.face_index for f in faces) == [0, 1]
+    split = left.shape[1] / image.shape[1]
+    centres = sorted(float(np.median(f.normalized[:, 0])) for f in faces)
+    assert centres[0] < split < centres[1], "each face's landmarks must stay in its own half"
+    assert all(0.5 <= f.presence <= 1.0 for f in faces)
+
+
 def test_no_face_gives_empty_list(still_tracker):
     assert still_tracker.process(Frame(np.zeros((256, 256, 3), np.uint8), 0, 0)) == []
     noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
