@@ -150,6 +150,12 @@ def test_detail_changes_shading_not_the_silhouette(renderer):
     diff = np.abs(with_detail - without)[..., :3].max(axis=-1)
     assert (diff > 3).mean() > 0.05
     assert (with_detail[..., 3] == without[..., 3]).all(), "detail shades; it does not move the silhouette"
+    renderer.detail_gain = 0.0
+    try:
+        zero_gain = renderer.render(state).image.astype(np.int16)
+    finally:
+        renderer.detail_gain = 1.0
+    assert np.abs(zero_gain - without).max() <= 1, "gain 0 blends nothing"
 
 
 def test_gpu_blendshapes_match_cpu(face_model):

@@ -191,6 +191,7 @@ class AvatarRenderer:
             "u_light_color": np.stack([self.lighting.key_color, self.lighting.fill_color]),
             "u_sky": self.lighting.sky,
             "u_ground": self.lighting.ground,
+            "u_detail_gain": self.detail_gain,
         }
         if self.gpu_blendshapes:
             self._frame.update(_gpu_weight_uniforms(weights))
@@ -357,7 +358,6 @@ class AvatarRenderer:
             {
                 "u_projection": self.camera.projection().T,
                 "u_has_albedo_map": self._albedo is not None,
-                "u_detail_gain": self.detail_gain,
                 "u_debug_range_mm": 0.5,
                 "u_eye_pole": self.mesh.eye_poles,
                 "u_iris_color": np.array([0.16, 0.09, 0.045]),
