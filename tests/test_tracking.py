@@ -126,6 +126,35 @@ def test_two_faces_each_with_its_own_landmarks(shared_dir):
     assert all(0.5 <= f.presence <= 1.0 for f in faces)
 
 
+def test_faces_with_non_finite_landmarks_are_dropped():
+    from types import SimpleNamespace
+
+    from mediapipe.framework.formats import landmark_pb2
+
+    def serialized(value: float) -> bytes:
+        face = landmark_pb2.NormalizedLandmarkList()
+        for k in range(478):
+            face.landmark.add(x=0.3 + k * 1e-4, y=0.4, z=value)
+        return face.SerializeToString()
+
+    class FakeGraph:  # stands in for MediaPipe: one good face and one whose depth came out NaN
+        def process(self, _inputs):
+            faces = [serialized(float("nan")), serialized(0.01)]
+            return SimpleNamespace(multi_face_landmarks=faces, face_detections=None)
+
+        def close(self):
+            pass
+
+    tracker = FaceTracker(TrackingConfig(max_faces=2), static=True)
+    tracker._graph.close()
+    tracker._graph = FakeGraph()
+    faces = tracker.process_image(np.zeros((64, 64, 3), np.uint8))
+    assert len(faces) == 1
+    assert np.isfinite(faces[0].normalized).all() and np.isfinite(faces[0].pixels).all()
+    assert faces[0].normalized[0, 2] == pytest.approx(0.01)
+    tracker.close()
+
+
 def test_no_face_gives_empty_list(still_tracker):
     assert still_tracker.process(Frame(np.zeros((256, 256, 3), np.uint8), 0, 0)) == []
     noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
