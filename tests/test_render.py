@@ -90,7 +90,7 @@ def test_msaa_edges_have_partial_alpha_and_unpremultiplied_colour(renderer):
 
 def test_samples_default_to_none_on_software_rasterizers(face_model):
     with AvatarRenderer(face_model, _identity(face_model), RenderConfig(width=32, height=32)) as r:
-        software = "llvmpipe" in r._ctx.info["GL_RENDERER"]
+        software = "llvmpipe" in r.context.info["GL_RENDERER"]
         assert r.samples == (0 if software else 4)
         if software:
             assert np.isin(r.render(_state()).image[..., 3], (0, 255)).all(), "no MSAA: alpha is 0 or 255"

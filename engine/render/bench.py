@@ -53,7 +53,7 @@ def performance_states(frames: int, seed: int = 0) -> list[FaceState]:
 
 def _time_renderer(renderer: AvatarRenderer, states: list[FaceState]) -> dict[str, float]:
     """Mean and p50 ms per stage; glFinish after each stage so GL time is charged to the stage that queued it."""
-    ctx = renderer._ctx
+    ctx = renderer.context
     stages: dict[str, list[float]] = {"upload": [], "draw": [], "readback": [], "total": []}
     with ctx:
         for state in states:  # warm-up: every shader variant the sequence needs is compiled (JIT) once
@@ -101,7 +101,7 @@ def bench_render(
     result: dict = {"size": size, "frames": frames, "setups": {}}
     for gpu in (False, True):
         with AvatarRenderer(model, identity, config, gpu_blendshapes=gpu) as renderer:
-            result["renderer"] = renderer._ctx.info["GL_RENDERER"]
+            result["renderer"] = renderer.context.info["GL_RENDERER"]
             result["samples"] = renderer.samples
             for detail in (True, False):
                 renderer.detail = detail

@@ -157,6 +157,12 @@ class AvatarRenderer:
     # -- public API ------------------------------------------------------------------------------------
 
     @property
+    def context(self) -> moderngl.Context:
+        """The GL context; `upload`, `draw` and `read` (the stages `render` runs) need it current:
+        `with renderer.context: ...`."""
+        return self._ctx
+
+    @property
     def detail(self) -> bool:
         """Whether the dynamic-detail blend is applied (needs the identity's bases)."""
         return self._detail
