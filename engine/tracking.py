@@ -45,12 +45,17 @@ LANDMARK_REGION_NAMES = ("eyes", "brows", "nose", "lips", "face_oval", "iris", "
 
 
 def landmark_regions() -> np.ndarray:
-    """(478,) str: the region of each landmark, from MediaPipe's own connection sets.
+    """(478,) str: the region of each landmark, from MediaPipe's own connection sets (a fresh copy).
 
     `eyes`: eyelid contours; `brows`; `nose`; `lips`: outer and inner lip contours; `face_oval`: the face
     outline (a silhouette: it slides over the surface as the head turns, so solvers should trust it less);
     `iris`: 468..477; `other`: the rest of the mesh. Where MediaPipe's sets overlap, the later name wins.
     """
+    return _landmark_regions().copy()
+
+
+@functools.cache
+def _landmark_regions() -> np.ndarray:
     from mediapipe.python.solutions import face_mesh_connections as fmc
 
     def ids(*sets: frozenset[tuple[int, int]]) -> list[int]:
