@@ -210,3 +210,17 @@ def test_quaternion_conventions():
     np.testing.assert_allclose(quaternion_to_matrix(q) @ [0, 0, 1], [1, 0, 0], atol=1e-12)
     q = euler_to_quaternion(np.array(0.0), np.array(90.0), np.array(0.0))
     np.testing.assert_allclose(quaternion_to_matrix(q) @ [0, 0, 1], [0, -1, 0], atol=1e-12)
+
+
+def test_identity_texture_is_sampled_with_row_zero_at_v_zero(face_model):
+    """A texture painted through the UV rasterizer (red above y = 2 cm, green below) lands on the right
+    parts of the face: forehead red, chin green."""
+    from engine.detail.uv_raster import face_rasterizer
+
+    colors = np.where((face_model.neutral[:, 1] > 2.0)[:, None], [230.0, 20.0, 20.0], [20.0, 230.0, 20.0])
+    texture = np.clip(face_rasterizer(face_model, 256).rasterize(colors), 0, 255).astype(np.uint8)
+    identity = replace(_identity(face_model), texture=texture)
+    with AvatarRenderer(face_model, identity, RenderConfig(width=128, height=128, samples=0)) as r:
+        img = r.render(_state()).image.astype(int)
+    forehead, chin = img[int(0.18 * 128), 64], img[int(0.8 * 128), 64]
+    assert forehead[0] > 2 * forehead[1] and chin[1] > 2 * chin[0]
