@@ -27,6 +27,8 @@ from engine.types import FaceState, HeadPose, Landmarks, TrackingState
 N_EXPRESSIONS = len(ICT_EXPRESSIONS)
 _JAW_OPEN = ICT_EXPRESSIONS.index("jawOpen")
 _MOUTH_CLOSE = ICT_EXPRESSIONS.index("mouthClose")
+# A mouthClose this far above jawOpen is re-solved with the cap; below it (landmark noise) it is just clipped.
+_MOUTH_CLOSE_SLACK = 0.05
 _BLINK = np.array([ICT_EXPRESSIONS.index("eyeBlink_L"), ICT_EXPRESSIONS.index("eyeBlink_R")])
 # Landmarks that move less than this in every expression anchor the first pose estimate.
 _RIGID_MOTION_CM = 0.15
@@ -135,11 +137,12 @@ class FrameFitter:
         # of them once this frame's expression explains the rest.
         rigid = self._rigid_ids
         model = self.face.landmarks(w)
+        model_rigid = model[rigid]
         corrected = observed
-        rot, trans, scale = umeyama(model[rigid], corrected[rigid])
+        rot, trans, scale = umeyama(model_rigid, corrected[rigid])
         if camera is not None:
             corrected = perspective_corrected(observed, model @ rot[2], scale, *camera)
-            rot, trans, scale = umeyama(model[rigid], corrected[rigid])
+            rot, trans, scale = umeyama(model_rigid, corrected[rigid])
         for iteration in range(self.config.pose_iterations):
             observed_model = ((corrected - trans) @ rot) / scale  # Rᵀ(y − t)/s, row-wise
             metric = depth_metric(rot, self._depth_weight)
@@ -148,11 +151,12 @@ class FrameFitter:
             if self.eyes_active and has_iris:
                 lo[GAZE_CHANNELS] = hi[GAZE_CHANNELS] = self.eyes.gaze(observed_model, w)
             w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations).w
-            if w[_MOUTH_CLOSE] > w[_JAW_OPEN]:
+            if w[_MOUTH_CLOSE] > w[_JAW_OPEN] + _MOUTH_CLOSE_SLACK:
                 # ICT's mouthClose is a corrective for lips sealed over an open jaw; alone it drives the lower
                 # lip through the upper one, so it may never exceed jawOpen.
                 hi[_MOUTH_CLOSE] = w[_JAW_OPEN]
                 w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations).w
+            w[_MOUTH_CLOSE] = min(w[_MOUTH_CLOSE], w[_JAW_OPEN])  # noise-level excess: clipped, not re-solved
             if iteration + 1 == self.config.pose_iterations:
                 break
             model = self.face.landmarks(w)
