@@ -58,6 +58,8 @@ WARP_PAIRS = {
     70: 17, 105: 19, 107: 21, 336: 22, 334: 24, 300: 26,
     159: (37, 38), 145: (40, 41), 386: (43, 44), 374: (46, 47),
 }  # fmt: skip
+# The face oval's lower part, tragus to tragus through the chin (canonical y ≤ 0.7 cm): the jaw contour.
+JAW_CONTOUR = (454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234)
 IRIS_RADIUS_CM = 0.6  # a human iris is ~11.7 mm across; MediaPipe's own iris model uses 6 mm
 RENDER_SIZE = 512
 SUPERSAMPLE = 2  # the position buffer and shading are rendered at 2× and the image box-filtered down
@@ -736,16 +738,14 @@ def canonical_residual(model: FaceModel, shared: Path, ids: np.ndarray, bary: np
     embedded = on_mesh(model.neutral.astype(np.float64), ids, bary)
     s, rot, t = umeyama(with_iris[:468], embedded[:468])
     dist = np.linalg.norm(with_iris @ (s * rot).T + t - embedded, axis=1) * 10.0
-    region = landmark_regions()
-    out = {r: float(dist[region == r].mean()) for r in REGIONS}
-    out["all"] = float(dist.mean())
-    return out
+    return region_means(dist[None])
 
 
 def region_means(errors: np.ndarray, scale: float = 1.0) -> dict[str, float]:
-    """(R, 478) errors → mean per region (and `all`), times `scale`."""
+    """(R, 478) errors → mean per region, over the jaw part of the face oval, and over all; times `scale`."""
     region = landmark_regions()
     out = {r: float(errors[:, region == r].mean() * scale) for r in REGIONS}
+    out["jaw_contour"] = float(errors[:, list(JAW_CONTOUR)].mean() * scale)
     out["all"] = float(errors.mean() * scale)
     return out
 
