@@ -24,6 +24,7 @@ from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.bounded_lsq import BoxQPResult, solve_box_qp
 from engine.solve.landmark_sets import MIRROR
+from engine.solve.response import LandmarkResponse
 
 N_EXPRESSIONS = len(ICT_EXPRESSIONS)
 
@@ -44,16 +45,21 @@ class EmbeddedFace:
         embedding: LandmarkEmbedding,
         identity_weights: np.ndarray | None = None,
         symmetric: bool = True,
+        response: LandmarkResponse | None = None,
     ) -> EmbeddedFace:
         """Embed `model.personalize(identity_weights)` through `embedding` (vectorized gathers, a few ms).
 
         `symmetric`: average each landmark with its mirror partner's mirror image (channels `_L` ↔ `_R`
         swapped). ICT and MediaPipe's topology are both symmetric, so an embedding's asymmetry is fitting noise;
         averaging it out makes the solver mirror-equivariant: a mirrored face reads with its sides swapped.
+        `response`: MediaPipe's measured correction (`engine/solve/response.py`), added to the embedded map.
         """
         face = model.personalize(identity_weights)
         neutral = embedding.apply(face.neutral.astype(np.float64))
         basis = np.moveaxis(embedding.apply(face.expression_basis), 0, -1).astype(np.float64)  # (478, 3, 53)
+        if response is not None:
+            neutral = neutral + response.neutral_delta
+            basis = basis + response.basis_delta
         if symmetric:
             neutral = symmetrize_landmarks(neutral)
             basis = symmetrize_landmarks(basis, side_swap())

@@ -22,6 +22,7 @@ from engine.solve.eyes import GAZE_CHANNELS, EyeModel, GazeRanges, eyeball_cente
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.landmark_sets import FACE_OVAL, N_MESH_LANDMARKS
 from engine.solve.pose import focal_length_px, head_pose_from_fit, pixels_to_observed, umeyama
+from engine.solve.response import DEFAULT_RESPONSE_PATH, LandmarkResponse
 from engine.types import FaceState, HeadPose, Landmarks, TrackingState
 
 N_EXPRESSIONS = len(ICT_EXPRESSIONS)
@@ -73,8 +74,9 @@ def rigid_weights(face: EmbeddedFace) -> np.ndarray:
 @dataclass(frozen=True)
 class FrameFit:
     """One frame's raw fit. weights: (53,) before calibration; rotation (3, 3), translation_px (3,) and
-    scale_px_per_cm map model cm into the observed y-up pixel frame; observed_model: (478, 3) the landmarks in
-    the model frame (cm); residual_cm: RMS distance over the 468 mesh landmarks after the fit."""
+    scale_px_per_cm map model cm into the observed y-up pixel frame (perspective-corrected when the fit had an
+    image size: then the head is f/scale cm away); observed_model: (478, 3) the landmarks in the model frame
+    (cm); residual_cm: RMS distance over the 468 mesh landmarks after the fit."""
 
     weights: np.ndarray
     rotation: np.ndarray
@@ -93,9 +95,10 @@ class FrameFitter:
         embedding: LandmarkEmbedding,
         identity_weights: np.ndarray | None,
         config: SolveConfig,
+        response: LandmarkResponse | None = None,
     ) -> None:
         self.config = config
-        self.face = EmbeddedFace.build(model, embedding, identity_weights)
+        self.face = EmbeddedFace.build(model, embedding, identity_weights, response=response)
         lam = np.full(N_EXPRESSIONS, config.regularization)
         for name, value in config.channel_regularization.items():
             lam[ICT_EXPRESSIONS.index(name)] = value
@@ -231,7 +234,9 @@ class FaceSolver:
 
     def __init__(self, model: FaceModel, embedding: LandmarkEmbedding, identity: Identity, config: SolveConfig) -> None:
         self.config = config
-        self.fitter = FrameFitter(model, embedding, identity.identity_weights, config)
+        # MediaPipe's measured response (tools/fit_landmark_response.py) corrects the embedded map when shipped.
+        response = LandmarkResponse.load() if config.landmark_response and DEFAULT_RESPONSE_PATH.is_file() else None
+        self.fitter = FrameFitter(model, embedding, identity.identity_weights, config, response=response)
         offset = np.asarray(identity.neutral_offset, dtype=np.float64)
         if offset.shape != (N_EXPRESSIONS,):
             offset = np.zeros(N_EXPRESSIONS)
