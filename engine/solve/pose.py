@@ -48,11 +48,7 @@ def umeyama(
 
 def pixels_to_observed(pixels: np.ndarray, image_height: int) -> np.ndarray:
     """(n, 3) MediaPipe pixel landmarks (x right, y down, z away from camera) → (n, 3) y-up right-handed."""
-    out = np.empty_like(pixels, dtype=np.float64)
-    out[:, 0] = pixels[:, 0]
-    out[:, 1] = image_height - pixels[:, 1]
-    out[:, 2] = -pixels[:, 2]
-    return out
+    return pixels * np.array([1.0, -1.0, -1.0]) + np.array([0.0, float(image_height), 0.0])
 
 
 def rotation_to_quaternion(rot: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ Bad landmarks (NaN/inf, wrong shape, empty image size) count as no face; `solve`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,11 +127,13 @@ class FrameFitter:
         warm_start: np.ndarray | None = None,
         has_iris: bool = True,
         image_size: tuple[int, int] | None = None,
+        previous: FrameFit | None = None,
     ) -> FrameFit:
         """observed: (478, 3) landmarks in the y-up pixel frame (`pixels_to_observed`); warm_start: (53,).
 
         `image_size` (width, height) turns on the perspective correction for a pinhole camera of vertical
-        field of view `camera_fov_y_deg` centred on the image; None fits weak perspective only.
+        field of view `camera_fov_y_deg` centred on the image; None fits weak perspective only. `previous`,
+        last frame's fit, seeds that correction (else a first weak-perspective pose does).
         """
         w = np.zeros(N_EXPRESSIONS) if warm_start is None else np.asarray(warm_start, dtype=np.float64)
         lo = np.zeros(N_EXPRESSIONS)
@@ -142,10 +145,13 @@ class FrameFitter:
         model = self.face.landmarks(w)
         model_rigid = model[rigid]
         corrected = observed
-        rot, trans, scale = umeyama(model_rigid, corrected[rigid])
         if camera is not None:
+            if previous is None:
+                rot, _, scale = umeyama(model_rigid, observed[rigid])
+            else:
+                rot, scale = previous.rotation, previous.scale_px_per_cm
             corrected = perspective_corrected(observed, model @ rot[2], scale, *camera)
-            rot, trans, scale = umeyama(model_rigid, corrected[rigid])
+        rot, trans, scale = umeyama(model_rigid, corrected[rigid])
         for iteration in range(self.config.pose_iterations):
             observed_model = ((corrected - trans) @ rot) / scale  # Rᵀ(y − t)/s, row-wise
             metric = depth_metric(rot, self._depth_weight)
@@ -208,7 +214,7 @@ def valid_observation(landmarks: Landmarks | None) -> tuple[np.ndarray, bool] | 
         return None
     if pixels.ndim != 2 or pixels.shape[1] != 3 or pixels.shape[0] not in (N_MESH_LANDMARKS, 478):
         return None
-    if width <= 0 or height <= 0 or not np.isfinite(pixels).all():
+    if width <= 0 or height <= 0 or not math.isfinite(float(pixels.sum())):  # any NaN/inf makes the sum so
         return None
     has_iris = pixels.shape[0] == 478
     if not has_iris:
@@ -261,7 +267,8 @@ class FaceSolver:
         observed, has_iris = obs
         assert landmarks is not None
         try:
-            fit = self.fitter.fit(observed, self._warm, has_iris, landmarks.image_size)
+            previous = None if self._warm is None else self.last_fit
+            fit = self.fitter.fit(observed, self._warm, has_iris, landmarks.image_size, previous)
         except np.linalg.LinAlgError:
             return self._no_face(t_capture_ns, frame_index)
         if not (np.isfinite(fit.weights).all() and np.isfinite(fit.rotation).all() and fit.scale_px_per_cm > 0):
