@@ -59,6 +59,7 @@ class SolveConfig(_Section):
     """Regression: landmarks → head pose + 53 expression weights (docs/solve.md)."""
 
     regularization: float = Field(0.05, ge=0)  # λ in cm² (data term: squared cm summed over landmarks)
+    landmark_response: bool = True  # apply models/landmark_response.npz (MediaPipe's measured response)
     channel_regularization: dict[str, float] = {}  # ICT channel name → λ replacing `regularization`
     symmetry_prior: float = Field(0.0, ge=0)  # μ in cm² on (X_L − X_R)²
     max_iterations: int = Field(30, ge=1, le=1000)  # box-QP active-set iterations per solve
@@ -67,6 +68,7 @@ class SolveConfig(_Section):
     depth_weight: float = Field(0.3, ge=0, le=1)  # weight of MediaPipe's z relative to x, y (when use_depth)
     oval_weight: float = Field(0.3, ge=0, le=1)  # weight of the face-outline landmarks (a sliding silhouette)
     eyes_enabled: bool = True  # blink from lid distances and gaze from irises replace the LSQ eye channels
+    gaze_anchor: float = Field(0.3, ge=0)  # pull of the gaze channels to the iris read-out (cm²); 0 pins them
     gaze_horizontal_deg: float = Field(30.0, gt=0, le=90)  # eyeball turn that eyeLookIn/Out = 1 stands for
     gaze_up_deg: float = Field(25.0, gt=0, le=90)
     gaze_down_deg: float = Field(25.0, gt=0, le=90)

@@ -160,9 +160,19 @@ class ExpressionSolver:
         hi: np.ndarray,
         warm_start: np.ndarray | None = None,
         max_iterations: int = 30,
+        anchor: tuple[np.ndarray, np.ndarray, float] | None = None,
     ) -> BoxQPResult:
-        """Bounded weights (53,) for landmarks already in the model frame; lo == hi pins a channel."""
+        """Bounded weights (53,) for landmarks already in the model frame; lo == hi pins a channel.
+
+        `anchor` (channels (k,), values (k,), strength α cm²) adds α Σ (w_c − value)² for those channels: a
+        soft pull towards an estimate from elsewhere (the irises, for gaze) that the landmarks may still move.
+        """
         H, b = self.normal_equations(observed_model, metric)
+        if anchor is not None:
+            channels, values, strength = anchor
+            H = H.copy()
+            H[channels, channels] += strength
+            b = b + np.bincount(channels, values * strength, minlength=len(b))
         return solve_box_qp(H, b, lo, hi, warm_start, max_iterations)
 
 

@@ -157,14 +157,19 @@ class FrameFitter:
             metric = depth_metric(rot, self._depth_weight)
             lo[:] = 0.0
             hi[:] = 1.0
+            anchor = None
             if self.eyes_active and has_iris:
-                lo[GAZE_CHANNELS] = hi[GAZE_CHANNELS] = self.eyes.gaze(observed_model, w)
-            w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations).w
+                gaze = self.eyes.gaze(observed_model, w)
+                if self.config.gaze_anchor > 0:
+                    anchor = (GAZE_CHANNELS, gaze, self.config.gaze_anchor)
+                else:
+                    lo[GAZE_CHANNELS] = hi[GAZE_CHANNELS] = gaze
+            w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations, anchor).w
             if w[_MOUTH_CLOSE] > w[_JAW_OPEN] + _MOUTH_CLOSE_SLACK:
                 # ICT's mouthClose is a corrective for lips sealed over an open jaw; alone it drives the lower
                 # lip through the upper one, so it may never exceed jawOpen.
                 hi[_MOUTH_CLOSE] = w[_JAW_OPEN]
-                w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations).w
+                w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations, anchor).w
             w[_MOUTH_CLOSE] = min(w[_MOUTH_CLOSE], w[_JAW_OPEN])  # noise-level excess: clipped, not re-solved
             if iteration + 1 == self.config.pose_iterations:
                 break
