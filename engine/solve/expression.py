@@ -137,7 +137,8 @@ class ExpressionSolver:
         basis = face.basis * np.sqrt(self.landmark_weights)[:, None, None]  # (478, 3, 53)
         self._gram = coordinate_gram(basis)
         self._basis_flat_t = np.ascontiguousarray(face.basis.reshape(-1, N_EXPRESSIONS).T)  # (53, 1434)
-        prior = np.diag(np.asarray(regularization, dtype=np.float64))
+        self._lambda = np.asarray(regularization, dtype=np.float64)
+        prior = np.diag(self._lambda)
         for i, j in symmetric_pairs():
             prior[i, i] += symmetry
             prior[j, j] += symmetry
@@ -164,14 +165,15 @@ class ExpressionSolver:
     ) -> BoxQPResult:
         """Bounded weights (53,) for landmarks already in the model frame; lo == hi pins a channel.
 
-        `anchor` (channels (k,), values (k,), strength α cm²) adds α Σ (w_c − value)² for those channels: a
-        soft pull towards an estimate from elsewhere (the irises, for gaze) that the landmarks may still move.
+        `anchor` (channels (k,), values (k,), strength α cm²) replaces those channels' λ w² by α (w − value)²:
+        a pull towards an estimate from elsewhere (the irises, for gaze) rather than towards zero, which the
+        landmarks may still move.
         """
         H, b = self.normal_equations(observed_model, metric)
         if anchor is not None:
             channels, values, strength = anchor
             H = H.copy()
-            H[channels, channels] += strength
+            H[channels, channels] += strength - self._lambda[channels]
             b = b + np.bincount(channels, values * strength, minlength=len(b))
         return solve_box_qp(H, b, lo, hi, warm_start, max_iterations)
 
