@@ -101,6 +101,9 @@ def save_bundle(identity: Identity, directory: Path | str) -> Path:
         raise BundleError(f"identity {identity.name!r} has no model hash: build it from a loaded FaceModel")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle is as readable as any other directory
     try:
         files: dict[str, str] = {}
         meta: dict[str, object] = {

@@ -94,3 +94,15 @@ def test_shipped_bases_are_distinct_and_local(face_model) -> None:
         moved, still = m >= np.quantile(m, 0.8), m <= 0.05 * m.max()
         energy = np.abs(flat[i])
         assert energy[moved].mean() > 2.0 * energy[still].mean(), KEY_EXPRESSION_NAMES[i + 1]
+
+
+def test_border_fade(face_model) -> None:
+    from engine.detail.precompute import border_fade
+
+    covered = face_rasterizer(face_model, 128).covered
+    fade = border_fade(covered)
+    assert np.all(fade[~covered] == 0) and fade.max() == 1.0
+    from scipy import ndimage
+
+    deep = ndimage.distance_transform_edt(covered) > 4
+    assert np.all(fade[deep] == 1.0) and 0 < fade[covered & ~deep].min() < 1

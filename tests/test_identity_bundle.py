@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def test_resave_replaces_atomically(tmp_path, face_model) -> None:
     np.testing.assert_array_equal(got.identity_weights, second.identity_weights)
     assert got.texture is None and not (tmp_path / "alice" / "texture.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alice"]  # no temp or old directories left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "alice").stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_truncated_bases_are_detected(tmp_path, face_model) -> None:

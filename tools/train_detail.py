@@ -24,10 +24,14 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.config import DetailConfig  # noqa: E402
 from engine.detail.dataset import TrainingSet, facescape_set, synthetic_set  # noqa: E402
 from engine.detail.net import DetailUNet, export_onnx, network_inputs, save_network  # noqa: E402
+from engine.detail.precompute import precompute_bases  # noqa: E402
+from engine.detail.synth import DetailSynth, SkinParams  # noqa: E402
 from engine.detail.weights import KEY_EXPRESSION_NAMES  # noqa: E402
 from engine.face_model import MODELS_DIR, FaceModel  # noqa: E402
+from engine.identity import DEFAULT_IDENTITY_DIR, Identity, save_bundle  # noqa: E402
 
 DOCS_DIR = Path(__file__).resolve().parents[1] / "docs" / "detail"
 
@@ -215,6 +219,27 @@ def save_pictures(net: DetailUNet | None, data: TrainingSet, history: list[dict[
         Image.fromarray(np.concatenate([true_row, pred_row], axis=0)).save(out / "pred_vs_true.png")
 
 
+def write_default_identity(directory: Path, model: FaceModel, config: DetailConfig, progress: bool = True) -> Path:
+    """The shipped default identity: mean shape (w_id = 0), no calibration offset, a synthetic 1024² skin
+    texture of the face tile (seeded), and bases from the current network at `config.resolution`."""
+    params = SkinParams(age=0.3, wavelength_mm=3.4, depth_mm=0.2, sharpness=1.6, bulge_mm=0.3, static_mm=0.05,
+                        tone=0.3, pore_density=0.04, n_moles=2)  # fmt: skip
+    texture = DetailSynth(model, 1024).texture(params, np.random.default_rng(2026))
+    w_id = model.default_identity_weights()
+    bases = precompute_bases(model, w_id, texture, config, progress)
+    identity = Identity(
+        name="default",
+        model_id=model.model_id,
+        identity_weights=w_id,
+        neutral_offset=np.zeros(len(model.expression_names), np.float32),
+        texture=texture,
+        bases=bases,
+        source="synthetic default identity (tools/train_detail.py --default-identity-only)",
+        model_hash=model.model_hash,
+    )
+    return save_bundle(identity, directory)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget")
@@ -230,9 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", type=Path, default=DOCS_DIR, help="where pictures and eval.json go")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--default-identity", type=Path, default=DEFAULT_IDENTITY_DIR, help="default bundle to rewrite")
+    p.add_argument("--default-identity-only", action="store_true", help="only rebuild the default identity bundle")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     progress = not args.no_progress
+    detail_config = DetailConfig(backend="torch", weights=args.out / "detail_net.pt")
+    if args.default_identity_only:
+        print(f"wrote {write_default_identity(args.default_identity, FaceModel.load(), detail_config, progress)}")
+        return 0
     if args.facescape is not None:
         full = facescape_set(args.facescape, args.resolution, progress)
         n_val = max(1, len(full) // 8)

@@ -2,8 +2,8 @@
 
 Inputs per key expression i: the identity's UV texture, the deforming map (key-expression mesh minus neutral,
 rasterized into the face tile), the neutral position map and the face mask (`net.network_inputs`). The
-network's output F̂_i (mm) is masked to the face tile; its UV gradient comes from central differences
-(one-sided at the tile border), in mm per unit UV, for the shader's normal perturbation.
+network's output F̂_i (mm) is faded to 0 at the face tile's border (`border_fade`); its UV gradient comes from
+central differences (one-sided at the map's edge), in mm per unit UV, for the shader's normal perturbation.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from engine.config import DetailConfig
 from engine.detail.backends import (
@@ -61,6 +62,19 @@ def detail_inputs(
     tex = (tex * mask[..., None]).astype(np.uint8)
     inputs = network_inputs(tex, raster.rasterize(offsets), raster.rasterize(face.neutral), mask)
     return inputs, mask
+
+
+def border_fade(covered: np.ndarray, width_mm: float = 3.5) -> np.ndarray:
+    """(N, N) coverage → (N, N) float32 weight rising from 0 at the face tile's border to 1 `width_mm` inside.
+
+    The face tile meets the head's tile (which has no detail) and the lips' inner edge: displacement must
+    vanish there, or shading jumps across the seam; the network is also least reliable at the mask edge.
+    Width assumes ≈ 0.58 mm per texel at 512² (the mean ICT face).
+    """
+    n = covered.shape[0]
+    texels = width_mm / (0.58 * 512 / n)
+    inside = ndimage.distance_transform_edt(covered)
+    return np.clip((inside - 0.5) / texels, 0.0, 1.0).astype(np.float32)
 
 
 def uv_gradients(maps: np.ndarray) -> np.ndarray:
@@ -115,8 +129,8 @@ def precompute_bases(
     if n % SIZE_MULTIPLE:
         raise UserError(f"detail.resolution must be a multiple of {SIZE_MULTIPLE}, got {n}")
     backend = backend or make_backend(config, n)
-    inputs, mask = detail_inputs(model, identity_weights, texture, n)
-    disp = backend.run(inputs, progress=progress) * mask
+    inputs, _ = detail_inputs(model, identity_weights, texture, n)
+    disp = backend.run(inputs, progress=progress) * border_fade(face_rasterizer(model, n).covered)
     if not np.isfinite(disp).all():
         raise UserError(f"the {backend.name} backend produced non-finite displacement; try detail.backend=torch")
     maps = np.concatenate([disp[..., None], uv_gradients(disp)], axis=-1).astype(np.float32)

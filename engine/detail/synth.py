@@ -160,6 +160,15 @@ class DetailSynth:
         area = np.abs(np.linalg.det(np.swapaxes(j0, -1, -2) @ j0)) ** 0.25  # √(cm² per UV²) → cm per UV
         return float(np.median(area)) * 10.0 / self.resolution
 
+    def texture(self, params: SkinParams, rng: np.random.Generator) -> np.ndarray:
+        """(N, N, 3) uint8 albedo of an identity with no crease lines and faint blotches, gutter-filled, and the
+        mean skin colour beyond the gutter (so bilinear and mip sampling never pull in black)."""
+        mask = self.raster.covered
+        plain = _skin_texture(rng, params, np.zeros(mask.shape), mask, self.mm_per_texel, blotch=0.35)
+        tex = self.raster.fill_gutter(plain)
+        tex[~self.raster.filled] = tex[mask].mean(axis=0).astype(np.uint8)
+        return tex
+
     def sample(self, rng: np.random.Generator, identity_scale: float = 1.0) -> SynthSample:
         """A random identity: w_id ~ N(0, identity_scale²) per mode, random skin and texture."""
         w_id = (rng.normal(size=self.model.n_identity) * identity_scale).astype(np.float32)
@@ -229,16 +238,17 @@ def _smooth_noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
 
 
 def _skin_texture(
-    rng: np.random.Generator, params: SkinParams, crease: np.ndarray, mask: np.ndarray, px: float
+    rng: np.random.Generator, params: SkinParams, crease: np.ndarray, mask: np.ndarray, px: float, blotch: float = 1.0
 ) -> np.ndarray:
-    """(N, N, 3) uint8 albedo: tone + blotches + redness + pores + moles + crease lines; 0 off the face."""
+    """(N, N, 3) uint8 albedo: tone + blotches (× `blotch`) + redness + pores + moles + crease lines; 0 off
+    the face."""
     n = mask.shape[0]
     t = params.tone * (len(_SKIN_TONES) - 1)
     k = min(int(t), len(_SKIN_TONES) - 2)
     base = _SKIN_TONES[k] * (1 - (t - k)) + _SKIN_TONES[k + 1] * (t - k)
     img = np.broadcast_to(base, (n, n, 3)).copy()
-    img *= 1.0 + 0.05 * _smooth_noise(rng, n, 10.0 / px)[..., None]  # blotches
-    img[..., 0] *= 1.0 + 0.04 * _smooth_noise(rng, n, 6.0 / px)  # redness
+    img *= 1.0 + 0.05 * blotch * _smooth_noise(rng, n, 10.0 / px)[..., None]
+    img[..., 0] *= 1.0 + 0.04 * blotch * _smooth_noise(rng, n, 6.0 / px)  # redness
     pores = ndimage.gaussian_filter(rng.normal(size=(n, n)), sigma=max(0.25 / px, 0.5))
     pores = pores > np.quantile(pores, 1.0 - params.pore_density)
     img *= 1.0 - 0.12 * ndimage.gaussian_filter(pores.astype(float), 0.5)[..., None]
