@@ -9,7 +9,9 @@ ICT's `eyeLook*` shapes only move the eyelids; the eyeballs turn in the rig. The
 the renderer (`gaze_angles` / `eye_rotations`): `eyeLookOut_L` = 1 turns the left eye `gaze_horizontal_deg`
 towards the subject's left (+x), `eyeLookUp_*` = 1 turns it `gaze_up_deg` up, `eyeLookDown_*` `gaze_down_deg`
 down. The solver inverts that from the iris offset relative to the eye corners (normalized by eye width) and
-pins those channels in the least-squares solve, so the lid motion they imply is accounted for.
+anchors those channels in the least-squares solve (`SolveConfig.gaze_anchor`: a pull towards the iris
+read-out instead of towards zero; 0 pins them), so the lid motion they imply is accounted for and the lids can
+still correct a noisy iris.
 
 Blink: the upper lid's height above the eye corners (model y, mean of five upper-lid points) over the eye
 width is affine in the weights. With every other channel held at its solved value, the blink that makes the
