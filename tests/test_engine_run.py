@@ -1,0 +1,134 @@
+"""The live engine end to end, as a user runs it: real MediaPipe, solver, moderngl, ZeroMQ on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _port_args() -> list[str]:
+    params, frame, asset = _free_ports(3)
+    return ["--set", f"stream.params_port={params}", "--set", f"stream.frame_port={frame}",
+            "--set", f"stream.asset_port={asset}"]  # fmt: skip
+
+
+def _engine(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run_engine.py"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+    )  # fmt: skip
+
+
+def test_demo_run_writes_the_summary_contract(tmp_path) -> None:
+    summary_path = tmp_path / "s.json"
+    proc = _engine("run", "--source", "demo", "--frames", "45", "--no-window", "--quiet",
+                   "--summary-json", str(summary_path), *_port_args())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["frames"] >= 45
+    for key in ("fps", "latency_ms", "stages_ms", "tracking_rate", "published", "closed_loop"):
+        assert key in summary
+    assert set(summary["latency_ms"]) == {"p50", "p95", "p99"}
+    assert summary["latency_ms"]["p50"] > 0 and summary["fps"] > 0
+    assert summary["published"]["params"] == summary["frames"]
+    assert summary["published"]["frame"] == summary["frames"]
+    assert summary["tracking_rate"] >= 0.9
+    loop = summary["closed_loop"]
+    assert loop["driven_channels"] > 0 and set(loop["per_channel_mae"]) == set(loop["per_channel_r"])
+    assert "scapecast:" in proc.stdout and "closed loop" in proc.stdout
+
+
+def test_video_source_params_jsonl_has_every_frame(tmp_path) -> None:
+    from engine.app import load_identity
+    from engine.config import load_config
+    from engine.face_model import FaceModel
+    from engine.sources.demo import DemoPerformer
+
+    config = load_config()
+    model = FaceModel.load()
+    performer = DemoPerformer(model, load_identity(config.identity, model), config.render, size=256)
+    video = tmp_path / "demo.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (256, 256))
+    frames = iter(performer)
+    for _ in range(24):
+        writer.write(cv2.cvtColor(next(frames).image, cv2.COLOR_RGB2BGR))
+    writer.release()
+    performer.close()
+
+    jsonl = tmp_path / "params.jsonl"
+    proc = _engine("run", "--source", str(video), "--no-window", "--quiet", "--params-jsonl", str(jsonl),
+                   *_port_args())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["frame"] for r in records] == list(range(24))
+    first = records[0]
+    assert set(first) >= {"frame", "t_capture_ns", "tracking", "pose", "blendshapes"}
+    assert "jawOpen" in first["blendshapes"] and "mouthSmileLeft" in first["blendshapes"]
+    assert "tongueOut" not in first["blendshapes"]
+    assert sum(r["tracking"]["state"] == "tracking" for r in records) >= 20
+
+
+def test_make_run_without_webcam_runs_demo_and_stops_on_sigint(tmp_path) -> None:
+    """`make run` with no arguments: no webcam here → the demo, a live status line, clean exit on SIGINT."""
+    if any(_port_in_use(p) for p in (5555, 5556, 5557)):
+        pytest.skip("default ports 5555-5557 are taken by another engine on this machine")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    out_path, err_path = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen(["make", "-s", "run"], cwd=REPO_ROOT, stdout=out, stderr=err, env=env,
+                                start_new_session=True)  # fmt: skip
+        try:
+            assert _wait_for(err_path, proc, "[scapecast] demo performer | frames", timeout=180), (
+                "no live status line within 180 s: " + err_path.read_text()[-2000:]
+            )
+            time.sleep(2.0)
+            # Ctrl-C reaches the engine process (make itself would report the interrupt as its own failure).
+            pgrep = subprocess.run(["pgrep", "-g", str(proc.pid), "-f", "run_engine.py"], capture_output=True,
+                                   text=True)  # fmt: skip
+            engine_pids = pgrep.stdout.split()
+            assert engine_pids, "the engine process was not found under make"
+            for pid in engine_pids:
+                os.kill(int(pid), signal.SIGINT)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    stdout, stderr = out_path.read_text(), err_path.read_text()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "demo performer" in stdout and "frames" in stdout
+    assert "Traceback" not in stderr
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], text: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if text in path.read_text():
+            return True
+        time.sleep(0.2)
+    return False
