@@ -26,7 +26,7 @@ from engine.errors import UserError
 from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.solve.expression import coordinate_gram, depth_metric, symmetrize_landmarks
 from engine.solve.landmark_sets import FACE_OVAL, N_MESH_LANDMARKS
-from engine.solve.solver import FrameFitter, valid_observation
+from engine.solve.solver import FrameFitter, shipped_response, valid_observation
 from engine.types import Landmarks
 
 
@@ -76,13 +76,17 @@ def fit_identity(
     omega[list(FACE_OVAL)] = config.oval_weight
     weighted = basis * np.sqrt(omega)[:, None, None]
     gram = coordinate_gram(weighted)  # (9, n²)
-    mean_neutral = symmetrize_landmarks(embedding.apply(model.neutral.astype(np.float64)))
+    response = shipped_response(runtime)
+    mean_neutral = embedding.apply(model.neutral.astype(np.float64))
+    if response is not None:  # the same corrected map the tracking solver uses
+        mean_neutral = mean_neutral + response.neutral_delta
+    mean_neutral = symmetrize_landmarks(mean_neutral)
     precision = prior / np.square(model.identity_prior_std[:n_modes].astype(np.float64))
     depth_weight = config.depth_weight if config.use_depth else 0.0
 
     w_id = model.default_identity_weights()
     for _ in range(iterations if n_modes else 0):
-        fitter = FrameFitter(model, embedding, w_id, config)
+        fitter = FrameFitter(model, embedding, w_id, config, response)
         fits = [fitter.fit(obs, None, has_iris, size) for obs, has_iris, size in observations]
         H = np.diag(precision)
         b = np.zeros(n_modes)
@@ -94,7 +98,7 @@ def fit_identity(
         w_id = np.zeros(model.n_identity, dtype=np.float32)
         w_id[:n_modes] = np.linalg.solve(H, b)
     # The rest offset is what the tracking solver (runtime regularization) reads on these frames.
-    fitter = FrameFitter(model, embedding, w_id, runtime)
+    fitter = FrameFitter(model, embedding, w_id, runtime, response)
     fits = [fitter.fit(obs, None, has_iris, size) for obs, has_iris, size in observations]
     offset = np.mean([f.weights for f in fits], axis=0)
     residual_px = float(np.mean([f.residual_cm * f.scale_px_per_cm for f in fits]))

@@ -207,6 +207,11 @@ def _state_filter(config: SolveConfig) -> OneEuroFilter:
     return OneEuroFilter(params[0], params[1], params[2])
 
 
+def shipped_response(config: SolveConfig) -> LandmarkResponse | None:
+    """MediaPipe's measured response (tools/fit_landmark_response.py), when shipped and enabled; else None."""
+    return LandmarkResponse.load() if config.landmark_response and DEFAULT_RESPONSE_PATH.is_file() else None
+
+
 def valid_observation(landmarks: Landmarks | None) -> tuple[np.ndarray, bool] | None:
     """(478, 3) y-up pixel-frame landmarks and whether irises are present, or None for anything unusable:
     None, a wrong shape (468 without irises is accepted), non-finite values, an empty image."""
@@ -245,9 +250,9 @@ class FaceSolver:
 
     def __init__(self, model: FaceModel, embedding: LandmarkEmbedding, identity: Identity, config: SolveConfig) -> None:
         self.config = config
-        # MediaPipe's measured response (tools/fit_landmark_response.py) corrects the embedded map when shipped.
-        response = LandmarkResponse.load() if config.landmark_response and DEFAULT_RESPONSE_PATH.is_file() else None
-        self.fitter = FrameFitter(model, embedding, identity.identity_weights, config, response=response)
+        self.fitter = FrameFitter(
+            model, embedding, identity.identity_weights, config, response=shipped_response(config)
+        )
         offset = np.asarray(identity.neutral_offset, dtype=np.float64)
         if offset.shape != (N_EXPRESSIONS,):
             offset = np.zeros(N_EXPRESSIONS)
