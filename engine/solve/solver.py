@@ -159,7 +159,9 @@ class FrameFitter:
             hi[:] = 1.0
             anchor = None
             if self.eyes_active and has_iris:
-                gaze = self.eyes.gaze(observed_model, w)
+                # Tracking: the first pass keeps last frame's gaze (it only steers the pose refinement).
+                last_pass = iteration + 1 == self.config.pose_iterations
+                gaze = self.eyes.gaze(observed_model, w) if last_pass or warm_start is None else w[GAZE_CHANNELS]
                 if self.config.gaze_anchor > 0:
                     anchor = (GAZE_CHANNELS, gaze, self.config.gaze_anchor)
                 else:
