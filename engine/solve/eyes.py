@@ -84,14 +84,6 @@ def eyeball_centers(model: FaceModel, identity_weights: np.ndarray | None = None
     return np.stack([neutral[model.topology.region_vertices(r)].mean(axis=0) for r in regions])
 
 
-@dataclass(frozen=True)
-class EyeReadout:
-    """blink: (2,) in [0, 1] (left, right); gaze: (53,) with only the eight `eyeLook*` channels set."""
-
-    blink: np.ndarray
-    gaze: np.ndarray
-
-
 class EyeModel:
     """Blink and gaze read from model-frame landmarks (cm), calibrated on one identity's embedded face.
 
