@@ -106,3 +106,13 @@ def test_border_fade(face_model) -> None:
 
     deep = ndimage.distance_transform_edt(covered) > 4
     assert np.all(fade[deep] == 1.0) and 0 < fade[covered & ~deep].min() < 1
+
+
+def test_bench_reports_every_cpu_backend(face_model) -> None:
+    from engine.detail.bench import bench_precompute
+
+    result = bench_precompute(64, face_model)
+    assert result["backend"] in ("onnxruntime", "torch", "tensorrt")
+    for name in ("onnxruntime", "torch"):
+        assert result[f"{name}_s"] > 0 and result[f"{name}_device"] in ("cpu", "cuda")
+    assert result["seconds"] == result[f"{result['backend']}_s"]
