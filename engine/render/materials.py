@@ -13,7 +13,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from engine.face_model import FaceTopology
+from engine.face_model import FaceModel, FaceTopology
 
 
 class ShadeClass(IntEnum):
@@ -156,3 +156,19 @@ def _eye_centre_y(rest: np.ndarray, classes: np.ndarray, side: float) -> float:
     """Height (cm) of the centre of one eye's visible cap (the iris material)."""
     cap = (classes == ShadeClass.IRIS) & (rest[:, 0] * side > 0)
     return float(rest[cap, 1].mean()) if cap.any() else 3.6
+
+
+def bake_face_albedo(model: FaceModel, resolution: int, identity_weights: np.ndarray | None = None) -> np.ndarray:
+    """The procedural albedo of the face tile as a UV texture: (N, N, 3) uint8 sRGB, row 0 = v = 0.
+
+    For identity builders that synthesize skin: multiplying a plain skin texture by this (÷ SKIN) adds the
+    lips, brows and cheek colour the renderer paints when an identity has no texture.
+    """
+    from engine.detail.uv_raster import face_rasterizer
+
+    topology = model.topology
+    rest = model.identity_neutral(model.default_identity_weights() if identity_weights is None else identity_weights)
+    classes = render_vertex_classes(topology)
+    albedo = procedural_albedo(topology, rest[topology.render_to_model], classes)
+    baked = face_rasterizer(model, resolution).rasterize_render(albedo)
+    return np.clip(baked * 255.0 + 0.5, 0, 255).astype(np.uint8)
