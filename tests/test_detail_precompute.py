@@ -116,3 +116,27 @@ def test_bench_reports_every_cpu_backend(face_model) -> None:
     for name in ("onnxruntime", "torch"):
         assert result[f"{name}_s"] > 0 and result[f"{name}_device"] in ("cpu", "cuda")
     assert result["seconds"] == result[f"{result['backend']}_s"]
+
+
+def test_corrupt_bases_are_rebuilt(tmp_path, random_net, face_model) -> None:
+    """A truncated bases.npz is refused with its name, then recomputed from the bundle's w_id and texture."""
+    from engine.detail.precompute import rebuild_bundle_bases
+    from engine.identity import BundleError, Identity, load_bundle, load_or_rebuild, save_bundle
+
+    cfg = DetailConfig(backend="onnxruntime", resolution=64, weights=random_net)
+    rng = np.random.default_rng(4)
+    w_id = rng.normal(0, 0.5, face_model.n_identity).astype(np.float32)
+    texture = rng.integers(60, 220, (64, 64, 3), dtype=np.uint8)
+    bases = precompute_bases(face_model, w_id, texture, cfg, progress=False)
+    ident = Identity("bo", face_model.model_id, w_id, np.zeros(53, np.float32), texture, bases, "test",
+                     face_model.model_hash)  # fmt: skip
+    out = save_bundle(ident, tmp_path / "bo")
+    data = (out / "bases.npz").read_bytes()
+    (out / "bases.npz").write_bytes(data[: len(data) // 3])
+    with pytest.raises(BundleError, match="bases.npz"):
+        load_bundle(out, face_model)
+    got = load_or_rebuild(out, face_model, lambda err: rebuild_bundle_bases(out, face_model, cfg, progress=False))
+    np.testing.assert_allclose(got.bases.maps, bases.maps, atol=1e-5)
+    again = load_bundle(out, face_model)  # the rebuilt bundle is valid on disk
+    np.testing.assert_allclose(again.bases.maps, bases.maps, atol=2e-2)
+    assert again.texture.tobytes() == texture.tobytes()
