@@ -123,6 +123,9 @@ class AvatarRenderer:
         self.camera = Camera(config.width, config.height, config.fov_y_deg, config.camera_distance_cm)
         self.lighting = Lighting()
         self.detail_gain = detail_gain
+        # The displacement view spans ± the largest |F̂| of the bases (networks differ in scale).
+        maps = identity.bases.maps if identity.bases is not None else None
+        self._debug_range_mm = max(float(np.abs(maps[..., 0]).max()), 1e-3) if maps is not None else 0.5
         self._ctx = create_context()
         with self._ctx:
             self.gpu_blendshapes = not is_software(self._ctx) if gpu_blendshapes is None else gpu_blendshapes
@@ -364,7 +367,7 @@ class AvatarRenderer:
             {
                 "u_projection": self.camera.projection().T,
                 "u_has_albedo_map": self._albedo is not None,
-                "u_debug_range_mm": 0.5,
+                "u_debug_range_mm": self._debug_range_mm,
                 "u_eye_pole": self.mesh.eye_poles,
                 "u_iris_color": np.array([0.16, 0.09, 0.045]),
                 "u_mouth_depth": np.array([front, front - 5.0]),
