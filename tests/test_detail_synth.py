@@ -139,7 +139,19 @@ def test_facescape_reader_names_bad_input(tmp_path) -> None:
         facescape_set(tmp_path, 16, progress=False)
 
 
-def test_training_loop_runs_on_facescape_format(tmp_path) -> None:
+@pytest.fixture
+def one_torch_thread():
+    """Tiny convolutions on a shared 2-core machine: a second OpenMP thread spins against other jobs (45 s vs
+    5 s measured under load 8), so this test runs single-threaded."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_training_loop_runs_on_facescape_format(tmp_path, one_torch_thread) -> None:
     spec = importlib.util.spec_from_file_location("train_detail", REPO / "tools" / "train_detail.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
