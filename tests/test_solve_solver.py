@@ -30,8 +30,8 @@ def embedding(face_model: FaceModel) -> LandmarkEmbedding:
 
 
 def _config(**overrides: object) -> SolveConfig:
-    """The constructed embedding is not the one a shipped landmark response was measured on: leave it off."""
-    return SolveConfig(landmark_response=False, **overrides)
+    """The constructed embedding is not the one the shipped response and prior were measured on: leave them off."""
+    return SolveConfig(landmark_response=False, learned_prior=False, **overrides)
 
 
 def _identity(face_model: FaceModel, offset: np.ndarray | None = None) -> Identity:

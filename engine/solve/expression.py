@@ -162,19 +162,24 @@ class ExpressionSolver:
         warm_start: np.ndarray | None = None,
         max_iterations: int = 30,
         anchor: tuple[np.ndarray, np.ndarray, float] | None = None,
+        target: tuple[np.ndarray, float] | None = None,
     ) -> BoxQPResult:
         """Bounded weights (53,) for landmarks already in the model frame; lo == hi pins a channel.
 
         `anchor` (channels (k,), values (k,), strength α cm²) replaces those channels' λ w² by α (w − value)²:
         a pull towards an estimate from elsewhere (the irises, for gaze) rather than towards zero, which the
-        landmarks may still move.
+        landmarks may still move. `target` (values (53,), strength μ cm²) adds μ Σ_k (w_k − value_k)² over all
+        channels: the learned prior (`engine/solve/prior.py`).
         """
         H, b = self.normal_equations(observed_model, metric)
         if anchor is not None:
             channels, values, strength = anchor
-            H = H.copy()
             H[channels, channels] += strength - self._lambda[channels]
             b = b + np.bincount(channels, values * strength, minlength=len(b))
+        if target is not None:
+            values, strength = target
+            H.flat[:: len(b) + 1] += strength
+            b = b + strength * values
         return solve_box_qp(H, b, lo, hi, warm_start, max_iterations)
 
 

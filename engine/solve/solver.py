@@ -23,6 +23,7 @@ from engine.solve.eyes import GAZE_CHANNELS, EyeModel, GazeRanges, eyeball_cente
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.landmark_sets import FACE_OVAL, N_MESH_LANDMARKS
 from engine.solve.pose import focal_length_px, head_pose_from_fit, pixels_to_observed, umeyama
+from engine.solve.prior import DEFAULT_PRIOR_PATH, LearnedPrior
 from engine.solve.response import DEFAULT_RESPONSE_PATH, LandmarkResponse
 from engine.types import FaceState, HeadPose, Landmarks, TrackingState
 
@@ -97,9 +98,13 @@ class FrameFitter:
         identity_weights: np.ndarray | None,
         config: SolveConfig,
         response: LandmarkResponse | None = None,
+        prior: LearnedPrior | None = None,
     ) -> None:
         self.config = config
         self.face = EmbeddedFace.build(model, embedding, identity_weights, response=response)
+        self.prior = prior
+        strength = None if prior is None else config.prior_strength
+        self.prior_strength = 0.0 if prior is None else prior.strength if strength is None else strength
         lam = np.full(N_EXPRESSIONS, config.regularization)
         for name, value in config.channel_regularization.items():
             lam[ICT_EXPRESSIONS.index(name)] = value
@@ -166,12 +171,17 @@ class FrameFitter:
                     anchor = (GAZE_CHANNELS, gaze, self.config.gaze_anchor)
                 else:
                     lo[GAZE_CHANNELS] = hi[GAZE_CHANNELS] = gaze
-            w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations, anchor).w
+            target = None
+            if self.prior is not None and self.prior_strength > 0:
+                features = LearnedPrior.features(observed_model, self.face.neutral, rot)
+                target = (self.prior.predict(features), self.prior_strength)
+            iterations = self.config.max_iterations
+            w = self.expression.solve(observed_model, metric, lo, hi, w, iterations, anchor, target).w
             if w[_MOUTH_CLOSE] > w[_JAW_OPEN] + _MOUTH_CLOSE_SLACK:
                 # ICT's mouthClose is a corrective for lips sealed over an open jaw; alone it drives the lower
                 # lip through the upper one, so it may never exceed jawOpen.
                 hi[_MOUTH_CLOSE] = w[_JAW_OPEN]
-                w = self.expression.solve(observed_model, metric, lo, hi, w, self.config.max_iterations, anchor).w
+                w = self.expression.solve(observed_model, metric, lo, hi, w, iterations, anchor, target).w
             w[_MOUTH_CLOSE] = min(w[_MOUTH_CLOSE], w[_JAW_OPEN])  # noise-level excess: clipped, not re-solved
             if iteration + 1 == self.config.pose_iterations:
                 break
@@ -214,6 +224,15 @@ def shipped_response(config: SolveConfig) -> LandmarkResponse | None:
     return LandmarkResponse.load() if config.landmark_response and DEFAULT_RESPONSE_PATH.is_file() else None
 
 
+def shipped_prior(config: SolveConfig, response: LandmarkResponse | None) -> LearnedPrior | None:
+    """The learned prior (tools/fit_solve_prior.py), when shipped, enabled and trained with the same landmark
+    map (with or without the response) as the solver uses; else None."""
+    if not (config.learned_prior and DEFAULT_PRIOR_PATH.is_file()):
+        return None
+    prior = LearnedPrior.load()
+    return prior if prior.with_response == (response is not None) else None
+
+
 def valid_observation(landmarks: Landmarks | None) -> tuple[np.ndarray, bool] | None:
     """(478, 3) y-up pixel-frame landmarks and whether irises are present, or None for anything unusable:
     None, a wrong shape (468 without irises is accepted), non-finite values, an empty image."""
@@ -252,9 +271,9 @@ class FaceSolver:
 
     def __init__(self, model: FaceModel, embedding: LandmarkEmbedding, identity: Identity, config: SolveConfig) -> None:
         self.config = config
-        self.fitter = FrameFitter(
-            model, embedding, identity.identity_weights, config, response=shipped_response(config)
-        )
+        response = shipped_response(config)
+        prior = shipped_prior(config, response)
+        self.fitter = FrameFitter(model, embedding, identity.identity_weights, config, response, prior)
         offset = np.asarray(identity.neutral_offset, dtype=np.float64)
         if offset.shape != (N_EXPRESSIONS,):
             offset = np.zeros(N_EXPRESSIONS)

@@ -1,0 +1,76 @@
+"""The learned prior (engine/solve/prior.py): file contract, the ridge fit, and its role in the bounded solve."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.config import SolveConfig
+from engine.face_model import FaceModel, ModelFileError
+from engine.names import ICT_EXPRESSIONS
+from engine.solve.eyes import eyeball_centers
+from engine.solve.pose import euler_to_rotation
+from engine.solve.prior import DEFAULT_PRIOR_PATH, N_FEATURES, LearnedPrior, fit_ridge_prior
+from engine.solve.solver import FrameFitter, shipped_prior, valid_observation
+from engine.solve.synthetic import constructed_embedding, synthetic_landmarks
+
+N = len(ICT_EXPRESSIONS)
+SMILE = ICT_EXPRESSIONS.index("mouthSmile_L")
+BROW = ICT_EXPRESSIONS.index("browInnerUp_L")
+
+
+def test_ridge_fit_recovers_a_linear_map_and_round_trips(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    true = np.vstack([rng.uniform(0, 0.2, (1, N)), rng.normal(0, 0.05, (N_FEATURES, N))])
+    x = rng.normal(0, 1, (2500, N_FEATURES))
+    y = x @ true[1:] + true[0] + rng.normal(0, 0.01, (2500, N))
+    prior, report = fit_ridge_prior(x, y, rng, alphas=(1e-4, 1.0, 100.0))
+    assert "α = 0.0001" in report  # the least shrinkage wins on noise-free linear data
+    test = rng.normal(0, 1, (50, N_FEATURES))
+    assert np.abs(prior.predict(test) - (test @ true[1:] + true[0])).mean() < 0.05
+    path = tmp_path / "prior.npz"
+    LearnedPrior(prior.coef, 0.25, False).save(path, note=np.str_("test"))
+    loaded = LearnedPrior.load(path)
+    assert loaded.strength == pytest.approx(0.25) and loaded.with_response is False
+    np.testing.assert_allclose(loaded.coef, prior.coef, atol=1e-5)
+
+
+def test_malformed_prior_files_are_refused(tmp_path) -> None:
+    with pytest.raises(ModelFileError, match="not found"):
+        LearnedPrior.load(tmp_path / "missing.npz")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, coef=np.zeros((3, N)), strength=np.float32(1), with_response=np.bool_(True))
+    with pytest.raises(ModelFileError, match="holds"):
+        LearnedPrior.load(bad)
+
+
+def test_the_prior_pulls_the_bounded_solve_and_mu_zero_is_the_plain_solve(face_model: FaceModel) -> None:
+    """A prior that always says "smile 0.9, browInnerUp 0.6" on a neutral face: strong μ reads it (within the box),
+    μ = 0 reads the plain least squares."""
+    embedding = constructed_embedding(face_model, seed=1)
+    coef = np.zeros((1 + N_FEATURES, N))
+    coef[0, SMILE], coef[0, BROW] = 0.9, 1.6  # 1.6 is outside the box: the solve keeps w ≤ 1
+    prior = LearnedPrior(coef, 0.0, with_response=False)
+    plain = FrameFitter(face_model, embedding, None, SolveConfig(landmark_response=False))
+    landmarks = synthetic_landmarks(plain.face, eyeball_centers(face_model), np.zeros(N), euler_to_rotation(5, 0, 0))
+    observed, has_iris = valid_observation(landmarks)  # type: ignore[misc]
+    base = plain.fit(observed, has_iris=has_iris, image_size=landmarks.image_size).weights
+    results = {}
+    for mu in (0.0, 1000.0):
+        config = SolveConfig(landmark_response=False, prior_strength=mu)
+        fitter = FrameFitter(face_model, embedding, None, config, prior=prior)
+        results[mu] = fitter.fit(observed, has_iris=has_iris, image_size=landmarks.image_size).weights
+    np.testing.assert_allclose(results[0.0], base, atol=1e-9)
+    assert base[SMILE] < 0.05
+    assert results[1000.0][SMILE] == pytest.approx(0.9, abs=0.05)
+    assert results[1000.0][BROW] == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.skipif(not DEFAULT_PRIOR_PATH.is_file(), reason="no shipped solve prior")
+def test_shipped_prior_loads_and_is_used_only_with_the_map_it_was_trained_on() -> None:
+    prior = LearnedPrior.load()
+    assert prior.coef.shape == (1 + N_FEATURES, N) and prior.strength > 0
+    with_response = SolveConfig(landmark_response=True)
+    assert (shipped_prior(with_response, object()) is not None) == prior.with_response  # type: ignore[arg-type]
+    assert (shipped_prior(with_response, None) is not None) == (not prior.with_response)
+    assert shipped_prior(SolveConfig(learned_prior=False), None) is None

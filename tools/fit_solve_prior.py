@@ -1,0 +1,280 @@
+"""Learn the solver's data-driven pieces from renders → models/landmark_response.npz + models/solve_prior.npz.
+
+Renders the default identity (the demo performer's renderer and camera) with random known expressions and head
+poses drawn like a performance (key expressions at any intensity and their mixes, random sparse channels,
+bilateral pairs, speech-like jaw/lip motion, blinks over everything, neutral faces turned up to ±25°), tracks
+every render with MediaPipe FaceMesh, and fits:
+
+1. the landmark response (`engine/solve/response.py`): the affine map weights → landmarks that MediaPipe
+   actually follows, as a correction to the embedded map;
+2. the learned prior (`engine/solve/prior.py`): a ridge regression from the solver's model-frame landmarks to
+   the weights, w_reg, used as the prior μ Σ_k (w_k − w_reg,k)² in the bounded least squares; the ridge
+   strength is chosen on a validation split, μ on held-out renders.
+
+It reports held-out raw-fit errors (driven: true weight > 0.1) without / with each piece, and, unless
+`--no-demo`, the closed loop on the demo performer's first `--demo-frames` frames (tracked in video mode,
+filtered like the pipeline, 30 fps time stamps): the `closed_loop_metrics` of `engine/metrics.py`.
+Renders are cached under out/solve_cache/ (keyed by identity files, counts and seed; `--no-cache` re-renders).
+
+Usage: python tools/fit_solve_prior.py [--train 2400] [--test 400] [--seed 0] [--demo-frames 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+sys.path.insert(0, str(ROOT / "tools"))
+
+from fit_landmark_response import fit_response, random_samples, render_and_track  # noqa: E402
+
+from engine.app import load_identity  # noqa: E402
+from engine.config import Config, load_config  # noqa: E402
+from engine.detail.weights import KEY_EXPRESSIONS, key_expression_weights  # noqa: E402
+from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
+from engine.identity import Identity  # noqa: E402
+from engine.metrics import closed_loop_metrics  # noqa: E402
+from engine.names import ICT_EXPRESSIONS  # noqa: E402
+from engine.solve.prior import DEFAULT_PRIOR_PATH, LearnedPrior, fit_ridge_prior  # noqa: E402
+from engine.solve.response import DEFAULT_RESPONSE_PATH  # noqa: E402
+from engine.solve.solver import FaceSolver, FrameFitter  # noqa: E402
+from engine.tracking import FaceTracker  # noqa: E402
+from engine.types import Landmarks  # noqa: E402
+
+N = len(ICT_EXPRESSIONS)
+CACHE_DIR = ROOT / "out" / "solve_cache"
+JAW_OPEN, MOUTH_CLOSE = ICT_EXPRESSIONS.index("jawOpen"), ICT_EXPRESSIONS.index("mouthClose")
+FUNNEL = ICT_EXPRESSIONS.index("mouthFunnel")
+BLINKS = [ICT_EXPRESSIONS.index("eyeBlink_L"), ICT_EXPRESSIONS.index("eyeBlink_R")]
+
+
+def performance_samples(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(count, 53) weights and (count, 3) yaw/pitch/roll° drawn like a performance (not the demo's script):
+    a key expression at a random intensity (0.1× … peak 1), two key expressions mixed, random sparse channels
+    (`random_samples`), speech (jaw + some lip rounding), or a neutral face turned further; blinks on a quarter."""
+    table = key_expression_weights()
+    sparse_w, sparse_e = random_samples(count, rng)
+    weights = np.zeros((count, N))
+    euler = np.column_stack([rng.uniform(-16, 16, count), rng.uniform(-11, 11, count), rng.uniform(-9, 9, count)])
+    kinds = rng.choice(5, size=count, p=[0.35, 0.15, 0.25, 0.1, 0.15])
+    for n, kind in enumerate(kinds):
+        if kind == 0:
+            pattern = table[rng.integers(1, len(KEY_EXPRESSIONS))]
+            weights[n] = pattern * rng.uniform(0.1, 1.0 / pattern.max())
+        elif kind == 1:
+            a, b = table[rng.choice(np.arange(1, len(KEY_EXPRESSIONS)), size=2, replace=False)]
+            weights[n] = np.clip(a * rng.uniform(0.2, 1.0) + b * rng.uniform(0.2, 1.0), 0.0, 1.0)
+        elif kind == 2:
+            weights[n], euler[n] = sparse_w[n], sparse_e[n]
+        elif kind == 3:
+            weights[n, JAW_OPEN] = rng.uniform(0.0, 0.7)
+            if rng.uniform() < 0.4:
+                weights[n, FUNNEL] = rng.uniform(0.0, 0.5) * weights[n, JAW_OPEN] / 0.7
+        else:
+            euler[n] = rng.uniform([-27, -22, -22], [27, 22, 22])
+        if rng.uniform() < 0.25:
+            weights[n, BLINKS] = np.maximum(weights[n, BLINKS], rng.uniform(0.0, 1.0))
+        weights[n, JAW_OPEN] = max(weights[n, JAW_OPEN], weights[n, MOUTH_CLOSE])
+    return weights, euler
+
+
+def _identity_key(config: Config, *parts: object) -> str:
+    """A cache key: the identity bundle's files (names, sizes, mtimes), the renderer's source, the parts."""
+    h = hashlib.sha1(repr(parts).encode())
+    for path in sorted((ROOT / "models").rglob("*")):
+        if path.is_file() and ("identity" in str(path) or path.name == "ict_face_model.npz"):
+            st = path.stat()
+            h.update(f"{path.name}{st.st_size}{st.st_mtime_ns}".encode())
+    renderer = ROOT / "engine" / "render" / "renderer.py"
+    h.update(renderer.read_bytes())
+    h.update(config.identity.name.encode())
+    return h.hexdigest()[:16]
+
+
+def _pack(observations: list[tuple[np.ndarray, bool] | None]) -> tuple[np.ndarray, np.ndarray]:
+    points = np.full((len(observations), 478, 3), np.nan)
+    iris = np.zeros(len(observations), bool)
+    for i, obs in enumerate(observations):
+        if obs is not None:
+            points[i], iris[i] = obs
+    return points, iris
+
+
+def _unpack(points: np.ndarray, iris: np.ndarray) -> list[tuple[np.ndarray, bool] | None]:
+    return [None if np.isnan(p).any() else (p, bool(h)) for p, h in zip(points, iris, strict=True)]
+
+
+def cached_renders(
+    config: Config, model: FaceModel, weights: np.ndarray, euler: np.ndarray, size: int, seed: int, use_cache: bool
+) -> list[tuple[np.ndarray, bool] | None]:
+    """`render_and_track` (static tracker), cached in out/solve_cache/."""
+    key = _identity_key(config, "random", weights.round(6).tobytes(), euler.round(6).tobytes(), size, seed)
+    path = CACHE_DIR / f"renders_{key}.npz"
+    if use_cache and path.is_file():
+        with np.load(path) as z:
+            print(f"cached renders: {path}")
+            return _unpack(z["points"], z["iris"])
+    observations = render_and_track(config, model, weights, euler, size, seed)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, points=_pack(observations)[0], iris=_pack(observations)[1])
+    return observations
+
+
+def demo_landmarks(
+    config: Config, model: FaceModel, identity: Identity, frames: int, use_cache: bool
+) -> tuple[list[Landmarks | None], np.ndarray]:
+    """The demo performer's first `frames` frames tracked in video mode like the pipeline: landmarks, truth."""
+    from engine.sources.demo import DemoPerformer
+
+    src = config.source
+    key = _identity_key(config, "demo", frames, src.demo_seed, src.demo_size, src.fps)
+    path = CACHE_DIR / f"demo_{key}.npz"
+    performer = DemoPerformer(model, identity, config.render, fps=src.fps, seed=src.demo_seed, size=src.demo_size)
+    truth = performer.script.weights[np.arange(frames) % len(performer)].astype(np.float64)
+    size = (src.demo_size, src.demo_size)
+    if use_cache and path.is_file():
+        with np.load(path) as z:
+            print(f"cached demo landmarks: {path}")
+            return [None if np.isnan(p).any() else Landmarks(p, size, 1.0) for p in z["pixels"]], truth
+    pixels = np.full((frames, 478, 3), np.nan)
+    with performer, FaceTracker(config.tracking, static=False) as tracker:
+        for i in tqdm(range(frames), desc="demo render + track", unit="frame"):
+            faces = tracker.process(performer.frame(i))
+            if faces:
+                pixels[i] = np.asarray(faces[0].pixels, dtype=np.float64)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, pixels=pixels)
+    return [None if np.isnan(p).any() else Landmarks(p, size, 1.0) for p in pixels], truth
+
+
+def fit_features(fitter: FrameFitter, observations: list, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw fits of tracked renders: (n, 53) weights, (n, F) prior features, (n,) bool tracked."""
+    keep = np.array([o is not None for o in observations])
+    weights = np.zeros((len(observations), N))
+    feats = []
+    for i, obs in enumerate(tqdm(observations, desc="fit", unit="frame", leave=False)):
+        if obs is None:
+            continue
+        fit = fitter.fit(obs[0], has_iris=obs[1], image_size=(size, size))
+        weights[i] = fit.weights
+        feats.append(LearnedPrior.features(fit.observed_model, fitter.face.neutral, fit.rotation))
+    return weights, np.array(feats), keep
+
+
+def errors(solved: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    error = np.abs(solved - truth)
+    driven = truth > 0.1
+    return {"driven": float(error[driven].mean()), "all": float(error.mean())}
+
+
+def closed_loop(
+    config: Config, model: FaceModel, embedding: LandmarkEmbedding, identity: Identity,
+    landmarks: list[Landmarks | None], truth: np.ndarray, fps: float,
+) -> dict:  # fmt: skip
+    """FaceSolver (calibration, filters, states) over tracked demo frames → closed_loop_metrics + strict error."""
+    solver = FaceSolver(model, embedding, identity, config.solve)
+    solved = np.stack([
+        solver.solve(lm, int(i * 1e9 / fps), i).weights for i, lm in enumerate(landmarks)
+    ])  # fmt: skip
+    metrics = closed_loop_metrics(truth, solved)
+    strict = truth > 0.1
+    metrics["strict_driven_error"] = round(float(np.abs(solved - truth)[strict].mean()), 4)
+    metrics["tracking_rate"] = round(sum(lm is not None for lm in landmarks) / len(landmarks), 4)
+    return metrics
+
+
+def report(name: str, metrics: dict) -> None:
+    worst = sorted(metrics["per_channel_mae"].items(), key=lambda kv: -kv[1])[:5]
+    print(f"{name}: mae {metrics['mae']:.3f} (driven channels), strict {metrics['strict_driven_error']:.3f}, "
+          f"all {metrics['mae_all']:.3f}, tracking {metrics['tracking_rate']:.3f}; worst "
+          + ", ".join(f"{k} {v:.3f} (r {metrics['per_channel_r'][k]})" for k, v in worst))  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=int, default=2400)
+    ap.add_argument("--test", type=int, default=400)
+    ap.add_argument("--response-ridge", type=float, default=2.0)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--demo-frames", type=int, default=600)
+    ap.add_argument("--no-demo", action="store_true", help="skip the closed-loop check on the demo performer")
+    ap.add_argument("--no-cache", action="store_true", help="re-render even when out/solve_cache has the renders")
+    ap.add_argument("--no-response", action="store_true", help="do not fit (and remove) the landmark response")
+    ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override section.key=value")
+    args = ap.parse_args()
+    started = time.monotonic()
+    config = load_config(overrides=args.overrides)
+    model = FaceModel.load()
+    embedding = LandmarkEmbedding.load()
+    identity = load_identity(config.identity, model)
+    rng = np.random.default_rng(args.seed)
+    weights, euler = performance_samples(args.train + args.test, rng)
+    observations = cached_renders(config, model, weights, euler, args.size, args.seed, not args.no_cache)
+    print(f"tracked {sum(o is not None for o in observations)}/{len(observations)} renders")
+    train = slice(0, args.train)
+    size, fov = args.size, config.render.fov_y_deg
+    plain = config.solve.model_copy(update={"learned_prior": False})
+
+    # 1. The landmark response.
+    response = None
+    if not args.no_response:
+        base = FrameFitter(model, embedding, identity.identity_weights, plain)
+        response = fit_response(base.face, base, observations[train], weights[train], size, fov, args.response_ridge)
+    # 2. The prior, on the solver's own features with that response.
+    fitter = FrameFitter(model, embedding, identity.identity_weights, plain, response=response)
+    raw, feats, keep = fit_features(fitter, observations, size)
+    idx = np.flatnonzero(keep)
+    tr, te = idx[idx < args.train], idx[idx >= args.train]
+    feat_of = {j: k for k, j in enumerate(idx)}
+    x_tr, x_te = feats[[feat_of[j] for j in tr]], feats[[feat_of[j] for j in te]]
+    prior, ridge_report = fit_ridge_prior(x_tr, weights[tr], rng, with_response=response is not None)
+    print(ridge_report)
+    base_fitter = FrameFitter(model, embedding, identity.identity_weights, plain)
+    before = errors(fit_features(base_fitter, [observations[j] for j in te], size)[0], weights[te])
+    print(f"held-out raw fits ({len(te)} renders): embedded map driven {before['driven']:.3f} all {before['all']:.3f}")
+    with_response = errors(raw[te], weights[te])
+    print(f"  + response: driven {with_response['driven']:.3f} all {with_response['all']:.3f}")
+    regression = errors(np.clip(prior.predict(x_te), 0, 1), weights[te])
+    print(f"  regression alone (clipped): driven {regression['driven']:.3f} all {regression['all']:.3f}")
+    best = None
+    for strength in (0.03, 0.1, 0.3, 1.0, 3.0):
+        cfg = config.solve.model_copy(update={"prior_strength": strength})
+        f = FrameFitter(model, embedding, identity.identity_weights, cfg, response=response, prior=prior)
+        e = errors(fit_features(f, [observations[j] for j in te], size)[0], weights[te])
+        print(f"  + prior μ = {strength}: driven {e['driven']:.3f} all {e['all']:.3f}")
+        score = e["driven"] + e["all"]
+        if best is None or score < best[0]:
+            best = (score, strength, e)
+    assert best is not None
+    print(f"chosen μ = {best[1]} (held-out driven + all)")
+    if not args.dry_run:
+        if response is not None:
+            response.save(DEFAULT_RESPONSE_PATH, train_frames=np.int32(len(tr)), ridge=np.float32(args.response_ridge),
+                          identity=np.str_(identity.name), heldout_driven_mae_before=np.float32(before["driven"]),
+                          heldout_driven_mae_after=np.float32(with_response["driven"]))  # fmt: skip
+        elif DEFAULT_RESPONSE_PATH.is_file():
+            DEFAULT_RESPONSE_PATH.unlink()
+        LearnedPrior(prior.coef, best[1], prior.with_response).save(DEFAULT_PRIOR_PATH, train_frames=np.int32(len(tr)),
+                   identity=np.str_(identity.name), heldout_driven=np.float32(best[2]["driven"]),
+                   heldout_all=np.float32(best[2]["all"]))  # fmt: skip
+        print(f"wrote {DEFAULT_RESPONSE_PATH.name if response is not None else ''} {DEFAULT_PRIOR_PATH.name}")
+    if not args.no_demo:
+        landmarks, truth = demo_landmarks(config, model, identity, args.demo_frames, not args.no_cache)
+        if not args.dry_run:
+            report("demo closed loop (shipped files)", closed_loop(config, model, embedding, identity, landmarks,
+                                                                 truth, config.source.fps))  # fmt: skip
+    print(f"done in {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
