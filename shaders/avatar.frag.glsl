@@ -5,8 +5,8 @@
 // Output: linear shading → sRGB, alpha 1 (the background is cleared to alpha 0).
 //
 // Compiled once per draw group (GROUP = GROUP_FACE, GROUP_EYES, GROUP_HEAD, GROUP_INTERIOR, GROUP_LASHES),
-// with DETAIL (face group, detail on) and DEBUG_VIEW (0 shaded, 1 displacement F, 2 weights M_i,
-// 3 normals) fixed at compile time:
+// with DETAIL (face group, detail on), ALBEDO_MAP (the identity has a texture) and DEBUG_VIEW (0 shaded,
+// 1 displacement F, 2 weights M_i, 3 normals) fixed at compile time:
 // llvmpipe runs both sides of every branch, so only the code a pixel needs may be in its shader. Only
 // the lash group discards (cut strands), so every other draw keeps early depth testing.
 
@@ -21,7 +21,6 @@ in vec4 v_m[5];
 out vec4 frag;
 
 uniform float u_detail_gain;                 // multiplies the blended displacement
-uniform bool u_has_albedo_map;
 uniform sampler2D u_albedo_map;              // identity UV albedo (sRGB) of the face tile
 uniform vec3 u_light_dir[2];                 // camera frame, unit, towards key and fill light
 uniform vec3 u_light_color[2];
@@ -32,7 +31,7 @@ uniform vec3 u_iris_color;                   // linear
 uniform vec2 u_mouth_depth;                  // rest z (cm) of the mouth's front and of its dark back
 uniform float u_debug_range_mm;
 
-// Screen-space UV derivatives (bump mapping, albedo lookup).
+// Screen-space UV derivatives (bump mapping).
 vec2 g_duv_dx;
 vec2 g_duv_dy;
 
@@ -117,9 +116,9 @@ void main() {
     float wrap = 0.3;  // skin: light scattered under the surface reaches past the terminator
     float occlusion = 1.0;
 #if GROUP == GROUP_FACE
-    if (u_has_albedo_map) {
-        albedo = to_linear(textureGrad(u_albedo_map, v_uv, g_duv_dx, g_duv_dy).rgb);
-    }
+#if ALBEDO_MAP
+    albedo = to_linear(texture(u_albedo_map, v_uv).rgb);
+#endif
     albedo *= clamp(1.0 + 0.3 * f.x, 0.7, 1.05);  // folds (F < 0) hold less light
 #elif GROUP == GROUP_EYES
     albedo = iris_albedo(v_rest);  // ICT's sclera is the outer (corneal) surface: the iris shows through it

@@ -142,6 +142,7 @@ class AvatarRenderer:
                 self._defines.update(GPU_BLENDSHAPES=1, N_RENDER=self.mesh.n_vertices)
             self._bases = self._upload_bases()
             self._albedo = self._upload_albedo()
+            self._defines["ALBEDO_MAP"] = int(self._albedo is not None)
             # One program per (draw group, detail, active key count), compiled on first use: the count is a
             # compile-time constant so the key loops unroll (see shaders/key_weights.glsl).
             self._variants: dict[tuple[DrawGroup, bool, int], tuple[moderngl.Program, moderngl.VertexArray]] = {}
@@ -336,16 +337,18 @@ class AvatarRenderer:
         return tex
 
     def _upload_albedo(self) -> moderngl.Texture | None:
-        """The identity's face-tile albedo (row 0 = v = 0), mipmapped; None: procedural skin."""
+        """The identity's face-tile albedo (row 0 = v = 0) as RGBA8 (4-byte texels sample faster than RGB on
+        llvmpipe), mipmapped, nearest level; None: procedural skin."""
         texture = self.identity.texture
         if texture is None:
             return None
-        tex_np = np.ascontiguousarray(texture, dtype=np.uint8)
-        if tex_np.ndim != 3 or tex_np.shape[2] != 3:
-            raise ValueError(f"identity texture must be (H, W, 3) uint8, got {tex_np.shape}")
-        tex = self._ctx.texture((tex_np.shape[1], tex_np.shape[0]), 3, tex_np.tobytes(), alignment=1)
+        tex_np = np.asarray(texture)
+        if tex_np.dtype != np.uint8 or tex_np.ndim != 3 or tex_np.shape[2] != 3:
+            raise ValueError(f"identity texture must be (H, W, 3) uint8, got {tex_np.shape} {tex_np.dtype}")
+        rgba = np.concatenate([tex_np, np.full((*tex_np.shape[:2], 1), 255, np.uint8)], axis=2)
+        tex = self._ctx.texture((tex_np.shape[1], tex_np.shape[0]), 4, rgba.tobytes())
         tex.build_mipmaps()
-        tex.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
+        tex.filter = (moderngl.LINEAR_MIPMAP_NEAREST, moderngl.LINEAR)
         tex.repeat_x = tex.repeat_y = False
         return tex
 
@@ -366,7 +369,6 @@ class AvatarRenderer:
             prog,
             {
                 "u_projection": self.camera.projection().T,
-                "u_has_albedo_map": self._albedo is not None,
                 "u_debug_range_mm": self._debug_range_mm,
                 "u_eye_pole": self.mesh.eye_poles,
                 "u_iris_color": np.array([0.16, 0.09, 0.045]),
