@@ -35,6 +35,11 @@ TEXTURE_SIZE = 1024
 VIEW_WEIGHT_POWER = 3.0
 # Above the brows, a texel darker than this fraction of the median skin luminance is taken for hair.
 HAIR_LUMA_RATIO = 0.6
+# Beside the brows only clearly black texels count as hair (brows measure ≥ 0.75 of skin luminance).
+DARK_HAIR_LUMA_RATIO = 0.35
+# A texel seen with at least this view weight (cos³θ ≈ 0.3: θ ≈ 48°) keeps its own colour; less, it blends
+# towards its mirror texel.
+MIRROR_FULL_WEIGHT = 0.3
 # MediaPipe brow landmarks (both sides): the forehead starts this far (cm) above the highest of them.
 BROW_LANDMARKS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
 FOREHEAD_MARGIN_CM = 0.8
@@ -181,32 +186,32 @@ def fill_texture(
     weight_sum: np.ndarray,
     raster: UVRasterizer,
     mirror: np.ndarray,
-    forehead: np.ndarray | None = None,
+    hair_ratio: np.ndarray | None = None,
 ) -> np.ndarray:
     """Accumulated colour/weight → (N, N, 3) uint8 albedo with every texel filled.
 
-    On the `forehead` texels (above the brows, and the temples), colours much darker than the median skin
-    are hair and are dropped. Unseen texels take their mirror texel's colour (the other side of the face),
-    then smooth push-pull extrapolation from the seen skin fills what no frame showed (hairline, ears, under
-    the chin).
+    `hair_ratio` (N, N): a texel darker than that fraction of the median skin luminance is hair and dropped
+    (0 where no hair can be). Texels seen only obliquely blend towards their mirror texel on the other side
+    of the face (fully below `MIRROR_FULL_WEIGHT`), so the seam between seen and mirrored skin fades; smooth
+    push-pull extrapolation fills what neither side showed (hairline, ears, under the chin).
     """
-    seen = weight_sum > 1e-4
-    if not seen.any():
+    weight = weight_sum.copy()
+    if not (weight > 1e-4).any():
         raise UserError("no face texel was visible in the enrollment frames")
-    albedo = np.zeros_like(colour_sum)
-    albedo[seen] = colour_sum[seen] / weight_sum[seen, None]
-    if forehead is not None:
+    albedo = colour_sum / np.maximum(weight, 1e-6)[..., None]
+    if hair_ratio is not None:
         luma = albedo @ np.array([0.299, 0.587, 0.114], np.float32)
-        skin_luma = float(np.median(luma[seen]))
-        seen &= ~(forehead & (luma < HAIR_LUMA_RATIO * skin_luma))
-    flat_albedo = albedo.reshape(-1, 3)
-    flat_seen = seen.ravel().copy()
+        skin_luma = float(np.median(luma[weight > 1e-4]))
+        weight[luma < hair_ratio * skin_luma] = 0.0
+    seen = weight > 1e-4
     source = mirror.ravel()
-    take = (~flat_seen) & (source >= 0)
-    take[take] = flat_seen[source[take]]
-    flat_albedo[take] = flat_albedo[source[take]]
-    flat_seen |= take
-    filled = push_pull_fill(albedo, flat_seen.reshape(seen.shape))
+    has_mirror = (source >= 0) & seen.ravel()[np.maximum(source, 0)]
+    mirrored = albedo.reshape(-1, 3)[np.maximum(source, 0)].reshape(albedo.shape)
+    own = np.clip(weight / MIRROR_FULL_WEIGHT, 0.0, 1.0)[..., None]
+    has_mirror = has_mirror.reshape(seen.shape)[..., None]
+    blended = np.where(has_mirror, own * albedo + (1.0 - own) * mirrored, albedo)
+    known = seen | has_mirror[..., 0]
+    filled = push_pull_fill(np.where(known[..., None], blended, 0.0), known)
     return raster.fill_gutter(np.clip(filled, 0, 255).astype(np.uint8))
 
 
@@ -249,9 +254,13 @@ def unwrap_texture(
         weight_sum += weight
     surface = np.einsum("hwk,hwkc->hwc", raster.barycentric, face.neutral[raster.corners_model])
     brow_top = float(embedding.apply(face.neutral)[list(BROW_LANDMARKS), 1].max())
-    forehead = raster.covered & (surface[..., 1] > brow_top + FOREHEAD_MARGIN_CM)
-    forehead |= raster.covered & (np.abs(surface[..., 0]) > TEMPLE_HALF_WIDTH_CM) & (surface[..., 1] > brow_top - 2.5)
-    return fill_texture(colour_sum, weight_sum, raster, mirror_u_map(raster, model), forehead)
+    x, y = np.abs(surface[..., 0]), surface[..., 1]
+    hair_ratio = np.zeros(raster.covered.shape, np.float32)
+    # Black hair can reach the brow tails and temples; brows themselves are much lighter than that.
+    hair_ratio[(y > brow_top - 0.2) & (x > 4.0)] = DARK_HAIR_LUMA_RATIO
+    hair_ratio[(x > TEMPLE_HALF_WIDTH_CM) & (y > brow_top - 2.5)] = DARK_HAIR_LUMA_RATIO
+    hair_ratio[y > brow_top + FOREHEAD_MARGIN_CM] = HAIR_LUMA_RATIO
+    return fill_texture(colour_sum, weight_sum, raster, mirror_u_map(raster, model), hair_ratio)
 
 
 def _triangles_within(model: FaceModel, n_vertices: int) -> np.ndarray:
