@@ -157,9 +157,11 @@ class StatusLine:
         import time
 
         stats = pipeline.stats(window=60)
+        p95 = stats["latency_ms"]["p95"]
+        latency = "–" if p95 is None else f"{p95:.1f} ms"
         text = (
             f"[scapecast] {pipeline.source_description or 'starting'} | frames {stats['frames']} | "
-            f"{stats['fps']:.1f} fps | latency p95 {stats['latency_ms']['p95']:.1f} ms | {stats['tracking']}"
+            f"{stats['fps']:.1f} fps | latency p95 {latency} | {stats['tracking']}"
         )
         if self.tty:
             self.stream.write("\r" + text.ljust(100)[:140])
@@ -224,12 +226,15 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         parts.consumers.append(jsonl)
     pipeline = Pipeline(parts, realtime=True if config.source.realtime else None)
     status = StatusLine() if config.pipeline.status_line and not args.quiet else None
-    # SIGTERM stops as cleanly as Ctrl-C (SIGINT raises KeyboardInterrupt, which run() handles).
-    previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop())
+    # Ctrl-C and SIGTERM only ask the stage threads to finish: the main thread is never interrupted mid-call,
+    # and every stage closes its own resources (MediaPipe's graph aborts the process if torn down half-way).
+    # Installed explicitly so Ctrl-C works even where a launcher started us with SIGINT ignored.
+    previous = {sig: signal.signal(sig, lambda *_: pipeline.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         pipeline.run(config.pipeline.frames, config.pipeline.duration_s, on_tick=status)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if status is not None:
             status.finish()
         if jsonl is not None:
