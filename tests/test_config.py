@@ -57,3 +57,8 @@ def test_override_values_are_typed() -> None:
     assert parse_override("a.b=3") == {"a": {"b": 3}}
     assert parse_override("a.b=true") == {"a": {"b": True}}
     assert parse_override("a.b=[1, 2]") == {"a": {"b": [1, 2]}}
+
+
+def test_default_yaml_equals_the_schema_defaults() -> None:
+    """configs/default.yaml is what a user reads: it must not drift from the schema's own defaults."""
+    assert load_config().model_dump() == Config().model_dump()
