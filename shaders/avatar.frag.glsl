@@ -2,7 +2,7 @@
 // perturbation from the blended UV gradient, and shading: wrapped diffuse from a key and a fill light,
 // a hemisphere ambient, Blinn-Phong specular, per-material albedo (identity texture on face skin,
 // procedural elsewhere), a drawn iris and pupil, and depth darkening inside the mouth.
-// Output: linear shading → sRGB, alpha 1 (the background is cleared to alpha 0).
+// Output: linear shading → display gamma 2.0 (sqrt), alpha 1 (the background is cleared to alpha 0).
 //
 // Compiled once per draw group (GROUP = GROUP_FACE, GROUP_EYES, GROUP_HEAD, GROUP_INTERIOR, GROUP_LASHES),
 // with DETAIL (face group, detail on), ALBEDO_MAP (the identity has a texture) and DEBUG_VIEW (0 shaded,
@@ -22,6 +22,7 @@ out vec4 frag;
 
 uniform float u_detail_gain;                 // multiplies the blended displacement
 uniform sampler2D u_albedo_map;              // identity UV albedo (sRGB) of the face tile
+uniform vec3 u_head_albedo;                  // sRGB skin tone of that texture, for the back of the head
 uniform vec3 u_light_dir[2];                 // camera frame, unit, towards key and fill light
 uniform vec3 u_light_color[2];
 uniform vec3 u_sky;                          // hemisphere ambient from above / below
@@ -44,7 +45,7 @@ vec3 fetch_basis(vec2 uv, int layer) {
 }
 
 vec3 to_linear(vec3 c) {
-    return pow(c, vec3(2.2));
+    return c * c;  // gamma 2.0: pow() is a costly exp/log pair per channel on llvmpipe
 }
 
 // Bump mapping from a UV gradient (Mikkelsen 2010): ∇u, ∇v on the surface from screen derivatives.
@@ -120,6 +121,8 @@ void main() {
     albedo = to_linear(texture(u_albedo_map, v_uv).rgb);
 #endif
     albedo *= clamp(1.0 + 0.3 * f.x, 0.7, 1.05);  // folds (F < 0) hold less light
+#elif GROUP == GROUP_HEAD && ALBEDO_MAP
+    albedo = to_linear(u_head_albedo);  // the identity texture covers the face tile only: match its skin tone
 #elif GROUP == GROUP_EYES
     albedo = iris_albedo(v_rest);  // ICT's sclera is the outer (corneal) surface: the iris shows through it
     specular = 0.7;
@@ -147,6 +150,6 @@ void main() {
         float spec = dot(n, l) > 0.0 ? pow(max(dot(n, h), 0.0), shininess) * (shininess + 8.0) / 25.1327 : 0.0;
         color += u_light_color[k] * occlusion * (albedo * diffuse + specular * spec);
     }
-    frag = vec4(pow(clamp(color, 0.0, 1.0), vec3(1.0 / 2.2)), 1.0);
+    frag = vec4(sqrt(clamp(color, 0.0, 1.0)), 1.0);
 #endif
 }

@@ -239,3 +239,16 @@ def test_baked_procedural_albedo_renders_like_the_per_vertex_one(face_model):
         baked = r.render(_state()).image.astype(int)
     diff = np.abs(plain - baked)[..., :3].max(axis=-1)
     assert np.median(diff[plain[..., 3] > 0]) <= 2 and (diff > 25).mean() < 0.01
+
+
+def test_back_of_head_takes_the_identity_textures_skin_tone(face_model):
+    """The identity texture covers the face tile; the rest of the head gets its median colour, so a blue
+    texture gives a blue head (apart from eyes, lashes and mouth)."""
+    blue = np.zeros((32, 32, 3), np.uint8)
+    blue[...] = (40, 60, 200)
+    with AvatarRenderer(
+        face_model, replace(_identity(face_model), texture=blue), RenderConfig(width=96, height=96)
+    ) as r:
+        img = r.render(_posed(_state(), yaw=60.0)).image.astype(int)
+    skin = img[img[..., 3] == 255]
+    assert (skin[:, 2] > skin[:, 0]).mean() > 0.9

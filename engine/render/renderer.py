@@ -141,6 +141,7 @@ class AvatarRenderer:
             if self.gpu_blendshapes:
                 self._defines.update(GPU_BLENDSHAPES=1, N_RENDER=self.mesh.n_vertices)
             self._bases = self._upload_bases()
+            self._head_albedo = self.mesh.albedo[self.mesh.classes == ShadeClass.HEAD].mean(axis=0)
             self._albedo = self._upload_albedo()
             self._defines["ALBEDO_MAP"] = int(self._albedo is not None)
             # One program per (draw group, detail, active key count), compiled on first use: the count is a
@@ -345,6 +346,8 @@ class AvatarRenderer:
         tex_np = np.asarray(texture)
         if tex_np.dtype != np.uint8 or tex_np.ndim != 3 or tex_np.shape[2] != 3:
             raise ValueError(f"identity texture must be (H, W, 3) uint8, got {tex_np.shape} {tex_np.dtype}")
+        # The median texel is skin (the face tile is mostly skin, and enrollment fills its gaps with skin).
+        self._head_albedo = np.median(tex_np.reshape(-1, 3), axis=0).astype(np.float32) / 255.0
         rgba = np.concatenate([tex_np, np.full((*tex_np.shape[:2], 1), 255, np.uint8)], axis=2)
         tex = self._ctx.texture((tex_np.shape[1], tex_np.shape[0]), 4, rgba.tobytes())
         tex.build_mipmaps()
@@ -371,6 +374,7 @@ class AvatarRenderer:
                 "u_projection": self.camera.projection().T,
                 "u_debug_range_mm": self._debug_range_mm,
                 "u_eye_pole": self.mesh.eye_poles,
+                "u_head_albedo": self._head_albedo,
                 "u_iris_color": np.array([0.16, 0.09, 0.045]),
                 "u_mouth_depth": np.array([front, front - 5.0]),
             },
