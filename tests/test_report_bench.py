@@ -33,11 +33,11 @@ def test_benchmark_tables_fill_the_marked_block(tmp_path) -> None:
         "machine": {"platform": "test-os", "python": "3.11", "cpus": 2},
         "date": "2026-11-28 12:00 UTC",
         "face_model": {"eval_face_head_ms": 0.06},
-        "solve": {"median_ms": 0.4},
+        "solve": {"solve_ms": {"p50": 0.4}},
         "tracking": {"mediapipe_fps": 200.0, "tracking_solve_fps": 180.0, "ratio": 0.9},
-        "render": {"size": 512, "ms_per_frame": 20.0},
-        "stream": {"latency_ms": {"p99": 0.3}},
-        "precompute": {"seconds": 5.0},
+        "render": {"size": 512, "default": "cpu", "setups": {"cpu": {"total_p50_ms": 20.0}}},
+        "stream": {"params_latency_ms": {"transport": {"p99": 0.3}}},
+        "precompute": {"seconds": 5.0, "resolution": 512, "backend": "onnxruntime"},
         "pipeline": {"fps": 31.0, "latency_ms": {"p95": 50.0}, "closed_loop_mae": 0.04, "stages_ms": {"track": 5.0}},
     }
     path = tmp_path / "BENCHMARKS.md"
@@ -47,4 +47,7 @@ def test_benchmark_tables_fill_the_marked_block(tmp_path) -> None:
     assert "old numbers" not in text and "intro" in text and "outtro" in text
     assert text.count("<!-- bench:begin -->") == 1
     assert re.search(r"tracking \+ regression / MediaPipe alone \| 0\.9 \|", text)
-    assert "| full pipeline, demo source (fps) | 31.0 |" in benchmark_tables(results)
+    tables = benchmark_tables(results)
+    assert "| full pipeline, demo source (fps) | 31.0 |" in tables
+    assert "| 0.4 | ≤ 0.5 |" in tables and "| 20.0 | ≤ 16.7 |" in tables and "| 0.3 | ≤ 1 |" in tables
+    assert "n/a" not in tables
