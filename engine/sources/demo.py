@@ -185,7 +185,7 @@ class DemoPerformer:
         self.config = render_config.model_copy(
             update={
                 "width": size, "height": size, "samples": 0, "background": (0.0, 0.0, 0.0, 0.0),
-                "debug_view": "none", "follow_pose_translation": False,
+                "debug_view": "none", "follow_pose_translation": False, "backend": "egl",  # no preview window
             }
         )  # fmt: skip
         self.script = DemoScript.build(fps, seed)
