@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from engine.detail.weights import activation_masks, key_expression_weights
 from engine.face_model import FaceModel
 from engine.render.materials import DrawGroup, ShadeClass, draw_groups, procedural_albedo, render_vertex_classes
+from engine.solve.eyes import GAZE_CHANNELS, eye_rotations, eyeball_centers
 
 # Float textures are laid out row-major in this width (below every GL 3.3 implementation's max texture size).
 TEXTURE_WIDTH = 4096
@@ -70,6 +71,8 @@ class AvatarMesh:
     triangles: np.ndarray
     group_counts: np.ndarray
     eye_poles: np.ndarray
+    eye_ranges: np.ndarray
+    eye_centers: np.ndarray
 
     @property
     def n_vertices(self) -> int:
@@ -98,6 +101,12 @@ class AvatarMesh:
             cap = np.flatnonzero((classes == ShadeClass.SCLERA) & (rest[:, 0] * side > 0))
             if len(cap):
                 poles[k] = rest[cap[np.argmax(rest[cap, 2])], :3]
+        reg = topo.vertex_region[r2m]
+        # Render vertices of each eyeball are one contiguous run (seam splitting keeps model-vertex order).
+        eye_ranges = np.array(
+            [[ids.min(), ids.max() + 1] for ids in (np.flatnonzero(reg == topo.region_names.index(r))
+                                                     for r in ("eyeball_left", "eyeball_right"))]
+        )  # fmt: skip
         return AvatarMesh(
             rest=rest,
             basis=np.ascontiguousarray(basis),
@@ -109,6 +118,8 @@ class AvatarMesh:
             triangles=triangles,
             group_counts=group_counts,
             eye_poles=poles,
+            eye_ranges=eye_ranges,
+            eye_centers=eyeball_centers(model, identity_weights).astype(np.float32),
         )
 
     def evaluate(self, weights: np.ndarray) -> np.ndarray:
@@ -120,7 +131,27 @@ class AvatarMesh:
         active = np.flatnonzero(w)
         flat = self.basis.reshape(len(self.basis), -1)
         out = self.rest.reshape(-1) + w[active] @ flat[active] if len(active) else self.rest.reshape(-1).copy()
-        return out.reshape(-1, 6)
+        out = out.reshape(-1, 6)
+        first, last = self.eye_ranges[0, 0], self.eye_ranges[1, 1]
+        out[first:last] = self.eyes(weights)
+        return out
+
+    def eyes(self, weights: np.ndarray) -> np.ndarray:
+        """(E,) weights → (n, 6) positions and normals of both eyeballs, turned by the gaze channels.
+
+        ICT's eyeLook blendshapes move only the lids; the eyeballs themselves rotate about their centres by the
+        gaze angles the solver reads from the irises (`engine.solve.eyes`), so gaze round-trips.
+        """
+        first, last = self.eye_ranges[0, 0], self.eye_ranges[1, 1]
+        rows = self.rest[first:last].copy()
+        if not np.any(np.asarray(weights)[GAZE_CHANNELS]):
+            return rows
+        for eye, rotation in enumerate(eye_rotations(np.asarray(weights, dtype=np.float64)).astype(np.float32)):
+            lo, hi = self.eye_ranges[eye] - first
+            centre = self.eye_centers[eye]
+            rows[lo:hi, :3] = (rows[lo:hi, :3] - centre) @ rotation.T + centre
+            rows[lo:hi, 3:] = rows[lo:hi, 3:] @ rotation.T
+        return rows
 
     def group_range(self, group: DrawGroup) -> tuple[int, int]:
         """(first index, index count) of a draw group in the index buffer."""
@@ -187,9 +218,13 @@ class MeshBuffers:
         return program.ctx.vertex_array(program, content, self.index, index_element_size=4)
 
     def update(self, weights: np.ndarray) -> None:
-        """CPU path: write this frame's deformed positions and normals (no-op on the GPU path)."""
+        """CPU path: write this frame's deformed positions and normals. GPU path: only the eyeballs, which
+        rotate rather than blend (no expression moves them, so the shader's deltas there are zero)."""
         if not self.gpu_blendshapes:
             self.deformed.write(self.mesh.evaluate(weights).tobytes())
+        else:
+            offset = int(self.mesh.eye_ranges[0, 0]) * self.mesh.rest.shape[1] * 4
+            self.deformed.write(self.mesh.eyes(weights).tobytes(), offset=offset)
 
     def release(self) -> None:
         for obj in (self.deformed, self.static, self.index, self.mask_texture, self.basis_texture):

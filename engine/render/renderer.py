@@ -194,8 +194,7 @@ class AvatarRenderer:
             raise ValueError(f"FaceState.weights must have shape ({self.mesh.basis.shape[0]},), got {weights.shape}")
         if not np.isfinite(weights).all():
             raise ValueError("FaceState.weights contains NaN or infinity")
-        if not self.gpu_blendshapes:
-            self._buffers.update(weights)
+        self._buffers.update(weights)  # all vertices on the CPU path, the turning eyeballs on the GPU path
         self._frame = {
             "u_model_view": self.camera.model_view(state.pose, self.config.follow_pose_translation).T,
             "u_light_dir": np.stack([self.lighting.key_direction, self.lighting.fill_direction]),
