@@ -61,15 +61,22 @@ def fan_triangulate(polygons: np.ndarray) -> np.ndarray:
 
 
 def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """(V, 3) positions, (T, 3) triangles → (V, 3) float32 unit normals (area-weighted; counter-clockwise
-    triangles face outwards). Vertices used by no triangle get (0, 0, 1)."""
+    """Area-weighted unit vertex normals (counter-clockwise triangles face outwards).
+
+    vertices: (..., V, 3) cm — a batch of meshes at once; triangles: (T, 3) → (..., V, 3) float32.
+    """
     v = np.asarray(vertices, dtype=np.float32)
-    face_normals = np.cross(v[triangles[:, 1]] - v[triangles[:, 0]], v[triangles[:, 2]] - v[triangles[:, 0]])
-    normals = np.zeros_like(v)
-    for corner in range(3):
-        np.add.at(normals, triangles[:, corner], face_normals)
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    return np.where(length > 1e-12, normals / np.maximum(length, 1e-12), np.array([0, 0, 1], np.float32))
+    a, b, c = (v[..., triangles[:, k], :] for k in range(3))
+    face = np.cross(b - a, c - a)  # length = 2 × area: the weighting
+    n_vertices = v.shape[-2]
+    rows = triangles.ravel()
+    cols = np.repeat(np.arange(len(triangles)), 3)
+    incidence = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_vertices, len(triangles)))
+    lead = face.shape[:-2]
+    flat = np.moveaxis(face, -2, 0).reshape(len(triangles), -1)  # (T, ... * 3)
+    summed = np.moveaxis((incidence @ flat).reshape(n_vertices, *lead, 3), 0, -2)
+    norm = np.linalg.norm(summed, axis=-1, keepdims=True)
+    return (summed / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
 @dataclass(frozen=True)

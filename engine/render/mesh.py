@@ -17,31 +17,14 @@ from dataclasses import dataclass
 
 import moderngl
 import numpy as np
-import scipy.sparse as sp
 
 from engine.detail.weights import activation_masks, key_expression_weights
-from engine.face_model import FaceModel
+from engine.face_model import FaceModel, vertex_normals
 from engine.render.materials import DrawGroup, ShadeClass, draw_groups, procedural_albedo, render_vertex_classes
 from engine.solve.eyes import GAZE_CHANNELS, eye_rotations, eyeball_centers
 
 # Float textures are laid out row-major in this width (below every GL 3.3 implementation's max texture size).
 TEXTURE_WIDTH = 4096
-
-
-def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals. vertices: (..., V, 3) cm; triangles: (T, 3) → (..., V, 3) float32."""
-    v = np.asarray(vertices, dtype=np.float32)
-    a, b, c = (v[..., triangles[:, k], :] for k in range(3))
-    face = np.cross(b - a, c - a)  # length = 2 × area: the weighting
-    n_vertices = v.shape[-2]
-    rows = triangles.ravel()
-    cols = np.repeat(np.arange(len(triangles)), 3)
-    incidence = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_vertices, len(triangles)))
-    lead = face.shape[:-2]
-    flat = np.moveaxis(face, -2, 0).reshape(len(triangles), -1)  # (T, ... * 3)
-    summed = np.moveaxis((incidence @ flat).reshape(n_vertices, *lead, 3), 0, -2)
-    norm = np.linalg.norm(summed, axis=-1, keepdims=True)
-    return (summed / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
 def mask_channels() -> np.ndarray:
