@@ -221,7 +221,13 @@ class Pipeline:
             self._live = source.live if self._realtime is None else self._realtime
             self._ready.set()
             wait = not self._live
+            # A file played in real time is paced at its own frame rate, like the camera that recorded it.
+            period_ns = int(1e9 / source.fps) if self._live and not source.live and source.fps > 0 else 0
+            next_due_ns = now_ns()
             while not self._stop.is_set():
+                if period_ns:
+                    time.sleep(max(0.0, (next_due_ns - now_ns()) / 1e9))
+                    next_due_ns += period_ns
                 frame = source.read()
                 if frame is None:
                     break

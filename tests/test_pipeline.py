@@ -156,3 +156,14 @@ def test_invalid_frames_count_as_lost_not_crashes() -> None:
     pipeline.run()
     states = [r.state.tracking for r in pipeline.snapshot()]
     assert pipeline.invalid_frames == 5 and states.count(TrackingState.LOST) == 5
+
+
+def test_realtime_file_source_keeps_its_frame_rate() -> None:
+    """--realtime plays a file at its own fps (newest frame wins) instead of decoding it all at once."""
+    source = CountingSource(20, live=False)
+    source.fps = 50.0
+    pipeline = Pipeline(PipelineParts(lambda: source, SlowTracker, EchoSolver), realtime=True)
+    t0 = time.monotonic()
+    pipeline.run()
+    assert time.monotonic() - t0 >= 0.35  # 20 frames at 50 fps: 0.4 s
+    assert pipeline.processed >= 15
