@@ -214,6 +214,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         config.source.realtime = True
     if args.insecure:
         config.stream.insecure = True
+    if args.no_window:
+        config.render.backend = "egl"
     source_spec = args.source or config.source.kind
     from engine.sources.select import check_source_spec
 

@@ -105,6 +105,7 @@ def bench_pipeline(config: Config, frames: int) -> dict[str, Any]:
     from engine.pipeline import Pipeline
 
     config = config.model_copy(deep=True)
+    config.render.backend = "egl"  # measured headless, like CI
     for port_field in ("params_port", "frame_port", "asset_port"):
         setattr(config.stream, port_field, _free_port())
     model = FaceModel.load()

@@ -115,7 +115,8 @@ class RenderConfig(_Section):
     height: int = Field(512, ge=16, le=4096)
     # MSAA samples; 0 or 1: none; null: 4 on a GPU, 0 on a software rasterizer (llvmpipe shades every sample)
     samples: int | None = Field(None, ge=0, le=16)
-    backend: Literal["egl", "window", "auto"] = "egl"  # window/auto: also show frames in a preview window
+    # auto: a preview window when a display exists (run --no-window turns it off); egl: headless only
+    backend: Literal["egl", "window", "auto"] = "auto"
     fov_y_deg: float = Field(25.0, gt=1, lt=120)
     camera_distance_cm: float = Field(60.0, gt=1)  # framed camera: model origin this far ahead
     follow_pose_translation: bool = False  # place the head by the pose's translation/scale instead of framing it

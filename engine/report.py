@@ -179,7 +179,8 @@ def cmd_report(args: argparse.Namespace, config: Config) -> int:
     check_source_spec(args.source)
     if args.identity:
         config.identity.name = args.identity
-    config.stream.enabled = False  # a report is offline: nothing to publish
+    config.stream.enabled = False  # a report is offline: nothing to publish, no window
+    config.render.backend = "egl"
     model = FaceModel.load()
     identity = load_identity(config.identity, model)
     parts = build_parts(config, args.source, model, identity)
