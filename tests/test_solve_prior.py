@@ -10,7 +10,7 @@ from engine.face_model import FaceModel, ModelFileError
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.eyes import eyeball_centers
 from engine.solve.pose import euler_to_rotation
-from engine.solve.prior import DEFAULT_PRIOR_PATH, N_FEATURES, LearnedPrior, fit_ridge_prior
+from engine.solve.prior import DEFAULT_PRIOR_PATH, N_FEATURES, LearnedPrior, fit_mlp_prior, fit_ridge_prior
 from engine.solve.solver import FrameFitter, shipped_prior, valid_observation
 from engine.solve.synthetic import constructed_embedding, synthetic_landmarks
 
@@ -29,18 +29,32 @@ def test_ridge_fit_recovers_a_linear_map_and_round_trips(tmp_path) -> None:
     test = rng.normal(0, 1, (50, N_FEATURES))
     assert np.abs(prior.predict(test) - (test @ true[1:] + true[0])).mean() < 0.05
     path = tmp_path / "prior.npz"
-    LearnedPrior(prior.coef, 0.25, False).save(path, note=np.str_("test"))
+    prior.with_strength(0.25).save(path, note=np.str_("test"))
     loaded = LearnedPrior.load(path)
     assert loaded.strength == pytest.approx(0.25) and loaded.with_response is False
-    np.testing.assert_allclose(loaded.coef, prior.coef, atol=1e-5)
+    np.testing.assert_allclose(loaded.predict(test), prior.predict(test), atol=1e-4)
+
+
+def test_mlp_prior_layers_evaluate_like_the_trained_network() -> None:
+    """A small MLP fit on a nonlinear target beats the mean, and its numpy evaluation is the stored network."""
+    rng = np.random.default_rng(1)
+    mixing = rng.normal(0, 1, (4, N_FEATURES))  # features on a 4-dimensional subspace, like landmarks
+    z = rng.normal(0, 1, (400, 4))
+    y = np.clip(np.tile(z[:, :1], (1, N)), 0, 1)  # a clipped (nonlinear) function of one latent
+    prior = fit_mlp_prior(z @ mixing, y, components=8, hidden=16, epochs=40)
+    assert prior.kind == "mlp" and len(prior.layers) == 2
+    z_test = rng.normal(0, 1, (100, 4))
+    test = z_test @ mixing
+    truth = np.clip(np.tile(z_test[:, :1], (1, N)), 0, 1)
+    assert np.abs(prior.predict(test) - truth).mean() < 0.5 * np.abs(truth - y.mean()).mean()
 
 
 def test_malformed_prior_files_are_refused(tmp_path) -> None:
     with pytest.raises(ModelFileError, match="not found"):
         LearnedPrior.load(tmp_path / "missing.npz")
     bad = tmp_path / "bad.npz"
-    np.savez(bad, coef=np.zeros((3, N)), strength=np.float32(1), with_response=np.bool_(True))
-    with pytest.raises(ModelFileError, match="holds"):
+    LearnedPrior.linear(np.zeros((3, N))).save(bad)
+    with pytest.raises(ModelFileError, match="unreadable|holds"):
         LearnedPrior.load(bad)
 
 
@@ -50,7 +64,7 @@ def test_the_prior_pulls_the_bounded_solve_and_mu_zero_is_the_plain_solve(face_m
     embedding = constructed_embedding(face_model, seed=1)
     coef = np.zeros((1 + N_FEATURES, N))
     coef[0, SMILE], coef[0, BROW] = 0.9, 1.6  # 1.6 is outside the box: the solve keeps w ≤ 1
-    prior = LearnedPrior(coef, 0.0, with_response=False)
+    prior = LearnedPrior.linear(coef, 0.0, with_response=False)
     plain = FrameFitter(face_model, embedding, None, SolveConfig(landmark_response=False))
     landmarks = synthetic_landmarks(plain.face, eyeball_centers(face_model), np.zeros(N), euler_to_rotation(5, 0, 0))
     observed, has_iris = valid_observation(landmarks)  # type: ignore[misc]
@@ -69,7 +83,7 @@ def test_the_prior_pulls_the_bounded_solve_and_mu_zero_is_the_plain_solve(face_m
 @pytest.mark.skipif(not DEFAULT_PRIOR_PATH.is_file(), reason="no shipped solve prior")
 def test_shipped_prior_loads_and_is_used_only_with_the_map_it_was_trained_on() -> None:
     prior = LearnedPrior.load()
-    assert prior.coef.shape == (1 + N_FEATURES, N) and prior.strength > 0
+    assert prior.predict(np.zeros(N_FEATURES)).shape == (N,) and prior.strength > 0
     with_response = SolveConfig(landmark_response=True)
     assert (shipped_prior(with_response, object()) is not None) == prior.with_response  # type: ignore[arg-type]
     assert (shipped_prior(with_response, None) is not None) == (not prior.with_response)

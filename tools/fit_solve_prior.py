@@ -16,7 +16,7 @@ It reports held-out raw-fit errors (driven: true weight > 0.1) without / with ea
 filtered like the pipeline, 30 fps time stamps): the `closed_loop_metrics` of `engine/metrics.py`.
 Renders are cached under out/solve_cache/ (keyed by identity files, counts and seed; `--no-cache` re-renders).
 
-Usage: python tools/fit_solve_prior.py [--train 2400] [--test 400] [--seed 0] [--demo-frames 600]
+Usage: python tools/fit_solve_prior.py [--train 2400] [--test 400] [--seed 0] [--demo-frames 600] [--response]
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
 from engine.identity import Identity  # noqa: E402
 from engine.metrics import closed_loop_metrics  # noqa: E402
 from engine.names import ICT_EXPRESSIONS  # noqa: E402
-from engine.solve.prior import DEFAULT_PRIOR_PATH, LearnedPrior, fit_ridge_prior  # noqa: E402
+from engine.solve.prior import DEFAULT_PRIOR_PATH, fit_mlp_prior, fit_ridge_prior  # noqa: E402
 from engine.solve.response import DEFAULT_RESPONSE_PATH  # noqa: E402
-from engine.solve.solver import FaceSolver, FrameFitter  # noqa: E402
+from engine.solve.solver import FaceSolver, FrameFitter, valid_observation  # noqa: E402
 from engine.tracking import FaceTracker  # noqa: E402
 from engine.types import Landmarks  # noqa: E402
 
@@ -56,7 +56,9 @@ FUNNEL = ICT_EXPRESSIONS.index("mouthFunnel")
 BLINKS = [ICT_EXPRESSIONS.index("eyeBlink_L"), ICT_EXPRESSIONS.index("eyeBlink_R")]
 
 
-def performance_samples(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def performance_samples(
+    count: int, rng: np.random.Generator, blink_probability: float = 0.25
+) -> tuple[np.ndarray, np.ndarray]:
     """(count, 53) weights and (count, 3) yaw/pitch/roll° drawn like a performance (not the demo's script):
     a key expression at a random intensity (0.1× … peak 1), two key expressions mixed, random sparse channels
     (`random_samples`), speech (jaw + some lip rounding), or a neutral face turned further; blinks on a quarter."""
@@ -80,10 +82,33 @@ def performance_samples(count: int, rng: np.random.Generator) -> tuple[np.ndarra
                 weights[n, FUNNEL] = rng.uniform(0.0, 0.5) * weights[n, JAW_OPEN] / 0.7
         else:
             euler[n] = rng.uniform([-27, -22, -22], [27, 22, 22])
-        if rng.uniform() < 0.25:
+        if rng.uniform() < blink_probability:
             weights[n, BLINKS] = np.maximum(weights[n, BLINKS], rng.uniform(0.0, 1.0))
         weights[n, JAW_OPEN] = max(weights[n, JAW_OPEN], weights[n, MOUTH_CLOSE])
     return weights, euler
+
+
+def performance_sequence(frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(frames, 53) weights and (frames, 3) euler° of a random continuous performance (30 fps): keyframes from
+    `performance_samples` (no blinks), each eased in over 6–14 frames (smoothstep) and held 3–12, a neutral
+    face between some of them, and blinks (3 frames closing, 5 opening) every 75–135 frames over everything."""
+    keys_w, keys_e = performance_samples(frames // 8 + 2, rng, blink_probability=0.0)
+    keys_w[rng.uniform(size=len(keys_w)) < 0.25] = 0.0
+    weights, euler = [keys_w[0][None]], [keys_e[0][None]]
+    for k in range(1, len(keys_w)):
+        ease, hold = int(rng.integers(6, 15)), int(rng.integers(3, 13))
+        s = np.arange(1, ease + 1) / ease
+        s = (s * s * (3 - 2 * s))[:, None]
+        weights += [keys_w[k - 1] + s * (keys_w[k] - keys_w[k - 1]), np.repeat(keys_w[k][None], hold, axis=0)]
+        euler += [keys_e[k - 1] + s * (keys_e[k] - keys_e[k - 1]), np.repeat(keys_e[k][None], hold, axis=0)]
+    w, e = np.concatenate(weights)[:frames], np.concatenate(euler)[:frames]
+    start = int(rng.integers(20, 75))
+    profile = np.array([0.3, 0.75, 1.0, 0.85, 0.6, 0.35, 0.15, 0.05])
+    while start < frames:
+        span = slice(start, min(frames, start + len(profile)))
+        w[span][:, BLINKS] = np.maximum(w[span][:, BLINKS], profile[: span.stop - span.start, None])
+        start += int(rng.integers(75, 136))
+    return w, e
 
 
 def _identity_key(config: Config, *parts: object) -> str:
@@ -128,6 +153,36 @@ def cached_renders(
     return observations
 
 
+def sequence_renders(
+    config: Config, model: FaceModel, identity: Identity, weights: np.ndarray, euler: np.ndarray, seed: int,
+    use_cache: bool,
+) -> list[tuple[np.ndarray, bool] | None]:  # fmt: skip
+    """A continuous performance rendered exactly like the demo performer's frames (its renderer, wall, drifting
+    light; a different wall for `seed`) and tracked in video mode, as the pipeline tracks: y-up observations."""
+    from engine.render.camera import euler_to_quaternion
+    from engine.sources.demo import DemoPerformer, DemoScript
+
+    src = config.source
+    key = _identity_key(config, "sequence", weights.round(6).tobytes(), euler.round(6).tobytes(), seed, src.demo_size)
+    path = CACHE_DIR / f"sequence_{key}.npz"
+    if use_cache and path.is_file():
+        with np.load(path) as z:
+            print(f"cached sequence renders: {path}")
+            return _unpack(z["points"], z["iris"])
+    performer = DemoPerformer(model, identity, config.render, fps=src.fps, seed=seed + 1, size=src.demo_size)
+    performer.script = DemoScript(src.fps, weights.astype(np.float32), euler.astype(np.float32), ())
+    performer._quaternions = euler_to_quaternion(*euler.T.astype(np.float64))
+    observations: list[tuple[np.ndarray, bool] | None] = []
+    with performer, FaceTracker(config.tracking, static=False) as tracker:
+        for i in tqdm(range(len(weights)), desc="sequence render + track", unit="frame"):
+            faces = tracker.process(performer.frame(i))
+            observations.append(valid_observation(faces[0]) if faces else None)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    points, iris = _pack(observations)
+    np.savez_compressed(path, points=points, iris=iris)
+    return observations
+
+
 def demo_landmarks(
     config: Config, model: FaceModel, identity: Identity, frames: int, use_cache: bool
 ) -> tuple[list[Landmarks | None], np.ndarray]:
@@ -143,7 +198,7 @@ def demo_landmarks(
     if use_cache and path.is_file():
         with np.load(path) as z:
             print(f"cached demo landmarks: {path}")
-            return [None if np.isnan(p).any() else Landmarks(p, size, 1.0) for p in z["pixels"]], truth
+            return _landmarks(z["pixels"], size), truth
     pixels = np.full((frames, 478, 3), np.nan)
     with performer, FaceTracker(config.tracking, static=False) as tracker:
         for i in tqdm(range(frames), desc="demo render + track", unit="frame"):
@@ -152,7 +207,12 @@ def demo_landmarks(
                 pixels[i] = np.asarray(faces[0].pixels, dtype=np.float64)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, pixels=pixels)
-    return [None if np.isnan(p).any() else Landmarks(p, size, 1.0) for p in pixels], truth
+    return _landmarks(pixels, size), truth
+
+
+def _landmarks(pixels: np.ndarray, size: tuple[int, int]) -> list[Landmarks | None]:
+    scale = np.array([size[0], size[1], size[0]], dtype=np.float64)
+    return [None if np.isnan(p).any() else Landmarks(p / scale, p, size, 1.0) for p in pixels]
 
 
 def fit_features(fitter: FrameFitter, observations: list, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,7 +225,7 @@ def fit_features(fitter: FrameFitter, observations: list, size: int) -> tuple[np
             continue
         fit = fitter.fit(obs[0], has_iris=obs[1], image_size=(size, size))
         weights[i] = fit.weights
-        feats.append(LearnedPrior.features(fit.observed_model, fitter.face.neutral, fit.rotation))
+        feats.append(fitter.prior_features(obs[0], fitter._camera((size, size))))
     return weights, np.array(feats), keep
 
 
@@ -202,13 +262,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=2400)
     ap.add_argument("--test", type=int, default=400)
+    ap.add_argument("--sequence", type=int, default=3000, help="frames of a continuous performance (video mode)")
     ap.add_argument("--response-ridge", type=float, default=2.0)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--demo-frames", type=int, default=600)
     ap.add_argument("--no-demo", action="store_true", help="skip the closed-loop check on the demo performer")
     ap.add_argument("--no-cache", action="store_true", help="re-render even when out/solve_cache has the renders")
-    ap.add_argument("--no-response", action="store_true", help="do not fit (and remove) the landmark response")
+    ap.add_argument(
+        "--response", action="store_true",
+        help="also fit and ship the landmark response (off: it raised the demo's closed-loop error, docs/solve.md)",
+    )  # fmt: skip
+    ap.add_argument("--mlp", action="store_true", help="also try an MLP regressor (needs torch; kept if better)")
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override section.key=value")
     args = ap.parse_args()
@@ -220,43 +285,57 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     weights, euler = performance_samples(args.train + args.test, rng)
     observations = cached_renders(config, model, weights, euler, args.size, args.seed, not args.no_cache)
+    is_test = np.arange(len(weights)) >= args.train
+    if args.sequence:
+        seq_w, seq_e = performance_sequence(args.sequence, rng)
+        observations += sequence_renders(config, model, identity, seq_w, seq_e, args.seed, not args.no_cache)
+        weights = np.vstack([weights, seq_w])
+        # The sequence's last 15 % is held out (a contiguous stretch: neighbouring frames are near-duplicates).
+        is_test = np.concatenate([is_test, np.arange(len(seq_w)) >= int(0.85 * len(seq_w))])
     print(f"tracked {sum(o is not None for o in observations)}/{len(observations)} renders")
-    train = slice(0, args.train)
+    train = [i for i in range(len(observations)) if not is_test[i]]
     size, fov = args.size, config.render.fov_y_deg
     plain = config.solve.model_copy(update={"learned_prior": False})
 
     # 1. The landmark response.
     response = None
-    if not args.no_response:
+    if args.response:
         base = FrameFitter(model, embedding, identity.identity_weights, plain)
-        response = fit_response(base.face, base, observations[train], weights[train], size, fov, args.response_ridge)
+        train_obs = [observations[i] for i in train]
+        response = fit_response(base.face, base, train_obs, weights[train], size, fov, args.response_ridge)
     # 2. The prior, on the solver's own features with that response.
     fitter = FrameFitter(model, embedding, identity.identity_weights, plain, response=response)
     raw, feats, keep = fit_features(fitter, observations, size)
     idx = np.flatnonzero(keep)
-    tr, te = idx[idx < args.train], idx[idx >= args.train]
+    tr, te = idx[~is_test[idx]], idx[is_test[idx]]
     feat_of = {j: k for k, j in enumerate(idx)}
     x_tr, x_te = feats[[feat_of[j] for j in tr]], feats[[feat_of[j] for j in te]]
-    prior, ridge_report = fit_ridge_prior(x_tr, weights[tr], rng, with_response=response is not None)
+    ridge, ridge_report = fit_ridge_prior(x_tr, weights[tr], rng, with_response=response is not None)
     print(ridge_report)
+    candidates = [ridge]
+    if args.mlp:
+        candidates.append(fit_mlp_prior(x_tr, weights[tr], seed=args.seed, with_response=response is not None))
     base_fitter = FrameFitter(model, embedding, identity.identity_weights, plain)
     before = errors(fit_features(base_fitter, [observations[j] for j in te], size)[0], weights[te])
     print(f"held-out raw fits ({len(te)} renders): embedded map driven {before['driven']:.3f} all {before['all']:.3f}")
     with_response = errors(raw[te], weights[te])
-    print(f"  + response: driven {with_response['driven']:.3f} all {with_response['all']:.3f}")
-    regression = errors(np.clip(prior.predict(x_te), 0, 1), weights[te])
-    print(f"  regression alone (clipped): driven {regression['driven']:.3f} all {regression['all']:.3f}")
+    if response is not None:
+        print(f"  + response: driven {with_response['driven']:.3f} all {with_response['all']:.3f}")
     best = None
-    for strength in (0.03, 0.1, 0.3, 1.0, 3.0):
-        cfg = config.solve.model_copy(update={"prior_strength": strength})
-        f = FrameFitter(model, embedding, identity.identity_weights, cfg, response=response, prior=prior)
-        e = errors(fit_features(f, [observations[j] for j in te], size)[0], weights[te])
-        print(f"  + prior μ = {strength}: driven {e['driven']:.3f} all {e['all']:.3f}")
-        score = e["driven"] + e["all"]
-        if best is None or score < best[0]:
-            best = (score, strength, e)
+    for prior in candidates:
+        regression = errors(np.clip(prior.predict(x_te), 0, 1), weights[te])
+        print(f"  {prior.kind} alone (clipped): driven {regression['driven']:.3f} all {regression['all']:.3f}")
+        for strength in (3.0, 10.0, 30.0, 100.0, 300.0):
+            cfg = config.solve.model_copy(update={"prior_strength": strength})
+            f = FrameFitter(model, embedding, identity.identity_weights, cfg, response=response, prior=prior)
+            e = errors(fit_features(f, [observations[j] for j in te], size)[0], weights[te])
+            print(f"  + {prior.kind} prior μ = {strength}: driven {e['driven']:.3f} all {e['all']:.3f}")
+            score = e["driven"] + e["all"]
+            if best is None or score < best[0]:
+                best = (score, prior.with_strength(strength), e)
     assert best is not None
-    print(f"chosen μ = {best[1]} (held-out driven + all)")
+    chosen = best[1]
+    print(f"chosen: {chosen.kind} prior, μ = {chosen.strength} (held-out driven + all)")
     if not args.dry_run:
         if response is not None:
             response.save(DEFAULT_RESPONSE_PATH, train_frames=np.int32(len(tr)), ridge=np.float32(args.response_ridge),
@@ -264,7 +343,7 @@ def main() -> None:
                           heldout_driven_mae_after=np.float32(with_response["driven"]))  # fmt: skip
         elif DEFAULT_RESPONSE_PATH.is_file():
             DEFAULT_RESPONSE_PATH.unlink()
-        LearnedPrior(prior.coef, best[1], prior.with_response).save(DEFAULT_PRIOR_PATH, train_frames=np.int32(len(tr)),
+        chosen.save(DEFAULT_PRIOR_PATH, train_frames=np.int32(len(tr)),
                    identity=np.str_(identity.name), heldout_driven=np.float32(best[2]["driven"]),
                    heldout_all=np.float32(best[2]["all"]))  # fmt: skip
         print(f"wrote {DEFAULT_RESPONSE_PATH.name if response is not None else ''} {DEFAULT_PRIOR_PATH.name}")

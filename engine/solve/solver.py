@@ -121,6 +121,21 @@ class FrameFitter:
         self.eyes_active = config.eyes_enabled and self.eyes.valid
         self._depth_weight = config.depth_weight if config.use_depth else 0.0
 
+    def prior_features(self, observed: np.ndarray, camera: tuple[np.ndarray, float] | None) -> np.ndarray:
+        """The learned prior's input (`LearnedPrior.features`) for observed (478, 3) y-up landmarks.
+
+        Posed on the rigid landmarks with the neutral face only (weak perspective, then one perspective
+        correction), so it depends on nothing but the observation: not on the warm start, and not on the
+        expression solve that the prior feeds (the regression, fitted on exactly these features, would
+        otherwise see poses it was not trained on)."""
+        neutral, rigid = self.face.neutral, self._rigid_ids
+        rot, trans, scale = umeyama(neutral[rigid], observed[rigid])
+        corrected = observed
+        if camera is not None:
+            corrected = perspective_corrected(observed, neutral @ rot[2], scale, *camera)
+            rot, trans, scale = umeyama(neutral[rigid], corrected[rigid])
+        return LearnedPrior.features(((corrected - trans) @ rot) / scale, neutral, rot)
+
     def _camera(self, image_size: tuple[int, int]) -> tuple[np.ndarray, float]:
         """Principal point (2,) in the y-up pixel frame and focal length in pixels."""
         width, height = image_size
@@ -144,6 +159,9 @@ class FrameFitter:
         lo = np.zeros(N_EXPRESSIONS)
         hi = np.ones(N_EXPRESSIONS)
         camera = None if image_size is None else self._camera(image_size)
+        target = None
+        if self.prior is not None and self.prior_strength > 0:
+            target = (self.prior.predict(self.prior_features(observed, camera)), self.prior_strength)
         # First the landmarks no expression moves much place the head (with last frame's expression), then all
         # of them once this frame's expression explains the rest.
         rigid = self._rigid_ids
@@ -171,10 +189,6 @@ class FrameFitter:
                     anchor = (GAZE_CHANNELS, gaze, self.config.gaze_anchor)
                 else:
                     lo[GAZE_CHANNELS] = hi[GAZE_CHANNELS] = gaze
-            target = None
-            if self.prior is not None and self.prior_strength > 0:
-                features = LearnedPrior.features(observed_model, self.face.neutral, rot)
-                target = (self.prior.predict(features), self.prior_strength)
             iterations = self.config.max_iterations
             w = self.expression.solve(observed_model, metric, lo, hi, w, iterations, anchor, target).w
             if w[_MOUTH_CLOSE] > w[_JAW_OPEN] + _MOUTH_CLOSE_SLACK:
