@@ -41,12 +41,17 @@ def test_mlp_prior_layers_evaluate_like_the_trained_network() -> None:
     mixing = rng.normal(0, 1, (4, N_FEATURES))  # features on a 4-dimensional subspace, like landmarks
     z = rng.normal(0, 1, (400, 4))
     y = np.clip(np.tile(z[:, :1], (1, N)), 0, 1)  # a clipped (nonlinear) function of one latent
-    prior = fit_mlp_prior(z @ mixing, y, components=8, hidden=16, epochs=40)
-    assert prior.kind == "mlp" and len(prior.layers) == 2
+    prior = fit_mlp_prior(z @ mixing + rng.normal(0, 0.01, (400, N_FEATURES)), y, components=8, hidden=16, epochs=40)
+    assert prior.kind == "mlp" and len(prior.layers) == 3
     z_test = rng.normal(0, 1, (100, 4))
     test = z_test @ mixing
     truth = np.clip(np.tile(z_test[:, :1], (1, N)), 0, 1)
     assert np.abs(prior.predict(test) - truth).mean() < 0.5 * np.abs(truth - y.mean()).mean()
+    # Trust: full on faces like the training ones, none far outside their subspace.
+    _, trust = prior.predict_with_trust(test + rng.normal(0, 0.01, test.shape))
+    assert trust.mean() > 0.95
+    _, trust_far = prior.predict_with_trust(test[0] + rng.normal(0, 0.1, N_FEATURES))
+    assert trust_far == 0.0
 
 
 def test_malformed_prior_files_are_refused(tmp_path) -> None:

@@ -19,7 +19,7 @@ from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.names import ICT_EXPRESSIONS, ict_to_arkit
 from engine.solve.expression import side_swap
 from engine.solve.landmark_sets import MIRROR
-from engine.solve.solver import FrameFitter, valid_observation
+from engine.solve.solver import FrameFitter, shipped_prior, valid_observation
 from engine.types import Frame
 
 pytest.importorskip("mediapipe")
@@ -129,3 +129,22 @@ def test_exactly_mirrored_landmarks_swap_exactly(images, fitter) -> None:
     original = fitter.fit(valid_observation(face)[0], image_size=size).weights
     mirrored = fitter.fit(valid_observation(replace(face, pixels=pixels))[0], image_size=size).weights
     np.testing.assert_allclose(mirrored, original[side_swap()], atol=0.03)
+
+
+def test_the_shipped_prior_does_not_overrule_a_real_face(images, face_model: FaceModel) -> None:
+    """The learned prior knows one rendered identity; a real face (mean identity, real camera) lies outside its
+    training distribution, so its strength fades to zero and the least squares reads the smile as before."""
+    prior = shipped_prior(SolveConfig(), None)
+    if prior is None or prior.residual_limit <= 0:
+        pytest.skip("no shipped prior with an out-of-distribution measure")
+    config = SolveConfig(camera_fov_y_deg=PHOTO_FOV_Y_DEG)
+    fitter = FrameFitter(face_model, LandmarkEmbedding.load(), None, config, prior=prior)
+    from engine.tracking import FaceTracker
+
+    with FaceTracker(TrackingConfig(), static=True) as tracker:
+        face = tracker.process(Frame(images["portrait.jpg"], 0, 0))[0]
+    observed, has_iris = valid_observation(face)
+    trust = prior.predict_with_trust(fitter.prior_features(observed, fitter._camera(face.image_size)))[1]
+    assert trust < 0.5
+    arkit = ict_to_arkit(fitter.fit(observed, has_iris=has_iris, image_size=face.image_size).weights)
+    assert arkit["mouthSmileLeft"] > 0.5 and arkit["mouthSmileRight"] > 0.5

@@ -347,8 +347,16 @@ def main() -> None:
                    identity=np.str_(identity.name), heldout_driven=np.float32(best[2]["driven"]),
                    heldout_all=np.float32(best[2]["all"]))  # fmt: skip
         print(f"wrote {DEFAULT_RESPONSE_PATH.name if response is not None else ''} {DEFAULT_PRIOR_PATH.name}")
+    if chosen.residual_limit > 0:
+        trust = chosen.predict_with_trust(x_te)[1]
+        print(f"held-out trust (prior strength factor): mean {trust.mean():.3f}, below 1 on {np.mean(trust < 1):.1%}")
     if not args.no_demo:
         landmarks, truth = demo_landmarks(config, model, identity, args.demo_frames, not args.no_cache)
+        demo_obs = [valid_observation(lm) for lm in landmarks]
+        pairs = [(o, lm) for o, lm in zip(demo_obs, landmarks, strict=True) if o is not None and lm is not None]
+        demo_x = np.array([fitter.prior_features(o[0], fitter._camera(lm.image_size)) for o, lm in pairs])
+        trust = chosen.predict_with_trust(demo_x)[1]
+        print(f"demo trust: mean {trust.mean():.3f}, min {trust.min():.3f}, below 1 on {np.mean(trust < 1):.1%}")
         if not args.dry_run:
             report("demo closed loop (shipped files)", closed_loop(config, model, embedding, identity, landmarks,
                                                                  truth, config.source.fps))  # fmt: skip

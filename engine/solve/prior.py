@@ -12,15 +12,22 @@ to the bounded least squares (H += μI, b += μ w_reg), which stays the core of 
 features x: the 468 mesh landmarks in the model frame minus the identity's embedded neutral (cm, 1404 values)
 and the head rotation (9 values: MediaPipe's errors depend on the view). The regressor is
 
-    h = (x − mean) @ project + offset,   then per layer (W, b): h = relu(h) @ W + b   (no layers: linear)
+    z = (x − mean) @ basis,  h = z · scale,  then per layer (W, b): h = act(h) @ W + b
 
-a ridge regression is `project` = its (F, 53) slope and `offset` its intercept; the MLP's `project` is a PCA
-whitening (F, P) followed by ReLU layers.
+with act the identity before the first layer and ReLU before the others. The MLP's basis is the training
+features' leading principal directions (orthonormal, F × P) and scale whitens them; a ridge regression is one
+layer on its (F, 53) slope.
+
+Out of distribution. A regressor only knows the faces it was trained on (one identity, rendered); a face far
+from them (another person's shape, a real camera) must not be overruled by it. For the MLP, the part of
+x − mean outside the principal subspace, r = ‖(x − mean) − basis zᵀ‖, measures that: the prior's strength is
+μ · clip(2 − r / r_limit, 0, 1), r_limit the 99.5th percentile of r over the training renders: full inside
+the training cloud, fading to zero at twice its edge.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +45,20 @@ class LearnedPrior:
     trained on landmarks posed with the landmark response (then only valid together with it)."""
 
     mean: np.ndarray
-    project: np.ndarray
-    offset: np.ndarray
-    layers: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    basis: np.ndarray
+    scale: np.ndarray
+    layers: tuple[tuple[np.ndarray, np.ndarray], ...]
     strength: float = 0.0
     with_response: bool = False
     kind: str = field(default="ridge")
+    residual_limit: float = 0.0  # r_limit (cm); 0: no out-of-distribution fade
 
     @staticmethod
     def linear(coef: np.ndarray, strength: float = 0.0, with_response: bool = False) -> LearnedPrior:
         """From a (1 + F, 53) [intercept; slope] matrix."""
-        return LearnedPrior(np.zeros(coef.shape[0] - 1), coef[1:], coef[0], (), strength, with_response)
+        n_out = coef.shape[1]
+        layers = ((np.eye(n_out), coef[0]),)
+        return LearnedPrior(np.zeros(coef.shape[0] - 1), coef[1:], np.ones(n_out), layers, strength, with_response)
 
     @staticmethod
     def features(observed_model: np.ndarray, neutral: np.ndarray, rotation: np.ndarray) -> np.ndarray:
@@ -60,10 +70,20 @@ class LearnedPrior:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """(F,) or (n, F) → (53,) or (n, 53) unclipped weights."""
-        h = (features - self.mean) @ self.project + self.offset
-        for weight, bias in self.layers:
-            h = np.maximum(h, 0.0) @ weight + bias
-        return h
+        return self.predict_with_trust(features)[0]
+
+    def predict_with_trust(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(F,) or (n, F) → weights (53,) or (n, 53), and trust () or (n,) in [0, 1]: the factor on μ
+        (1 inside the training distribution, see the module docstring)."""
+        centred = features - self.mean
+        z = centred @ self.basis
+        h = z * self.scale
+        for i, (weight, bias) in enumerate(self.layers):
+            h = (np.maximum(h, 0.0) if i else h) @ weight + bias
+        if self.residual_limit <= 0:
+            return h, np.ones(np.shape(features)[:-1])
+        outside = np.sqrt(np.maximum((centred * centred).sum(axis=-1) - (z * z).sum(axis=-1), 0.0))
+        return h, np.clip(2.0 - outside / self.residual_limit, 0.0, 1.0)
 
     @staticmethod
     def load(path: Path | str = DEFAULT_PRIOR_PATH) -> LearnedPrior:
@@ -75,24 +95,25 @@ class LearnedPrior:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             layers = tuple(
-                (arrays[f"w{i}"].astype(np.float64), arrays[f"b{i}"].astype(np.float64))
+                (np.ascontiguousarray(arrays[f"w{i}"], dtype=np.float64), arrays[f"b{i}"].astype(np.float64))
                 for i in range(int(arrays["n_layers"]))
             )
             prior = LearnedPrior(
                 arrays["mean"].astype(np.float64),
-                np.ascontiguousarray(arrays["project"], dtype=np.float64),
-                arrays["offset"].astype(np.float64),
+                np.ascontiguousarray(arrays["basis"], dtype=np.float64),
+                arrays["scale"].astype(np.float64),
                 layers,
                 float(arrays["strength"]),
                 bool(arrays["with_response"]),
                 str(arrays["kind"]),
+                float(arrays["residual_limit"]),
             )
             width = prior.predict(np.zeros(N_FEATURES)).shape
         except Exception as exc:
             raise ModelFileError(f"solve prior {path} is unreadable: {exc}") from exc
         if prior.mean.shape != (N_FEATURES,) or width != (N_CHANNELS,) or not prior.strength >= 0:
             raise ModelFileError(f"solve prior {path} holds input {prior.mean.shape}, output {width}")
-        finite = [prior.project, prior.offset, prior.mean, *(a for layer in layers for a in layer)]
+        finite = [prior.basis, prior.scale, prior.mean, *(a for layer in layers for a in layer)]
         if not all(np.isfinite(a).all() for a in finite):
             raise ModelFileError(f"solve prior {path} holds non-finite values")
         return prior
@@ -105,8 +126,9 @@ class LearnedPrior:
         np.savez_compressed(
             path,
             mean=self.mean.astype(np.float32),
-            project=self.project.astype(np.float32),
-            offset=self.offset.astype(np.float32),
+            basis=self.basis.astype(np.float32),
+            scale=self.scale.astype(np.float32),
+            residual_limit=np.float32(self.residual_limit),
             n_layers=np.int32(len(self.layers)),
             strength=np.float32(self.strength),
             with_response=np.bool_(self.with_response),
@@ -115,7 +137,7 @@ class LearnedPrior:
         )
 
     def with_strength(self, strength: float) -> LearnedPrior:
-        return LearnedPrior(self.mean, self.project, self.offset, self.layers, strength, self.with_response, self.kind)
+        return replace(self, strength=strength)
 
 
 def fit_ridge_prior(
@@ -171,8 +193,11 @@ def fit_mlp_prior(
     mean = features.mean(axis=0)
     centred = features - mean
     _, sing, vt = np.linalg.svd(centred, full_matrices=False)
-    project = vt[:components].T * (np.sqrt(len(features)) / np.maximum(sing[:components], 1e-9))
-    x = torch.tensor(centred @ project, dtype=torch.float32)
+    basis = vt[:components].T
+    scale = np.sqrt(len(features)) / np.maximum(sing[:components], 1e-9)
+    z = centred @ basis
+    outside = np.sqrt(np.maximum((centred * centred).sum(axis=1) - (z * z).sum(axis=1), 0.0))
+    x = torch.tensor(z * scale, dtype=torch.float32)
     y = torch.tensor(weights, dtype=torch.float32)
     net = torch.nn.Sequential(
         torch.nn.Linear(components, hidden),
@@ -198,6 +223,5 @@ def fit_mlp_prior(
     params = [
         (m.weight.detach().numpy().T.astype(np.float64), m.bias.detach().numpy().astype(np.float64)) for m in linear
     ]
-    # Fold the first linear layer into the projection: h = (x − mean) @ (project W0) + b0.
-    first_w, first_b = params[0]
-    return LearnedPrior(mean, project @ first_w, first_b, tuple(params[1:]), 0.0, with_response, "mlp")
+    limit = float(np.percentile(outside, 99.5))
+    return LearnedPrior(mean, basis, scale, tuple(params), 0.0, with_response, "mlp", limit)

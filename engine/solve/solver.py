@@ -161,7 +161,8 @@ class FrameFitter:
         camera = None if image_size is None else self._camera(image_size)
         target = None
         if self.prior is not None and self.prior_strength > 0:
-            target = (self.prior.predict(self.prior_features(observed, camera)), self.prior_strength)
+            prediction, trust = self.prior.predict_with_trust(self.prior_features(observed, camera))
+            target = (prediction, self.prior_strength * float(trust)) if trust > 0 else None
         # First the landmarks no expression moves much place the head (with last frame's expression), then all
         # of them once this frame's expression explains the rest.
         rigid = self._rigid_ids
