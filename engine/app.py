@@ -278,7 +278,5 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary-json", help="write the run summary (fps, latency, accuracy) to PATH")
     p.add_argument("--params-jsonl", help="write one JSON line per processed frame to PATH")
     p.add_argument("--quiet", action="store_true", help="no live status line")
-    p.add_argument(
-        "--insecure", action="store_true", help="allow binding a non-loopback address without CURVE keys"
-    )
+    p.add_argument("--insecure", action="store_true", help="allow binding a non-loopback address without CURVE keys")
     p.set_defaults(handler=cmd_run)

@@ -323,9 +323,7 @@ class Pipeline:
         if window is not None:
             results = results[-window:]
         stage_ms = {
-            name: percentiles_ms([r.stamps[b] - r.stamps[a] for r in results if a in r.stamps and b in r.stamps])[
-                "p50"
-            ]
+            name: percentiles_ms([r.stamps[b] - r.stamps[a] for r in results if a in r.stamps and b in r.stamps])["p50"]
             for name, a, b in STAGES
         }
         fps = 0.0

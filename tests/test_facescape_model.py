@@ -20,8 +20,14 @@ def _write_model(path, rng, n_vertices=12, n_id=4, quads=True):
     ft[1, 0] = 13  # a seam: vertex 3, shared by faces 0 and 1, gets a second uv on face 1
     texcoords = rng.uniform(size=(13, 2)).astype(np.float32)
     np.savez(
-        path, shape_bm_core=core, fv_indices=fv, ft_indices=ft, texcoords=texcoords,
-        lm_list_v16=np.arange(5), id_mean=np.full(n_id, 0.25, np.float32), id_var=np.ones(n_id, np.float32),
+        path,
+        shape_bm_core=core,
+        fv_indices=fv,
+        ft_indices=ft,
+        texcoords=texcoords,
+        lm_list_v16=np.arange(5),
+        id_mean=np.full(n_id, 0.25, np.float32),
+        id_var=np.ones(n_id, np.float32),
     )
     return core
 
@@ -69,8 +75,13 @@ def test_malformed_files_name_the_problem(tmp_path) -> None:
     np.savez(path, shape_bm_core=np.zeros((30, 52, 2)), fv_indices=np.ones((1, 3), int))
     with pytest.raises(ModelFileError, match="ft_indices"):
         load_facescape_model(path)
-    np.savez(path, shape_bm_core=np.zeros((30, 40, 2)), fv_indices=np.ones((1, 3), int),
-             ft_indices=np.ones((1, 3), int), texcoords=np.zeros((1, 2)))
+    np.savez(
+        path,
+        shape_bm_core=np.zeros((30, 40, 2)),
+        fv_indices=np.ones((1, 3), int),
+        ft_indices=np.ones((1, 3), int),
+        texcoords=np.zeros((1, 2)),
+    )
     with pytest.raises(ModelFileError, match="shape_bm_core"):
         load_facescape_model(path)
     _write_model(path, rng)
