@@ -123,12 +123,12 @@ def build_parts(
         asset_dir = bundle if (bundle / "identity.json").is_file() else DEFAULT_IDENTITY_DIR
         return Publisher(config.stream, engine_id, identity_info=identity_info(identity), asset_dir=asset_dir)
 
-    consumers: list[Callable[[FrameResult], None]] = []
+    on_state: list[Callable[[FrameResult], None]] = []
     if config.stream.vmc_enabled:
         from engine.stream.vmc import VmcBridge
 
         bridge = VmcBridge(config.stream.vmc_host, config.stream.vmc_port, config.stream.vmc_name_casing)
-        consumers.append(lambda result: bridge.send(result.state))
+        on_state.append(lambda result: bridge.send(result.state))
 
     return PipelineParts(
         source=lambda: open_source(source_spec, config),
@@ -136,7 +136,7 @@ def build_parts(
         solver=lambda: FaceSolver(model, embedding, identity, config.solve),
         renderer=make_renderer if render else None,
         publisher=make_publisher if config.stream.enabled else None,
-        consumers=consumers,
+        on_state=on_state,
     )
 
 
@@ -185,6 +185,8 @@ def summarize(pipeline: Pipeline) -> dict[str, Any]:
         "source": pipeline.source_description,
         "frames": stats["frames"],
         "fps": stats["fps"],
+        "rendered": stats["rendered"],
+        "render_fps": stats["render_fps"],
         "latency_ms": stats["latency_ms"],
         "frame_latency_ms": stats["frame_latency_ms"],
         "stages_ms": stats["stages_ms"],
@@ -225,8 +227,10 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     parts = build_parts(config, source_spec, model, identity, render=not args.no_render)
     jsonl = ParamsJsonl(Path(args.params_jsonl)) if args.params_jsonl else None
     if jsonl is not None:
-        parts.consumers.append(jsonl)
-    pipeline = Pipeline(parts, realtime=True if config.source.realtime else None)
+        parts.on_state.append(jsonl)
+    pipeline = Pipeline(
+        parts, realtime=True if config.source.realtime else None, render_niceness=config.pipeline.render_niceness
+    )
     status = StatusLine() if config.pipeline.status_line and not args.quiet else None
     # Ctrl-C and SIGTERM only ask the stage threads to finish: the main thread is never interrupted mid-call,
     # and every stage closes its own resources (MediaPipe's graph aborts the process if torn down half-way).
@@ -253,6 +257,8 @@ def _summary_text(summary: dict[str, Any]) -> str:
         f"scapecast: {summary['frames']} frames from {summary['source']} in {summary['wall_s']} s, "
         f"{summary['fps']} fps, capture→publish p50 {summary['latency_ms']['p50']} ms "
         f"p95 {summary['latency_ms']['p95']} ms, tracking rate {summary['tracking_rate']:.3f}",
+        f"  rendered {summary['rendered']} frames at {summary['render_fps']} fps, capture→frame publish p95 "
+        f"{summary['frame_latency_ms']['p95']} ms",
         "  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in summary["stages_ms"].items()),
         "  published: " + (", ".join(f"{k} {v}" for k, v in summary["published"].items()) or "nothing"),
     ]

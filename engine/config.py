@@ -173,6 +173,9 @@ class PipelineConfig(_Section):
     duration_s: float | None = Field(None, gt=0)
     window: bool = False
     status_line: bool = True
+    # Niceness of the render thread (and its llvmpipe workers): on a CPU-only machine tracking and `params`
+    # come first and the local render takes what is left. 0 renders at the same priority.
+    render_niceness: int = Field(10, ge=0, le=19)
 
 
 class Config(_Section):

@@ -1,17 +1,21 @@
 """The live pipeline: three threads joined by one-slot hand-offs, with per-frame timing. No face math here.
 
-    capture ──slot──▶ track + solve ──slot──▶ publish params, render, encode + publish frame
+    capture ──slot──▶ track + solve + publish params ──slot──▶ render + encode + publish frame
 
-Live sources (webcam, demo) overwrite the slot so the next stage always takes the newest frame (stale frames
-are dropped and counted); file sources make the producer wait so that every frame is processed in order.
-Every stage runs on its own thread and creates its own resources there (OpenGL contexts and ZeroMQ sockets are
-bound to the thread that made them). Timestamps are monotonic nanoseconds.
+Live sources (webcam, demo) overwrite the slots so each stage always takes the newest item (stale ones are
+dropped and counted); file sources make the producer wait so that every frame is processed in order.
+`params` leave as soon as the frame is solved: small parameter messages never wait for the avatar render
+(which on a CPU-only machine is the slowest stage), so remote renderers and VMC apps get the tracker's full
+rate and latency while the local render runs at its own. Every stage creates its resources on its own thread
+(OpenGL contexts belong to the thread that made them; the publisher's frame socket alone is used by the render
+thread, handed over through the slot's lock). Timestamps are monotonic nanoseconds.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -109,9 +113,9 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("capture_wait", "captured", "track_start"),
     ("track", "track_start", "tracked"),
     ("solve", "tracked", "solved"),
-    ("handoff", "solved", "publish_start"),
-    ("publish_params", "publish_start", "params_published"),
-    ("render", "params_published", "rendered"),
+    ("publish_params", "solved", "params_published"),
+    ("handoff", "params_published", "render_start"),
+    ("render", "render_start", "rendered"),
     ("publish_frame", "rendered", "frame_published"),
 )
 
@@ -125,22 +129,29 @@ class PipelineParts:
     solver: Callable[[], Solver]
     renderer: Callable[[], Renderer] | None = None
     publisher: Callable[[], Publisher] | None = None
-    # Extra consumers of each result (VMC bridge, params JSONL, report), called on the publish thread.
-    consumers: list[Callable[[FrameResult], None]] = field(default_factory=list)
+    # Consumers of every solved frame (VMC bridge, params JSONL), called on the track thread after `params`.
+    on_state: list[Callable[[FrameResult], None]] = field(default_factory=list)
+    # Consumers of every rendered frame (report pictures), called on the render thread.
+    on_rendered: list[Callable[[FrameResult], None]] = field(default_factory=list)
 
 
 class Pipeline:
     """Runs the three stage threads until the source ends, `max_frames` are processed, `duration_s` passes,
     or `stop()` is called. `results` keeps the last `keep` FrameResults (frames are dropped from old ones)."""
 
-    def __init__(self, parts: PipelineParts, realtime: bool | None = None, keep: int = 100_000) -> None:
+    def __init__(
+        self, parts: PipelineParts, realtime: bool | None = None, keep: int = 100_000, render_niceness: int = 0
+    ) -> None:
         self.parts = parts
+        self.render_niceness = render_niceness
         self._realtime = realtime
         self._stop = threading.Event()
         self._frames: OneSlot[Frame] = OneSlot()
         self._solved: OneSlot[FrameResult] = OneSlot()
         self.results: collections.deque[FrameResult] = collections.deque(maxlen=keep)
-        self.processed = 0
+        self.processed = 0  # solved (and params published)
+        self.rendered = 0
+        self._publisher: Publisher | None = None
         self.published: collections.Counter[str] = collections.Counter()
         self.errors: list[BaseException] = []
         self.invalid_frames = 0
@@ -173,15 +184,15 @@ class Pipeline:
         threads = [
             threading.Thread(target=self._guard(self._capture_loop, self._frames), name="capture", daemon=True),
             threading.Thread(target=self._guard(self._track_loop, self._solved), name="track", daemon=True),
-            threading.Thread(target=self._guard(self._publish_loop, None), name="publish", daemon=True),
+            threading.Thread(target=self._guard(self._render_loop, None), name="render", daemon=True),
         ]
         self.t_start_ns = now_ns()
         for thread in threads:
             thread.start()
         deadline = None if duration_s is None else time.monotonic() + duration_s
         try:
-            while any(t.is_alive() for t in threads):
-                threads[-1].join(tick_s)
+            while alive := [t for t in threads if t.is_alive()]:
+                alive[0].join(tick_s)
                 if on_tick is not None:
                     on_tick(self)
                 if deadline is not None and time.monotonic() >= deadline:
@@ -194,6 +205,9 @@ class Pipeline:
             for thread in threads:
                 thread.join(10.0)
             self.t_end_ns = now_ns()
+            # The track thread made the publisher and the render thread used its frame socket: both are done.
+            if self._publisher is not None and not any(t.is_alive() for t in threads):
+                self._publisher.close()
         if self.errors:
             raise self.errors[0]
 
@@ -237,12 +251,16 @@ class Pipeline:
     def _track_loop(self) -> None:
         tracker = self.parts.tracker()
         solver = self.parts.solver()
+        publisher = self._publisher = self.parts.publisher() if self.parts.publisher else None
+        last_stats_ns = now_ns()
         try:
             while not self._ready.wait(0.05):
                 if self._stop.is_set():
                     return
             while not self._stop.is_set():
                 frame = self._frames.get()
+                if publisher is not None:
+                    publisher.tick()  # identity re-sent every second, frames or not
                 if frame is None:
                     if self._frames.closed:
                         break
@@ -259,58 +277,65 @@ class Pipeline:
                 state = solver.solve(landmarks, frame.t_capture_ns, frame.index)
                 stamps["solved"] = now_ns()
                 result = FrameResult(frame, landmarks, state, stamps=stamps)
-                if not self._solved.put(result, wait=not self._live, stop=self._stop):
-                    break
-        finally:
-            tracker.close()
-
-    def _publish_loop(self) -> None:
-        renderer = self.parts.renderer() if self.parts.renderer else None
-        publisher = self.parts.publisher() if self.parts.publisher else None
-        last_stats_ns = now_ns()
-        try:
-            while not self._stop.is_set():
-                result = self._solved.get()
-                if publisher is not None:
-                    publisher.tick()
-                if result is None:
-                    if self._solved.closed:
-                        break
-                    continue
-                stamps = result.stamps
-                stamps["publish_start"] = now_ns()
-                if result.state.tracking != self.tracking_state:
-                    self.tracking_state = result.state.tracking
-                    if publisher is not None:
-                        publisher.publish_status(self.tracking_state.value, {"frame": result.frame.index})
-                        self.published["status"] += 1
-                if publisher is not None:
-                    publisher.publish_params(result.state)
-                    self.published["params"] += 1
+                self._publish_state(publisher, result)
                 stamps["params_published"] = now_ns()
-                if renderer is not None:
-                    result.rendered = renderer.render(result.state)
-                stamps["rendered"] = now_ns()
-                if publisher is not None and result.rendered is not None:
-                    publisher.publish_frame(result.rendered)
-                    self.published["frame"] += 1
-                stamps["frame_published"] = now_ns()
-                for consume in self.parts.consumers:
+                for consume in self.parts.on_state:
                     consume(result)
                 with self._lock:
                     self.results.append(result)
                     self.processed += 1
-                if publisher is not None and stamps["frame_published"] - last_stats_ns > 1_000_000_000:
+                if publisher is not None and stamps["params_published"] - last_stats_ns > 1_000_000_000:
                     publisher.publish_stats(self.stats())
                     self.published["stats"] += 1
-                    last_stats_ns = stamps["frame_published"]
+                    last_stats_ns = stamps["params_published"]
+                if self.parts.renderer is not None:
+                    if not self._solved.put(result, wait=not self._live, stop=self._stop):
+                        break
                 if self._max_frames is not None and self.processed >= self._max_frames:
                     self.stop()
         finally:
+            tracker.close()
+
+    def _publish_state(self, publisher: Publisher | None, result: FrameResult) -> None:
+        """`status` on a tracking-state change, then `params` for this frame."""
+        if result.state.tracking != self.tracking_state:
+            self.tracking_state = result.state.tracking
             if publisher is not None:
-                publisher.close()
-            if renderer is not None:
-                renderer.close()
+                publisher.publish_status(self.tracking_state.value, {"frame": result.frame.index})
+                self.published["status"] += 1
+        if publisher is not None:
+            publisher.publish_params(result.state)
+            self.published["params"] += 1
+
+    def _render_loop(self) -> None:
+        if self.parts.renderer is None:
+            return
+        if self.render_niceness:
+            # Before the GL context exists: Mesa's llvmpipe workers inherit the niceness of the thread that
+            # creates them, so on a CPU-only machine the render yields to tracking rather than starving it.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.render_niceness)
+        renderer = self.parts.renderer()
+        try:
+            # Drain what the track thread handed over even after it stopped (a file's last frames).
+            while not self._solved.closed:
+                result = self._solved.get()
+                if result is None:
+                    continue
+                stamps = result.stamps
+                stamps["render_start"] = now_ns()
+                result.rendered = renderer.render(result.state)
+                stamps["rendered"] = now_ns()
+                if self._publisher is not None:
+                    self._publisher.publish_frame(result.rendered)
+                    self.published["frame"] += 1
+                stamps["frame_published"] = now_ns()
+                self.rendered += 1
+                for consume in self.parts.on_rendered:
+                    consume(result)
+                if self._stop.is_set() and self._live:
+                    break
+        finally:
+            renderer.close()
 
     # -- statistics -----------------------------------------------------------------------------------------
     def snapshot(self) -> list[FrameResult]:
@@ -318,7 +343,10 @@ class Pipeline:
             return list(self.results)
 
     def stats(self, window: int | None = 300) -> dict[str, Any]:
-        """Per-stage p50 (ms), fps and capture→publish latency percentiles over the last `window` frames."""
+        """Per-stage p50 (ms), rates and capture→publish latency percentiles over the last `window` frames.
+
+        `fps` is the rate of solved frames (`params` messages), `render_fps` the rate of rendered frames.
+        """
         results = self.snapshot()
         if window is not None:
             results = results[-window:]
@@ -326,16 +354,23 @@ class Pipeline:
             name: percentiles_ms([r.stamps[b] - r.stamps[a] for r in results if a in r.stamps and b in r.stamps])["p50"]
             for name, a, b in STAGES
         }
-        fps = 0.0
-        if len(results) > 1:
-            span = results[-1].stamps["frame_published"] - results[0].stamps["frame_published"]
-            fps = (len(results) - 1) / (span / 1e9) if span > 0 else 0.0
+        rendered = [r for r in results if "frame_published" in r.stamps]
         return {
             "frames": self.processed,
-            "fps": round(fps, 2),
+            "rendered": self.rendered,
+            "fps": _rate([r.stamps["params_published"] for r in results]),
+            "render_fps": _rate([r.stamps["frame_published"] for r in rendered]),
             "latency_ms": percentiles_ms([r.stamps["params_published"] - r.stamps["captured"] for r in results]),
-            "frame_latency_ms": percentiles_ms([r.stamps["frame_published"] - r.stamps["captured"] for r in results]),
+            "frame_latency_ms": percentiles_ms([r.stamps["frame_published"] - r.stamps["captured"] for r in rendered]),
             "stages_ms": stage_ms,
             "dropped": {"capture": self._frames.dropped, "solved": self._solved.dropped},
             "tracking": self.tracking_state.value,
         }
+
+
+def _rate(stamps_ns: list[int]) -> float:
+    """Events per second over a list of monotonic timestamps (0 with fewer than two)."""
+    if len(stamps_ns) < 2:
+        return 0.0
+    span = max(stamps_ns) - min(stamps_ns)
+    return round((len(stamps_ns) - 1) / (span / 1e9), 2) if span > 0 else 0.0

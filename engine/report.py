@@ -185,7 +185,7 @@ def cmd_report(args: argparse.Namespace, config: Config) -> int:
     identity = load_identity(config.identity, model)
     parts = build_parts(config, args.source, model, identity)
     sampler = FrameSampler(args.frames // args.samples)
-    parts.consumers.append(sampler)
+    parts.on_rendered.append(sampler)
     pipeline = Pipeline(parts)
     pipeline.run(max_frames=args.frames)
     summary = summarize(pipeline)

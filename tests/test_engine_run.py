@@ -52,7 +52,8 @@ def test_demo_run_writes_the_summary_contract(tmp_path) -> None:
     assert set(summary["latency_ms"]) == {"p50", "p95", "p99"}
     assert summary["latency_ms"]["p50"] > 0 and summary["fps"] > 0
     assert summary["published"]["params"] == summary["frames"]
-    assert summary["published"]["frame"] == summary["frames"]
+    assert 0 < summary["rendered"] <= summary["frames"]
+    assert summary["published"]["frame"] == summary["rendered"]
     assert summary["tracking_rate"] >= 0.9
     loop = summary["closed_loop"]
     assert loop["driven_channels"] > 0 and set(loop["per_channel_mae"]) == set(loop["per_channel_r"])

@@ -106,7 +106,7 @@ def test_file_source_processes_every_frame_in_order() -> None:
     pipeline.run()
     indices = [r.frame.index for r in pipeline.snapshot()]
     assert indices == list(range(25))
-    assert source.closed and renderer.thread == "publish"
+    assert source.closed and renderer.thread == "render"
     assert all(r.rendered is not None for r in pipeline.snapshot())
     stats = pipeline.stats()
     assert stats["frames"] == 25 and stats["dropped"] == {"capture": 0, "solved": 0}

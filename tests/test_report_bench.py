@@ -38,7 +38,13 @@ def test_benchmark_tables_fill_the_marked_block(tmp_path) -> None:
         "render": {"size": 512, "default": "cpu", "setups": {"cpu": {"total_p50_ms": 20.0}}},
         "stream": {"params_latency_ms": {"transport": {"p99": 0.3}}},
         "precompute": {"seconds": 5.0, "resolution": 512, "backend": "onnxruntime"},
-        "pipeline": {"fps": 31.0, "latency_ms": {"p95": 50.0}, "closed_loop_mae": 0.04, "stages_ms": {"track": 5.0}},
+        "pipeline": {
+            "fps": 31.0,
+            "render_fps": 12.0,
+            "latency_ms": {"p95": 50.0},
+            "closed_loop_mae": 0.04,
+            "stages_ms": {"track": 5.0},
+        },
     }
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\nintro\n\n<!-- bench:begin -->\nold numbers\n<!-- bench:end -->\n\nouttro\n")
@@ -48,6 +54,7 @@ def test_benchmark_tables_fill_the_marked_block(tmp_path) -> None:
     assert text.count("<!-- bench:begin -->") == 1
     assert re.search(r"tracking \+ regression / MediaPipe alone \| 0\.9 \|", text)
     tables = benchmark_tables(results)
-    assert "| full pipeline, demo source (fps) | 31.0 |" in tables
+    assert "| full pipeline, demo source: tracked + published (fps) | 31.0 |" in tables
+    assert "avatar frames rendered (fps) | 12.0 |" in tables
     assert "| 0.4 | ≤ 0.5 |" in tables and "| 20.0 | ≤ 16.7 |" in tables and "| 0.3 | ≤ 1 |" in tables
     assert "n/a" not in tables
