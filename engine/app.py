@@ -161,7 +161,7 @@ class StatusLine:
         latency = "–" if p95 is None else f"{p95:.1f} ms"
         text = (
             f"[scapecast] {pipeline.source_description or 'starting'} | frames {stats['frames']} | "
-            f"{stats['fps']:.1f} fps | latency p95 {latency} | {stats['tracking']}"
+            f"{stats['fps']:.1f} fps (render {stats['render_fps']:.1f}) | latency p95 {latency} | {stats['tracking']}"
         )
         if self.tty:
             self.stream.write("\r" + text.ljust(100)[:140])
