@@ -16,7 +16,8 @@ It reports held-out raw-fit errors (driven: true weight > 0.1) without / with ea
 filtered like the pipeline, 30 fps time stamps): the `closed_loop_metrics` of `engine/metrics.py`.
 Renders are cached under out/solve_cache/ (keyed by identity files, counts and seed; `--no-cache` re-renders).
 
-Usage: python tools/fit_solve_prior.py [--train 2400] [--test 400] [--seed 0] [--demo-frames 600] [--response]
+Usage: python tools/fit_solve_prior.py [--train 2400] [--test 400] [--sequence 3000] [--seed 0] [--demo-frames 600]
+       [--driven-weight 3] [--no-mlp] [--response] [--dry-run] [--no-cache]
 """
 
 from __future__ import annotations
@@ -273,7 +274,9 @@ def main() -> None:
         "--response", action="store_true",
         help="also fit and ship the landmark response (off: it raised the demo's closed-loop error, docs/solve.md)",
     )  # fmt: skip
-    ap.add_argument("--mlp", action="store_true", help="also try an MLP regressor (needs torch; kept if better)")
+    ap.add_argument("--driven-weight", type=float, nargs="+", default=[3.0],
+                    help="MLP loss weight of driven entries (true > 0.1); several: one MLP each")  # fmt: skip
+    ap.add_argument("--no-mlp", action="store_true", help="ridge regression only (no torch needed)")
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override section.key=value")
     args = ap.parse_args()
@@ -312,9 +315,12 @@ def main() -> None:
     x_tr, x_te = feats[[feat_of[j] for j in tr]], feats[[feat_of[j] for j in te]]
     ridge, ridge_report = fit_ridge_prior(x_tr, weights[tr], rng, with_response=response is not None)
     print(ridge_report)
-    candidates = [ridge]
-    if args.mlp:
-        candidates.append(fit_mlp_prior(x_tr, weights[tr], seed=args.seed, with_response=response is not None))
+    candidates = [("ridge", ridge)]
+    if not args.no_mlp:
+        for driven_weight in args.driven_weight:
+            mlp = fit_mlp_prior(x_tr, weights[tr], seed=args.seed, with_response=response is not None,
+                                driven_weight=driven_weight)  # fmt: skip
+            candidates.append((f"mlp (driven weight {driven_weight:g})", mlp))
     base_fitter = FrameFitter(model, embedding, identity.identity_weights, plain)
     before = errors(fit_features(base_fitter, [observations[j] for j in te], size)[0], weights[te])
     print(f"held-out raw fits ({len(te)} renders): embedded map driven {before['driven']:.3f} all {before['all']:.3f}")
@@ -322,20 +328,20 @@ def main() -> None:
     if response is not None:
         print(f"  + response: driven {with_response['driven']:.3f} all {with_response['all']:.3f}")
     best = None
-    for prior in candidates:
+    for label, prior in candidates:
         regression = errors(np.clip(prior.predict(x_te), 0, 1), weights[te])
-        print(f"  {prior.kind} alone (clipped): driven {regression['driven']:.3f} all {regression['all']:.3f}")
+        print(f"  {label} alone (clipped): driven {regression['driven']:.3f} all {regression['all']:.3f}")
         for strength in (3.0, 10.0, 30.0, 100.0, 300.0):
             cfg = config.solve.model_copy(update={"prior_strength": strength})
             f = FrameFitter(model, embedding, identity.identity_weights, cfg, response=response, prior=prior)
             e = errors(fit_features(f, [observations[j] for j in te], size)[0], weights[te])
-            print(f"  + {prior.kind} prior μ = {strength}: driven {e['driven']:.3f} all {e['all']:.3f}")
+            print(f"  + {label} prior μ = {strength}: driven {e['driven']:.3f} all {e['all']:.3f}")
             score = e["driven"] + e["all"]
             if best is None or score < best[0]:
-                best = (score, prior.with_strength(strength), e)
+                best = (score, prior.with_strength(strength), e, label)
     assert best is not None
     chosen = best[1]
-    print(f"chosen: {chosen.kind} prior, μ = {chosen.strength} (held-out driven + all)")
+    print(f"chosen: {best[3]} prior, μ = {chosen.strength} (held-out driven + all)")
     if not args.dry_run:
         if response is not None:
             response.save(DEFAULT_RESPONSE_PATH, train_frames=np.int32(len(tr)), ridge=np.float32(args.response_ridge),

@@ -159,10 +159,11 @@ class FrameFitter:
         lo = np.zeros(N_EXPRESSIONS)
         hi = np.ones(N_EXPRESSIONS)
         camera = None if image_size is None else self._camera(image_size)
-        target = None
+        target, trust = None, 0.0
         if self.prior is not None and self.prior_strength > 0:
-            prediction, trust = self.prior.predict_with_trust(self.prior_features(observed, camera))
-            target = (prediction, self.prior_strength * float(trust)) if trust > 0 else None
+            prediction, trust_array = self.prior.predict_with_trust(self.prior_features(observed, camera))
+            trust = float(trust_array)
+            target = (prediction, self.prior_strength * trust) if trust > 0 else None
         # First the landmarks no expression moves much place the head (with last frame's expression), then all
         # of them once this frame's expression explains the rest.
         rigid = self._rigid_ids
@@ -205,8 +206,10 @@ class FrameFitter:
                 corrected = perspective_corrected(observed, model @ rot[2], scale, *camera)
             rot, trans, scale = umeyama(model, corrected, self.pose_weights_refine)
         if self.eyes_active:
+            # The lid read-out replaces the least-squares blink, except as far as the learned prior is trusted:
+            # it has learned MediaPipe's blink floor (lids that stop 4–6 px apart), the lid geometry has not.
             blink = self.eyes.blink(observed_model, w)
-            w[_BLINK] = blink
+            w[_BLINK] = trust * w[_BLINK] + (1.0 - trust) * blink
         diff = observed_model[:N_MESH_LANDMARKS] - self.face.landmarks(w)[:N_MESH_LANDMARKS]
         residual = float(np.sqrt(np.mean(np.einsum("ij,ij->i", diff, diff))))
         return FrameFit(w, rot, trans, scale, observed_model, residual)
