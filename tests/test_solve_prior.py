@@ -93,3 +93,17 @@ def test_shipped_prior_loads_and_is_used_only_with_the_map_it_was_trained_on() -
     assert (shipped_prior(with_response, object()) is not None) == prior.with_response  # type: ignore[arg-type]
     assert (shipped_prior(with_response, None) is not None) == (not prior.with_response)
     assert shipped_prior(SolveConfig(learned_prior=False), None) is None
+
+
+@pytest.mark.skipif(not DEFAULT_PRIOR_PATH.is_file(), reason="no shipped solve prior")
+def test_shipped_prior_was_trained_on_the_current_default_identity(face_model: FaceModel) -> None:
+    """The prior knows the identity it was rendered with: a rebuilt default identity needs
+    `python tools/fit_solve_prior.py` (a few minutes) before this passes again."""
+    from engine.app import load_identity
+    from engine.config import load_config
+
+    identity = load_identity(load_config().identity, face_model)
+    with np.load(DEFAULT_PRIOR_PATH) as z:
+        assert str(z["identity"]) == identity.name
+        trained_on = z["identity_weights"]
+    np.testing.assert_allclose(trained_on, np.asarray(identity.identity_weights, np.float32), atol=1e-5)

@@ -349,9 +349,14 @@ def main() -> None:
                           heldout_driven_mae_after=np.float32(with_response["driven"]))  # fmt: skip
         elif DEFAULT_RESPONSE_PATH.is_file():
             DEFAULT_RESPONSE_PATH.unlink()
-        chosen.save(DEFAULT_PRIOR_PATH, train_frames=np.int32(len(tr)),
-                   identity=np.str_(identity.name), heldout_driven=np.float32(best[2]["driven"]),
-                   heldout_all=np.float32(best[2]["all"]))  # fmt: skip
+        chosen.save(
+            DEFAULT_PRIOR_PATH,
+            train_frames=np.int32(len(tr)),
+            identity=np.str_(identity.name),
+            identity_weights=np.asarray(identity.identity_weights, np.float32),
+            heldout_driven=np.float32(best[2]["driven"]),
+            heldout_all=np.float32(best[2]["all"]),
+        )
         print(f"wrote {DEFAULT_RESPONSE_PATH.name if response is not None else ''} {DEFAULT_PRIOR_PATH.name}")
     if chosen.residual_limit > 0:
         trust = chosen.predict_with_trust(x_te)[1]
