@@ -113,14 +113,18 @@ def performance_sequence(frames: int, rng: np.random.Generator) -> tuple[np.ndar
 
 
 def _identity_key(config: Config, *parts: object) -> str:
-    """A cache key: the identity bundle's files (names, sizes, mtimes), the renderer's source, the parts."""
+    """A cache key: the identity bundle's files (names, sizes, mtimes), the renderer's, shaders', face model's and
+    demo performer's sources, the parts."""
     h = hashlib.sha1(repr(parts).encode())
     for path in sorted((ROOT / "models").rglob("*")):
         if path.is_file() and ("identity" in str(path) or path.name == "ict_face_model.npz"):
             st = path.stat()
             h.update(f"{path.name}{st.st_size}{st.st_mtime_ns}".encode())
-    renderer = ROOT / "engine" / "render" / "renderer.py"
-    h.update(renderer.read_bytes())
+    sources = [*sorted((ROOT / "engine" / "render").glob("*.py")), *sorted((ROOT / "shaders").glob("*"))]
+    sources += [ROOT / "engine" / "face_model.py", ROOT / "engine" / "sources" / "demo.py"]
+    for source in sources:
+        if source.is_file():
+            h.update(source.read_bytes())
     h.update(config.identity.name.encode())
     return h.hexdigest()[:16]
 
