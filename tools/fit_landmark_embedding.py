@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
-from engine.face_model import DEFAULT_EMBEDDING_PATH, FaceModel, LandmarkEmbedding  # noqa: E402
+from engine.face_model import DEFAULT_EMBEDDING_PATH, FaceModel, LandmarkEmbedding, vertex_normals  # noqa: E402
 from engine.tracking import LANDMARK_REGION_NAMES as REGIONS  # noqa: E402
 from engine.tracking import landmark_regions  # noqa: E402
 
@@ -430,16 +430,6 @@ class Renderer:
 
     def release(self) -> None:
         self.ctx.release()
-
-
-def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """(V, 3) area-weighted unit vertex normals of the drawn triangles."""
-    tri = vertices[triangles]
-    face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(normals, triangles[:, k], face_n)
-    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
 def sample_positions(pos: np.ndarray, pixels: np.ndarray) -> np.ndarray:
