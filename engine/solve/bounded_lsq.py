@@ -45,9 +45,9 @@ def solve_box_qp(
     start; `iterations` in the result counts the subspace solves of both phases.
     """
     n = len(b)
-    w = np.clip(np.zeros(n) if w0 is None else np.asarray(w0, dtype=np.float64), lo, hi)
+    w = np.minimum(np.maximum(np.zeros(n) if w0 is None else np.asarray(w0, dtype=np.float64), lo), hi)
     pinned = lo >= hi
-    inv_diag = 1.0 / np.diag(H)
+    inv_diag = 1.0 / H.diagonal()
     # Working sets as boolean masks: on the lower bound (pinned variables count as "lower": lo == hi), on the
     # upper bound. Kept as two masks rather than one state array: fewer numpy calls per iteration.
     at_lo = at_hi = np.zeros(n, dtype=bool)
@@ -78,8 +78,9 @@ def _subspace_solve(H: np.ndarray, b: np.ndarray, bound: np.ndarray, fixed: np.n
     free = ~fixed
     w_fixed = np.where(fixed, bound, 0.0)
     rhs = np.where(fixed, bound, b - H @ w_fixed)
-    K = H * np.outer(free, free)
-    K.flat[:: len(b) + 1] += fixed
+    K = H * free  # zero the fixed columns, then rows (×1/×0: the same values as H · free freeᵀ)
+    K *= free[:, None]
+    K.ravel()[:: len(b) + 1] += fixed
     # K is symmetric positive definite (a principal block of H plus identity rows). LAPACK's Cholesky solve
     # directly: numpy.linalg.solve's per-call overhead is ~5× the 53 × 53 factorization itself.
     _, x, info = scipy.linalg.lapack.dposv(K, rhs)

@@ -84,6 +84,11 @@ def eyeball_centers(model: FaceModel, identity_weights: np.ndarray | None = None
     return np.stack([neutral[model.topology.region_vertices(r)].mean(axis=0) for r in regions])
 
 
+def _row_norm(v: np.ndarray) -> np.ndarray:
+    """Euclidean norm along the last axis: what `np.linalg.norm(v, axis=-1)` computes, without its wrapper."""
+    return np.sqrt(np.add.reduce(v * v, axis=-1))
+
+
 class EyeModel:
     """Blink and gaze read from model-frame landmarks (cm), calibrated on one identity's embedded face.
 
@@ -149,15 +154,15 @@ class EyeModel:
         # The corners under every channel but gaze (flattened (2 kinds, 2 eyes, 3)).
         corners_static = self._corner0_flat + self._corner_basis_flat @ weights - self._corner_gaze_flat @ gaze
         observed_corners = observed_model[self._corners]
-        width = np.linalg.norm(observed_corners[0] - observed_corners[1], axis=-1)
+        width = _row_norm(observed_corners[0] - observed_corners[1])
         raw = observed_model[self._iris].sum(axis=1) * 0.2 - (observed_corners[0] + observed_corners[1]) * 0.5
         for _ in range(2):
             corners = (corners_static + self._corner_gaze_flat @ gaze).reshape(2, 2, 3)
-            width_model = np.linalg.norm(corners[0] - corners[1], axis=-1)
+            width_model = _row_norm(corners[0] - corners[1])
             offset = (raw + (corners[0] + corners[1]) * 0.5 - self._mid0)[:, :2] * (width_model / width)[:, None]
-            sines = np.clip((offset - self._iris_rest) / self.radius, -1.0, 1.0)
+            sines = np.minimum(np.maximum((offset - self._iris_rest) / self.radius, -1.0), 1.0)
             # (2 eyes, 2) yaw towards +x, pitch towards +y, in degrees → the eight channels.
-            gaze = np.clip(self._angles_to_gaze @ np.degrees(np.arcsin(sines)).reshape(-1), 0.0, 1.0)
+            gaze = np.minimum(np.maximum(self._angles_to_gaze @ np.degrees(np.arcsin(sines)).reshape(-1), 0.0), 1.0)
         return gaze
 
     def blink(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -166,9 +171,11 @@ class EyeModel:
         Solves ratio_model(w with blink = b) = ratio_obs for b, every other channel held at `weights`.
         """
         corners = observed_model[self._corners]
-        gap = observed_model[self._upper, 1].mean(axis=1) - corners[..., 1].mean(axis=0)
-        ratio_obs = gap / np.linalg.norm(corners[0] - corners[1], axis=-1)
+        # The means as sum / count (what ndarray.mean computes, without its wrapper).
+        upper = observed_model[self._upper, 1]
+        gap = upper.sum(axis=1) / upper.shape[1] - corners[..., 1].sum(axis=0) / 2
+        ratio_obs = gap / _row_norm(corners[0] - corners[1])
         others = np.array(weights, dtype=np.float64)
         others[self._blink] = 0.0
         ratio_open = (self._gap0 + self._gap_basis @ others) / self._width0
-        return np.clip((ratio_obs - ratio_open) / self._blink_gain, 0.0, 1.0)
+        return np.minimum(np.maximum((ratio_obs - ratio_open) / self._blink_gain, 0.0), 1.0)

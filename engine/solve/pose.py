@@ -15,8 +15,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.linalg.lapack
 
 from engine.types import HeadPose
+
+_dgesdd = scipy.linalg.lapack.dgesdd
+_FLIP_LAST = np.array([1.0, 1.0, -1.0])
 
 
 def umeyama(
@@ -26,23 +30,30 @@ def umeyama(
 
     source, target: (n, 3); weights: (n,) ≥ 0 or None. Returns R (3, 3) proper rotation, t (3,), s > 0.
     """
+    # Weighted means and covariance as single matrix products (the numpy wrappers cost more than the arithmetic
+    # on these tiny arrays); the 3 × 3 SVD straight from LAPACK (the routine numpy.linalg.svd calls).
+    n = len(source)
     if weights is None:
-        mu_s, mu_t = source.mean(axis=0), target.mean(axis=0)
-        src, tgt = source - mu_s, target - mu_t
-        cov = tgt.T @ src / len(source)  # (3, 3) Σ tgt srcᵀ / n
-        var_s = float(np.einsum("ij,ij->", src, src)) / len(source)
+        w = np.full(n, 1.0 / n)
     else:
-        w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
-        mu_s, mu_t = w @ source, w @ target
-        src, tgt = source - mu_s, target - mu_t
-        cov = (tgt * w[:, None]).T @ src
-        var_s = float(w @ np.einsum("ij,ij->i", src, src))
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.ones(3)
-    if np.linalg.det(cov) < 0:  # det(U)·det(Vᵀ) has the sign of det(cov) (σ ≥ 0): avoid a reflection
-        d[2] = -1.0
-    rot = (u * d) @ vt
-    scale = float(sig @ d) / var_s if with_scale else 1.0
+        w = np.asarray(weights, dtype=np.float64)
+        w = w / float(w.sum())
+    mu_s, mu_t = w @ source, w @ target
+    src, tgt = source - mu_s, target - mu_t
+    cov = (tgt.T * w) @ src  # (3, 3) Σ w tgt srcᵀ
+    var_s = float(w @ np.einsum("ij,ij->i", src, src))
+    u, sig, vt, info = _dgesdd(cov)
+    if info != 0:
+        raise np.linalg.LinAlgError("SVD did not converge")
+    (a, b, c), (d, e, f), (g, h, i) = cov.tolist()
+    if a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g) < 0:
+        # det(U)·det(Vᵀ) has the sign of det(cov) (σ ≥ 0): avoid a reflection
+        u = u * _FLIP_LAST
+        rot = u @ vt
+        scale = float(sig[0] + sig[1] - sig[2]) / var_s if with_scale else 1.0
+    else:
+        rot = u @ vt
+        scale = float(sig[0] + sig[1] + sig[2]) / var_s if with_scale else 1.0
     return rot, mu_t - scale * rot @ mu_s, scale
 
 

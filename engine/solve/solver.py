@@ -54,9 +54,11 @@ def perspective_corrected(
     magnified: without this, ±25° turns read several degrees off and the lids and brows read as expressions.
     """
     kappa = 1.0 - depth_cm * (scale_px_per_cm / focal_px)
-    out = np.empty_like(observed)
-    out[:, :2] = center + (observed[:, :2] - center) * kappa[:, None]
-    out[:, 2] = observed[:, 2] * kappa
+    # center + (xy − center)·κ and z·κ (= (z − 0)·κ + 0): the same arithmetic in three whole-array operations.
+    center3 = np.array([center[0], center[1], 0.0])
+    out = observed - center3
+    out *= kappa[:, None]
+    out += center3
     return out
 
 
@@ -211,7 +213,7 @@ class FrameFitter:
             blink = self.eyes.blink(observed_model, w)
             w[_BLINK] = trust * w[_BLINK] + (1.0 - trust) * blink
         diff = observed_model[:N_MESH_LANDMARKS] - self.face.landmarks(w)[:N_MESH_LANDMARKS]
-        residual = float(np.sqrt(np.mean(np.einsum("ij,ij->i", diff, diff))))
+        residual = math.sqrt(float(np.einsum("ij,ij->i", diff, diff).sum()) / N_MESH_LANDMARKS)
         return FrameFit(w, rot, trans, scale, observed_model, residual)
 
 
@@ -270,7 +272,9 @@ def valid_observation(landmarks: Landmarks | None) -> tuple[np.ndarray, bool] | 
         # Without irises, stand-in points at the mesh centroid keep shapes fixed; they carry zero weight.
         pixels = np.vstack([pixels, np.repeat(pixels.mean(axis=0, keepdims=True), 10, axis=0)])
     observed = pixels_to_observed(pixels, height)
-    if np.ptp(observed[:, :2], axis=0).min() <= 0:
+    # Per-column extremes (a strided 1-D reduction is several times faster than np.ptp(axis=0) on (478, 2)).
+    x, y = observed[:, 0], observed[:, 1]
+    if min(x.max() - x.min(), y.max() - y.min()) <= 0:
         return None
     return observed, has_iris
 
