@@ -113,7 +113,9 @@ def build_parts(
     def make_renderer() -> Any:
         from engine.render.renderer import AvatarRenderer
 
-        return AvatarRenderer(model, identity, config.render, detail_gain=config.detail.scale_mm)
+        renderer = AvatarRenderer(model, identity, config.render, detail_gain=config.detail.scale_mm)
+        renderer.detail = config.detail.enabled  # no-op when the identity has no bases
+        return renderer
 
     def make_publisher() -> Any:
         from engine.identity import default_bundle_dir

@@ -171,7 +171,6 @@ class PipelineConfig(_Section):
 
     frames: int | None = Field(None, ge=1)
     duration_s: float | None = Field(None, gt=0)
-    window: bool = False
     status_line: bool = True
     # Niceness of the render thread (and its llvmpipe workers): on a CPU-only machine tracking and `params`
     # come first and the local render takes what is left. 0 renders at the same priority.
