@@ -30,6 +30,14 @@ def umeyama(
 
     source, target: (n, 3); weights: (n,) ≥ 0 or None. Returns R (3, 3) proper rotation, t (3,), s > 0.
     """
+    return umeyama_from_source(umeyama_source(source, weights), target, with_scale)
+
+
+def umeyama_source(
+    source: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The source-only half of `umeyama` (normalized weights, weighted mean, centred points, weighted variance),
+    to be computed once for a fixed source and reused with `umeyama_from_source`."""
     # Weighted means and covariance as single matrix products (the numpy wrappers cost more than the arithmetic
     # on these tiny arrays); the 3 × 3 SVD straight from LAPACK (the routine numpy.linalg.svd calls).
     n = len(source)
@@ -38,10 +46,19 @@ def umeyama(
     else:
         w = np.asarray(weights, dtype=np.float64)
         w = w / float(w.sum())
-    mu_s, mu_t = w @ source, w @ target
-    src, tgt = source - mu_s, target - mu_t
+    mu_s = w @ source
+    src = source - mu_s
+    return w, mu_s, src, float(w @ np.einsum("ij,ij->i", src, src))
+
+
+def umeyama_from_source(
+    prepared: tuple[np.ndarray, np.ndarray, np.ndarray, float], target: np.ndarray, with_scale: bool = True
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """`umeyama(source, target, weights, with_scale)` with `prepared = umeyama_source(source, weights)`."""
+    w, mu_s, src, var_s = prepared
+    mu_t = w @ target
+    tgt = target - mu_t
     cov = (tgt.T * w) @ src  # (3, 3) Σ w tgt srcᵀ
-    var_s = float(w @ np.einsum("ij,ij->i", src, src))
     u, sig, vt, info = _dgesdd(cov)
     if info != 0:
         raise np.linalg.LinAlgError("SVD did not converge")
@@ -79,7 +96,7 @@ def rotation_to_quaternion(rot: np.ndarray) -> np.ndarray:
         s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
         q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
     quat = np.array(q)
-    quat /= np.linalg.norm(quat)
+    quat /= math.sqrt(float(quat @ quat))  # = np.linalg.norm (√(q·q)) without its wrapper
     return quat if quat[0] >= 0 else -quat
 
 

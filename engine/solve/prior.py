@@ -83,7 +83,7 @@ class LearnedPrior:
         if self.residual_limit <= 0:
             return h, np.ones(np.shape(features)[:-1])
         outside = np.sqrt(np.maximum((centred * centred).sum(axis=-1) - (z * z).sum(axis=-1), 0.0))
-        return h, np.clip(2.0 - outside / self.residual_limit, 0.0, 1.0)
+        return h, np.minimum(np.maximum(2.0 - outside / self.residual_limit, 0.0), 1.0)  # np.clip, minus its wrapper
 
     @staticmethod
     def load(path: Path | str = DEFAULT_PRIOR_PATH) -> LearnedPrior:

@@ -22,7 +22,14 @@ from engine.solve.expression import EmbeddedFace, ExpressionSolver, depth_metric
 from engine.solve.eyes import GAZE_CHANNELS, EyeModel, GazeRanges, eyeball_centers
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.landmark_sets import FACE_OVAL, N_MESH_LANDMARKS
-from engine.solve.pose import focal_length_px, head_pose_from_fit, pixels_to_observed, umeyama
+from engine.solve.pose import (
+    focal_length_px,
+    head_pose_from_fit,
+    pixels_to_observed,
+    umeyama,
+    umeyama_from_source,
+    umeyama_source,
+)
 from engine.solve.prior import DEFAULT_PRIOR_PATH, LearnedPrior
 from engine.solve.response import DEFAULT_RESPONSE_PATH, LandmarkResponse
 from engine.types import FaceState, HeadPose, Landmarks, TrackingState
@@ -116,6 +123,8 @@ class FrameFitter:
         self.expression = ExpressionSolver(self.face, landmark_weights, lam, config.symmetry_prior)
         self.pose_weights_first = rigid_weights(self.face)
         self._rigid_ids = np.flatnonzero(self.pose_weights_first)
+        # The prior's pose always aligns the same source (the neutral's rigid landmarks): its half done once.
+        self._neutral_rigid_source = umeyama_source(self.face.neutral[self._rigid_ids])
         self.pose_weights_refine = np.maximum(self.pose_weights_first, _NONRIGID_POSE_WEIGHT)
         self.pose_weights_refine[N_MESH_LANDMARKS:] = 0.0
         ranges = GazeRanges(config.gaze_horizontal_deg, config.gaze_up_deg, config.gaze_down_deg)
@@ -130,12 +139,12 @@ class FrameFitter:
         correction), so it depends on nothing but the observation: not on the warm start, and not on the
         expression solve that the prior feeds (the regression, fitted on exactly these features, would
         otherwise see poses it was not trained on)."""
-        neutral, rigid = self.face.neutral, self._rigid_ids
-        rot, trans, scale = umeyama(neutral[rigid], observed[rigid])
+        neutral, rigid, source = self.face.neutral, self._rigid_ids, self._neutral_rigid_source
+        rot, trans, scale = umeyama_from_source(source, observed[rigid])
         corrected = observed
         if camera is not None:
             corrected = perspective_corrected(observed, neutral @ rot[2], scale, *camera)
-            rot, trans, scale = umeyama(neutral[rigid], corrected[rigid])
+            rot, trans, scale = umeyama_from_source(source, corrected[rigid])
         return LearnedPrior.features(((corrected - trans) @ rot) / scale, neutral, rot)
 
     def _camera(self, image_size: tuple[int, int]) -> tuple[np.ndarray, float]:
@@ -310,7 +319,7 @@ class FaceSolver:
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """(53,) raw weights → (53,) with the rest offset removed: (w − o)/(1 − o), clamped to [0, 1]."""
-        return np.clip((raw - self.neutral_offset) / (1.0 - self.neutral_offset), 0.0, 1.0)
+        return np.minimum(np.maximum((raw - self.neutral_offset) / (1.0 - self.neutral_offset), 0.0), 1.0)
 
     def solve(self, landmarks: Landmarks | None, t_capture_ns: int, frame_index: int) -> FaceState:
         """One frame → FaceState. `landmarks` None or unusable → coasting / lost."""
@@ -339,8 +348,9 @@ class FaceSolver:
         if cfg.filter_enabled:
             quat = continuous_quaternion(pose.quaternion, self._last_quat)
             state = self._filter(np.concatenate([weights, quat, pose.translation, [pose.scale]]), t_capture_ns)
-            weights = np.clip(state[:N_EXPRESSIONS], 0.0, 1.0)
-            quat = state[N_EXPRESSIONS : N_EXPRESSIONS + 4] / np.linalg.norm(state[N_EXPRESSIONS : N_EXPRESSIONS + 4])
+            weights = np.minimum(np.maximum(state[:N_EXPRESSIONS], 0.0), 1.0)
+            quat = state[N_EXPRESSIONS : N_EXPRESSIONS + 4]
+            quat = quat / math.sqrt(float(quat @ quat))  # = np.linalg.norm (√(q·q)) without its wrapper
             self._last_quat = quat
             pose = HeadPose(quat, state[N_EXPRESSIONS + 4 : N_EXPRESSIONS + 7], float(state[-1]))
         confidence = _presence(landmarks) * float(np.exp(-((fit.residual_cm / _RESIDUAL_SCALE_CM) ** 2)))
