@@ -78,8 +78,7 @@ def _subspace_solve(H: np.ndarray, b: np.ndarray, bound: np.ndarray, fixed: np.n
     free = ~fixed
     w_fixed = np.where(fixed, bound, 0.0)
     rhs = np.where(fixed, bound, b - H @ w_fixed)
-    K = H * free  # zero the fixed columns, then rows (×1/×0: the same values as H · free freeᵀ)
-    K *= free[:, None]
+    K = np.where(np.multiply.outer(free, free), H, 0.0)  # H · free freeᵀ, as a selection
     K.ravel()[:: len(b) + 1] += fixed
     # K is symmetric positive definite (a principal block of H plus identity rows). LAPACK's Cholesky solve
     # directly: numpy.linalg.solve's per-call overhead is ~5× the 53 × 53 factorization itself.

@@ -178,7 +178,7 @@ class ExpressionSolver:
             b = b + np.bincount(channels, values * strength, minlength=len(b))
         if target is not None:
             values, strength = target
-            H.flat[:: len(b) + 1] += strength
+            H.ravel()[:: len(b) + 1] += strength  # H is contiguous: ravel() is a view
             b = b + strength * values
         return solve_box_qp(H, b, lo, hi, warm_start, max_iterations)
 

@@ -130,6 +130,8 @@ class EyeModel:
         )  # fmt: skip
         self._mid0 = self._corner0.mean(axis=0)  # (2, 3)
         self._iris_rest = (face.neutral[self._iris].mean(axis=1) - self._mid0)[:, :2]  # (2, 2) cm
+        self._mid0_list = self._mid0.tolist()
+        self._iris_rest_list = self._iris_rest.tolist()
         blink_gain = np.array([self._gap_basis[e, BLINK[e]] for e in range(2)]) / width0
         self._blink_gain = blink_gain
         eyes_like = (width0 > 1.5) & (width0 < 5.0) & (blink_gain < -0.05) & (radii > 0.6) & (radii < 2.0)
@@ -156,13 +158,29 @@ class EyeModel:
         observed_corners = observed_model[self._corners]
         width = _row_norm(observed_corners[0] - observed_corners[1])
         raw = observed_model[self._iris].sum(axis=1) * 0.2 - (observed_corners[0] + observed_corners[1]) * 0.5
+        # The per-eye scalar arithmetic below on Python floats (the same operations in the same order as the
+        # (2, 3) array expressions they replace: numpy's per-call cost dwarfs the arithmetic here).
+        (raw_lx, raw_ly, _), (raw_rx, raw_ry, _) = raw.tolist()
+        width_l, width_r = width.tolist()
+        (mid_lx, mid_ly, _), (mid_rx, mid_ry, _) = self._mid0_list
+        (rest_lx, rest_ly), (rest_rx, rest_ry) = self._iris_rest_list
+        radius = self.radius
         for _ in range(2):
-            corners = (corners_static + self._corner_gaze_flat @ gaze).reshape(2, 2, 3)
-            width_model = _row_norm(corners[0] - corners[1])
-            offset = (raw + (corners[0] + corners[1]) * 0.5 - self._mid0)[:, :2] * (width_model / width)[:, None]
-            sines = np.minimum(np.maximum((offset - self._iris_rest) / self.radius, -1.0), 1.0)
+            # Flattened corners: outer (left eye 0:3, right 3:6), inner (left 6:9, right 9:12).
+            c = (corners_static + self._corner_gaze_flat @ gaze).tolist()
+            dx, dy, dz = c[0] - c[6], c[1] - c[7], c[2] - c[8]
+            ratio_l = math.sqrt(dx * dx + dy * dy + dz * dz) / width_l
+            dx, dy, dz = c[3] - c[9], c[4] - c[10], c[5] - c[11]
+            ratio_r = math.sqrt(dx * dx + dy * dy + dz * dz) / width_r
+            offsets = (
+                (raw_lx + (c[0] + c[6]) * 0.5 - mid_lx) * ratio_l - rest_lx,
+                (raw_ly + (c[1] + c[7]) * 0.5 - mid_ly) * ratio_l - rest_ly,
+                (raw_rx + (c[3] + c[9]) * 0.5 - mid_rx) * ratio_r - rest_rx,
+                (raw_ry + (c[4] + c[10]) * 0.5 - mid_ry) * ratio_r - rest_ry,
+            )
+            sines = np.minimum(np.maximum(np.array(offsets) / radius, -1.0), 1.0)
             # (2 eyes, 2) yaw towards +x, pitch towards +y, in degrees → the eight channels.
-            gaze = np.minimum(np.maximum(self._angles_to_gaze @ np.degrees(np.arcsin(sines)).reshape(-1), 0.0), 1.0)
+            gaze = np.minimum(np.maximum(self._angles_to_gaze @ np.degrees(np.arcsin(sines)), 0.0), 1.0)
         return gaze
 
     def blink(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
