@@ -16,26 +16,15 @@ from engine.detail.weights import (
     vertex_key_weights,
 )
 from engine.identity import DetailBases, Identity
+from engine.render.bench import synthetic_ridge_bases
 from engine.render.renderer import AvatarRenderer
 
 N = 128  # bases resolution for the test: small enough for a fast numpy reference
 
 
 def ridge_bases(n: int, seed: int = 0) -> np.ndarray:
-    """(20, n, n, 3) synthetic bases: a sum of two sinusoidal ridges per key expression with exact UV
-    gradients, rounded to float16 like a stored bundle."""
-    rng = np.random.default_rng(seed)
-    v, u = (np.mgrid[0:n, 0:n] + 0.5) / n  # row = v, column = u
-    maps = np.zeros((20, n, n, 3))
-    for i in range(20):
-        for _ in range(2):
-            ku, kv = rng.uniform(-30, 30, 2)
-            amp, phase = rng.uniform(0.1, 0.6), rng.uniform(0, 2 * np.pi)
-            arg = 2 * np.pi * (ku * u + kv * v) + phase
-            maps[i, ..., 0] += amp * np.sin(arg)
-            maps[i, ..., 1] += amp * np.cos(arg) * 2 * np.pi * ku
-            maps[i, ..., 2] += amp * np.cos(arg) * 2 * np.pi * kv
-    return maps.astype(np.float16).astype(np.float32)
+    """(20, n, n, 3) synthetic ridge bases with exact UV gradients, rounded to float16 like a stored bundle."""
+    return synthetic_ridge_bases(n, seed).maps.astype(np.float16).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
