@@ -252,3 +252,19 @@ def test_back_of_head_takes_the_identity_textures_skin_tone(face_model):
         img = r.render(_posed(_state(), yaw=60.0)).image.astype(int)
     skin = img[img[..., 3] == 255]
     assert (skin[:, 2] > skin[:, 0]).mean() > 0.9
+
+
+@pytest.mark.parametrize("yaw,pitch", [(0.0, 0.0), (35.0, 10.0), (-30.0, -15.0)])
+def test_back_face_culling_hides_nothing_visible(face_model, monkeypatch, yaw, pitch):
+    """Culled groups must be closed surfaces wound counter-clockwise outside: the image with culling equals the
+    one without, but for a few edge pixels — with the mouth wide open (the socket seen from inside) and turned."""
+    import engine.render.renderer as renderer_module
+
+    config = RenderConfig(width=256, height=256, samples=0)
+    state = _posed(_state(jawOpen=1.0, mouthFunnel=0.4, eyeBlink_L=0.5), yaw=yaw, pitch=pitch)
+    with AvatarRenderer(face_model, _identity(face_model), config) as r:
+        culled = r.render(state).image.astype(int)
+        monkeypatch.setattr(renderer_module, "_BACKFACE_CULLED", frozenset())
+        unculled = r.render(state).image.astype(int)
+    changed = np.abs(culled - unculled).max(axis=2) > 40
+    assert changed.sum() <= 8, f"{changed.sum()} pixels change with back-face culling"
