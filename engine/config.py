@@ -34,6 +34,9 @@ class SourceConfig(_Section):
     loop: bool = False
     demo_size: int = Field(512, ge=64, le=2048)
     demo_seed: int = 0
+    # Play the shipped pre-rendered demo performance when it matches (identity, seed, size, camera); false
+    # always renders the performer live (half the CPU of a 2-core software-GL machine).
+    demo_recording: bool = True
 
 
 class TrackingConfig(_Section):
@@ -123,6 +126,10 @@ class RenderConfig(_Section):
     debug_view: Literal["none", "displacement", "weights", "normals"] = "none"
     background: tuple[float, float, float, float] = Field((0.0, 0.0, 0.0, 0.0))  # RGBA in [0, 1]; alpha 0 or 1
     mirror_preview: bool = True  # the preview window shows a mirror image (the output frames are never mirrored)
+    # Dynamic detail: skip key expressions whose weight M_i stays below this everywhere (their basis would add
+    # < 2 % of itself). Tracked faces give every channel a little weight: at 0 a typical frame blends 16 of the
+    # 19 keys, at 0.02 six — per-pixel cost grows with the count. 0: the exact blend.
+    detail_key_threshold: float = Field(0.02, ge=0, le=0.25)
 
     @field_validator("background")
     @classmethod
@@ -175,6 +182,9 @@ class PipelineConfig(_Section):
     # Niceness of the render thread (and its llvmpipe workers): on a CPU-only machine tracking and `params`
     # come first and the local render takes what is left. 0 renders at the same priority.
     render_niceness: int = Field(10, ge=0, le=19)
+    # Render in a child process: moderngl holds the GIL for a whole draw + readback (20–40 ms on llvmpipe),
+    # which in a thread stalls tracking. false renders on a thread of the engine's own process.
+    render_process: bool = True
 
 
 class Config(_Section):

@@ -14,19 +14,30 @@ It is the built-in source when no webcam exists, and the ground truth for closed
 Transitions ease with smoothstep between keyframes. The frames are RGB (no alpha): the render is composited
 on a plain wall-coloured background with a slow light drift, as a camera would see it. Everything is
 deterministic for a seed; rendering uses no MSAA (the tracker downsamples anyway, and it halves the cost).
+
+`DemoRecording` plays the same performance pre-rendered (`models/demo_performance.mp4`, H.264, made by
+`tools/build_demo_video.py`): a webcam delivers frames for free, and rendering them live on a 2-core
+software rasterizer would take half the CPU from the engine it stands in front of. It is used only when
+it is exactly what the live performer would render (same identity, script, size and camera), else the
+performer renders live.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import cv2
 import numpy as np
 
 from engine.config import RenderConfig
 from engine.detail.weights import KEY_EXPRESSIONS, key_expression_weights
-from engine.face_model import FaceModel
+from engine.face_model import MODELS_DIR, FaceModel
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.render.camera import Camera, euler_to_quaternion
@@ -34,6 +45,9 @@ from engine.render.renderer import AvatarRenderer, Lighting
 from engine.types import FaceState, Frame, HeadPose, TrackingState
 
 N_CHANNELS = len(ICT_EXPRESSIONS)
+DEMO_RECORDING = MODELS_DIR / "demo_performance.mp4"  # with its description beside it, demo_performance.json
+
+log = logging.getLogger(__name__)
 
 
 def _ch(name: str) -> int:
@@ -256,3 +270,127 @@ def _drifting_light(t: float) -> Lighting:
     light.key_direction = np.array([c * d[0] + s * d[2], d[1], -s * d[0] + c * d[2]], np.float32)
     light.key_color = light.key_color * np.float32(1.0 + 0.1 * np.sin(2 * np.pi * t / 11.0))
     return light
+
+
+def identity_fingerprint(identity: Identity) -> str:
+    """A short hash of what the performer's pixels depend on in an identity: its shape and its texture."""
+    digest = hashlib.sha256(np.asarray(identity.identity_weights, np.float32).tobytes())
+    if identity.texture is not None:
+        digest.update(np.ascontiguousarray(identity.texture).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def script_fingerprint(script: DemoScript) -> str:
+    """A short hash of a script's per-frame weights and head angles."""
+    digest = hashlib.sha256(script.weights.tobytes())
+    digest.update(script.euler_deg.tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RecordingInfo:
+    """What a demo recording was rendered from (the JSON beside the video)."""
+
+    frames: int
+    fps: float
+    seed: int
+    size: int
+    fov_y_deg: float
+    camera_distance_cm: float
+    identity: str  # identity_fingerprint
+    script: str  # script_fingerprint
+
+    @staticmethod
+    def describe(performer: DemoPerformer) -> RecordingInfo:
+        """The description of what `performer` renders."""
+        return RecordingInfo(
+            frames=len(performer), fps=performer.fps, seed=performer.seed, size=performer.config.width,
+            fov_y_deg=performer.config.fov_y_deg, camera_distance_cm=performer.config.camera_distance_cm,
+            identity=identity_fingerprint(performer.identity), script=script_fingerprint(performer.script),
+        )  # fmt: skip
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @staticmethod
+    def load(path: Path) -> RecordingInfo:
+        return RecordingInfo(**json.loads(path.read_text()))
+
+
+class DemoRecording:
+    """The demo performance decoded from a video made by `tools/build_demo_video.py`, as the same `Frame`s
+    (true weights and pose attached) the live `DemoPerformer` it was recorded from would render, looping.
+
+    A frame that fails to decode mid-way is rendered live instead, so the stream never stops.
+    Use `DemoRecording.open(performer)`, which refuses (None, with the reason logged) a recording that is
+    missing, unreadable, or not what `performer` would render.
+    """
+
+    def __init__(self, video: Path, performer: DemoPerformer) -> None:
+        self.video = video
+        self.performer = performer
+        self.fps = performer.fps
+        self._capture = cv2.VideoCapture(str(video))
+        self._position = 0  # script frame the capture decodes next
+
+    @staticmethod
+    def open(performer: DemoPerformer, video: Path = DEMO_RECORDING) -> DemoRecording | None:
+        """The recording of exactly `performer`'s performance, or None (reason logged) when there is none."""
+        info_path = video.with_suffix(".json")
+        if not video.is_file() or not info_path.is_file():
+            log.info("no demo recording at %s: the performer renders live", video)
+            return None
+        try:
+            info = RecordingInfo.load(info_path)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("demo recording description %s is unreadable (%s): the performer renders live", info_path, exc)
+            return None
+        wanted = RecordingInfo.describe(performer)
+        if info != wanted:
+            diff = {k: (v, getattr(wanted, k)) for k, v in asdict(info).items() if getattr(wanted, k) != v}
+            log.info("demo recording %s is of another performance %s: the performer renders live", video.name, diff)
+            return None
+        recording = DemoRecording(video, performer)
+        frame_count = int(recording._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        ok, first = recording._capture.read()
+        if not ok or first is None or first.shape != (info.size, info.size, 3) or frame_count != info.frames:
+            log.warning("demo recording %s is unreadable or truncated: the performer renders live", video)
+            recording.close()
+            return None
+        recording._capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        return recording
+
+    def __len__(self) -> int:
+        return len(self.performer)
+
+    def __iter__(self) -> Iterator[Frame]:
+        count = 0
+        while self.performer.loop or count < len(self):
+            yield self.frame(count % len(self), index=count)
+            count += 1
+
+    def frame(self, i: int, index: int | None = None) -> Frame:
+        """Script frame i (sequential access decodes; a jump seeks), like `DemoPerformer.frame`."""
+        i = i % len(self)
+        if i != self._position:
+            self._capture.set(cv2.CAP_PROP_POS_FRAMES, i)
+        ok, bgr = self._capture.read()
+        self._position = i + 1
+        if not ok or bgr is None:
+            log.warning("demo recording frame %d did not decode: rendering it live", i)
+            self._position = -1  # re-seek on the next frame
+            return self.performer.frame(i, index)
+        weights = self.performer.script.weights[i]
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return Frame(image, time.monotonic_ns(), i if index is None else index, weights.copy(),
+                     self.performer.true_pose(i))  # fmt: skip
+
+    def close(self) -> None:
+        self._capture.release()
+        self.performer.close()
+
+    def __enter__(self) -> DemoRecording:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -65,13 +65,16 @@ def open_demo(config: Config) -> FrameSource:
     """The built-in demo performer: the default (or configured) identity acting a scripted sequence."""
     from engine.app import load_identity
     from engine.face_model import FaceModel
-    from engine.sources.demo import DemoPerformer
+    from engine.sources.demo import DemoPerformer, DemoRecording
 
     model = FaceModel.load()
     identity = load_identity(config.identity, model)
     src = config.source
     performer = DemoPerformer(model, identity, config.render, fps=src.fps, seed=src.demo_seed, size=src.demo_size)
-    return PacedSource(iter(performer), config.source.fps, "demo performer", performer.close)
+    recording = DemoRecording.open(performer) if src.demo_recording else None
+    if recording is not None:
+        return PacedSource(iter(recording), src.fps, "demo performer (recorded)", recording.close)
+    return PacedSource(iter(performer), src.fps, "demo performer (rendered live)", performer.close)
 
 
 def check_source_spec(spec: str) -> None:
