@@ -111,6 +111,11 @@ def build_parts(
     engine_id = f"scapecast-{uuid.uuid4().hex[:8]}"
 
     def make_renderer() -> Any:
+        if config.pipeline.render_process:
+            from engine.render.process import RendererProcess
+
+            return RendererProcess(model, identity, config.render, detail_gain=config.detail.scale_mm,
+                                   detail=config.detail.enabled, niceness=config.pipeline.render_niceness)  # fmt: skip
         from engine.render.renderer import AvatarRenderer
 
         renderer = AvatarRenderer(model, identity, config.render, detail_gain=config.detail.scale_mm)

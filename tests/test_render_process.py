@@ -1,0 +1,68 @@
+"""The renderer in a child process: the same pixels as in-process, clear errors, a clean stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from engine.config import RenderConfig
+from engine.identity import DetailBases, Identity
+from engine.names import ICT_EXPRESSIONS
+from engine.render.bench import performance_states, synthetic_ridge_bases
+from engine.render.process import RendererProcess, RenderProcessError
+from engine.render.renderer import AvatarRenderer
+
+CONFIG = RenderConfig(width=160, height=128, samples=0)
+
+
+def _identity(face_model, bases: DetailBases | None = None) -> Identity:
+    return Identity("process-test", face_model.model_id, face_model.default_identity_weights(),
+                    np.zeros(len(ICT_EXPRESSIONS), np.float32), bases=bases)  # fmt: skip
+
+
+def test_child_renders_the_same_pixels_as_the_in_process_renderer(face_model):
+    identity = _identity(face_model, synthetic_ridge_bases(64))
+    states = performance_states(3, seed=5)
+    with RendererProcess(face_model, identity, CONFIG, detail_gain=1.5) as child:
+        assert child.detail and child.info["gl_renderer"]
+        remote = [child.render(state) for state in states]
+    with AvatarRenderer(face_model, identity, CONFIG, detail_gain=1.5) as local:
+        for state, frame in zip(states, remote, strict=True):
+            expected = local.render(state).image
+            assert frame.image.shape == (128, 160, 4) and frame.state is state
+            np.testing.assert_array_equal(frame.image, expected)
+            assert frame.t_render_done_ns > 0
+
+
+def test_a_renderer_that_cannot_start_raises_the_childs_reason(face_model):
+    bad = _identity(face_model, DetailBases(np.zeros((20, 8, 4, 3), np.float32), "bad"))  # not square
+    with pytest.raises(RenderProcessError, match=r"detail bases must be \(20, N, N, 3\)"):
+        RendererProcess(face_model, bad, CONFIG)
+
+
+def test_a_dead_child_is_an_error_naming_its_exit_not_a_hang(face_model):
+    child = RendererProcess(face_model, _identity(face_model), CONFIG)
+    try:
+        child.render(performance_states(1)[0])
+        os.kill(child._process.pid, signal.SIGKILL)
+        child._process.join(timeout=10)
+        with pytest.raises(RenderProcessError, match="exit code -9|is gone"):
+            child.render(performance_states(1)[0])
+    finally:
+        child.close()
+    with pytest.raises(RenderProcessError, match="closed"):
+        child.render(performance_states(1)[0])
+
+
+def test_bad_state_is_reported_and_the_child_keeps_serving(face_model):
+    with RendererProcess(face_model, _identity(face_model), CONFIG) as child:
+        state = performance_states(1)[0]
+        with pytest.raises(RenderProcessError, match="NaN"):
+            child.render(replace(state, weights=np.full(53, np.nan)))
+        assert child.render(state).image[..., 3].any()
+        pid = child._process.pid
+    assert not child._process.is_alive(), f"render process {pid} still running after close()"
