@@ -16,6 +16,7 @@ from engine.detail.weights import (
     vertex_key_weights,
 )
 from engine.identity import DetailBases, Identity
+from engine.names import ICT_EXPRESSIONS
 from engine.render.bench import synthetic_ridge_bases
 from engine.render.renderer import AvatarRenderer
 
@@ -38,7 +39,8 @@ def renderer(face_model, maps):
         "ridges", face_model.model_id, face_model.default_identity_weights(), np.zeros(53, np.float32),
         bases=DetailBases(maps, "synthetic"),
     )  # fmt: skip
-    with AvatarRenderer(face_model, identity, RenderConfig(width=64, height=64, samples=0)) as r:
+    exact = RenderConfig(width=64, height=64, samples=0, detail_key_threshold=0.0)  # every key with any weight
+    with AvatarRenderer(face_model, identity, exact) as r:
         yield r
 
 
@@ -100,3 +102,28 @@ def test_key_expression_reaches_its_basis_where_the_skin_moves_most(face_model, 
     assert np.abs(gl[strong, 0] - maps[i][strong, 0]).max() < 0.03 * 2 * np.abs(maps[..., 0]).max()
     weak = (a_tex < 0.01) & (gl[..., 3] == 1.0)
     assert np.abs(gl[weak, 0] - maps[0][weak, 0]).max() < 0.01 * 2 * np.abs(maps[..., 0]).max()
+
+
+def test_skipping_faint_key_expressions_is_bounded_by_the_threshold(face_model, maps):
+    """Tracked faces give every channel a little weight. With `detail_key_threshold` t, keys whose M_i ≤ t
+    everywhere are skipped: fewer layers per pixel, and F moves by at most Σ_skipped t · max|F̂_i − F̂_0|."""
+    rng = np.random.default_rng(11)
+    weights = rng.uniform(0.0, 0.03, 53)  # a tracked near-neutral face: all channels faintly on
+    weights[ICT_EXPRESSIONS.index("mouthSmile_L")] = weights[ICT_EXPRESSIONS.index("mouthSmile_R")] = 0.7
+    identity = Identity(
+        "ridges", face_model.model_id, face_model.default_identity_weights(), np.zeros(53, np.float32),
+        bases=DetailBases(maps, "synthetic"),
+    )  # fmt: skip
+    threshold = 0.02
+    with AvatarRenderer(face_model, identity, RenderConfig(width=64, height=64, samples=0,
+                                                           detail_key_threshold=threshold)) as r:  # fmt: skip
+        gl = r.render_uv(weights)
+        n_active = r._key_weight_uniforms(weights)["u_n_active"]
+    ref, covered = reference_blend(face_model, maps, weights)
+    c = key_expression_coefficients(weights)
+    skipped = np.abs(c).sum(axis=1) <= threshold
+    assert n_active == (~skipped).sum() and 1 <= n_active <= 8 and skipped.sum() >= 8
+    both = covered & (gl[..., 3] == 1.0)
+    bound = threshold * np.abs(maps[1:, ..., 0] - maps[0, ..., 0]).max(axis=(1, 2))[skipped].sum()
+    err = np.abs(gl[both, 0] - ref[both, 0]).max()
+    assert 0 < err <= bound + 1e-3, f"F off by {err:.4f} mm, bound {bound:.4f}"

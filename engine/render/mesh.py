@@ -108,12 +108,19 @@ class AvatarMesh:
     def evaluate(self, weights: np.ndarray) -> np.ndarray:
         """(E,) expression weights → (R, 6) float32 positions (cm) and unnormalized normals.
 
-        Only the non-zero weights are summed: a typical frame drives a handful of the 53 channels.
+        A scripted frame drives a handful of the 53 channels: only those rows are summed. A tracked face
+        gives every channel a little weight; selecting rows would then copy most of the basis, and one
+        whole (53 × 6R) product is ~4× faster.
         """
         w = np.asarray(weights, dtype=np.float32)
         active = np.flatnonzero(w)
         flat = self.basis.reshape(len(self.basis), -1)
-        out = self.rest.reshape(-1) + w[active] @ flat[active] if len(active) else self.rest.reshape(-1).copy()
+        if len(active) > len(w) // 4:
+            out = self.rest.reshape(-1) + w @ flat
+        elif len(active):
+            out = self.rest.reshape(-1) + w[active] @ flat[active]
+        else:
+            out = self.rest.reshape(-1).copy()
         out = out.reshape(-1, 6)
         first, last = self.eye_ranges[0, 0], self.eye_ranges[1, 1]
         out[first:last] = self.eyes(weights)

@@ -30,7 +30,6 @@ from engine.render.outputs import PreviewWindow
 from engine.types import FaceState, RenderedFrame
 
 # A key expression is skipped when its M_i cannot exceed this anywhere (M_i ≤ Σ_j c_ij since A_j ≤ 1).
-ACTIVE_KEY_EPSILON = 1e-3
 _DEBUG_VIEWS = {"none": 0, "displacement": 1, "weights": 2, "normals": 3}
 
 
@@ -65,15 +64,19 @@ class KeyWeightUniforms:
     coefficients: np.ndarray
 
 
-def key_weight_uniforms(weights: np.ndarray, channels: np.ndarray, mask_texels: int) -> KeyWeightUniforms:
+def key_weight_uniforms(
+    weights: np.ndarray, channels: np.ndarray, mask_texels: int, threshold: float = 0.0
+) -> KeyWeightUniforms:
     """(53,) expression weights → the active key expressions and their c_ij over the masked `channels`.
 
     c is (19, 53) with zeros outside `channels` by construction (α̂_i^j = 0 there), so packing only those
-    columns changes nothing. Rows of inactive keys are dropped; the rest are packed in order.
+    columns changes nothing. A key expression is active when M_i can exceed `threshold` somewhere: M_i ≤
+    Σ_j |c_ij| since A_j ≤ 1 (0: every key with any weight — the exact blend). Rows of inactive keys are
+    dropped; the rest are packed in order.
     """
     c = key_expression_coefficients(weights)[:, channels]  # (19, J)
     bound = np.abs(c).sum(axis=1)
-    active = np.flatnonzero(bound > ACTIVE_KEY_EPSILON)
+    active = np.flatnonzero(bound > threshold)
     packed = np.zeros((N_KEY_EXPRESSIONS - 1, 4 * mask_texels), np.float32)
     packed[: len(active), : c.shape[1]] = c[active]
     return KeyWeightUniforms(active=(active + 1).astype(np.int32), coefficients=packed.reshape(-1))
@@ -313,7 +316,9 @@ class AvatarRenderer:
     # -- setup -----------------------------------------------------------------------------------------
 
     def _key_weight_uniforms(self, weights: np.ndarray) -> dict[str, object]:
-        uniforms = key_weight_uniforms(weights, self.mesh.channels, self.mesh.mask_texels)
+        uniforms = key_weight_uniforms(
+            weights, self.mesh.channels, self.mesh.mask_texels, self.config.detail_key_threshold
+        )
         active = np.zeros(N_KEY_EXPRESSIONS - 1, np.int32)
         active[: len(uniforms.active)] = uniforms.active
         return {"u_n_active": len(uniforms.active), "u_coef": uniforms.coefficients, "u_active": active}
