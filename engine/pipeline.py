@@ -1,9 +1,13 @@
-"""The live pipeline: three threads joined by one-slot hand-offs, with per-frame timing. No face math here.
+"""The live pipeline: four threads joined by one-slot hand-offs, with per-frame timing. No face math here.
 
-    capture ──slot──▶ track + solve + publish params ──slot──▶ render + encode + publish frame
+    capture ──slot──▶ track ──slot──▶ solve + publish params ──slot──▶ render + encode + publish frame
 
-Live sources (webcam, demo) overwrite the slots so each stage always takes the newest item (stale ones are
-dropped and counted); file sources make the producer wait so that every frame is processed in order.
+Live sources (webcam, demo) overwrite the capture and render slots so those stages always take the newest
+item (stale ones are dropped and counted); file sources make the producer wait so that every frame is
+processed in order. Tracked frames are never dropped: the solver needs every one for its filters, and it is
+the faster stage. Tracking and solving run on separate threads because MediaPipe's graph runs with the GIL
+released: the solver works on frame n while MediaPipe reads frame n + 1, so solving costs the tracker's
+throughput almost nothing where a second core exists.
 `params` leave as soon as the frame is solved: small parameter messages never wait for the avatar render
 (which on a CPU-only machine is the slowest stage), so remote renderers and VMC apps get the tracker's full
 rate and latency while the local render runs at its own. Every stage creates its resources on its own thread
@@ -108,11 +112,21 @@ class FrameResult:
     stamps: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class TrackedFrame:
+    """A frame with its landmarks (None: no face), on its way from the track to the solve thread."""
+
+    frame: Frame
+    landmarks: Landmarks | None
+    stamps: dict[str, int]
+
+
 # (stage name, start stamp, end stamp): the per-stage durations reported in `stats` and the summary.
 STAGES: tuple[tuple[str, str, str], ...] = (
     ("capture_wait", "captured", "track_start"),
     ("track", "track_start", "tracked"),
-    ("solve", "tracked", "solved"),
+    ("solve_wait", "tracked", "solve_start"),
+    ("solve", "solve_start", "solved"),
     ("publish_params", "solved", "params_published"),
     ("handoff", "params_published", "render_start"),
     ("render", "render_start", "rendered"),
@@ -129,7 +143,7 @@ class PipelineParts:
     solver: Callable[[], Solver]
     renderer: Callable[[], Renderer] | None = None
     publisher: Callable[[], Publisher] | None = None
-    # Consumers of every solved frame (VMC bridge, params JSONL), called on the track thread after `params`.
+    # Consumers of every solved frame (VMC bridge, params JSONL), called on the solve thread after `params`.
     on_state: list[Callable[[FrameResult], None]] = field(default_factory=list)
     # Consumers of every rendered frame (report pictures), called on the render thread.
     on_rendered: list[Callable[[FrameResult], None]] = field(default_factory=list)
@@ -147,6 +161,7 @@ class Pipeline:
         self._realtime = realtime
         self._stop = threading.Event()
         self._frames: OneSlot[Frame] = OneSlot()
+        self._tracked: OneSlot[TrackedFrame] = OneSlot()
         self._solved: OneSlot[FrameResult] = OneSlot()
         self.results: collections.deque[FrameResult] = collections.deque(maxlen=keep)
         self.processed = 0  # solved (and params published)
@@ -158,6 +173,9 @@ class Pipeline:
         self.source_description = ""
         self.tracking_state = TrackingState.LOST
         self._ready = threading.Event()  # set once the source is open and `_live` is known
+        # Set by each stage once its resources exist (MediaPipe graph, solver, publisher, GL context or render
+        # process): capture reads the first frame only then, so start-up costs no frames and no latency.
+        self._stage_ready = {name: threading.Event() for name in ("track", "solve", "render")}
         self._live = False
         self._lock = threading.Lock()
         self.t_start_ns = 0
@@ -183,7 +201,8 @@ class Pipeline:
         self._max_frames = max_frames
         threads = [
             threading.Thread(target=self._guard(self._capture_loop, self._frames), name="capture", daemon=True),
-            threading.Thread(target=self._guard(self._track_loop, self._solved), name="track", daemon=True),
+            threading.Thread(target=self._guard(self._track_loop, self._tracked), name="track", daemon=True),
+            threading.Thread(target=self._guard(self._solve_loop, self._solved), name="solve", daemon=True),
             threading.Thread(target=self._guard(self._render_loop, None), name="render", daemon=True),
         ]
         self.t_start_ns = now_ns()
@@ -205,7 +224,7 @@ class Pipeline:
             for thread in threads:
                 thread.join(10.0)
             self.t_end_ns = now_ns()
-            # The track thread made the publisher and the render thread used its frame socket: both are done.
+            # The solve thread made the publisher and the render thread used its frame socket: both are done.
             if self._publisher is not None and not any(t.is_alive() for t in threads):
                 self._publisher.close()
         if self.errors:
@@ -234,6 +253,9 @@ class Pipeline:
             # Live sources (or --realtime) keep only the newest frame; files are processed frame by frame.
             self._live = source.live if self._realtime is None else self._realtime
             self._ready.set()
+            while not all(event.wait(0.05) for event in self._stage_ready.values()):
+                if self._stop.is_set():
+                    return
             wait = not self._live
             # A file played in real time is paced at its own frame rate, like the camera that recorded it.
             period_ns = int(1e9 / source.fps) if self._live and not source.live and source.fps > 0 else 0
@@ -250,17 +272,13 @@ class Pipeline:
 
     def _track_loop(self) -> None:
         tracker = self.parts.tracker()
-        solver = self.parts.solver()
-        publisher = self._publisher = self.parts.publisher() if self.parts.publisher else None
-        last_stats_ns = now_ns()
+        self._stage_ready["track"].set()
         try:
             while not self._ready.wait(0.05):
                 if self._stop.is_set():
                     return
             while not self._stop.is_set():
                 frame = self._frames.get()
-                if publisher is not None:
-                    publisher.tick()  # identity re-sent every second, frames or not
                 if frame is None:
                     if self._frames.closed:
                         break
@@ -273,28 +291,46 @@ class Pipeline:
                     log.debug("invalid frame %d: %s", frame.index, exc)
                     faces = []
                 stamps["tracked"] = now_ns()
-                landmarks = faces[0] if faces else None
-                state = solver.solve(landmarks, frame.t_capture_ns, frame.index)
-                stamps["solved"] = now_ns()
-                result = FrameResult(frame, landmarks, state, stamps=stamps)
-                self._publish_state(publisher, result)
-                stamps["params_published"] = now_ns()
-                for consume in self.parts.on_state:
-                    consume(result)
-                with self._lock:
-                    self.results.append(result)
-                    self.processed += 1
-                if publisher is not None and stamps["params_published"] - last_stats_ns > 1_000_000_000:
-                    publisher.publish_stats(self.stats())
-                    self.published["stats"] += 1
-                    last_stats_ns = stamps["params_published"]
-                if self.parts.renderer is not None:
-                    if not self._solved.put(result, wait=not self._live, stop=self._stop):
-                        break
-                if self._max_frames is not None and self.processed >= self._max_frames:
-                    self.stop()
+                tracked = TrackedFrame(frame, faces[0] if faces else None, stamps)
+                if not self._tracked.put(tracked, wait=True, stop=self._stop):
+                    break
         finally:
             tracker.close()
+
+    def _solve_loop(self) -> None:
+        solver = self.parts.solver()
+        publisher = self._publisher = self.parts.publisher() if self.parts.publisher else None
+        self._stage_ready["solve"].set()
+        last_stats_ns = now_ns()
+        while not self._stop.is_set():
+            tracked = self._tracked.get()
+            if publisher is not None:
+                publisher.tick()  # identity re-sent every second, frames or not
+            if tracked is None:
+                if self._tracked.closed:
+                    break
+                continue
+            frame, stamps = tracked.frame, tracked.stamps
+            stamps["solve_start"] = now_ns()
+            state = solver.solve(tracked.landmarks, frame.t_capture_ns, frame.index)
+            stamps["solved"] = now_ns()
+            result = FrameResult(frame, tracked.landmarks, state, stamps=stamps)
+            self._publish_state(publisher, result)
+            stamps["params_published"] = now_ns()
+            for consume in self.parts.on_state:
+                consume(result)
+            with self._lock:
+                self.results.append(result)
+                self.processed += 1
+            if publisher is not None and stamps["params_published"] - last_stats_ns > 1_000_000_000:
+                publisher.publish_stats(self.stats())
+                self.published["stats"] += 1
+                last_stats_ns = stamps["params_published"]
+            if self.parts.renderer is not None:
+                if not self._solved.put(result, wait=not self._live, stop=self._stop):
+                    break
+            if self._max_frames is not None and self.processed >= self._max_frames:
+                self.stop()
 
     def _publish_state(self, publisher: Publisher | None, result: FrameResult) -> None:
         """`status` on a tracking-state change, then `params` for this frame."""
@@ -309,14 +345,16 @@ class Pipeline:
 
     def _render_loop(self) -> None:
         if self.parts.renderer is None:
+            self._stage_ready["render"].set()
             return
         if self.render_niceness:
             # Before the GL context exists: Mesa's llvmpipe workers inherit the niceness of the thread that
             # creates them, so on a CPU-only machine the render yields to tracking rather than starving it.
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.render_niceness)
         renderer = self.parts.renderer()
+        self._stage_ready["render"].set()
         try:
-            # Drain what the track thread handed over even after it stopped (a file's last frames).
+            # Drain what the solve thread handed over even after it stopped (a file's last frames).
             while not self._solved.closed:
                 result = self._solved.get()
                 if result is None:

@@ -34,7 +34,7 @@ def test_benchmark_tables_fill_the_marked_block(tmp_path) -> None:
         "date": "2026-11-28 12:00 UTC",
         "face_model": {"eval_face_head_ms": 0.06},
         "solve": {"solve_ms": {"p50": 0.4}},
-        "tracking": {"mediapipe_fps": 200.0, "tracking_solve_fps": 180.0, "ratio": 0.9},
+        "tracking": {"mediapipe_fps": 200.0, "tracking_solve_fps": 180.0, "ratio": 0.9, "serial_ratio": 0.7},
         "render": {"size": 512, "default": "cpu", "setups": {"cpu": {"total_p50_ms": 20.0}}},
         "stream": {"params_latency_ms": {"transport": {"p99": 0.3}}},
         "precompute": {"seconds": 5.0, "resolution": 512, "backend": "onnxruntime"},
