@@ -116,3 +116,88 @@ def test_mediapipe_tracks_the_performance(performer):
     with FaceTracker(static=True) as tracker:
         found = np.array([len(tracker.process(performer.frame(i))) == 1 for i in sample])
     assert found.mean() >= 0.95, f"tracked {found.mean():.0%}: missed frames {np.array(sample)[~found]}"
+
+
+# -- the shipped recording ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_identity(face_model):
+    from engine.identity import DEFAULT_IDENTITY_DIR, load_bundle
+
+    return load_bundle(DEFAULT_IDENTITY_DIR, face_model, with_bases=False)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+
+
+def test_shipped_recording_is_what_the_performer_renders(face_model, default_identity):
+    """models/demo_performance.mp4 must be the live performer's frames (else rebuild it with
+    tools/build_demo_video.py): same count, same true weights and poses, pixels within H.264's loss."""
+    from engine.config import Config
+    from engine.sources.demo import DEMO_RECORDING, DemoRecording
+
+    assert DEMO_RECORDING.is_file(), "the demo recording is shipped in models/"
+    config = Config()
+    performer = DemoPerformer(face_model, default_identity, config.render, loop=False)
+    recording = DemoRecording.open(performer)
+    assert recording is not None, "the shipped recording does not match the performer: rebuild it"
+    with recording:
+        checked = {0: None, 260: None, 700: None, len(performer) - 1: None}
+        frames = list(recording)
+        assert len(frames) == len(performer.script)
+        for i, frame in enumerate(frames):
+            assert frame.index == i
+            np.testing.assert_array_equal(frame.true_weights, performer.script.weights[i])
+            if i in checked:
+                checked[i] = _psnr(frame.image, performer.frame(i).image)
+        np.testing.assert_allclose(frames[300].true_pose.quaternion, performer.true_pose(300).quaternion)
+    assert min(checked.values()) >= 33.0, f"PSNR recording vs live render per frame: {checked}"
+
+
+def test_recording_is_refused_unless_it_is_exactly_this_performance(face_model, default_identity, tmp_path):
+    import shutil
+
+    from engine.config import Config
+    from engine.sources.demo import DEMO_RECORDING, DemoRecording
+
+    render = Config().render
+    other_seed = DemoPerformer(face_model, default_identity, render, seed=1)
+    other_face = DemoPerformer(face_model, _identity(face_model), render)
+    other_size = DemoPerformer(face_model, default_identity, render, size=256)
+    narrow_lens = DemoPerformer(face_model, default_identity, render.model_copy(update={"fov_y_deg": 45.0}))
+    for performer in (other_seed, other_face, other_size, narrow_lens):
+        assert DemoRecording.open(performer) is None
+    same = DemoPerformer(face_model, default_identity, render)
+    video = tmp_path / "demo.mp4"
+    assert DemoRecording.open(same, video) is None  # missing
+    shutil.copy(DEMO_RECORDING.with_suffix(".json"), video.with_suffix(".json"))
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(5000))  # a corrupt video
+    assert DemoRecording.open(same, video) is None
+    shutil.copy(DEMO_RECORDING, video)
+    video.with_suffix(".json").write_text("{not json")
+    assert DemoRecording.open(same, video) is None
+    shutil.copy(DEMO_RECORDING.with_suffix(".json"), video.with_suffix(".json"))
+    recording = DemoRecording.open(same, video)
+    assert recording is not None
+    recording.close()
+
+
+def test_demo_source_plays_the_recording_and_renders_live_when_told():
+    from engine.config import load_config
+    from engine.sources.select import open_source
+
+    source = open_source("demo", load_config())
+    try:
+        assert "recorded" in source.description
+        frame = source.read()
+        assert frame is not None and frame.image.shape == (512, 512, 3) and frame.true_weights is not None
+    finally:
+        source.close()
+    live = open_source("demo", load_config(overrides=["source.demo_recording=false"]))
+    try:
+        assert "live" in live.description
+    finally:
+        live.close()

@@ -100,7 +100,7 @@ def test_make_run_without_webcam_runs_demo_and_stops_on_sigint(tmp_path) -> None
         proc = subprocess.Popen(["make", "-s", "run"], cwd=REPO_ROOT, stdout=out, stderr=err, env=env,
                                 start_new_session=True)  # fmt: skip
         try:
-            assert _wait_for(err_path, proc, "[scapecast] demo performer | frames", timeout=180), (
+            assert _wait_for(err_path, proc, "[scapecast] demo performer (recorded) | frames", timeout=180), (
                 "no live status line within 180 s: " + err_path.read_text()[-2000:]
             )
             time.sleep(2.0)
