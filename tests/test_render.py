@@ -268,3 +268,22 @@ def test_back_face_culling_hides_nothing_visible(face_model, monkeypatch, yaw, p
         unculled = r.render(state).image.astype(int)
     changed = np.abs(culled - unculled).max(axis=2) > 40
     assert changed.sum() <= 8, f"{changed.sum()} pixels change with back-face culling"
+
+
+@pytest.mark.parametrize(("samples", "background"), [(4, (0.0, 0.0, 0.0, 0.0)), (0, (0.2, 0.3, 0.4, 1.0))])
+def test_gpu_present_pass_matches_the_numpy_readback(face_model, samples, background):
+    """GPUs flip and un-premultiply in shaders/present.frag.glsl; software rasterizers in numpy (read()). The
+    two must give the same bytes, but for rounding (numpy truncates, the GPU rounds): ≤ 1 level."""
+    config = RenderConfig(width=200, height=160, samples=samples, background=background)
+    identity = _identity(face_model, _ridges())
+    states = [_posed(_state(jawOpen=0.6, mouthSmile_L=0.8), yaw=20.0), _posed(_state(eyeBlink_R=1.0), roll=-15.0)]
+    with AvatarRenderer(face_model, identity, config, gpu_present=False) as numpy_path:
+        expected = [numpy_path.render(state).image for state in states]
+    with AvatarRenderer(face_model, identity, config, gpu_present=True) as gpu_path:
+        got = [gpu_path.render(state).image for state in states]
+    for want, have in zip(expected, got, strict=True):
+        assert have.shape == want.shape and have.flags.c_contiguous
+        assert np.abs(have.astype(int) - want).max() <= 1
+        if samples:
+            edge = (want[..., 3] > 0) & (want[..., 3] < 255)
+            assert edge.sum() > 50, "antialiased edges exercise the un-premultiply"

@@ -126,6 +126,7 @@ class AvatarRenderer:
         config: RenderConfig,
         gpu_blendshapes: bool | None = None,
         detail_gain: float = 1.0,
+        gpu_present: bool | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -160,6 +161,9 @@ class AvatarRenderer:
             auto_samples = 0 if is_software(self._ctx) else 4
             self.samples = min(auto_samples if config.samples is None else config.samples, self._ctx.max_samples)
             self._fbo, self._resolved = self._framebuffers(config.width, config.height, self.samples)
+            # Flip (and un-premultiply) on the GPU where shading is cheap; numpy on software rasterizers.
+            self.gpu_present = not is_software(self._ctx) if gpu_present is None else gpu_present
+            self._present = self._present_pass(config.width, config.height) if self.gpu_present else None
             self._n_active = 0
         self.detail = self._bases is not None
         # render.backend window/auto: every rendered frame is also shown (rendering itself stays off-screen).
@@ -244,6 +248,15 @@ class AvatarRenderer:
     def read(self) -> np.ndarray:
         """The resolved image: (H, W, 4) uint8 RGBA, top row first, straight alpha."""
         w, h = self.config.width, self.config.height
+        if self._present is not None:
+            program, vao, target = self._present
+            target.use()
+            self._ctx.disable(moderngl.DEPTH_TEST)
+            self._resolved.color_attachments[0].use(location=0)
+            vao.render(moderngl.TRIANGLES, vertices=3)
+            image = np.empty((h, w, 4), np.uint8)
+            target.read_into(image, components=4, alignment=1)
+            return image
         data = np.frombuffer(self._resolved.read(components=4, alignment=1), np.uint8).reshape(h, w, 4)
         image = data[::-1].copy()
         if self.config.background[3] == 0:
@@ -301,7 +314,8 @@ class AvatarRenderer:
             self._buffers.release()
             variants = [*self._variants.values(), *self._uv_variants.values()]
             programs = [obj for variant in variants for obj in variant]
-            for obj in (self._bases, self._albedo, self._fbo, self._resolved, *programs):
+            present = self._present or ()
+            for obj in (self._bases, self._albedo, self._fbo, self._resolved, *programs, *present):
                 if obj is not None:
                     obj.release()
         self._ctx.release()
@@ -395,10 +409,21 @@ class AvatarRenderer:
             },
         )
 
+    def _present_pass(
+        self, width: int, height: int
+    ) -> tuple[moderngl.Program, moderngl.VertexArray, moderngl.Framebuffer]:
+        """The GPU flip + un-premultiply pass (shaders/present.*.glsl) and the framebuffer it writes."""
+        program = load_program(self._ctx, "present.vert.glsl", "present.frag.glsl", {})
+        _write_uniforms(program, {"u_image": 0, "u_height": height,
+                                  "u_unpremultiply": self.config.background[3] == 0})  # fmt: skip
+        target = self._ctx.framebuffer(color_attachments=[self._ctx.renderbuffer((width, height), 4)])
+        return program, self._ctx.vertex_array(program, []), target
+
     def _framebuffers(self, width: int, height: int, samples: int) -> tuple[moderngl.Framebuffer, moderngl.Framebuffer]:
-        """(draw target, resolve target): one single-sample framebuffer when `samples` ≤ 1."""
+        """(draw target, resolve target): one single-sample framebuffer when `samples` ≤ 1. The resolve target's
+        colour is a texture, which the present pass samples."""
         resolved = self._ctx.framebuffer(
-            color_attachments=[self._ctx.renderbuffer((width, height), 4)],
+            color_attachments=[self._ctx.texture((width, height), 4)],
             depth_attachment=self._ctx.depth_renderbuffer((width, height)),
         )
         if samples <= 1:
