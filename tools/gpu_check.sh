@@ -32,7 +32,7 @@ PY
 
 echo "== GPU and render tests"
 timeout 300 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_detail_backends.py tests/test_detail_precompute.py \
-  tests/test_render.py tests/test_render_detail.py tests/test_render_gaze.py 2>&1 | tee "$OUT/pytest.log" || status=1
+  tests/test_render.py tests/test_render_detail.py tests/test_render_gaze.py tests/test_render_process.py 2>&1 | tee "$OUT/pytest.log" || status=1
 
 echo "== detail precompute and render benchmarks"
 timeout 300 "$PY" - "$OUT" <<'PY' || status=1
@@ -50,7 +50,7 @@ def rounded(value):
 
 results = {"precompute": {}, "render": {}}
 with open(f"{sys.argv[1]}/gpu_check.json", "w") as fh:
-    for n in (512, 1024):
+    for n in [int(v) for v in os.environ.get("PRECOMPUTE_SIZES", "512 1024").split()]:
         results["precompute"][str(n)] = rounded(bench_precompute(n))
         print("precompute", n, results["precompute"][str(n)], flush=True)
     model = FaceModel.load()
@@ -58,6 +58,27 @@ with open(f"{sys.argv[1]}/gpu_check.json", "w") as fh:
     for n in (512, 1024):
         results["render"][str(n)] = rounded(bench_render(n, frames=int(os.environ.get("FRAMES", "120")), model=model, identity=identity))
         print("render", n, json.dumps(results["render"][str(n)]), flush=True)
+    # Readback: the present pass (GPU flip + un-premultiply) against the numpy path, same frames.
+    import time
+    import numpy as np
+    from engine.config import RenderConfig
+    from engine.render.bench import performance_states
+    from engine.render.renderer import AvatarRenderer
+    states = performance_states(60)
+    for n in (512, 1024):
+        for present in (False, True):
+            with AvatarRenderer(model, identity, RenderConfig(width=n, height=n), gpu_present=present) as r:
+                ms = []
+                with r.context:
+                    for state in states:
+                        r.upload(state)
+                        r.draw()
+                        r.context.finish()
+                        t0 = time.perf_counter()
+                        r.read()
+                        ms.append((time.perf_counter() - t0) * 1e3)
+            results["render"][f"read_{n}_{'present' if present else 'numpy'}_ms_p50"] = round(float(np.median(ms)), 3)
+    print("readback", {k: v for k, v in results["render"].items() if k.startswith("read_")}, flush=True)
     json.dump(results, fh, indent=1)
 PY
 
