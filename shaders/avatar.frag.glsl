@@ -16,7 +16,7 @@ in vec2 v_uv;
 flat in int v_class;
 in vec3 v_albedo;
 in vec3 v_rest;
-in vec4 v_m[5];
+in vec4 v_m[M_SLOTS];
 
 out vec4 frag;
 

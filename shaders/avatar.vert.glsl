@@ -33,7 +33,7 @@ out vec2 v_uv;
 flat out int v_class;
 out vec3 v_albedo;
 out vec3 v_rest;
-out vec4 v_m[5];
+out vec4 v_m[M_SLOTS];
 
 void main() {
     vec3 position = in_position;
@@ -49,7 +49,7 @@ void main() {
 #if DETAIL
     key_weights(gl_VertexID, v_m);
 #else
-    for (int k = 0; k < 5; ++k) {
+    for (int k = 0; k < M_SLOTS; ++k) {
         v_m[k] = vec4(0.0);
     }
 #endif

@@ -9,11 +9,11 @@ uniform int u_active[19];                    // key-expression index (1..19) of 
 
 vec3 fetch_basis(vec2 uv, int layer);
 
-float active_weight(vec4 m[5], int k) {
+float active_weight(vec4 m[M_SLOTS], int k) {
     return m[k / 4][k % 4];
 }
 
-vec3 blend_detail(vec2 uv, vec4 m[5]) {
+vec3 blend_detail(vec2 uv, vec4 m[M_SLOTS]) {
     float total = 0.0;
     for (int k = 0; k < N_ACTIVE; ++k) {
         total += active_weight(m, k);

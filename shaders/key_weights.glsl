@@ -12,12 +12,12 @@ vec4 mask_texel(int index) {
     return texelFetch(u_masks, ivec2(index % TEXTURE_WIDTH, index / TEXTURE_WIDTH), 0);
 }
 
-void key_weights(int vertex_id, out vec4 m[5]) {
+void key_weights(int vertex_id, out vec4 m[M_SLOTS]) {
     vec4 a[MASK_TEXELS];
     for (int t = 0; t < MASK_TEXELS; ++t) {
         a[t] = mask_texel(vertex_id * MASK_TEXELS + t);
     }
-    for (int k = 0; k < 5; ++k) {
+    for (int k = 0; k < M_SLOTS; ++k) {
         m[k] = vec4(0.0);
     }
     for (int k = 0; k < N_ACTIVE; ++k) {

@@ -1,7 +1,7 @@
 // UV-space debug pass: writes the blended (F, ∂F/∂u, ∂F/∂v) in mm to a float target; alpha 1 = covered.
 
 in vec2 v_uv;
-in vec4 v_m[5];
+in vec4 v_m[M_SLOTS];
 
 out vec4 frag;
 

@@ -6,7 +6,7 @@
 in vec2 in_uv;
 
 out vec2 v_uv;
-out vec4 v_m[5];
+out vec4 v_m[M_SLOTS];
 
 void main() {
     key_weights(gl_VertexID, v_m);

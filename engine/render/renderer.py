@@ -39,6 +39,12 @@ _DEBUG_VIEWS = {"none": 0, "displacement": 1, "weights": 2, "normals": 3}
 _BACKFACE_CULLED = frozenset({DrawGroup.FACE, DrawGroup.EYES, DrawGroup.HEAD, DrawGroup.INTERIOR})
 
 
+def _m_slots(n_active: int) -> int:
+    """vec4 varyings that carry the active key weights M_k: only as many as the active count needs, since a
+    software rasterizer sets up and interpolates every varying component of every triangle (1 for 0 keys)."""
+    return max(1, -(-n_active // 4))
+
+
 def _unit(v: tuple[float, float, float]) -> np.ndarray:
     a = np.asarray(v, dtype=np.float32)
     return a / np.linalg.norm(a)
@@ -283,7 +289,8 @@ class AvatarRenderer:
         with self._ctx:
             n_active = int(uniforms["u_n_active"])
             if n_active not in self._uv_variants:
-                defines = {"MASK_TEXELS": self.mesh.mask_texels, "TEXTURE_WIDTH": TEXTURE_WIDTH, "N_ACTIVE": n_active}
+                defines = {"MASK_TEXELS": self.mesh.mask_texels, "TEXTURE_WIDTH": TEXTURE_WIDTH, "N_ACTIVE": n_active,
+                           "M_SLOTS": _m_slots(n_active)}  # fmt: skip
                 program = load_program(self._ctx, "uv_detail.vert.glsl", "uv_detail.frag.glsl", defines)
                 _write_uniforms(program, {"u_masks": 1, "u_bases": 2})
                 self._uv_variants[n_active] = (program, self._buffers.vertex_array(program))
@@ -341,7 +348,8 @@ class AvatarRenderer:
         """The program (and VAO) of one draw group, compiled and given its constant uniforms on first use."""
         key = (group, detail, n_active)
         if key not in self._variants:
-            defines = {**self._defines, "GROUP": int(group), "DETAIL": int(detail), "N_ACTIVE": n_active}
+            defines = {**self._defines, "GROUP": int(group), "DETAIL": int(detail), "N_ACTIVE": n_active,
+                       "M_SLOTS": _m_slots(n_active)}  # fmt: skip
             program = load_program(self._ctx, "avatar.vert.glsl", "avatar.frag.glsl", defines)
             self._bind_program_uniforms(program)
             self._variants[key] = (program, self._buffers.vertex_array(program))
