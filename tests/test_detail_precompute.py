@@ -140,3 +140,21 @@ def test_corrupt_bases_are_rebuilt(tmp_path, random_net, face_model) -> None:
     again = load_bundle(out, face_model)  # the rebuilt bundle is valid on disk
     np.testing.assert_allclose(again.bases.maps, bases.maps, atol=2e-2)
     assert again.texture.tobytes() == texture.tobytes()
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="shipped network weights models/detail_net.pt absent")
+def test_assembly_on_the_device_matches_the_numpy_path(face_model):
+    """The GPU path (torch rasterizes, assembles, fades and differentiates where the network runs) against the
+    numpy reference path, run here with torch on the CPU: the same bases to float32 precision."""
+    config = DetailConfig(backend="torch", resolution=64)
+    backend = TorchBackend(DEFAULT_WEIGHTS, "cpu")
+    assert not backend.assembles_on_device  # on the CPU the chunked numpy path stays the default
+    rng = np.random.default_rng(4)
+    w_id = rng.normal(0, 1, face_model.n_identity).astype(np.float32)
+    texture = rng.integers(60, 220, (128, 128, 3), dtype=np.uint8)
+    args = (face_model, w_id, texture, config)
+    host = precompute_bases(*args, progress=False, backend=backend, assemble_on_device=False)
+    device = precompute_bases(*args, progress=False, backend=backend, assemble_on_device=True)
+    assert np.abs(host.maps[..., 0]).max() > 1e-3, "a real network output, not zeros"
+    scale = np.abs(host.maps).reshape(-1, 3).max(axis=0)
+    np.testing.assert_allclose(device.maps, host.maps, rtol=0, atol=1e-5 * scale.max())

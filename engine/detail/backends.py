@@ -22,13 +22,17 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from engine.errors import UserError
 from engine.face_model import file_sha256
+
+if TYPE_CHECKING:
+    from engine.detail.precompute import DetailParts
+    from engine.detail.uv_raster import UVRasterizer
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +141,36 @@ class TorchBackend:
 
         chunk = len(inputs) if self.device == "cuda" else CPU_CHUNK
         return _chunked(call, inputs, chunk, f"detail bases (torch {self.device})", progress)
+
+    @property
+    def assembles_on_device(self) -> bool:
+        """On CUDA, `precompute_bases` hands over the unassembled parts (`run_parts`)."""
+        return self.device == "cuda"
+
+    def run_parts(self, parts: DetailParts, raster: UVRasterizer, fade: np.ndarray) -> np.ndarray:
+        """The whole basis run on `self.device`: rasterize the 20 deform maps (the numpy gather of
+        `UVRasterizer.rasterize`, in torch), assemble the (20, 10, N, N) batch as `assemble_inputs` does, run
+        the network, fade (`fade` (N, N)) and take the UV gradients as `uv_gradients` does → (20, N, N, 3)
+        float32 [F̂ mm, ∂F̂/∂u, ∂F̂/∂v] on the host."""
+        import torch
+
+        device = self.device
+        n = raster.resolution
+        covered = np.flatnonzero(raster.covered.reshape(-1))
+        with torch.inference_mode():
+            offsets = torch.from_numpy(parts.offsets).to(device)  # (B, V, 3)
+            corners = torch.from_numpy(raster.corners_model.reshape(-1, 3)[covered].astype(np.int64)).to(device)
+            bary = torch.from_numpy(raster.barycentric.reshape(-1, 3)[covered]).to(device)  # (K, 3)
+            gathered = (offsets[:, corners, :] * bary[None, :, :, None]).sum(dim=2)  # (B, K, 3)
+            flat = torch.zeros((len(offsets), n * n, 3), dtype=torch.float32, device=device)
+            flat[:, torch.from_numpy(covered).to(device)] = gathered
+            target = torch.from_numpy(raster.fill_target).to(device)
+            flat[:, target] = flat[:, torch.from_numpy(raster.fill_source).to(device)]
+            inputs = torch.from_numpy(parts.static).to(device).expand(len(offsets), -1, -1, -1).clone()
+            inputs[:, 3:6] = flat.reshape(-1, n, n, 3).permute(0, 3, 1, 2) * 2.0
+            disp = self.net(inputs)[:, 0].float() * torch.from_numpy(fade).to(device)
+            d_dv, d_du = torch.gradient(disp, spacing=1.0 / n, dim=(1, 2))
+            return torch.stack([disp, d_du, d_dv], dim=-1).cpu().numpy()
 
 
 class OnnxRuntimeBackend:

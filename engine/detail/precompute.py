@@ -9,7 +9,7 @@ central differences (one-sided at the map's edge), in mm per unit UV, for the sh
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +39,23 @@ log = logging.getLogger(__name__)
 PLAIN_SKIN = np.array([198, 150, 122], np.uint8)
 
 
-def detail_inputs(
-    model: FaceModel, identity_weights: np.ndarray, texture: np.ndarray | None, resolution: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Network inputs for the 20 key expressions → ((20, 10, N, N) float32, (N, N) bool face mask).
+@dataclass(frozen=True)
+class DetailParts:
+    """The network inputs before assembly: `static` (10, N, N) float32 — the channels every key expression
+    shares, with the deform channels 3:6 zero — and `offsets` (20, V, 3) float32, each key expression's
+    per-vertex displacement (cm) from the identity's neutral, still to be rasterized into the deform channels.
+    A GPU backend assembles the (20, 10, N, N) batch on the device from these (`TorchBackend.run_parts`); the
+    host path is `assemble_inputs`."""
 
-    texture: (H, W, 3) uint8 UV albedo with row 0 at v = 0 (resampled to N×N), or None for plain skin.
-    """
+    static: np.ndarray
+    offsets: np.ndarray
+    mask: np.ndarray
+
+
+def detail_parts(
+    model: FaceModel, identity_weights: np.ndarray, texture: np.ndarray | None, resolution: int
+) -> DetailParts:
+    """What `detail_inputs` assembles, unassembled (see DetailParts)."""
     raster = face_rasterizer(model, resolution)
     face = model.personalize(identity_weights)
     offsets = np.einsum("ij,jvc->ivc", key_expression_weights().astype(np.float32), face.expression_basis)
@@ -60,8 +70,30 @@ def detail_inputs(
         if texture.shape[:2] != (resolution, resolution):
             tex = np.asarray(Image.fromarray(texture).resize((resolution, resolution), Image.BILINEAR))
     tex = (tex * mask[..., None]).astype(np.uint8)
-    inputs = network_inputs(tex, raster.rasterize(offsets), raster.rasterize(face.neutral), mask)
-    return inputs, mask
+    no_deform = np.zeros((1, resolution, resolution, 3), np.float32)
+    static = network_inputs(tex, no_deform, raster.rasterize(face.neutral), mask)[0]
+    return DetailParts(static, offsets.astype(np.float32), mask)
+
+
+def assemble_inputs(parts: DetailParts, model: FaceModel) -> np.ndarray:
+    """(20, 10, N, N) float32 network inputs on the host: the deform maps rasterized in numpy, as
+    `net.network_inputs` lays them out (deform × 2 in channels 3:6)."""
+    n = parts.static.shape[-1]
+    deform = face_rasterizer(model, n).rasterize(parts.offsets)  # (20, N, N, 3)
+    inputs = np.repeat(parts.static[None], len(parts.offsets), axis=0)
+    inputs[:, 3:6] = deform.transpose(0, 3, 1, 2) * 2.0
+    return inputs
+
+
+def detail_inputs(
+    model: FaceModel, identity_weights: np.ndarray, texture: np.ndarray | None, resolution: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Network inputs for the 20 key expressions → ((20, 10, N, N) float32, (N, N) bool face mask).
+
+    texture: (H, W, 3) uint8 UV albedo with row 0 at v = 0 (resampled to N×N), or None for plain skin.
+    """
+    parts = detail_parts(model, identity_weights, texture, resolution)
+    return assemble_inputs(parts, model), parts.mask
 
 
 def border_fade(covered: np.ndarray, width_mm: float = 3.5) -> np.ndarray:
@@ -122,18 +154,28 @@ def precompute_bases(
     config: DetailConfig,
     progress: bool = True,
     backend: Backend | None = None,
+    assemble_on_device: bool | None = None,
 ) -> DetailBases:
     """The 20 displacement bases of one identity at `config.resolution`² → DetailBases (20, N, N, 3) with
-    channels [F̂_i mm, ∂F̂_i/∂u, ∂F̂_i/∂v mm per unit UV]. Pass `backend` to reuse one across identities."""
+    channels [F̂_i mm, ∂F̂_i/∂u, ∂F̂_i/∂v mm per unit UV]. Pass `backend` to reuse one across identities.
+    `assemble_on_device`: build the inputs where the network runs (default: torch on CUDA does) — the
+    numpy path is the reference it is tested against."""
     n = config.resolution
     if n % SIZE_MULTIPLE:
         raise UserError(f"detail.resolution must be a multiple of {SIZE_MULTIPLE}, got {n}")
     backend = backend or make_backend(config, n)
-    inputs, _ = detail_inputs(model, identity_weights, texture, n)
-    disp = backend.run(inputs, progress=progress) * border_fade(face_rasterizer(model, n).covered)
-    if not np.isfinite(disp).all():
+    parts = detail_parts(model, identity_weights, texture, n)
+    fade = border_fade(face_rasterizer(model, n).covered)
+    on_device = getattr(backend, "assembles_on_device", False) if assemble_on_device is None else assemble_on_device
+    if on_device:
+        # Rasterize, assemble, run, fade and differentiate where the network runs: on a GPU the host-side
+        # numpy gather and the 20 × 10 × N² input copy were most of the time (docs/detail.md).
+        maps = backend.run_parts(parts, face_rasterizer(model, n), fade)
+    else:
+        disp = backend.run(assemble_inputs(parts, model), progress=progress) * fade
+        maps = np.concatenate([disp[..., None], uv_gradients(disp)], axis=-1).astype(np.float32)
+    if not np.isfinite(maps).all():
         raise UserError(f"the {backend.name} backend produced non-finite displacement; try detail.backend=torch")
-    maps = np.concatenate([disp[..., None], uv_gradients(disp)], axis=-1).astype(np.float32)
     return DetailBases(maps=maps, backend=backend.name)
 
 
