@@ -112,10 +112,15 @@ def build_parts(
 
     def make_renderer() -> Any:
         if config.pipeline.render_process:
-            from engine.render.process import RendererProcess
+            from engine.render.process import RendererProcess, RenderProcessError
 
-            return RendererProcess(model, identity, config.render, detail_gain=config.detail.scale_mm,
-                                   detail=config.detail.enabled, niceness=config.pipeline.render_niceness)  # fmt: skip
+            try:
+                return RendererProcess(
+                    model, identity, config.render, detail_gain=config.detail.scale_mm,
+                    detail=config.detail.enabled, niceness=config.pipeline.render_niceness,
+                )  # fmt: skip
+            except (OSError, RenderProcessError) as exc:  # no /dev/shm, no process spawning: render on a thread
+                log.warning("render process unavailable (%s); rendering on a thread of the engine", exc)
         from engine.render.renderer import AvatarRenderer
 
         renderer = AvatarRenderer(model, identity, config.render, detail_gain=config.detail.scale_mm)

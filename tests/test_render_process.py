@@ -66,3 +66,24 @@ def test_bad_state_is_reported_and_the_child_keeps_serving(face_model):
         assert child.render(state).image[..., 3].any()
         pid = child._process.pid
     assert not child._process.is_alive(), f"render process {pid} still running after close()"
+
+
+def test_the_engine_renders_on_a_thread_when_no_process_can_be_started(face_model, monkeypatch):
+    """No shared memory (a locked-down container): `run` falls back to the in-process renderer, not a crash."""
+    from multiprocessing import shared_memory
+
+    from engine.app import build_parts
+    from engine.config import load_config
+
+    def no_shm(*args, **kwargs):
+        raise OSError(38, "Function not implemented: /dev/shm")
+
+    monkeypatch.setattr(shared_memory, "SharedMemory", no_shm)
+    config = load_config(overrides=["render.width=96", "render.height=96", "render.backend=egl"])
+    parts = build_parts(config, "demo", face_model, _identity(face_model))
+    renderer = parts.renderer()
+    try:
+        assert isinstance(renderer, AvatarRenderer)
+        assert renderer.render(performance_states(1)[0]).image.shape == (96, 96, 4)
+    finally:
+        renderer.close()
