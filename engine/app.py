@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from engine.config import Config, IdentityConfig
+from engine.config import Config, IdentityConfig, SolveConfig
 from engine.errors import UserError
 from engine.face_model import FaceModel
 from engine.identity import DEFAULT_IDENTITY_DIR, BundleError, Identity, default_bundle_dir, load_bundle
@@ -142,14 +142,39 @@ def build_parts(
         bridge = VmcBridge(config.stream.vmc_host, config.stream.vmc_port, config.stream.vmc_name_casing)
         on_state.append(lambda result: bridge.send(result.state))
 
+    opened: list[Any] = []  # the source, once the capture thread has opened it
+
+    def make_source() -> Any:
+        source = open_source(source_spec, config)
+        opened.append(source)
+        return source
+
+    def make_solver() -> Any:
+        solve = solve_config_for(config, opened[0] if opened else None)
+        return FaceSolver(model, embedding, identity, solve)
+
     return PipelineParts(
-        source=lambda: open_source(source_spec, config),
+        source=make_source,
         tracker=lambda: FaceTracker(config.tracking),
-        solver=lambda: FaceSolver(model, embedding, identity, config.solve),
+        solver=make_solver,
         renderer=make_renderer if render else None,
         publisher=make_publisher if config.stream.enabled else None,
         on_state=on_state,
     )
+
+
+def solve_config_for(config: Config, source: Any) -> SolveConfig:
+    """The solve settings for one source: `solve.camera_fov_y_deg` when set, else the source's own camera's
+    field of view when it knows it (the demo performer's render camera, a webcam's typical lens), else the
+    solver's default for files."""
+    from engine.solve.solver import DEFAULT_FOV_Y_DEG
+
+    if config.solve.camera_fov_y_deg is not None:
+        return config.solve
+    fov = getattr(source, "camera_fov_y_deg", None)
+    log.info("solver: camera vertical field of view %.0f° (%s)", fov or DEFAULT_FOV_Y_DEG,
+             "the source's" if fov else "default; set solve.camera_fov_y_deg for your camera")  # fmt: skip
+    return config.solve.model_copy(update={"camera_fov_y_deg": fov}) if fov else config.solve
 
 
 def identity_info(identity: Identity) -> dict[str, Any]:

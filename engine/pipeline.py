@@ -140,7 +140,7 @@ class PipelineParts:
 
     source: Callable[[], FrameSource]
     tracker: Callable[[], Tracker]
-    solver: Callable[[], Solver]
+    solver: Callable[[], Solver]  # called once the source is open
     renderer: Callable[[], Renderer] | None = None
     publisher: Callable[[], Publisher] | None = None
     # Consumers of every solved frame (VMC bridge, params JSONL), called on the solve thread after `params`.
@@ -298,6 +298,9 @@ class Pipeline:
             tracker.close()
 
     def _solve_loop(self) -> None:
+        while not self._ready.wait(0.05):  # the solver is made for the open source (its camera, say)
+            if self._stop.is_set():
+                return
         solver = self.parts.solver()
         publisher = self._publisher = self.parts.publisher() if self.parts.publisher else None
         self._stage_ready["solve"].set()

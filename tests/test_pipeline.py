@@ -167,3 +167,50 @@ def test_realtime_file_source_keeps_its_frame_rate() -> None:
     pipeline.run()
     assert time.monotonic() - t0 >= 0.35  # 20 frames at 50 fps: 0.4 s
     assert pipeline.processed >= 15
+
+
+def test_the_solver_is_made_once_the_source_is_open() -> None:
+    """The solver factory may depend on the open source (its camera's field of view): it runs after it."""
+    order: list[str] = []
+
+    def make_source() -> FrameSource:
+        time.sleep(0.2)  # a slow camera open: the solve thread must wait for it
+        order.append("source")
+        return CountingSource(3, live=False)
+
+    def make_solver() -> EchoSolver:
+        order.append("solver")
+        return EchoSolver()
+
+    pipeline = Pipeline(PipelineParts(source=make_source, tracker=SlowTracker, solver=make_solver))
+    pipeline.run()
+    assert order == ["source", "solver"] and pipeline.processed == 3
+
+
+def test_solver_camera_field_of_view_follows_the_source_unless_configured() -> None:
+    from engine.app import solve_config_for
+    from engine.config import load_config
+    from engine.solve.solver import DEFAULT_FOV_Y_DEG, fov_y_deg
+    from engine.sources.webcam import WebcamSource
+
+    auto = load_config()
+    assert auto.solve.camera_fov_y_deg is None
+    webcam_like = CountingSource(1, live=True)
+    webcam_like.camera_fov_y_deg = WebcamSource.camera_fov_y_deg
+    assert fov_y_deg(solve_config_for(auto, webcam_like)) == 45.0
+    assert fov_y_deg(solve_config_for(auto, CountingSource(1, live=False))) == DEFAULT_FOV_Y_DEG  # a file
+    assert fov_y_deg(solve_config_for(auto, None)) == DEFAULT_FOV_Y_DEG
+    pinned = load_config(overrides=["solve.camera_fov_y_deg=60"])
+    assert fov_y_deg(solve_config_for(pinned, webcam_like)) == 60.0
+
+
+def test_demo_source_reports_its_render_camera() -> None:
+    from engine.config import load_config
+    from engine.sources.select import open_source
+
+    config = load_config(overrides=["render.fov_y_deg=31"])  # another lens: the performer renders live
+    source = open_source("demo", config)
+    try:
+        assert source.camera_fov_y_deg == 31.0 and "live" in source.description
+    finally:
+        source.close()

@@ -35,6 +35,9 @@ from engine.solve.response import DEFAULT_RESPONSE_PATH, LandmarkResponse
 from engine.types import FaceState, HeadPose, Landmarks, TrackingState
 
 N_EXPRESSIONS = len(ICT_EXPRESSIONS)
+# The vertical field of view assumed when neither the config nor the source names one (photos and videos of
+# unknown lenses; the value the real-photo checks are calibrated at).
+DEFAULT_FOV_Y_DEG = 25.0
 _JAW_OPEN = ICT_EXPRESSIONS.index("jawOpen")
 _MOUTH_CLOSE = ICT_EXPRESSIONS.index("mouthClose")
 # A mouthClose this far above jawOpen is re-solved with the cap; below it (landmark noise) it is just clipped.
@@ -46,6 +49,11 @@ _RIGID_MOTION_CM = 0.15
 _NONRIGID_POSE_WEIGHT = 0.1
 # Residual (cm RMS over the mesh landmarks) at which confidence has fallen to 1/e.
 _RESIDUAL_SCALE_CM = 0.4
+
+
+def fov_y_deg(config: SolveConfig) -> float:
+    """The camera's vertical field of view the solver assumes: the configured one, else DEFAULT_FOV_Y_DEG."""
+    return DEFAULT_FOV_Y_DEG if config.camera_fov_y_deg is None else config.camera_fov_y_deg
 
 
 def perspective_corrected(
@@ -150,7 +158,7 @@ class FrameFitter:
     def _camera(self, image_size: tuple[int, int]) -> tuple[np.ndarray, float]:
         """Principal point (2,) in the y-up pixel frame and focal length in pixels."""
         width, height = image_size
-        return np.array([0.5 * width, 0.5 * height]), focal_length_px(height, self.config.camera_fov_y_deg)
+        return np.array([0.5 * width, 0.5 * height]), focal_length_px(height, fov_y_deg(self.config))
 
     def fit(
         self,
@@ -339,7 +347,7 @@ class FaceSolver:
         self._warm = fit.weights
         cfg = self.config
         pose = head_pose_from_fit(
-            fit.rotation, fit.translation_px, fit.scale_px_per_cm, landmarks.image_size, cfg.camera_fov_y_deg
+            fit.rotation, fit.translation_px, fit.scale_px_per_cm, landmarks.image_size, fov_y_deg(cfg)
         )
         weights = self.calibrate(fit.weights)
         if self._lost:

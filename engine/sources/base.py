@@ -22,6 +22,9 @@ class FrameSource(abc.ABC):
     fps: float = 0.0
     #: What this source is, for logs and the summary.
     description: str = ""
+    #: The vertical field of view (degrees) of the camera behind the frames, when the source knows it; the
+    #: solver's perspective correction uses it unless `solve.camera_fov_y_deg` is set.
+    camera_fov_y_deg: float | None = None
 
     @abc.abstractmethod
     def read(self) -> Frame | None:

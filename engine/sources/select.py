@@ -73,8 +73,11 @@ def open_demo(config: Config) -> FrameSource:
     performer = DemoPerformer(model, identity, config.render, fps=src.fps, seed=src.demo_seed, size=src.demo_size)
     recording = DemoRecording.open(performer) if src.demo_recording else None
     if recording is not None:
-        return PacedSource(iter(recording), src.fps, "demo performer (recorded)", recording.close)
-    return PacedSource(iter(performer), src.fps, "demo performer (rendered live)", performer.close)
+        source = PacedSource(iter(recording), src.fps, "demo performer (recorded)", recording.close)
+    else:
+        source = PacedSource(iter(performer), src.fps, "demo performer (rendered live)", performer.close)
+    source.camera_fov_y_deg = performer.config.fov_y_deg  # the camera the performer is rendered with
+    return source
 
 
 def check_source_spec(spec: str) -> None:
