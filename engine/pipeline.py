@@ -150,8 +150,9 @@ class PipelineParts:
 
 
 class Pipeline:
-    """Runs the three stage threads until the source ends, `max_frames` are processed, `duration_s` passes,
-    or `stop()` is called. `results` keeps the last `keep` FrameResults (frames are dropped from old ones)."""
+    """Runs the four stage threads (capture, track, solve, render) until the source ends, `max_frames` are
+    processed, `duration_s` passes, or `stop()` is called. `results` keeps the last `keep` FrameResults (frames
+    are dropped from old ones)."""
 
     def __init__(
         self, parts: PipelineParts, realtime: bool | None = None, keep: int = 100_000, render_niceness: int = 0
