@@ -174,7 +174,7 @@ def run_benchmarks(config: Config, quick: bool = False) -> dict[str, Any]:
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("face_model", lambda: bench_face_model(FaceModel.load(), 50 if quick else 300)),
         ("solve", bench_solve),
-        ("tracking", lambda: bench_tracking(config, demo_frames(config, 30 if quick else 120), 1 if quick else 3)),
+        ("tracking", lambda: bench_tracking(config, demo_frames(config, 30 if quick else 120), 1 if quick else 7)),
         ("render", lambda: bench_render(size=config.render.width, frames=20 if quick else 100)),
         ("stream", bench_stream),
         ("precompute", lambda: bench_precompute(resolution=128 if quick else config.detail.resolution)),
