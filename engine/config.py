@@ -69,6 +69,7 @@ class SolveConfig(_Section):
     symmetry_prior: float = Field(0.0, ge=0)  # μ in cm² on (X_L − X_R)²
     max_iterations: int = Field(30, ge=1, le=1000)  # box-QP active-set iterations per solve
     pose_iterations: int = Field(2, ge=1, le=10)  # pose ↔ expression alternations per frame
+    compiled: bool = True  # the numba-compiled per-frame fit (engine/solve/compiled.py); false: the numpy one
     use_depth: bool = True
     depth_weight: float = Field(0.3, ge=0, le=1)  # weight of MediaPipe's z relative to x, y (when use_depth)
     oval_weight: float = Field(0.3, ge=0, le=1)  # weight of the face-outline landmarks (a sliding silhouette)

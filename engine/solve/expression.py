@@ -135,22 +135,22 @@ class ExpressionSolver:
         self.face = face
         self.landmark_weights = np.asarray(landmark_weights, dtype=np.float64)
         basis = face.basis * np.sqrt(self.landmark_weights)[:, None, None]  # (478, 3, 53)
-        self._gram = coordinate_gram(basis)
-        self._basis_flat_t = np.ascontiguousarray(face.basis.reshape(-1, N_EXPRESSIONS).T)  # (53, 1434)
-        self._lambda = np.asarray(regularization, dtype=np.float64)
-        prior = np.diag(self._lambda)
+        self.gram = coordinate_gram(basis)
+        self.basis_flat_t = np.ascontiguousarray(face.basis.reshape(-1, N_EXPRESSIONS).T)  # (53, 1434)
+        self.regularization = np.asarray(regularization, dtype=np.float64)
+        prior = np.diag(self.regularization)
         for i, j in symmetric_pairs():
             prior[i, i] += symmetry
             prior[j, j] += symmetry
             prior[i, j] -= symmetry
             prior[j, i] -= symmetry
-        self._prior = prior
+        self.quadratic_prior = prior
 
     def normal_equations(self, observed_model: np.ndarray, metric: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """observed_model: (478, 3) cm in the model frame; metric: (3, 3) M. Returns H (53, 53), b (53,)."""
-        H = (metric.reshape(-1) @ self._gram).reshape(N_EXPRESSIONS, N_EXPRESSIONS) + self._prior
+        H = (metric.reshape(-1) @ self.gram).reshape(N_EXPRESSIONS, N_EXPRESSIONS) + self.quadratic_prior
         residual = (observed_model - self.face.neutral) * self.landmark_weights[:, None]
-        b = self._basis_flat_t @ (residual @ metric).reshape(-1)
+        b = self.basis_flat_t @ (residual @ metric).reshape(-1)
         return H, b
 
     def solve(
@@ -174,7 +174,7 @@ class ExpressionSolver:
         H, b = self.normal_equations(observed_model, metric)
         if anchor is not None:
             channels, values, strength = anchor
-            H[channels, channels] += strength - self._lambda[channels]
+            H[channels, channels] += strength - self.regularization[channels]
             b = b + np.bincount(channels, values * strength, minlength=len(b))
         if target is not None:
             values, strength = target

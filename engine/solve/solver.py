@@ -9,7 +9,9 @@ Bad landmarks (NaN/inf, wrong shape, empty image size) count as no face; `solve`
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +20,7 @@ from engine.config import FilterConfig, SolveConfig
 from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
+from engine.solve import compiled
 from engine.solve.expression import EmbeddedFace, ExpressionSolver, depth_metric
 from engine.solve.eyes import GAZE_CHANNELS, EyeModel, GazeRanges, eyeball_centers
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
@@ -34,15 +37,17 @@ from engine.solve.prior import DEFAULT_PRIOR_PATH, LearnedPrior
 from engine.solve.response import DEFAULT_RESPONSE_PATH, LandmarkResponse
 from engine.types import FaceState, HeadPose, Landmarks, TrackingState
 
+log = logging.getLogger(__name__)
+
 N_EXPRESSIONS = len(ICT_EXPRESSIONS)
 # The vertical field of view assumed when neither the config nor the source names one (photos and videos of
 # unknown lenses; the value the real-photo checks are calibrated at).
 DEFAULT_FOV_Y_DEG = 25.0
-_JAW_OPEN = ICT_EXPRESSIONS.index("jawOpen")
-_MOUTH_CLOSE = ICT_EXPRESSIONS.index("mouthClose")
+JAW_OPEN = ICT_EXPRESSIONS.index("jawOpen")
+MOUTH_CLOSE = ICT_EXPRESSIONS.index("mouthClose")
 # A mouthClose this far above jawOpen is re-solved with the cap; below it (landmark noise) it is just clipped.
-_MOUTH_CLOSE_SLACK = 0.05
-_BLINK = np.array([ICT_EXPRESSIONS.index("eyeBlink_L"), ICT_EXPRESSIONS.index("eyeBlink_R")])
+MOUTH_CLOSE_SLACK = 0.05
+BLINK_CHANNELS = np.array([ICT_EXPRESSIONS.index("eyeBlink_L"), ICT_EXPRESSIONS.index("eyeBlink_R")])
 # Landmarks that move less than this in every expression anchor the first pose estimate.
 _RIGID_MOTION_CM = 0.15
 # Non-rigid landmarks still count a little once the expression explains them (stabilizes roll/pitch).
@@ -130,15 +135,23 @@ class FrameFitter:
         landmark_weights[list(FACE_OVAL)] = config.oval_weight
         self.expression = ExpressionSolver(self.face, landmark_weights, lam, config.symmetry_prior)
         self.pose_weights_first = rigid_weights(self.face)
-        self._rigid_ids = np.flatnonzero(self.pose_weights_first)
+        self.rigid_ids = np.flatnonzero(self.pose_weights_first)
         # The prior's pose always aligns the same source (the neutral's rigid landmarks): its half done once.
-        self._neutral_rigid_source = umeyama_source(self.face.neutral[self._rigid_ids])
+        self._neutral_rigid_source = umeyama_source(self.face.neutral[self.rigid_ids])
         self.pose_weights_refine = np.maximum(self.pose_weights_first, _NONRIGID_POSE_WEIGHT)
         self.pose_weights_refine[N_MESH_LANDMARKS:] = 0.0
         ranges = GazeRanges(config.gaze_horizontal_deg, config.gaze_up_deg, config.gaze_down_deg)
         self.eyes = EyeModel(self.face, eyeball_centers(model, identity_weights), ranges)
         self.eyes_active = config.eyes_enabled and self.eyes.valid
-        self._depth_weight = config.depth_weight if config.use_depth else 0.0
+        self.depth_weight = config.depth_weight if config.use_depth else 0.0
+        self.compiled_tables = compiled.build_fit_tables(self) if config.compiled and compiled.AVAILABLE else None
+        if self.compiled_tables is not None and not compiled.fit_frame.signatures:
+            # Compile (the first run on a machine, ~30 s on 2 cores) or load the cached machine code (~1 s) now,
+            # not on the first frame.
+            log.info("solver: loading the compiled per-frame fit (the first run on a machine compiles it, ~30 s)")
+            start = time.perf_counter()
+            self.fit(self.face.neutral * 10.0 + np.array([320.0, 240.0, 0.0]), image_size=(640, 480))
+            log.info("solver: compiled fit ready in %.1f s", time.perf_counter() - start)
 
     def prior_features(self, observed: np.ndarray, camera: tuple[np.ndarray, float] | None) -> np.ndarray:
         """The learned prior's input (`LearnedPrior.features`) for observed (478, 3) y-up landmarks.
@@ -147,7 +160,7 @@ class FrameFitter:
         correction), so it depends on nothing but the observation: not on the warm start, and not on the
         expression solve that the prior feeds (the regression, fitted on exactly these features, would
         otherwise see poses it was not trained on)."""
-        neutral, rigid, source = self.face.neutral, self._rigid_ids, self._neutral_rigid_source
+        neutral, rigid, source = self.face.neutral, self.rigid_ids, self._neutral_rigid_source
         rot, trans, scale = umeyama_from_source(source, observed[rigid])
         corrected = observed
         if camera is not None:
@@ -173,7 +186,40 @@ class FrameFitter:
         `image_size` (width, height) turns on the perspective correction for a pinhole camera of vertical
         field of view `camera_fov_y_deg` centred on the image; None fits weak perspective only. `previous`,
         last frame's fit, seeds that correction (else a first weak-perspective pose does).
+
+        Runs the numba-compiled fit (`engine/solve/compiled.py`) when it is enabled and available, else
+        `fit_numpy`, the reference it reproduces. Raises np.linalg.LinAlgError on a degenerate frame.
         """
+        tables = self.compiled_tables
+        if tables is None:
+            return self.fit_numpy(observed, warm_start, has_iris, image_size, previous)
+        center, focal = (np.zeros(2), 1.0) if image_size is None else self._camera(image_size)
+        weights, rot, trans, scale, observed_model, residual, ok = compiled.fit_frame(
+            tables,
+            np.ascontiguousarray(observed, dtype=np.float64),
+            np.zeros(N_EXPRESSIONS) if warm_start is None else np.ascontiguousarray(warm_start, dtype=np.float64),
+            warm_start is not None,
+            has_iris,
+            image_size is not None,
+            center,
+            focal,
+            previous is not None,
+            np.eye(3) if previous is None else np.ascontiguousarray(previous.rotation, dtype=np.float64),
+            1.0 if previous is None else float(previous.scale_px_per_cm),
+        )
+        if not ok:
+            raise np.linalg.LinAlgError("expression solve: subspace matrix not positive definite")
+        return FrameFit(weights, rot, trans, scale, observed_model, residual)
+
+    def fit_numpy(
+        self,
+        observed: np.ndarray,
+        warm_start: np.ndarray | None = None,
+        has_iris: bool = True,
+        image_size: tuple[int, int] | None = None,
+        previous: FrameFit | None = None,
+    ) -> FrameFit:
+        """`fit` in numpy: the reference for the compiled path, and the path where numba is unavailable."""
         w = np.zeros(N_EXPRESSIONS) if warm_start is None else np.asarray(warm_start, dtype=np.float64)
         lo = np.zeros(N_EXPRESSIONS)
         hi = np.ones(N_EXPRESSIONS)
@@ -185,7 +231,7 @@ class FrameFitter:
             target = (prediction, self.prior_strength * trust) if trust > 0 else None
         # First the landmarks no expression moves much place the head (with last frame's expression), then all
         # of them once this frame's expression explains the rest.
-        rigid = self._rigid_ids
+        rigid = self.rigid_ids
         model = self.face.landmarks(w)
         model_rigid = model[rigid]
         corrected = observed
@@ -198,7 +244,7 @@ class FrameFitter:
         rot, trans, scale = umeyama(model_rigid, corrected[rigid])
         for iteration in range(self.config.pose_iterations):
             observed_model = ((corrected - trans) @ rot) / scale  # Rᵀ(y − t)/s, row-wise
-            metric = depth_metric(rot, self._depth_weight)
+            metric = depth_metric(rot, self.depth_weight)
             lo[:] = 0.0
             hi[:] = 1.0
             anchor = None
@@ -212,12 +258,12 @@ class FrameFitter:
                     lo[GAZE_CHANNELS] = hi[GAZE_CHANNELS] = gaze
             iterations = self.config.max_iterations
             w = self.expression.solve(observed_model, metric, lo, hi, w, iterations, anchor, target).w
-            if w[_MOUTH_CLOSE] > w[_JAW_OPEN] + _MOUTH_CLOSE_SLACK:
+            if w[MOUTH_CLOSE] > w[JAW_OPEN] + MOUTH_CLOSE_SLACK:
                 # ICT's mouthClose is a corrective for lips sealed over an open jaw; alone it drives the lower
                 # lip through the upper one, so it may never exceed jawOpen.
-                hi[_MOUTH_CLOSE] = w[_JAW_OPEN]
+                hi[MOUTH_CLOSE] = w[JAW_OPEN]
                 w = self.expression.solve(observed_model, metric, lo, hi, w, iterations, anchor, target).w
-            w[_MOUTH_CLOSE] = min(w[_MOUTH_CLOSE], w[_JAW_OPEN])  # noise-level excess: clipped, not re-solved
+            w[MOUTH_CLOSE] = min(w[MOUTH_CLOSE], w[JAW_OPEN])  # noise-level excess: clipped, not re-solved
             if iteration + 1 == self.config.pose_iterations:
                 break
             model = self.face.landmarks(w)
@@ -228,7 +274,7 @@ class FrameFitter:
             # The lid read-out replaces the least-squares blink, except as far as the learned prior is trusted:
             # it has learned MediaPipe's blink floor (lids that stop 4–6 px apart), the lid geometry has not.
             blink = self.eyes.blink(observed_model, w)
-            w[_BLINK] = trust * w[_BLINK] + (1.0 - trust) * blink
+            w[BLINK_CHANNELS] = trust * w[BLINK_CHANNELS] + (1.0 - trust) * blink
         diff = observed_model[:N_MESH_LANDMARKS] - self.face.landmarks(w)[:N_MESH_LANDMARKS]
         residual = math.sqrt(float(np.einsum("ij,ij->i", diff, diff).sum()) / N_MESH_LANDMARKS)
         return FrameFit(w, rot, trans, scale, observed_model, residual)
@@ -339,7 +385,7 @@ class FaceSolver:
         try:
             previous = None if self._warm is None else self.last_fit
             fit = self.fitter.fit(observed, self._warm, has_iris, landmarks.image_size, previous)
-        except np.linalg.LinAlgError:
+        except (np.linalg.LinAlgError, ZeroDivisionError):  # degenerate geometry (e.g. collapsed eye corners)
             return self._no_face(t_capture_ns, frame_index)
         if not (np.isfinite(fit.weights).all() and np.isfinite(fit.rotation).all() and fit.scale_px_per_cm > 0):
             return self._no_face(t_capture_ns, frame_index)

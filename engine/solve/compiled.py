@@ -1,0 +1,648 @@
+"""The per-frame fit compiled with numba: the fast path of `FrameFitter.fit` (DESIGN §9: solve ≤ 0.5 ms a frame).
+
+The numpy code in `solver.py`, `expression.py`, `bounded_lsq.py`, `pose.py`, `eyes.py` and `prior.py` is the
+reference: it reads like the maths and documents the method. This module repeats the same arithmetic as one
+compiled function, because in numpy a frame is ~300 calls on arrays of 3 to 1434 numbers, and their per-call
+cost (1.2 ms a frame on the 2-core host) dwarfs the arithmetic. Differences from the reference, all of them
+rounding-level: the box QP's subspace solves factor only the free block (the reference factors a full-size
+matrix with identity rows, cheaper in numpy); the 3 × 3 SVD comes from numba's LAPACK binding. The compiled
+function releases the GIL, so the tracking thread's MediaPipe keeps running while a frame is solved.
+tests/test_solve_compiled.py holds both paths to the same results.
+
+numba compiles on first use and caches the machine code beside this file (`__pycache__`); without numba
+(`AVAILABLE` False) the solver runs the numpy reference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from engine.solve.eyes import GAZE_CHANNELS
+from engine.solve.landmark_sets import N_MESH_LANDMARKS
+
+# error_model "numpy": a division by zero gives inf/NaN as in the reference (which the solver's finiteness checks
+# catch) instead of raising ZeroDivisionError from inside a frame.
+# Reductions (dot products, the Cholesky factorization) may be reassociated so that they vectorize; NaN and
+# inf keep their IEEE meaning (no 'nnan'/'ninf'), so the finiteness and positive-definiteness checks still hold.
+REDUCTION_MATH = {"reassoc", "contract", "nsz"}
+
+try:
+    from numba import njit
+
+    AVAILABLE = True
+except ImportError:  # a platform without numba wheels: the numpy reference path serves
+    AVAILABLE = False
+
+    def njit(*_args, **_kwargs):  # type: ignore[no-redef]
+        return lambda function: function
+
+
+if TYPE_CHECKING:
+    from engine.solve.solver import FrameFitter
+
+
+class FitTables(NamedTuple):
+    """Everything per identity and configuration that the compiled fit reads (built by `FrameFitter`).
+
+    Shapes: L = 478 landmarks, K = 53 channels, R rigid landmarks, F = 1413 prior features, P prior components.
+    """
+
+    neutral: np.ndarray  # (L, 3) cm
+    basis_flat: np.ndarray  # (3L, K)
+    basis_flat_t: np.ndarray  # (K, 3L)
+    gram: np.ndarray  # (9, K²) `coordinate_gram` of the ω-weighted basis
+    quadratic_prior: np.ndarray  # (K, K) Λ plus the symmetry pairs
+    regularization: np.ndarray  # (K,) λ
+    landmark_weights: np.ndarray  # (L,) ω
+    rigid_ids: np.ndarray  # (R,) int64
+    pose_weights_refine: np.ndarray  # (L,)
+    gaze_channels: np.ndarray  # (8,) int64
+    # eyes (`EyeModel`)
+    corner_ids: np.ndarray  # (2 kinds, 2 eyes) int64: outer, inner
+    iris_ids: np.ndarray  # (2 eyes, 5) int64
+    upper_lid_ids: np.ndarray  # (2 eyes, 5) int64
+    blink_channels: np.ndarray  # (2,) int64
+    corner0_flat: np.ndarray  # (12,)
+    corner_basis_flat: np.ndarray  # (12, K)
+    corner_gaze_flat: np.ndarray  # (12, 8)
+    angles_to_gaze: np.ndarray  # (8, 4)
+    mid0: np.ndarray  # (2, 3)
+    iris_rest: np.ndarray  # (2, 2)
+    gap0: np.ndarray  # (2,)
+    gap_basis: np.ndarray  # (2, K)
+    width0: np.ndarray  # (2,)
+    blink_gain: np.ndarray  # (2,)
+    eye_radius: float
+    # learned prior (`LearnedPrior`; unused when prior_strength is 0)
+    prior_mean: np.ndarray  # (F,)
+    prior_basis: np.ndarray  # (F, P) float32 (as stored: half the memory traffic of float64, same values)
+    prior_scale: np.ndarray  # (P,)
+    # The layers flattened (one argument type for any depth: numba compiles once per type): weights (in, out)
+    # row-major one after another, float32; biases (out,) one after another; (n_layers, 2) their (in, out).
+    prior_layer_weights: np.ndarray
+    prior_layer_biases: np.ndarray
+    prior_layer_shapes: np.ndarray
+    prior_residual_limit: float
+    prior_strength: float
+    # configuration
+    pose_iterations: int
+    max_iterations: int
+    depth_weight: float
+    gaze_anchor: float
+    eyes_active: bool
+    jaw_open: int
+    mouth_close: int
+    mouth_close_slack: float
+
+
+def build_fit_tables(fitter: FrameFitter) -> FitTables:
+    """The compiled fit's inputs for one `FrameFitter` (its identity, landmark map, prior and configuration).
+
+    Reads the precomputations of the fitter's `ExpressionSolver` and `EyeModel` (the same arrays their numpy
+    methods use), so both paths start from identical numbers."""
+    from engine.solve import solver as reference  # the reference's constants; a cycle at import time otherwise
+
+    def contiguous(array: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+        return np.ascontiguousarray(array, dtype=dtype)
+
+    face, expression, eyes, prior, config = fitter.face, fitter.expression, fitter.eyes, fitter.prior, fitter.config
+    n_channels = face.basis.shape[-1]
+    if prior is not None and fitter.prior_strength > 0:
+        prior_arrays = (prior.mean, prior.basis, prior.scale)
+        layers = prior.layers
+        limit, strength = prior.residual_limit, fitter.prior_strength
+    else:  # never read (prior_strength 0)
+        prior_arrays = (np.zeros(3 * N_MESH_LANDMARKS + 9), np.zeros((3 * N_MESH_LANDMARKS + 9, 1)), np.ones(1))
+        layers = ((np.zeros((1, n_channels)), np.zeros(n_channels)),)
+        limit, strength = 0.0, 0.0
+    return FitTables(
+        neutral=contiguous(face.neutral),
+        basis_flat=contiguous(face.basis.reshape(-1, n_channels)),
+        basis_flat_t=contiguous(expression.basis_flat_t),
+        gram=contiguous(expression.gram),
+        quadratic_prior=contiguous(expression.quadratic_prior),
+        regularization=contiguous(expression.regularization),
+        landmark_weights=contiguous(expression.landmark_weights),
+        rigid_ids=contiguous(fitter.rigid_ids, np.int64),
+        pose_weights_refine=contiguous(fitter.pose_weights_refine),
+        gaze_channels=contiguous(GAZE_CHANNELS, np.int64),
+        corner_ids=contiguous(eyes._corners, np.int64),
+        iris_ids=contiguous(eyes._iris, np.int64),
+        upper_lid_ids=contiguous(eyes._upper, np.int64),
+        blink_channels=contiguous(reference.BLINK_CHANNELS, np.int64),
+        corner0_flat=contiguous(eyes._corner0_flat),
+        corner_basis_flat=contiguous(eyes._corner_basis_flat),
+        corner_gaze_flat=contiguous(eyes._corner_gaze_flat),
+        angles_to_gaze=contiguous(eyes._angles_to_gaze),
+        mid0=contiguous(eyes._mid0),
+        iris_rest=contiguous(eyes._iris_rest),
+        gap0=contiguous(eyes._gap0),
+        gap_basis=contiguous(eyes._gap_basis),
+        width0=contiguous(eyes._width0),
+        blink_gain=contiguous(eyes._blink_gain),
+        eye_radius=float(eyes.radius),
+        prior_mean=contiguous(prior_arrays[0]),
+        prior_basis=contiguous(prior_arrays[1], np.float32),
+        prior_scale=contiguous(prior_arrays[2]),
+        prior_layer_weights=np.concatenate([np.ravel(weight) for weight, _ in layers]).astype(np.float32),
+        prior_layer_biases=np.concatenate([np.ravel(bias) for _, bias in layers]).astype(np.float64),
+        prior_layer_shapes=np.array([np.shape(weight) for weight, _ in layers], dtype=np.int64),
+        prior_residual_limit=float(limit),
+        prior_strength=float(strength),
+        pose_iterations=int(config.pose_iterations),
+        max_iterations=int(config.max_iterations),
+        depth_weight=float(fitter.depth_weight),
+        gaze_anchor=float(config.gaze_anchor),
+        eyes_active=bool(fitter.eyes_active),
+        jaw_open=int(reference.JAW_OPEN),
+        mouth_close=int(reference.MOUTH_CLOSE),
+        mouth_close_slack=float(reference.MOUTH_CLOSE_SLACK),
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _umeyama(source: np.ndarray, target: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """`pose.umeyama` with normalized weights (n,) summing to 1: R (3, 3), t (3,), s."""
+    n = source.shape[0]
+    mu_s = np.zeros(3)
+    mu_t = np.zeros(3)
+    for i in range(n):
+        for a in range(3):
+            mu_s[a] += weights[i] * source[i, a]
+            mu_t[a] += weights[i] * target[i, a]
+    cov = np.zeros((3, 3))
+    var_s = 0.0
+    for i in range(n):
+        wi = weights[i]
+        for a in range(3):
+            s_a = source[i, a] - mu_s[a]
+            var_s += wi * s_a * s_a
+            for c in range(3):
+                cov[c, a] += wi * (target[i, c] - mu_t[c]) * s_a
+    u, sig, vt = np.linalg.svd(cov)
+    det = (
+        cov[0, 0] * (cov[1, 1] * cov[2, 2] - cov[1, 2] * cov[2, 1])
+        - cov[0, 1] * (cov[1, 0] * cov[2, 2] - cov[1, 2] * cov[2, 0])
+        + cov[0, 2] * (cov[1, 0] * cov[2, 1] - cov[1, 1] * cov[2, 0])
+    )
+    if det < 0:  # det(U)·det(Vᵀ) has the sign of det(cov): avoid a reflection
+        for r in range(3):
+            u[r, 2] = -u[r, 2]
+        scale = (sig[0] + sig[1] - sig[2]) / var_s
+    else:
+        scale = (sig[0] + sig[1] + sig[2]) / var_s
+    rot = u @ vt
+    trans = mu_t - scale * (rot @ mu_s)
+    return rot, trans, scale
+
+
+@njit(cache=True, error_model="numpy")
+def _uniform(n: int) -> np.ndarray:
+    return np.full(n, 1.0 / n)
+
+
+@njit(cache=True, error_model="numpy")
+def _perspective_corrected(
+    observed: np.ndarray, points: np.ndarray, depth_axis: np.ndarray, scale: float, center: np.ndarray, focal: float
+) -> np.ndarray:
+    """`solver.perspective_corrected(observed, points @ depth_axis, scale, center, focal)`."""
+    out = np.empty_like(observed)
+    ratio = scale / focal
+    for i in range(observed.shape[0]):
+        depth = points[i, 0] * depth_axis[0] + points[i, 1] * depth_axis[1] + points[i, 2] * depth_axis[2]
+        kappa = 1.0 - depth * ratio
+        out[i, 0] = (observed[i, 0] - center[0]) * kappa + center[0]
+        out[i, 1] = (observed[i, 1] - center[1]) * kappa + center[1]
+        out[i, 2] = observed[i, 2] * kappa
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def _to_model_frame(points: np.ndarray, rot: np.ndarray, trans: np.ndarray, scale: float) -> np.ndarray:
+    """Rᵀ(y − t)/s row-wise."""
+    out = np.empty_like(points)
+    for i in range(points.shape[0]):
+        d0, d1, d2 = points[i, 0] - trans[0], points[i, 1] - trans[1], points[i, 2] - trans[2]
+        for a in range(3):
+            out[i, a] = (d0 * rot[0, a] + d1 * rot[1, a] + d2 * rot[2, a]) / scale
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def _vector_matrix(vector: np.ndarray, matrix: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out += vector @ matrix for (n,) and (n, m), float64 or float32 matrix, accumulated in float64.
+
+    Row by row (out += vᵢ·rowᵢ): the inner loop runs along contiguous memory and vectorizes without fast-math
+    reassociation; zero entries skip their row (expression weights at their bound, landmarks of weight 0).
+    Faster here than numba's BLAS call for these shapes, which pays for OpenBLAS's threading."""
+    for i in range(matrix.shape[0]):
+        value = vector[i]
+        if value != 0.0:
+            row = matrix[i]
+            for j in range(matrix.shape[1]):
+                out[j] += value * row[j]
+    return out
+
+
+@njit(cache=True, error_model="numpy", fastmath=REDUCTION_MATH)
+def _matrix_vector(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """matrix @ vector, row by row (contiguous dot products)."""
+    out = np.empty(matrix.shape[0])
+    for i in range(matrix.shape[0]):
+        total = 0.0
+        for j in range(matrix.shape[1]):
+            total += matrix[i, j] * vector[j]
+        out[i] = total
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def _landmarks(tables: FitTables, weights: np.ndarray) -> np.ndarray:
+    """`EmbeddedFace.landmarks`: (K,) → (L, 3)."""
+    flat = _vector_matrix(weights, tables.basis_flat_t, tables.neutral.reshape(-1).copy())
+    return flat.reshape(tables.neutral.shape)
+
+
+@njit(cache=True, error_model="numpy")
+def _take_rows(points: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    out = np.empty((ids.shape[0], 3))
+    for j in range(ids.shape[0]):
+        out[j] = points[ids[j]]
+    return out
+
+
+@njit(cache=True, error_model="numpy", fastmath=REDUCTION_MATH)
+def _cholesky_solve(matrix: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, bool]:
+    """x with matrix x = rhs for a symmetric positive definite (m, m) matrix (overwritten); ok False if not PD."""
+    m = rhs.shape[0]
+    for j in range(m):
+        diag = matrix[j, j]
+        for k in range(j):
+            diag -= matrix[j, k] * matrix[j, k]
+        if not diag > 0.0:
+            return rhs, False
+        diag = math.sqrt(diag)
+        matrix[j, j] = diag
+        for i in range(j + 1, m):
+            value = matrix[i, j]
+            for k in range(j):
+                value -= matrix[i, k] * matrix[j, k]
+            matrix[i, j] = value / diag
+    x = rhs.copy()
+    for i in range(m):  # L y = rhs
+        value = x[i]
+        for k in range(i):
+            value -= matrix[i, k] * x[k]
+        x[i] = value / matrix[i, i]
+    for i in range(m - 1, -1, -1):  # Lᵀ x = y
+        value = x[i]
+        for k in range(i + 1, m):
+            value -= matrix[k, i] * x[k]
+        x[i] = value / matrix[i, i]
+    return x, True
+
+
+@njit(cache=True, error_model="numpy")
+def _subspace_solve(H: np.ndarray, b: np.ndarray, values: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, bool]:
+    """`bounded_lsq._subspace_solve`: fixed variables at `values`, the free ones optimal over their subspace."""
+    n = b.shape[0]
+    free_ids = np.flatnonzero(~fixed)
+    m = free_ids.shape[0]
+    out = np.where(fixed, values, 0.0)
+    if m == 0:
+        return out, True
+    block = np.empty((m, m))
+    rhs = np.empty(m)
+    for p in range(m):
+        i = free_ids[p]
+        value = b[i]
+        for j in range(n):
+            if fixed[j]:
+                value -= H[i, j] * values[j]
+        rhs[p] = value
+        for q in range(m):
+            block[p, q] = H[i, free_ids[q]]
+    x, ok = _cholesky_solve(block, rhs)
+    for p in range(m):
+        out[free_ids[p]] = x[p]
+    return out, ok
+
+
+@njit(cache=True, error_model="numpy")
+def _objective(H: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
+    return 0.5 * (w @ _matrix_vector(H, w)) - b @ w
+
+
+@njit(cache=True, error_model="numpy")
+def _primal_active_set(
+    H: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray, w: np.ndarray, max_iterations: int, tol: float
+) -> tuple[np.ndarray, int, bool]:
+    """`bounded_lsq._primal_active_set` (see there): (w, iterations, ok)."""
+    n = b.shape[0]
+    pinned = lo >= hi
+    at_lo = (w <= lo) & ~pinned
+    at_hi = (w >= hi) & ~pinned & ~at_lo
+    for iteration in range(1, max_iterations + 1):
+        free = ~(at_lo | at_hi | pinned)
+        w_target, ok = _subspace_solve(H, b, w, ~free)
+        if not ok:
+            return w, iteration, False
+        step = w_target - w
+        ratio_lo = np.full(n, np.inf)
+        ratio_hi = np.full(n, np.inf)
+        alpha = 1.0
+        for i in range(n):
+            if free[i] and w_target[i] < lo[i]:
+                ratio_lo[i] = (lo[i] - w[i]) / step[i]
+                alpha = min(alpha, ratio_lo[i])
+            if free[i] and w_target[i] > hi[i]:
+                ratio_hi[i] = (hi[i] - w[i]) / step[i]
+                alpha = min(alpha, ratio_hi[i])
+        if alpha < 1.0:
+            w_step = w + alpha * step
+            hit_lo = free & (ratio_lo <= alpha)
+            hit_hi = free & (ratio_hi <= alpha)
+            for i in range(n):
+                if hit_lo[i]:
+                    w_step[i] = lo[i]
+                if hit_hi[i]:
+                    w_step[i] = hi[i]
+            w_proj = np.minimum(np.maximum(w_target, lo), hi)
+            if _objective(H, b, w_proj) < _objective(H, b, w_step):
+                w = w_proj
+                at_lo = (w <= lo) & ~pinned
+                at_hi = (w >= hi) & ~pinned & ~at_lo
+            else:
+                w = w_step
+                at_lo |= hit_lo
+                at_hi |= hit_hi
+            continue
+        w = w_target
+        grad = _matrix_vector(H, w) - b
+        release_lo = at_lo & (grad < -tol)
+        release_hi = at_hi & (grad > tol)
+        if not (release_lo.any() or release_hi.any()):
+            return w, iteration, True
+        at_lo &= ~release_lo
+        at_hi &= ~release_hi
+    return w, max_iterations, True
+
+
+@njit(cache=True, error_model="numpy")
+def solve_box_qp(
+    H: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray, w0: np.ndarray, warm: bool, max_iterations: int
+) -> tuple[np.ndarray, bool]:
+    """`bounded_lsq.solve_box_qp` (primal-dual active set, then the primal active set): (w, ok); ok False when
+    a subspace matrix was not positive definite."""
+    n = b.shape[0]
+    w = np.minimum(np.maximum(w0 if warm else np.zeros(n), lo), hi)
+    pinned = lo >= hi
+    inv_diag = 1.0 / np.diag(H)
+    at_lo = np.zeros(n, dtype=np.bool_)
+    at_hi = np.zeros(n, dtype=np.bool_)
+    pdas_limit = min(8, max_iterations)
+    for iteration in range(1, pdas_limit + 1):
+        if iteration == 1 and warm:
+            guess = w
+        else:
+            guess = w - (_matrix_vector(H, w) - b) * inv_diag
+        new_lo = (guess <= lo) | pinned
+        new_hi = (guess >= hi) & ~new_lo
+        if iteration > 1 and not ((new_lo ^ at_lo).any() or (new_hi ^ at_hi).any()):
+            return w, True
+        at_lo, at_hi = new_lo, new_hi
+        w, ok = _subspace_solve(H, b, np.where(at_hi, hi, lo), at_lo | at_hi)
+        if not ok:
+            return w, False
+    scale = max(1.0, np.abs(b).max(), np.abs(H).max())
+    w, _, ok = _primal_active_set(
+        H, b, lo, hi, np.minimum(np.maximum(w, lo), hi), max_iterations - pdas_limit, 1e-10 * scale
+    )
+    return w, ok
+
+
+@njit(cache=True, error_model="numpy")
+def _solve_expression(
+    tables: FitTables,
+    observed_model: np.ndarray,
+    rot: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    w0: np.ndarray,
+    gaze: np.ndarray,
+    use_anchor: bool,
+    target: np.ndarray,
+    target_strength: float,
+) -> tuple[np.ndarray, bool]:
+    """`ExpressionSolver.solve` with the depth metric of `rot`, the gaze anchor and the prior's target."""
+    n_channels = w0.shape[0]
+    depth_axis = rot[2]
+    metric = np.empty(9)
+    for a in range(3):
+        for c in range(3):
+            metric[3 * a + c] = (1.0 if a == c else 0.0) + (tables.depth_weight - 1.0) * depth_axis[a] * depth_axis[c]
+    H = _vector_matrix(metric, tables.gram, tables.quadratic_prior.reshape(-1).copy()).reshape((n_channels, n_channels))
+    n_points = observed_model.shape[0]
+    projected = np.empty(3 * n_points)
+    for i in range(n_points):
+        lw = tables.landmark_weights[i]
+        r0 = (observed_model[i, 0] - tables.neutral[i, 0]) * lw
+        r1 = (observed_model[i, 1] - tables.neutral[i, 1]) * lw
+        r2 = (observed_model[i, 2] - tables.neutral[i, 2]) * lw
+        for c in range(3):
+            projected[3 * i + c] = r0 * metric[c] + r1 * metric[3 + c] + r2 * metric[6 + c]
+    b = _matrix_vector(tables.basis_flat_t, projected)
+    if use_anchor:
+        for j in range(tables.gaze_channels.shape[0]):
+            k = tables.gaze_channels[j]
+            H[k, k] += tables.gaze_anchor - tables.regularization[k]
+            b[k] += gaze[j] * tables.gaze_anchor
+    if target_strength > 0.0:
+        for k in range(n_channels):
+            H[k, k] += target_strength
+            b[k] += target_strength * target[k]
+    return solve_box_qp(H, b, lo, hi, w0, True, tables.max_iterations)
+
+
+@njit(cache=True, error_model="numpy")
+def _gaze(tables: FitTables, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """`EyeModel.gaze`: (8,) `eyeLook*` weights in `GAZE_CHANNELS` order."""
+    gaze = weights[tables.gaze_channels]
+    corners_static = tables.corner0_flat + _matrix_vector(tables.corner_basis_flat, weights)
+    corners_static -= _matrix_vector(tables.corner_gaze_flat, gaze)
+    width = np.empty(2)
+    raw = np.empty((2, 2))
+    for eye in range(2):
+        outer = observed_model[tables.corner_ids[0, eye]]
+        inner = observed_model[tables.corner_ids[1, eye]]
+        d = outer - inner
+        width[eye] = math.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
+        for a in range(2):
+            iris_sum = 0.0
+            for j in range(tables.iris_ids.shape[1]):
+                iris_sum += observed_model[tables.iris_ids[eye, j], a]
+            raw[eye, a] = iris_sum * 0.2 - (outer[a] + inner[a]) * 0.5
+    offsets = np.empty(4)
+    for _ in range(2):
+        c = corners_static + _matrix_vector(tables.corner_gaze_flat, gaze)
+        for eye in range(2):
+            o, i = 3 * eye, 6 + 3 * eye  # outer corner of this eye, inner corner
+            dx, dy, dz = c[o] - c[i], c[o + 1] - c[i + 1], c[o + 2] - c[i + 2]
+            ratio = math.sqrt(dx * dx + dy * dy + dz * dz) / width[eye]
+            for a in range(2):
+                offset = (raw[eye, a] + (c[o + a] + c[i + a]) * 0.5 - tables.mid0[eye, a]) * ratio
+                offsets[2 * eye + a] = offset - tables.iris_rest[eye, a]
+        sines = np.minimum(np.maximum(offsets / tables.eye_radius, -1.0), 1.0)
+        gaze = np.minimum(np.maximum(_matrix_vector(tables.angles_to_gaze, np.degrees(np.arcsin(sines))), 0.0), 1.0)
+    return gaze
+
+
+@njit(cache=True, error_model="numpy")
+def _blink(tables: FitTables, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """`EyeModel.blink`: (2,) blink (left, right) in [0, 1]."""
+    others = weights.copy()
+    others[tables.blink_channels] = 0.0
+    ratio_open = (tables.gap0 + _matrix_vector(tables.gap_basis, others)) / tables.width0
+    out = np.empty(2)
+    for eye in range(2):
+        outer = observed_model[tables.corner_ids[0, eye]]
+        inner = observed_model[tables.corner_ids[1, eye]]
+        upper = 0.0
+        count = tables.upper_lid_ids.shape[1]
+        for j in range(count):
+            upper += observed_model[tables.upper_lid_ids[eye, j], 1]
+        gap = upper / count - (outer[1] + inner[1]) / 2
+        d = outer - inner
+        ratio_obs = gap / math.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
+        out[eye] = min(max((ratio_obs - ratio_open[eye]) / tables.blink_gain[eye], 0.0), 1.0)
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def _prior(
+    tables: FitTables, observed: np.ndarray, use_camera: bool, center: np.ndarray, focal: float
+) -> tuple[np.ndarray, float]:
+    """`FrameFitter.prior_features` then `LearnedPrior.predict_with_trust`: (53,) prediction and trust."""
+    rigid = tables.rigid_ids
+    neutral_rigid = _take_rows(tables.neutral, rigid)
+    weights = _uniform(rigid.shape[0])
+    rot, trans, scale = _umeyama(neutral_rigid, _take_rows(observed, rigid), weights)
+    corrected = observed
+    if use_camera:
+        corrected = _perspective_corrected(observed, tables.neutral, rot[2], scale, center, focal)
+        rot, trans, scale = _umeyama(neutral_rigid, _take_rows(corrected, rigid), weights)
+    observed_model = _to_model_frame(corrected, rot, trans, scale)
+    n_mesh_values = 3 * N_MESH_LANDMARKS
+    centred = np.empty(tables.prior_mean.shape[0])
+    flat_model = observed_model.reshape(-1)
+    flat_neutral = tables.neutral.reshape(-1)
+    for j in range(n_mesh_values):
+        centred[j] = flat_model[j] - flat_neutral[j] - tables.prior_mean[j]
+    flat_rot = rot.reshape(-1)
+    for j in range(9):
+        centred[n_mesh_values + j] = flat_rot[j] - tables.prior_mean[n_mesh_values + j]
+    z = _vector_matrix(centred, tables.prior_basis, np.zeros(tables.prior_basis.shape[1]))
+    h = z * tables.prior_scale
+    weight_start = bias_start = 0
+    for layer in range(tables.prior_layer_shapes.shape[0]):
+        n_in, n_out = tables.prior_layer_shapes[layer, 0], tables.prior_layer_shapes[layer, 1]
+        if layer:
+            h = np.maximum(h, 0.0)
+        weight = tables.prior_layer_weights[weight_start : weight_start + n_in * n_out].reshape((n_in, n_out))
+        h = _vector_matrix(h, weight, tables.prior_layer_biases[bias_start : bias_start + n_out].copy())
+        weight_start += n_in * n_out
+        bias_start += n_out
+    if tables.prior_residual_limit <= 0:
+        return h, 1.0
+    outside = math.sqrt(max(centred @ centred - z @ z, 0.0))
+    return h, min(max(2.0 - outside / tables.prior_residual_limit, 0.0), 1.0)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def fit_frame(
+    tables: FitTables,
+    observed: np.ndarray,
+    warm_start: np.ndarray,
+    has_warm_start: bool,
+    has_iris: bool,
+    use_camera: bool,
+    center: np.ndarray,
+    focal: float,
+    has_previous: bool,
+    previous_rotation: np.ndarray,
+    previous_scale: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, float, bool]:
+    """`FrameFitter.fit` (see there): (weights, rotation, translation, scale, observed_model, residual, ok);
+    ok False where a subspace matrix was not positive definite (the reference raises LinAlgError)."""
+    n_channels = tables.quadratic_prior.shape[0]
+    w = warm_start.copy() if has_warm_start else np.zeros(n_channels)
+    lo = np.zeros(n_channels)
+    hi = np.ones(n_channels)
+    target = np.zeros(n_channels)
+    trust = 0.0
+    target_strength = 0.0
+    if tables.prior_strength > 0:
+        target, trust = _prior(tables, observed, use_camera, center, focal)
+        target_strength = tables.prior_strength * trust
+    rigid = tables.rigid_ids
+    model = _landmarks(tables, w)
+    model_rigid = _take_rows(model, rigid)
+    uniform = _uniform(rigid.shape[0])
+    corrected = observed
+    if use_camera:
+        if has_previous:
+            rot, scale = previous_rotation, previous_scale
+        else:
+            rot, _, scale = _umeyama(model_rigid, _take_rows(observed, rigid), uniform)
+        corrected = _perspective_corrected(observed, model, rot[2], scale, center, focal)
+    rot, trans, scale = _umeyama(model_rigid, _take_rows(corrected, rigid), uniform)
+    refine_weights = tables.pose_weights_refine / tables.pose_weights_refine.sum()
+    observed_model = corrected
+    for iteration in range(tables.pose_iterations):
+        observed_model = _to_model_frame(corrected, rot, trans, scale)
+        lo[:] = 0.0
+        hi[:] = 1.0
+        gaze = np.zeros(tables.gaze_channels.shape[0])
+        use_anchor = False
+        if tables.eyes_active and has_iris:
+            last_pass = iteration + 1 == tables.pose_iterations
+            if last_pass or not has_warm_start:
+                gaze = _gaze(tables, observed_model, w)
+            else:
+                gaze = w[tables.gaze_channels]
+            if tables.gaze_anchor > 0:
+                use_anchor = True
+            else:
+                for j in range(gaze.shape[0]):
+                    lo[tables.gaze_channels[j]] = gaze[j]
+                    hi[tables.gaze_channels[j]] = gaze[j]
+        w, ok = _solve_expression(tables, observed_model, rot, lo, hi, w, gaze, use_anchor, target, target_strength)
+        if not ok:
+            return w, rot, trans, scale, observed_model, 0.0, False
+        if w[tables.mouth_close] > w[tables.jaw_open] + tables.mouth_close_slack:
+            hi[tables.mouth_close] = w[tables.jaw_open]
+            w, ok = _solve_expression(tables, observed_model, rot, lo, hi, w, gaze, use_anchor, target, target_strength)
+            if not ok:
+                return w, rot, trans, scale, observed_model, 0.0, False
+        w[tables.mouth_close] = min(w[tables.mouth_close], w[tables.jaw_open])
+        if iteration + 1 == tables.pose_iterations:
+            break
+        model = _landmarks(tables, w)
+        if use_camera:
+            corrected = _perspective_corrected(observed, model, rot[2], scale, center, focal)
+        rot, trans, scale = _umeyama(model, corrected, refine_weights)
+    if tables.eyes_active:
+        blink = _blink(tables, observed_model, w)
+        for eye in range(2):
+            k = tables.blink_channels[eye]
+            w[k] = trust * w[k] + (1.0 - trust) * blink[eye]
+    model = _landmarks(tables, w)
+    total = 0.0
+    for i in range(N_MESH_LANDMARKS):
+        for a in range(3):
+            d = observed_model[i, a] - model[i, a]
+            total += d * d
+    return w, rot, trans, scale, observed_model, math.sqrt(total / N_MESH_LANDMARKS), True

@@ -1,0 +1,207 @@
+"""The numba-compiled per-frame fit against its numpy reference (engine/solve/compiled.py, DESIGN §9).
+
+Every configuration branch of `FrameFitter.fit` (perspective or weak perspective, warm start and previous
+pose or none, irises or none, gaze anchored or pinned, learned prior or none, eyes off, more pose iterations)
+runs both ways on the same synthetic frames; the box QP is compared on random problems, including pinned
+channels, the fallback to the primal active set, and a matrix that is not positive definite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from engine.config import SolveConfig
+from engine.face_model import FaceModel, LandmarkEmbedding, ModelFileError
+from engine.names import ICT_EXPRESSIONS
+from engine.solve import compiled
+from engine.solve.bounded_lsq import solve_box_qp as solve_box_qp_numpy
+from engine.solve.bounded_lsq import solve_box_qp_reference
+from engine.solve.eyes import eyeball_centers
+from engine.solve.pose import euler_to_rotation
+from engine.solve.solver import FaceSolver, FrameFitter, shipped_prior, shipped_response, valid_observation
+from engine.solve.synthetic import constructed_embedding, random_expression, synthetic_landmarks
+
+pytestmark = pytest.mark.skipif(not compiled.AVAILABLE, reason="numba is not installed: the numpy path serves")
+
+
+@pytest.fixture(scope="module")
+def embedding(face_model: FaceModel) -> LandmarkEmbedding:
+    try:
+        return LandmarkEmbedding.load()
+    except ModelFileError:
+        return constructed_embedding(face_model)
+
+
+def _frames(fitter: FrameFitter, model: FaceModel, count: int, seed: int) -> list:
+    """`count` (observed, has_iris, image_size) frames of a smooth random performance (noise 0.5 mm)."""
+    rng = np.random.default_rng(seed)
+    centers = eyeball_centers(model)
+    start, end = random_expression(rng), random_expression(rng)
+    angles = rng.uniform(-25, 25, size=(2, 3))
+    frames = []
+    for t in np.linspace(0.0, 1.0, count):
+        weights = (1 - t) * start + t * end
+        rotation = euler_to_rotation(*((1 - t) * angles[0] + t * angles[1]))
+        landmarks = synthetic_landmarks(fitter.face, centers, weights, rotation, noise_cm=0.05, rng=rng)
+        observed, has_iris = valid_observation(landmarks)
+        frames.append((observed, has_iris, landmarks.image_size))
+    return frames
+
+
+def _compare_sequence(fitter: FrameFitter, frames: list, *, camera: bool = True, iris: bool = True) -> float:
+    """Fit the frames as a track (warm start and previous pose from the compiled fit) both ways; returns the
+    largest weight difference and checks pose, model-frame landmarks and residual along the way."""
+    assert fitter.compiled_tables is not None
+    previous = None
+    worst = 0.0
+    for observed, has_iris, size in frames:
+        warm = None if previous is None else previous.weights
+        image_size = size if camera else None
+        fast = fitter.fit(observed, warm, has_iris and iris, image_size, previous)
+        slow = fitter.fit_numpy(observed, warm, has_iris and iris, image_size, previous)
+        worst = max(worst, float(np.abs(fast.weights - slow.weights).max()))
+        np.testing.assert_allclose(fast.rotation, slow.rotation, atol=1e-8)
+        np.testing.assert_allclose(fast.translation_px, slow.translation_px, atol=1e-6)
+        assert fast.scale_px_per_cm == pytest.approx(slow.scale_px_per_cm, rel=1e-9)
+        np.testing.assert_allclose(fast.observed_model, slow.observed_model, atol=1e-7)
+        assert fast.residual_cm == pytest.approx(slow.residual_cm, rel=1e-6, abs=1e-9)
+        assert np.all(fast.weights >= 0.0) and np.all(fast.weights <= 1.0)
+        previous = fast
+    return worst
+
+
+@pytest.mark.parametrize(
+    ("overrides", "camera", "iris"),
+    [
+        ({}, True, True),  # the engine's configuration: response, learned prior, eyes, perspective
+        ({}, False, True),  # weak perspective (no image size)
+        ({}, True, False),  # no irises: gaze keeps the least-squares channels
+        ({"gaze_anchor": 0.0}, True, True),  # gaze pinned to the iris read-out
+        ({"learned_prior": False, "landmark_response": False}, True, True),
+        ({"eyes_enabled": False, "use_depth": False}, True, True),
+        ({"pose_iterations": 3, "symmetry_prior": 0.02, "channel_regularization": {"jawOpen": 0.2}}, True, True),
+        ({"pose_iterations": 1, "max_iterations": 9}, True, True),
+    ],
+)
+def test_compiled_fit_matches_numpy_reference(
+    face_model: FaceModel, embedding: LandmarkEmbedding, overrides: dict, camera: bool, iris: bool
+) -> None:
+    config = SolveConfig(**overrides)
+    response = shipped_response(config)
+    fitter = FrameFitter(face_model, embedding, None, config, response, shipped_prior(config, response))
+    frames = _frames(fitter, face_model, 12, seed=len(str(overrides)) + 3 * camera + iris)
+    assert _compare_sequence(fitter, frames, camera=camera, iris=iris) < 1e-6
+
+
+def test_compiled_fit_matches_on_other_identities(face_model: FaceModel, embedding: LandmarkEmbedding) -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        identity = np.zeros(face_model.n_identity, np.float32)
+        identity[:60] = rng.normal(size=60)
+        fitter = FrameFitter(face_model, embedding, identity, SolveConfig())
+        assert _compare_sequence(fitter, _frames(fitter, face_model, 6, seed=int(rng.integers(1000)))) < 1e-6
+
+
+@pytest.mark.parametrize("trust", [1.0, 0.5])
+def test_prior_runs_in_the_compiled_fit(face_model: FaceModel, embedding: LandmarkEmbedding, trust: float) -> None:
+    """The learned prior must pull the compiled fit exactly as it pulls the numpy one. Synthetic frames lie
+    outside the prior's training renders (trust 0 there), so its out-of-distribution limit is set to give
+    full trust (limit 0: no fade) or half trust (2 − r/limit = 0.5) on the test frame."""
+    config = SolveConfig()
+    response = shipped_response(config)
+    prior = shipped_prior(config, response)
+    if prior is None:
+        pytest.skip("no shipped solve prior in models/")
+    without = FrameFitter(face_model, embedding, None, config, response, None)
+    observed, has_iris, size = _frames(without, face_model, 1, seed=11)[0]
+    centred = without.prior_features(observed, without._camera(size)) - prior.mean
+    z = centred @ prior.basis
+    outside = float(np.sqrt(centred @ centred - z @ z))
+    limit = 0.0 if trust == 1.0 else outside / (2.0 - trust)
+    with_prior = FrameFitter(face_model, embedding, None, config, response, replace(prior, residual_limit=limit))
+    assert float(with_prior.prior.predict_with_trust(centred + prior.mean)[1]) == pytest.approx(trust)
+    fast = with_prior.fit(observed, None, has_iris, size).weights - without.fit(observed, None, has_iris, size).weights
+    slow = (
+        with_prior.fit_numpy(observed, None, has_iris, size).weights
+        - without.fit_numpy(observed, None, has_iris, size).weights
+    )
+    assert np.abs(slow).max() > 0.01  # the prior matters on this frame
+    np.testing.assert_allclose(fast, slow, atol=1e-6)
+
+
+def _random_qp(rng: np.random.Generator, n: int, coupled: bool) -> tuple[np.ndarray, np.ndarray]:
+    a = rng.normal(size=(300, n)) * rng.uniform(0.1, 3.0, size=n)
+    if coupled:
+        a = a @ (np.eye(n) + 0.9 * rng.normal(size=(n, n)) / np.sqrt(n))
+    y = rng.normal(size=300) * (30.0 if coupled else 3.0)
+    return a.T @ a + 0.01 * np.eye(n), a.T @ y
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_compiled_box_qp_matches_numpy_and_bvls(coupled: bool) -> None:
+    """Coupled problems push the primal-dual phase past its 8 iterations into the primal active set."""
+    rng = np.random.default_rng(21 + coupled)
+    worst_numpy = worst_bvls = 0.0
+    for k in range(40):
+        H, b = _random_qp(rng, 53, coupled)
+        lo, hi = np.zeros(53), np.ones(53)
+        if k % 3 == 0:
+            pin = rng.choice(53, size=8, replace=False)
+            lo[pin] = hi[pin] = rng.uniform(0, 1, size=8)
+        warm = rng.uniform(0, 1, size=53) if k % 2 else np.zeros(53)
+        w, ok = compiled.solve_box_qp(H, b, lo, hi, warm, bool(k % 2), 30)
+        assert ok
+        assert np.all(w >= lo) and np.all(w <= hi)
+        numpy_w = solve_box_qp_numpy(H, b, lo, hi, warm if k % 2 else None, 30).w
+        worst_numpy = max(worst_numpy, float(np.abs(w - numpy_w).max()))
+        worst_bvls = max(worst_bvls, float(np.abs(w - solve_box_qp_reference(H, b, lo, hi)).max()))
+    assert worst_numpy < 1e-8
+    assert worst_bvls < 1e-3
+
+
+def test_compiled_box_qp_reports_an_indefinite_matrix() -> None:
+    """The reference raises LinAlgError on a subspace matrix that is not positive definite; the compiled QP
+    says so with ok False and `FrameFitter.fit` raises the same error (FaceSolver turns it into a lost frame)."""
+    H = np.diag([1.0, -2.0, 3.0])
+    b = np.array([0.5, 0.5, 0.5])
+    lo, hi = np.zeros(3), np.ones(3)
+    _, ok = compiled.solve_box_qp(H, b, lo, hi, np.full(3, 0.5), True, 30)
+    assert not ok
+    with pytest.raises(np.linalg.LinAlgError):
+        solve_box_qp_numpy(H, b, lo, hi, np.full(3, 0.5), 30)
+
+
+@pytest.mark.parametrize("use_compiled", [True, False])
+def test_collapsed_landmarks_give_a_lost_state(
+    face_model: FaceModel, embedding: LandmarkEmbedding, use_compiled: bool
+) -> None:
+    """All landmarks on one point but two (a collapsed detection that passes validation): the fit divides by
+    zero (scale 0, eye width 0); no exception may escape either path, and the state is lost."""
+    from engine.identity import Identity
+    from engine.types import Landmarks, TrackingState
+
+    neutral = np.zeros(len(ICT_EXPRESSIONS))
+    identity = Identity("t", face_model.model_id, face_model.default_identity_weights(), neutral)
+    solver = FaceSolver(face_model, embedding, identity, SolveConfig(compiled=use_compiled))
+    assert (solver.fitter.compiled_tables is not None) == use_compiled
+    pixels = np.tile([[320.0, 240.0, 0.0]], (478, 1))
+    pixels[0, 0] += 1e-3
+    pixels[5, 1] += 1e-3
+    state = solver.solve(Landmarks(pixels / 640.0, pixels, (640, 480), 1.0, 0), 0, 0)
+    assert state.tracking == TrackingState.LOST
+    assert np.isfinite(state.weights).all() and state.confidence == 0.0
+
+
+def test_disabled_or_unavailable_numba_uses_the_numpy_fit(
+    face_model: FaceModel, embedding: LandmarkEmbedding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert FrameFitter(face_model, embedding, None, SolveConfig(compiled=False)).compiled_tables is None
+    monkeypatch.setattr(compiled, "AVAILABLE", False)
+    fitter = FrameFitter(face_model, embedding, None, SolveConfig())
+    assert fitter.compiled_tables is None
+    observed, has_iris, size = _frames(fitter, face_model, 1, seed=2)[0]
+    expected = fitter.fit_numpy(observed, None, has_iris, size).weights
+    np.testing.assert_array_equal(fitter.fit(observed, None, has_iris, size).weights, expected)
