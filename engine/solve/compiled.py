@@ -51,7 +51,6 @@ class FitTables(NamedTuple):
     """
 
     neutral: np.ndarray  # (L, 3) cm
-    basis_flat: np.ndarray  # (3L, K)
     basis_flat_t: np.ndarray  # (K, 3L)
     gram: np.ndarray  # (9, K²) `coordinate_gram` of the ω-weighted basis
     quadratic_prior: np.ndarray  # (K, K) Λ plus the symmetry pairs
@@ -120,7 +119,6 @@ def build_fit_tables(fitter: FrameFitter) -> FitTables:
         limit, strength = 0.0, 0.0
     return FitTables(
         neutral=contiguous(face.neutral),
-        basis_flat=contiguous(face.basis.reshape(-1, n_channels)),
         basis_flat_t=contiguous(expression.basis_flat_t),
         gram=contiguous(expression.gram),
         quadratic_prior=contiguous(expression.quadratic_prior),
