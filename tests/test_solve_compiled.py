@@ -205,3 +205,50 @@ def test_disabled_or_unavailable_numba_uses_the_numpy_fit(
     observed, has_iris, size = _frames(fitter, face_model, 1, seed=2)[0]
     expected = fitter.fit_numpy(observed, None, has_iris, size).weights
     np.testing.assert_array_equal(fitter.fit(observed, None, has_iris, size).weights, expected)
+
+
+def test_compiled_observation_checks_match_numpy(face_model: FaceModel, embedding: LandmarkEmbedding) -> None:
+    """`valid_observation` with the compiled conversion and checks: same landmarks, same rejections."""
+    from engine.types import Landmarks
+
+    fitter = FrameFitter(face_model, embedding, None, SolveConfig())
+    rng = np.random.default_rng(8)
+    landmarks = synthetic_landmarks(fitter.face, eyeball_centers(face_model), random_expression(rng), np.eye(3))
+    good = landmarks.pixels.copy()
+    cases = {"good": good, "468 without irises": good[:468].copy()}
+    for name, value in (("nan", np.nan), ("inf", np.inf)):
+        bad = good.copy()
+        bad[rng.integers(478), rng.integers(3)] = value
+        cases[name] = bad
+    flat = good.copy()
+    flat[:, 0] = 123.0  # zero width
+    cases["zero width"] = flat
+    for name, pixels in cases.items():
+        lm = Landmarks(pixels / 640.0, pixels, landmarks.image_size, 1.0, 0)
+        fast, slow = valid_observation(lm, compiled_checks=True), valid_observation(lm)
+        if slow is None:
+            assert fast is None, name
+            continue
+        assert fast is not None, name
+        np.testing.assert_array_equal(fast[0], slow[0], err_msg=name)
+        assert fast[1] == slow[1], name
+    assert valid_observation(Landmarks(good / 640.0, good, landmarks.image_size, 1.0, 0), True) is not None
+
+
+def test_compiled_one_euro_step_matches_numpy() -> None:
+    """The filter's compiled step against its numpy step: per-channel and scalar parameters, a repeated time
+    stamp (output held), a reset (next sample passes through)."""
+    from engine.solve.filters import OneEuroFilter
+
+    rng = np.random.default_rng(4)
+    for params in ((rng.uniform(0.5, 3, 61), rng.uniform(0, 1, 61), rng.uniform(0.5, 2, 61)), (1.0, 0.3, 1.0)):
+        fast, slow = OneEuroFilter(*params, compiled=True), OneEuroFilter(*params)
+        assert fast._update is not None and slow._update is None
+        t_ns = 0
+        signal = np.cumsum(rng.normal(size=(200, 61)), axis=0)
+        for k, x in enumerate(signal):
+            t_ns += 0 if k == 50 else int(rng.integers(20, 50)) * 1_000_000
+            if k == 120:
+                fast.reset()
+                slow.reset()
+            np.testing.assert_allclose(fast(x, t_ns), slow(x, t_ns), rtol=1e-12, atol=1e-12)

@@ -644,3 +644,47 @@ def fit_frame(
             d = observed_model[i, a] - model[i, a]
             total += d * d
     return w, rot, trans, scale, observed_model, math.sqrt(total / N_MESH_LANDMARKS), True
+
+
+@njit(cache=True, error_model="numpy")
+def observed_from_pixels(pixels: np.ndarray, image_height: float) -> tuple[np.ndarray, bool]:
+    """`pose.pixels_to_observed` with `solver.valid_observation`'s numeric checks: (n, 3) y-up landmarks, and
+    whether every value is finite and the landmarks span a non-zero width and height."""
+    n = pixels.shape[0]
+    out = np.empty((n, 3))
+    x_min = y_min = np.inf
+    x_max = y_max = -np.inf
+    for i in range(n):
+        x, y, z = pixels[i, 0], pixels[i, 1], pixels[i, 2]
+        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(z)):
+            return out, False
+        y = image_height - y
+        out[i, 0], out[i, 1], out[i, 2] = x, y, -z
+        x_min, x_max = min(x_min, x), max(x_max, x)
+        y_min, y_max = min(y_min, y), max(y_max, y)
+    return out, n > 0 and min(x_max - x_min, y_max - y_min) > 0
+
+
+@njit(cache=True, error_model="numpy")
+def one_euro_update(
+    x: np.ndarray,
+    previous_x: np.ndarray,
+    previous_dx: np.ndarray,
+    dt_s: float,
+    min_cutoff_hz: np.ndarray,
+    beta: np.ndarray,
+    d_cutoff_hz: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step of `filters.OneEuroFilter` for (n,) channels with (n,) parameters: (filtered x, filtered ẋ)."""
+    n = x.shape[0]
+    new_x = np.empty(n)
+    new_dx = np.empty(n)
+    for i in range(n):
+        speed = (x[i] - previous_x[i]) / dt_s
+        alpha_d = 1.0 / (1.0 + (1.0 / (2.0 * math.pi * d_cutoff_hz[i])) / dt_s)
+        dx = previous_dx[i] + alpha_d * (speed - previous_dx[i])
+        cutoff = min_cutoff_hz[i] + beta[i] * abs(dx)
+        alpha = 1.0 / (1.0 + (1.0 / (2.0 * math.pi * cutoff)) / dt_s)
+        new_x[i] = previous_x[i] + alpha * (x[i] - previous_x[i])
+        new_dx[i] = dx
+    return new_x, new_dx

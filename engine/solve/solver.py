@@ -289,7 +289,7 @@ def channel_groups() -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in groups.items()}
 
 
-def _state_filter(config: SolveConfig) -> OneEuroFilter:
+def _state_filter(config: SolveConfig, compiled_step: bool = False) -> OneEuroFilter:
     """One filter over the 53 weights (per-group parameters) and the 8 pose numbers (pose parameters)."""
     params = np.empty((3, N_EXPRESSIONS + 8))
     by_group: dict[str, FilterConfig] = {
@@ -299,7 +299,7 @@ def _state_filter(config: SolveConfig) -> OneEuroFilter:
     for group, idx in groups.items():
         f = by_group.get(group, config.filter_pose)
         params[:, idx] = np.array([[f.min_cutoff], [f.beta], [f.d_cutoff]])
-    return OneEuroFilter(params[0], params[1], params[2])
+    return OneEuroFilter(params[0], params[1], params[2], compiled=compiled_step)
 
 
 def shipped_response(config: SolveConfig) -> LandmarkResponse | None:
@@ -316,9 +316,12 @@ def shipped_prior(config: SolveConfig, response: LandmarkResponse | None) -> Lea
     return prior if prior.with_response == (response is not None) else None
 
 
-def valid_observation(landmarks: Landmarks | None) -> tuple[np.ndarray, bool] | None:
+def valid_observation(landmarks: Landmarks | None, compiled_checks: bool = False) -> tuple[np.ndarray, bool] | None:
     """(478, 3) y-up pixel-frame landmarks and whether irises are present, or None for anything unusable:
-    None, a wrong shape (468 without irises is accepted), non-finite values, an empty image."""
+    None, a wrong shape (468 without irises is accepted), non-finite values, an empty image.
+
+    `compiled_checks`: the conversion and the numeric checks in one compiled call
+    (`compiled.observed_from_pixels`) when numba is available; this function's numpy code is its reference."""
     if landmarks is None:
         return None
     try:
@@ -328,7 +331,12 @@ def valid_observation(landmarks: Landmarks | None) -> tuple[np.ndarray, bool] | 
         return None
     if pixels.ndim != 2 or pixels.shape[1] != 3 or pixels.shape[0] not in (N_MESH_LANDMARKS, 478):
         return None
-    if width <= 0 or height <= 0 or not math.isfinite(float(pixels.sum())):  # any NaN/inf makes the sum so
+    if width <= 0 or height <= 0:
+        return None
+    if compiled_checks and compiled.AVAILABLE and pixels.shape[0] == 478:
+        observed, usable = compiled.observed_from_pixels(np.ascontiguousarray(pixels), float(height))
+        return (observed, True) if usable else None
+    if not math.isfinite(float(pixels.sum())):  # any NaN/inf makes the sum so
         return None
     has_iris = pixels.shape[0] == 478
     if not has_iris:
@@ -363,7 +371,10 @@ class FaceSolver:
         if offset.shape != (N_EXPRESSIONS,):
             offset = np.zeros(N_EXPRESSIONS)
         self.neutral_offset = np.clip(offset, 0.0, 0.95)
-        self._filter = _state_filter(config)  # 53 weights, then quaternion (4), translation (3) and scale
+        compiled_path = self.fitter.compiled_tables is not None
+        self._compiled_checks = compiled_path
+        # 53 weights, then quaternion (4), translation (3) and scale
+        self._filter = _state_filter(config, compiled_step=compiled_path)
         self._last_quat: np.ndarray | None = None
         self._warm: np.ndarray | None = None
         self._last: FaceState | None = None
@@ -377,7 +388,7 @@ class FaceSolver:
 
     def solve(self, landmarks: Landmarks | None, t_capture_ns: int, frame_index: int) -> FaceState:
         """One frame → FaceState. `landmarks` None or unusable → coasting / lost."""
-        obs = valid_observation(landmarks)
+        obs = valid_observation(landmarks, self._compiled_checks)
         if obs is None:
             return self._no_face(t_capture_ns, frame_index)
         observed, has_iris = obs
