@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() or torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null \
 	  || $(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
+	# Compile the solver's numba kernels now (~25 s once; cached), not on the first `make run`.
+	$(PY) -m engine.solve.compiled
 	touch $(STAMP)
 
 gl-libs:

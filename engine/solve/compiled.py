@@ -688,3 +688,28 @@ def one_euro_update(
         new_x[i] = previous_x[i] + alpha * (x[i] - previous_x[i])
         new_dx[i] = dx
     return new_x, new_dx
+
+
+def warm_up() -> float:
+    """Compile (or load from the cache) every kernel with the shipped model, as a solver does on its first
+    construction; returns the seconds it took. `make setup` runs it, so the first `make run` starts at once."""
+    import time
+
+    from engine.config import SolveConfig
+    from engine.face_model import FaceModel, LandmarkEmbedding
+    from engine.identity import Identity
+    from engine.names import ICT_EXPRESSIONS
+    from engine.solve.solver import FaceSolver
+
+    start = time.perf_counter()
+    model = FaceModel.load()
+    identity = Identity("warm-up", model.model_id, model.default_identity_weights(), np.zeros(len(ICT_EXPRESSIONS)))
+    FaceSolver(model, LandmarkEmbedding.load(), identity, SolveConfig())
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    if AVAILABLE:
+        print(f"scapecast: compiled the per-frame solve (numba) in {warm_up():.1f} s")
+    else:
+        print("scapecast: numba is not installed; the solver runs its numpy path")
