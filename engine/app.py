@@ -149,9 +149,12 @@ def build_parts(
         opened.append(source)
         return source
 
+    solve_configs: list[Any] = []  # worked out (and logged) once, for every face's solver
+
     def make_solver() -> Any:
-        solve = solve_config_for(config, opened[0] if opened else None)
-        return FaceSolver(model, embedding, identity, solve)
+        if not solve_configs:
+            solve_configs.append(solve_config_for(config, opened[0] if opened else None))
+        return FaceSolver(model, embedding, identity, solve_configs[0])
 
     return PipelineParts(
         source=make_source,
@@ -159,6 +162,7 @@ def build_parts(
         solver=make_solver,
         renderer=make_renderer if render else None,
         publisher=make_publisher if config.stream.enabled else None,
+        max_faces=config.tracking.max_faces,
         on_state=on_state,
     )
 

@@ -43,7 +43,7 @@ class TrackingConfig(_Section):
     """MediaPipe FaceMesh (`engine.tracking.FaceTracker`). `refine_landmarks` adds the 10 iris points (478 in all);
     `static_image_mode` re-detects on every frame (stills) instead of tracking from the previous frame's crop."""
 
-    max_faces: int = Field(1, ge=1, le=4)
+    max_faces: int = Field(1, ge=1, le=4)  # faces solved and published (`face` index); face 0 is rendered
     refine_landmarks: bool = True
     min_detection_confidence: float = Field(0.5, ge=0, le=1)
     min_tracking_confidence: float = Field(0.5, ge=0, le=1)

@@ -18,6 +18,7 @@ thread, handed over through the slot's lock). Timestamps are monotonic nanosecon
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from engine.metrics import percentiles_ms
 from engine.sources.base import FrameSource, now_ns
+from engine.tracking import FaceSlots
 from engine.types import FaceState, Frame, Landmarks, RenderedFrame, TrackingState
 
 log = logging.getLogger(__name__)
@@ -103,22 +105,32 @@ class OneSlot(Generic[T]):
 
 @dataclass
 class FrameResult:
-    """Everything the pipeline knows about one processed frame. `stamps`: stage name → monotonic ns."""
+    """Everything the pipeline knows about one processed frame. `stamps`: stage name → monotonic ns.
+
+    `landmarks` and `state` are face 0's (the face that is rendered, drives VMC and the status topic);
+    `states` holds every face slot's state when `max_faces` > 1 (index = face index), else just `state`."""
 
     frame: Frame
     landmarks: Landmarks | None
     state: FaceState
     rendered: RenderedFrame | None = None
     stamps: dict[str, int] = field(default_factory=dict)
+    states: tuple[FaceState, ...] = ()
 
 
 @dataclass
 class TrackedFrame:
-    """A frame with its landmarks (None: no face), on its way from the track to the solve thread."""
+    """A frame with its faces (`FaceSlots` order, each `face_index` its slot; empty: no face), on its way
+    from the track to the solve thread."""
 
     frame: Frame
-    landmarks: Landmarks | None
+    faces: list[Landmarks]
     stamps: dict[str, int]
+
+    @property
+    def landmarks(self) -> Landmarks | None:
+        """Face 0's landmarks, or None when face 0 is not in this frame."""
+        return self.faces[0] if self.faces and self.faces[0].face_index == 0 else None
 
 
 # (stage name, start stamp, end stamp): the per-stage durations reported in `stats` and the summary.
@@ -143,6 +155,8 @@ class PipelineParts:
     solver: Callable[[], Solver]  # called once the source is open
     renderer: Callable[[], Renderer] | None = None
     publisher: Callable[[], Publisher] | None = None
+    # Faces tracked and solved at once (`tracking.max_faces`): one solver each, `params` for each (`face`).
+    max_faces: int = 1
     # Consumers of every solved frame (VMC bridge, params JSONL), called on the solve thread after `params`.
     on_state: list[Callable[[FrameResult], None]] = field(default_factory=list)
     # Consumers of every rendered frame (report pictures), called on the render thread.
@@ -273,6 +287,7 @@ class Pipeline:
 
     def _track_loop(self) -> None:
         tracker = self.parts.tracker()
+        slots = FaceSlots(self.parts.max_faces)
         self._stage_ready["track"].set()
         try:
             while not self._ready.wait(0.05):
@@ -291,8 +306,9 @@ class Pipeline:
                     self.invalid_frames += 1
                     log.debug("invalid frame %d: %s", frame.index, exc)
                     faces = []
+                faces = slots.assign(faces)
                 stamps["tracked"] = now_ns()
-                tracked = TrackedFrame(frame, faces[0] if faces else None, stamps)
+                tracked = TrackedFrame(frame, faces, stamps)
                 if not self._tracked.put(tracked, wait=True, stop=self._stop):
                     break
         finally:
@@ -302,7 +318,8 @@ class Pipeline:
         while not self._ready.wait(0.05):  # the solver is made for the open source (its camera, say)
             if self._stop.is_set():
                 return
-        solver = self.parts.solver()
+        solvers = [self.parts.solver() for _ in range(self.parts.max_faces)]
+        seen = [False] * len(solvers)  # a face slot publishes once a face has filled it
         publisher = self._publisher = self.parts.publisher() if self.parts.publisher else None
         self._stage_ready["solve"].set()
         last_stats_ns = now_ns()
@@ -316,10 +333,22 @@ class Pipeline:
                 continue
             frame, stamps = tracked.frame, tracked.stamps
             stamps["solve_start"] = now_ns()
-            state = solver.solve(tracked.landmarks, frame.t_capture_ns, frame.index)
+            by_slot = {face.face_index: face for face in tracked.faces}
+            states = []
+            for slot, solver in enumerate(solvers):
+                state = solver.solve(by_slot.get(slot), frame.t_capture_ns, frame.index)
+                if state.face_index != slot:  # a solver without landmarks does not know its slot
+                    state = dataclasses.replace(state, face_index=slot)
+                seen[slot] = seen[slot] or slot in by_slot
+                states.append(state)
             stamps["solved"] = now_ns()
-            result = FrameResult(frame, tracked.landmarks, state, stamps=stamps)
+            result = FrameResult(frame, tracked.landmarks, states[0], stamps=stamps, states=tuple(states))
             self._publish_state(publisher, result)
+            if publisher is not None:
+                for slot in range(1, len(states)):
+                    if seen[slot]:
+                        publisher.publish_params(states[slot])
+                        self.published["params"] += 1
             stamps["params_published"] = now_ns()
             for consume in self.parts.on_state:
                 consume(result)

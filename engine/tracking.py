@@ -12,16 +12,23 @@ on the frames where the detector runs (every frame in static mode; in video mode
 while the face keeps being tracked; a face that passed the gate without any known detection reports
 `min_tracking_confidence`, the lower bound the gate guarantees.
 
+Face indices. MediaPipe lists the faces of each frame in its own order, which can change from frame to frame
+when several faces are tracked. `FaceSlots` gives each face a stable index (`Landmarks.face_index`, the
+`face` field on the wire) by matching it to the faces of the previous frames; with `max_faces` 1 the only
+face is always 0.
+
 A `FaceTracker` is not thread-safe: use one per thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from types import TracebackType
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from engine.config import TrackingConfig
 from engine.types import Frame, Landmarks
@@ -258,6 +265,55 @@ class FaceTracker:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class FaceSlots:
+    """Stable face indices across frames for up to `max_faces` faces.
+
+    Each slot remembers where its face was last seen (landmark centroid and size, in pixels). A new frame's
+    faces are matched to the remembered slots by the distance between centroids in units of the slot's face
+    size (an optimal one-to-one assignment), and a match only counts below `max_jump` face sizes — a face
+    does not cross its own width between frames, a different person usually sits further away. Faces left
+    over take the lowest free slots, so slot 0 (the face that is rendered and drives VMC and the status
+    topic) is the first face found; a face that leaves and comes back near where it was gets its slot back
+    while no other face has taken it.
+    """
+
+    def __init__(self, max_faces: int, max_jump: float = 1.0) -> None:
+        if max_faces < 1:
+            raise ValueError(f"max_faces must be at least 1, got {max_faces}")
+        self.max_faces = max_faces
+        self.max_jump = max_jump
+        self._centers: list[np.ndarray | None] = [None] * max_faces
+        self._sizes = np.ones(max_faces)
+
+    def assign(self, faces: list[Landmarks]) -> list[Landmarks]:
+        """One frame's faces (tracker order) → the same faces with `face_index` set to their slot, in slot
+        order; at most `max_faces` of them (extra faces, beyond the slots, are dropped)."""
+        if not faces:
+            return []
+        centers = np.array([np.asarray(f.pixels, dtype=np.float64)[:, :2].mean(axis=0) for f in faces])
+        sizes = np.array([float(np.ptp(np.asarray(f.pixels, dtype=np.float64)[:, :2], axis=0).max()) for f in faces])
+        slot_of = [-1] * len(faces)
+        known = [k for k, c in enumerate(self._centers) if c is not None]
+        if known and self.max_faces > 1:
+            remembered = np.array([self._centers[k] for k in known])
+            cost = np.linalg.norm(centers[:, None, :] - remembered[None, :, :], axis=2)
+            cost /= np.maximum(self._sizes[known], 1e-6)[None, :]
+            for face, column in zip(*linear_sum_assignment(cost), strict=True):
+                if cost[face, column] < self.max_jump:
+                    slot_of[face] = known[column]
+        taken = {slot for slot in slot_of if slot >= 0}
+        free = iter(k for k in range(self.max_faces) if k not in taken)
+        for face in range(len(faces)):
+            if slot_of[face] < 0:
+                slot_of[face] = next(free, -1)
+        out = []
+        for face in sorted((f for f in range(len(faces)) if slot_of[f] >= 0), key=lambda f: slot_of[f]):
+            slot = slot_of[face]
+            self._centers[slot], self._sizes[slot] = centers[face], max(sizes[face], 1e-6)
+            out.append(dataclasses.replace(faces[face], face_index=slot))
+        return out
 
 
 def benchmark(image: np.ndarray, frames: int = 200, config: TrackingConfig | None = None) -> dict[str, float]:
