@@ -175,9 +175,10 @@ def _cmd_view(args: argparse.Namespace, config: Config) -> int:
         previous = None
         try:
             while args.frames is None or sink.frames < args.frames:
-                message = client.wait(PARAMS, args.timeout, newer_than=previous)
+                message = client.wait(PARAMS, args.timeout, newer_than=previous, face=args.face)
                 if message is None:
-                    raise UserError(f"no params from {addresses['params']} for {args.timeout:g} s: {hint}")
+                    which = f" for face {args.face}" if args.face else ""
+                    raise UserError(f"no params{which} from {addresses['params']} for {args.timeout:g} s: {hint}")
                 previous = message
                 if message.header["identity"] != identity_id:  # the engine switched identity: fetch the new one
                     latest = client.wait(IDENTITY, args.timeout)
@@ -205,6 +206,7 @@ def add_view_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, metavar="N", help="stop after N rendered frames")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate written into a video file")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="give up after S seconds of silence")
+    p.add_argument("--face", type=int, default=0, metavar="N", help="which tracked face to render (tracking.max_faces)")
     p.add_argument("--cache-dir", metavar="DIR", help="where fetched bundles are kept (default: the user cache)")
     _add_curve_args(p)
     p.set_defaults(handler=_cmd_view)
