@@ -292,6 +292,9 @@ class FaceSlots:
         order; at most `max_faces` of them (extra faces, beyond the slots, are dropped)."""
         if not faces:
             return []
+        if self.max_faces == 1:  # the only face is face 0 (no positions to remember: nothing to match)
+            first = faces[0]
+            return [first if first.face_index == 0 else dataclasses.replace(first, face_index=0)]
         centers = np.array([np.asarray(f.pixels, dtype=np.float64)[:, :2].mean(axis=0) for f in faces])
         sizes = np.array([float(np.ptp(np.asarray(f.pixels, dtype=np.float64)[:, :2], axis=0).max()) for f in faces])
         slot_of = [-1] * len(faces)
