@@ -24,3 +24,15 @@ def face_model():
     from engine.face_model import FaceModel
 
     return FaceModel.load()
+
+
+@pytest.fixture(scope="session")
+def shipped_or_constructed(face_model):
+    """The shipped landmark embedding, or one constructed from the model alone where none is shipped."""
+    from engine.face_model import LandmarkEmbedding, ModelFileError
+    from engine.solve.synthetic import constructed_embedding
+
+    try:
+        return LandmarkEmbedding.load()
+    except ModelFileError:
+        return constructed_embedding(face_model)

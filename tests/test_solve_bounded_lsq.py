@@ -6,15 +6,11 @@ import numpy as np
 import pytest
 
 from engine.solve.bounded_lsq import solve_box_qp, solve_box_qp_reference
+from engine.solve.synthetic import random_box_qp
 
 
 def _problem(rng: np.random.Generator, n: int = 53, correlated: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """H = AᵀA + λI, b = Aᵀy for a random tall A with column scales spanning 30× (like blendshape bases)."""
-    a = rng.normal(size=(300, n)) * rng.uniform(0.1, 3.0, size=n)
-    if correlated:  # strongly coupled columns, the hard case for active-set guessing
-        a = a @ (np.eye(n) + 0.9 * rng.normal(size=(n, n)) / np.sqrt(n))
-    y = rng.normal(size=300) * (30.0 if correlated else 3.0)
-    return a.T @ a + 0.01 * np.eye(n), a.T @ y
+    return random_box_qp(rng, n, correlated)
 
 
 @pytest.mark.parametrize("correlated", [False, True])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from engine.config import SolveConfig
-from engine.face_model import FaceModel, LandmarkEmbedding, ModelFileError
+from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.names import ICT_EXPRESSIONS
 from engine.solve import compiled
 from engine.solve.bounded_lsq import solve_box_qp as solve_box_qp_numpy
@@ -22,17 +22,14 @@ from engine.solve.bounded_lsq import solve_box_qp_reference
 from engine.solve.eyes import eyeball_centers
 from engine.solve.pose import euler_to_rotation
 from engine.solve.solver import FaceSolver, FrameFitter, shipped_prior, shipped_response, valid_observation
-from engine.solve.synthetic import constructed_embedding, random_expression, synthetic_landmarks
+from engine.solve.synthetic import random_box_qp, random_expression, synthetic_landmarks
 
 pytestmark = pytest.mark.skipif(not compiled.AVAILABLE, reason="numba is not installed: the numpy path serves")
 
 
 @pytest.fixture(scope="module")
-def embedding(face_model: FaceModel) -> LandmarkEmbedding:
-    try:
-        return LandmarkEmbedding.load()
-    except ModelFileError:
-        return constructed_embedding(face_model)
+def embedding(shipped_or_constructed: LandmarkEmbedding) -> LandmarkEmbedding:
+    return shipped_or_constructed
 
 
 def _frames(fitter: FrameFitter, model: FaceModel, count: int, seed: int) -> list:
@@ -132,21 +129,13 @@ def test_prior_runs_in_the_compiled_fit(face_model: FaceModel, embedding: Landma
     np.testing.assert_allclose(fast, slow, atol=1e-6)
 
 
-def _random_qp(rng: np.random.Generator, n: int, coupled: bool) -> tuple[np.ndarray, np.ndarray]:
-    a = rng.normal(size=(300, n)) * rng.uniform(0.1, 3.0, size=n)
-    if coupled:
-        a = a @ (np.eye(n) + 0.9 * rng.normal(size=(n, n)) / np.sqrt(n))
-    y = rng.normal(size=300) * (30.0 if coupled else 3.0)
-    return a.T @ a + 0.01 * np.eye(n), a.T @ y
-
-
 @pytest.mark.parametrize("coupled", [False, True])
 def test_compiled_box_qp_matches_numpy_and_bvls(coupled: bool) -> None:
     """Coupled problems push the primal-dual phase past its 8 iterations into the primal active set."""
     rng = np.random.default_rng(21 + coupled)
     worst_numpy = worst_bvls = 0.0
     for k in range(40):
-        H, b = _random_qp(rng, 53, coupled)
+        H, b = random_box_qp(rng, 53, coupled)
         lo, hi = np.zeros(53), np.ones(53)
         if k % 3 == 0:
             pin = rng.choice(53, size=8, replace=False)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engine.config import SolveConfig
-from engine.face_model import FaceModel, LandmarkEmbedding, ModelFileError
+from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.eyes import eyeball_centers
 from engine.solve.pose import euler_to_rotation, rotation_angle_deg
@@ -41,14 +41,6 @@ def _run(model: FaceModel, embedding: LandmarkEmbedding, samples: int, seed: int
         errors[k] = np.abs(fit.weights - truth)
         rotation_errors[k] = rotation_angle_deg(fit.rotation, rotation)
     return errors, rotation_errors
-
-
-@pytest.fixture(scope="module")
-def shipped_or_constructed(face_model: FaceModel) -> LandmarkEmbedding:
-    try:
-        return LandmarkEmbedding.load()
-    except ModelFileError:
-        return constructed_embedding(face_model)
 
 
 def test_random_identities_expressions_and_poses(face_model: FaceModel, shipped_or_constructed) -> None:

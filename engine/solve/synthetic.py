@@ -25,6 +25,17 @@ _JAW_OPEN = ICT_EXPRESSIONS.index("jawOpen")
 _NARROW_FACE_LAST = 6705  # ICT's front face (vertex range table in ../shared/ict-facekit/README.md)
 
 
+def random_box_qp(rng: np.random.Generator, n: int = 53, coupled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A random box-QP (H, b) like the expression solve's: H = AᵀA + 0.01 I, b = Aᵀy for a random tall A with
+    column scales spanning 30× (like blendshape bases); `coupled` mixes the columns strongly, the hard case
+    for guessing the active set (it drives the primal-dual phase into the primal active-set fallback)."""
+    a = rng.normal(size=(300, n)) * rng.uniform(0.1, 3.0, size=n)
+    if coupled:
+        a = a @ (np.eye(n) + 0.9 * rng.normal(size=(n, n)) / np.sqrt(n))
+    y = rng.normal(size=300) * (30.0 if coupled else 3.0)
+    return a.T @ a + 0.01 * np.eye(n), a.T @ y
+
+
 def random_expression(rng: np.random.Generator, n_active: tuple[int, int] = (1, 4)) -> np.ndarray:
     """(53,) a few channels active with values in [0.2, 1]; mouthClose only together with a larger jawOpen
     (ICT's mouthClose corrects an open jaw, see `engine.solve.solver`)."""
