@@ -36,7 +36,10 @@ def test_benchmark_tables_fill_the_marked_block(tmp_path) -> None:
         "solve": {"solve_ms": {"p50": 0.4}},
         "tracking": {"mediapipe_fps": 200.0, "tracking_solve_fps": 180.0, "ratio": 0.9, "serial_ratio": 0.7},
         "render": {"size": 512, "default": "cpu", "setups": {"cpu": {"total_p50_ms": 20.0}}},
-        "stream": {"params_latency_ms": {"transport": {"p99": 0.3}}},
+        "stream": {
+            "params_latency_ms": {"transport": {"p99": 0.3}},
+            "params_latency_same_process_ms": {"transport": {"p99": 0.7}},
+        },
         "precompute": {"seconds": 5.0, "resolution": 512, "backend": "onnxruntime"},
         "pipeline": {
             "fps": 31.0,
@@ -57,4 +60,5 @@ def test_benchmark_tables_fill_the_marked_block(tmp_path) -> None:
     assert "| full pipeline, demo source: tracked + published (fps) | 31.0 |" in tables
     assert "avatar frames rendered (fps) | 12.0 |" in tables
     assert "| 0.4 | ≤ 0.5 |" in tables and "| 20.0 | ≤ 16.7 |" in tables and "| 0.3 | ≤ 1 |" in tables
+    assert "subscriber thread in the publisher's process (ms) | 0.7 | — |" in tables
     assert "n/a" not in tables
