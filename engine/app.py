@@ -163,6 +163,7 @@ def build_parts(
         renderer=make_renderer if render else None,
         publisher=make_publisher if config.stream.enabled else None,
         max_faces=config.tracking.max_faces,
+        calibration_frames=config.solve.calibration_frames,
         on_state=on_state,
     )
 
@@ -272,6 +273,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     pipeline = Pipeline(
         parts, realtime=True if config.source.realtime else None, render_niceness=config.pipeline.render_niceness
     )
+    if args.calibrate:
+        pipeline.request_calibration()  # from the first tracked frames: the user starts with a relaxed face
     status = StatusLine() if config.pipeline.status_line and not args.quiet else None
     # Ctrl-C and SIGTERM only ask the stage threads to finish: the main thread is never interrupted mid-call,
     # and every stage closes its own resources (MediaPipe's graph aborts the process if torn down half-way).
@@ -325,5 +328,9 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary-json", help="write the run summary (fps, latency, accuracy) to PATH")
     p.add_argument("--params-jsonl", help="write one JSON line per processed frame to PATH")
     p.add_argument("--quiet", action="store_true", help="no live status line")
+    p.add_argument(
+        "--calibrate", action="store_true",
+        help="calibrate the neutral face on the first tracked frames (hold a relaxed face); c in the window redoes it",
+    )  # fmt: skip
     p.add_argument("--insecure", action="store_true", help="allow binding a non-loopback address without CURVE keys")
     p.set_defaults(handler=cmd_run)

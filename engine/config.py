@@ -86,6 +86,7 @@ class SolveConfig(_Section):
     filter_brows: FilterConfig = FilterConfig(min_cutoff=1.5, beta=0.3)
     filter_mouth: FilterConfig = FilterConfig(min_cutoff=1.5, beta=0.3)
     filter_pose: FilterConfig = FilterConfig(min_cutoff=1.0, beta=0.2)
+    calibration_frames: int = Field(30, ge=1, le=900)  # tracked frames a live neutral calibration averages
     coast_seconds: float = Field(0.5, ge=0)
     ease_seconds: float = Field(1.0, ge=0)
 

@@ -157,6 +157,8 @@ class PipelineParts:
     publisher: Callable[[], Publisher] | None = None
     # Faces tracked and solved at once (`tracking.max_faces`): one solver each, `params` for each (`face`).
     max_faces: int = 1
+    # Tracked frames a live neutral calibration averages (`request_calibration`, `solve.calibration_frames`).
+    calibration_frames: int = 30
     # Consumers of every solved frame (VMC bridge, params JSONL), called on the solve thread after `params`.
     on_state: list[Callable[[FrameResult], None]] = field(default_factory=list)
     # Consumers of every rendered frame (report pictures), called on the render thread.
@@ -187,6 +189,7 @@ class Pipeline:
         self.invalid_frames = 0
         self.source_description = ""
         self.tracking_state = TrackingState.LOST
+        self._calibration_requested = threading.Event()
         self._ready = threading.Event()  # set once the source is open and `_live` is known
         # Set by each stage once its resources exist (MediaPipe graph, solver, publisher, GL context or render
         # process): capture reads the first frame only then, so start-up costs no frames and no latency.
@@ -244,6 +247,11 @@ class Pipeline:
                 self._publisher.close()
         if self.errors:
             raise self.errors[0]
+
+    def request_calibration(self) -> None:
+        """Calibrate the neutral face on the next `calibration_frames` tracked frames of every face (the
+        preview window's `c`, `run --calibrate`): the user holds a relaxed face meanwhile. Thread-safe."""
+        self._calibration_requested.set()
 
     def _guard(self, loop: Callable[[], None], output: OneSlot[Any] | None) -> Callable[[], None]:
         """Run a stage loop; on exit close its output slot so the next stage drains and ends."""
@@ -332,6 +340,13 @@ class Pipeline:
                     break
                 continue
             frame, stamps = tracked.frame, tracked.stamps
+            if self._calibration_requested.is_set():
+                self._calibration_requested.clear()
+                for solver in solvers:
+                    calibrate = getattr(solver, "calibrate_neutral", None)  # test doubles may not calibrate
+                    if calibrate is not None:
+                        calibrate(self.parts.calibration_frames)
+                log.info("calibrating the neutral face on the next %d tracked frames", self.parts.calibration_frames)
             stamps["solve_start"] = now_ns()
             by_slot = {face.face_index: face for face in tracked.faces}
             states = []
@@ -396,6 +411,11 @@ class Pipeline:
                 stamps["render_start"] = now_ns()
                 result.rendered = renderer.render(result.state)
                 stamps["rendered"] = now_ns()
+                if getattr(renderer, "calibration_requested", False):  # `c` in the preview window
+                    self.request_calibration()
+                if getattr(renderer, "preview_closed", False):  # the window closed, or Esc/q in it
+                    log.info("preview window closed: stopping")
+                    self.stop()
                 if self._publisher is not None:
                     self._publisher.publish_frame(result.rendered)
                     self.published["frame"] += 1

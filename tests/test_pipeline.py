@@ -214,3 +214,69 @@ def test_demo_source_reports_its_render_camera() -> None:
         assert source.camera_fov_y_deg == 31.0 and "live" in source.description
     finally:
         source.close()
+
+
+class CalibratingSolver(EchoSolver):
+    """Records calibration requests with the frame they arrived before."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, int]] = []
+        self.next_index = 0
+
+    def calibrate_neutral(self, frames: int) -> None:
+        self.requests.append((self.next_index, frames))
+
+    def solve(self, landmarks, t_capture_ns: int, frame_index: int) -> FaceState:
+        self.next_index = frame_index + 1
+        return super().solve(landmarks, t_capture_ns, frame_index)
+
+
+def test_calibration_request_reaches_every_face_solver() -> None:
+    """`request_calibration` before the run (`run --calibrate`): every face's solver starts calibrating on the
+    first tracked frame, with the configured frame count, once."""
+    solvers: list[CalibratingSolver] = []
+
+    def make_solver() -> CalibratingSolver:
+        solvers.append(CalibratingSolver())
+        return solvers[-1]
+
+    parts = PipelineParts(lambda: CountingSource(10, live=False), SlowTracker, make_solver, max_faces=2,
+                          calibration_frames=12)  # fmt: skip
+    pipeline = Pipeline(parts)
+    pipeline.request_calibration()
+    pipeline.run()
+    assert len(solvers) == 2 and all(s.requests == [(0, 12)] for s in solvers)
+
+
+class KeyRenderer(RecordingRenderer):
+    """A renderer whose preview window saw `c` at frame `calibrate_at` and was closed at frame `close_at`."""
+
+    def __init__(self, calibrate_at: int, close_at: int) -> None:
+        super().__init__()
+        self.calibrate_at, self.close_at = calibrate_at, close_at
+        self.calibration_requested = self.preview_closed = False
+
+    def render(self, state: FaceState) -> RenderedFrame:
+        self.calibration_requested = state.frame_index == self.calibrate_at
+        self.preview_closed = state.frame_index >= self.close_at
+        return super().render(state)
+
+
+def test_preview_window_keys_calibrate_and_close_stops() -> None:
+    solvers: list[CalibratingSolver] = []
+
+    def make_solver() -> CalibratingSolver:
+        solvers.append(CalibratingSolver())
+        return solvers[-1]
+
+    renderer = KeyRenderer(calibrate_at=3, close_at=40)
+    # A file source: every frame is rendered, so the "key presses" land on known frames.
+    parts = PipelineParts(lambda: CountingSource(100_000, live=False), SlowTracker, make_solver, lambda: renderer,
+                          calibration_frames=7)  # fmt: skip
+    pipeline = Pipeline(parts)
+    t0 = time.monotonic()
+    pipeline.run()  # ends only because the "window" closed
+    assert time.monotonic() - t0 < 20.0 and 40 < pipeline.rendered < 100
+    assert len(solvers[0].requests) == 1
+    frame, frames = solvers[0].requests[0]
+    assert frames == 7 and frame > 3  # requested after frame 3 was rendered, applied to a later frame

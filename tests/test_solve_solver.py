@@ -201,3 +201,36 @@ def test_config_rejects_unknown_channel_names(tmp_path) -> None:
     assert config.solve.channel_regularization == {"jawOpen": 0.2}
     with pytest.raises(ConfigError, match="jawOpn"):
         load_config(overrides=["solve.channel_regularization={jawOpn: 0.2}"])
+
+
+def test_live_neutral_calibration_makes_a_resting_face_read_neutral(face_model, embedding) -> None:
+    """A user whose relaxed face reads as a half smile with raised inner brows: after `calibrate_neutral`
+    that face reads neutral, frames without a face do not count, and expressions on top still read."""
+    brows = ICT_EXPRESSIONS.index("browInnerUp_L"), ICT_EXPRESSIONS.index("browInnerUp_R")
+    rest = np.zeros(len(ICT_EXPRESSIONS))
+    rest[SMILE] = 0.3
+    rest[list(brows)] = 0.4
+    solver = FaceSolver(face_model, embedding, _identity(face_model), _config(filter_enabled=False))
+    face = _face(solver, face_model, rest, yaw=10)
+    before = solver.solve(face, 0, 0).weights
+    assert before[SMILE] > 0.2 and before[list(brows)].min() > 0.25  # the rest face reads as an expression
+
+    solver.calibrate_neutral(5)
+    assert solver.calibrating
+    for i in range(1, 5):
+        solver.solve(face, i * 33 * MS, i)
+        solver.solve(None, i * 33 * MS + MS, i)  # a dropped frame in between: not a calibration frame
+    assert solver.calibrating  # 4 of 5 tracked frames so far
+    solver.solve(face, 200 * MS, 6)
+    assert not solver.calibrating
+    np.testing.assert_allclose(solver.neutral_offset[SMILE], before[SMILE], atol=0.02)
+
+    after = solver.solve(face, 233 * MS, 7).weights
+    assert after[SMILE] < 0.03 and after[list(brows)].max() < 0.03
+    stronger = rest.copy()
+    stronger[SMILE] = 0.9
+    stronger[JAW] = 0.6
+    on_top = solver.solve(_face(solver, face_model, stronger, yaw=10), 266 * MS, 8).weights
+    assert on_top[SMILE] > 0.5 and on_top[JAW] > 0.4  # what is beyond the rest face still reads
+    with pytest.raises(ValueError, match="at least 1 frame"):
+        solver.calibrate_neutral(0)

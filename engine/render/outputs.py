@@ -114,7 +114,8 @@ class Mp4Writer:
 class PreviewWindow:
     """Shows frames in a desktop window (OpenCV HighGUI). `mirror` flips the picture like a selfie view;
     the frames themselves, and left/right in them, are never changed. `show` returns False once the
-    window is closed or Esc/q is pressed."""
+    window is closed or Esc/q is pressed; `c` sets `calibration_requested` (the engine then calibrates the
+    neutral face: `FaceSolver.calibrate_neutral`) until `take_calibration_request` reads it."""
 
     def __init__(self, title: str = "scapecast", mirror: bool = True) -> None:
         from engine.render.context import display_available
@@ -125,6 +126,7 @@ class PreviewWindow:
 
         self.title = title
         self.mirror = mirror
+        self.calibration_requested = False
         cv2.namedWindow(title, cv2.WINDOW_AUTOSIZE)
 
     def show(self, image: np.ndarray) -> bool:
@@ -135,8 +137,14 @@ class PreviewWindow:
             rgb = rgb[:, ::-1]
         cv2.imshow(self.title, np.ascontiguousarray(rgb[..., ::-1]))
         key = cv2.waitKey(1) & 0xFF
+        self.calibration_requested |= key == ord("c")
         visible = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
         return visible and key not in (27, ord("q"))
+
+    def take_calibration_request(self) -> bool:
+        """Whether `c` was pressed since the last call."""
+        requested, self.calibration_requested = self.calibration_requested, False
+        return requested
 
     def close(self) -> None:
         import cv2

@@ -70,9 +70,12 @@ def _serve(
             try:
                 frame = renderer.render(state)
                 target[...] = frame.image
-                conn.send(("ok", frame.t_render_done_ns, renderer.preview_open))
+                conn.send(
+                    ("ok", frame.t_render_done_ns, renderer.preview_open, renderer.preview_closed,
+                     renderer.calibration_requested)
+                )  # fmt: skip
             except Exception as exc:
-                conn.send(("error", f"{type(exc).__name__}: {exc}", False))
+                conn.send(("error", f"{type(exc).__name__}: {exc}", False, False, False))
     finally:
         if renderer is not None:
             renderer.close()
@@ -110,6 +113,8 @@ class RendererProcess:
             name="scapecast-render", daemon=True,
         )  # fmt: skip
         self.preview_open = True
+        self.preview_closed = False  # the user closed the child's preview window (or pressed Esc/q)
+        self.calibration_requested = False  # the user pressed c in it
         self._closed = False
         try:
             self._process.start()
@@ -149,7 +154,7 @@ class RendererProcess:
         reply = self._receive()
         if reply[0] != "ok":
             raise RenderProcessError(f"the render process failed: {reply[1]}")
-        self.preview_open = bool(reply[2])
+        self.preview_open, self.preview_closed, self.calibration_requested = (bool(v) for v in reply[2:5])
         return RenderedFrame(self._image.copy(), state, int(reply[1]))
 
     def close(self) -> None:

@@ -177,6 +177,9 @@ class AvatarRenderer:
         if wants_window(config.backend):
             self.preview = PreviewWindow("scapecast avatar", mirror=config.mirror_preview)
         self.preview_open = self.preview is not None
+        # The user's requests from the preview window, read by the pipeline after each frame.
+        self.preview_closed = False
+        self.calibration_requested = False
 
     # -- public API ------------------------------------------------------------------------------------
 
@@ -204,6 +207,8 @@ class AvatarRenderer:
         done = time.monotonic_ns()
         if self.preview is not None and self.preview_open:
             self.preview_open = self.preview.show(image)
+            self.preview_closed = not self.preview_open
+            self.calibration_requested = self.preview.take_calibration_request()
         return RenderedFrame(image, state, done)
 
     def upload(self, state: FaceState) -> None:

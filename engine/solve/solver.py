@@ -385,6 +385,35 @@ class FaceSolver:
         self._last_seen_ns: int | None = None
         self._lost = True
         self.last_fit: FrameFit | None = None
+        self._calibration: list[np.ndarray] | None = None  # raw weights collected for a live calibration
+        self._calibration_frames = 0
+
+    def calibrate_neutral(self, frames: int) -> None:
+        """Start a live neutral calibration: the mean raw weights of the next `frames` tracked frames become the
+        rest offset (`calibrate`), replacing the identity's. For a user who has not enrolled — or whose resting
+        face reads as an expression (raised brows, a slight smile) — holding a relaxed face for `frames` frames
+        makes that face read as neutral. Frames without a face do not count; a new request restarts."""
+        if frames < 1:
+            raise ValueError(f"calibration needs at least 1 frame, got {frames}")
+        self._calibration, self._calibration_frames = [], frames
+
+    @property
+    def calibrating(self) -> bool:
+        """True while a live neutral calibration is collecting frames."""
+        return self._calibration is not None
+
+    def _collect_calibration(self, raw: np.ndarray) -> None:
+        assert self._calibration is not None
+        self._calibration.append(raw.copy())
+        if len(self._calibration) >= self._calibration_frames:
+            offset = np.mean(self._calibration, axis=0)
+            self.neutral_offset = np.clip(offset, 0.0, 0.95)
+            self._calibration = None
+            strongest = np.argsort(offset)[::-1][:3]
+            log.info(
+                "solver: neutral calibrated on %d frames (largest rest offsets: %s)", self._calibration_frames,
+                ", ".join(f"{ICT_EXPRESSIONS[k]} {offset[k]:.2f}" for k in strongest),
+            )  # fmt: skip
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """(53,) raw weights → (53,) with the rest offset removed: (w − o)/(1 − o), clamped to [0, 1]."""
@@ -406,6 +435,8 @@ class FaceSolver:
             return self._no_face(t_capture_ns, frame_index)
         self.last_fit = fit
         self._warm = fit.weights
+        if self._calibration is not None:
+            self._collect_calibration(fit.weights)
         cfg = self.config
         pose = head_pose_from_fit(
             fit.rotation, fit.translation_px, fit.scale_px_per_cm, landmarks.image_size, fov_y_deg(cfg)
