@@ -139,7 +139,9 @@ def build_parts(
     if config.stream.vmc_enabled:
         from engine.stream.vmc import VmcBridge
 
-        bridge = VmcBridge(config.stream.vmc_host, config.stream.vmc_port, config.stream.vmc_name_casing)
+        bridge = VmcBridge(
+            config.stream.vmc_host, config.stream.vmc_port, config.stream.vmc_name_casing, config.stream.vmc_pose
+        )
         on_state.append(lambda result: bridge.send(result.state))
 
     opened: list[Any] = []  # the source, once the capture thread has opened it

@@ -168,6 +168,7 @@ class StreamConfig(_Section):
     vmc_host: str = "127.0.0.1"
     vmc_port: int = Field(39539, ge=1, le=65535)
     vmc_name_casing: Literal["arkit", "vrm"] = "arkit"
+    vmc_pose: Literal["head", "root"] = "head"  # head: the Head bone's rotation (face trackers); root: whole pose
 
 
 class IdentityConfig(_Section):

@@ -4,14 +4,24 @@ One OSC bundle per frame, in this order (VMC protocol, Performer → Marionette,
 
     /VMC/Ext/Blend/Val  (s name, f value)   one per supported ARKit channel (51)
     /VMC/Ext/Blend/Apply
-    /VMC/Ext/Root/Pos   (s "root", f px, py, pz, f qx, qy, qz, qw)
+    /VMC/Ext/Bone/Pos   (s "Head", f 0, 0, 0, f qx, qy, qz, qw)       pose "head" (default)
+    /VMC/Ext/Root/Pos   (s "root", f px, py, pz, f qx, qy, qz, qw)   pose "root" instead
     /VMC/Ext/T          (f seconds)         sender time, lets receivers see the link is alive
     /VMC/Ext/OK         (i 1)               avatar loaded
 
-VMC speaks Unity's frame: left-handed, metres, x right, y up, z forward (away from the viewer). The engine's
-head pose is right-handed (x right, y up, z towards the viewer, centimetres), so the bridge negates z and
-scales by 1/100; a rotation mirrored through the z = 0 plane keeps its z component and negates x and y
-(the same conversion UniVRM applies between glTF and Unity).
+VMC speaks Unity's frame: left-handed, metres, x right, y up, z forward.
+
+Pose "head" (what face trackers send): the head's rotation as the avatar's Head bone, a local rotation in
+the humanoid's normalized frame — the avatar faces +z with its right hand towards +x, and the identity is
+its rest pose facing its camera. The engine's head frame has +x on the subject's left, so the rotation is
+mirrored through x = 0: (qx, qy, qz, qw) → (qx, −qy, −qz, qw). A user turning to their left turns the
+avatar to its own left (the receiving app decides whether its view mirrors). Position 0: the bone keeps its
+place on the neck; the avatar's body and root stay where the receiver put them.
+
+Pose "root": the whole head pose as the avatar's root transform in the camera's Unity frame — the camera at
+the origin looking down +z, the head at about z = +0.6 m: the engine's right-handed camera frame mirrored
+through z = 0 (position (x, y, −z)/100 m, rotation (−qx, −qy, qz, qw); UniVRM's glTF ↔ Unity conversion).
+For receivers that place a floating head; most VRM apps want "head".
 Names: `arkit` casing sends `eyeBlinkLeft`; `vrm` sends VRM "perfect sync" PascalCase `EyeBlinkLeft`.
 """
 
@@ -37,6 +47,12 @@ def unity_root_pose(pose: HeadPose) -> tuple[np.ndarray, np.ndarray]:
     return np.array([tx, ty, -tz]) / 100.0, np.array([-x, -y, z, w])
 
 
+def unity_head_rotation(pose: HeadPose) -> np.ndarray:
+    """Engine head rotation → (4,) x, y, z, w: the avatar's Head bone rotation in Unity's humanoid frame."""
+    w, x, y, z = (float(c) for c in pose.quaternion)
+    return np.array([x, -y, -z, w])
+
+
 def _message(address: str, *args: object) -> OscMessageBuilder:
     builder = OscMessageBuilder(address=address)
     for arg in args:
@@ -47,9 +63,18 @@ def _message(address: str, *args: object) -> OscMessageBuilder:
 class VmcBridge:
     """Sends each FaceState to a VMC receiver at `host:port` as one OSC bundle over UDP."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 39539, casing: Literal["arkit", "vrm"] = "arkit"):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 39539,
+        casing: Literal["arkit", "vrm"] = "arkit",
+        pose: Literal["head", "root"] = "head",
+    ):
         if casing not in ("arkit", "vrm"):
             raise ValueError(f"VMC name casing must be 'arkit' or 'vrm', got {casing!r}")
+        if pose not in ("head", "root"):
+            raise ValueError(f"VMC pose must be 'head' or 'root', got {pose!r}")
+        self.pose = pose
         self._client = UDPClient(host, port)
         self._rename = to_vrm_name if casing == "vrm" else str
         self._t0_ns = time.monotonic_ns()
@@ -62,10 +87,14 @@ class VmcBridge:
         for name, value in state.arkit().items():
             builder.add_content(_message("/VMC/Ext/Blend/Val", self._rename(name), float(value)).build())
         builder.add_content(_message("/VMC/Ext/Blend/Apply").build())
-        position, quaternion = unity_root_pose(state.pose)
-        builder.add_content(
-            _message("/VMC/Ext/Root/Pos", "root", *map(float, position), *map(float, quaternion)).build()
-        )
+        if self.pose == "head":
+            rotation = unity_head_rotation(state.pose)
+            builder.add_content(_message("/VMC/Ext/Bone/Pos", "Head", 0.0, 0.0, 0.0, *map(float, rotation)).build())
+        else:
+            position, quaternion = unity_root_pose(state.pose)
+            builder.add_content(
+                _message("/VMC/Ext/Root/Pos", "root", *map(float, position), *map(float, quaternion)).build()
+            )
         builder.add_content(_message("/VMC/Ext/T", (time.monotonic_ns() - self._t0_ns) / 1e9).build())
         builder.add_content(_message("/VMC/Ext/OK", 1).build())
         return builder.build()
