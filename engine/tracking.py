@@ -295,8 +295,9 @@ class FaceSlots:
         if self.max_faces == 1:  # the only face is face 0 (no positions to remember: nothing to match)
             first = faces[0]
             return [first if first.face_index == 0 else dataclasses.replace(first, face_index=0)]
-        centers = np.array([np.asarray(f.pixels, dtype=np.float64)[:, :2].mean(axis=0) for f in faces])
-        sizes = np.array([float(np.ptp(np.asarray(f.pixels, dtype=np.float64)[:, :2], axis=0).max()) for f in faces])
+        points = [np.asarray(f.pixels, dtype=np.float64)[:, :2] for f in faces]
+        centers = np.array([p.mean(axis=0) for p in points])
+        sizes = np.array([float(np.ptp(p, axis=0).max()) for p in points])
         slot_of = [-1] * len(faces)
         known = [k for k, c in enumerate(self._centers) if c is not None]
         if known and self.max_faces > 1:

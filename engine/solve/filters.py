@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from engine.solve import compiled as compiled_kernels
+
 
 def _alpha(cutoff_hz: np.ndarray, dt_s: float) -> np.ndarray:
     tau = 1.0 / (2.0 * math.pi * cutoff_hz)
@@ -34,8 +36,6 @@ class OneEuroFilter:
         self.min_cutoff = np.asarray(min_cutoff_hz, dtype=np.float64)
         self.beta = np.asarray(beta, dtype=np.float64)
         self.d_cutoff = np.asarray(d_cutoff_hz, dtype=np.float64)
-        from engine.solve import compiled as compiled_kernels  # the kernels import this package's other modules
-
         self._update = compiled_kernels.one_euro_update if compiled and compiled_kernels.AVAILABLE else None
         self._parameters: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.reset()

@@ -375,7 +375,7 @@ class FaceSolver:
         self._compiled_checks = compiled_path
         # 53 weights, then quaternion (4), translation (3) and scale
         self._filter = _state_filter(config, compiled_step=compiled_path)
-        if compiled_path and compiled.AVAILABLE and not compiled.one_euro_update.signatures:
+        if compiled_path and not compiled.one_euro_update.signatures:
             # Load (or compile) the two small kernels now as well, not on the first frame.
             compiled.observed_from_pixels(np.ones((478, 3)), 480.0)
             compiled.one_euro_update(*(np.zeros(1),) * 3, 0.033, *(np.ones(1),) * 3)
