@@ -224,7 +224,6 @@ def summarize(pipeline: Pipeline) -> dict[str, Any]:
     """The `--summary-json` document (DESIGN §8)."""
     results = pipeline.snapshot()
     stats = pipeline.stats(window=None)
-    tracked = sum(1 for r in results if r.landmarks is not None)
     summary: dict[str, Any] = {
         "source": pipeline.source_description,
         "frames": stats["frames"],
@@ -234,7 +233,7 @@ def summarize(pipeline: Pipeline) -> dict[str, Any]:
         "latency_ms": stats["latency_ms"],
         "frame_latency_ms": stats["frame_latency_ms"],
         "stages_ms": stats["stages_ms"],
-        "tracking_rate": round(tracked / len(results), 4) if results else 0.0,
+        "tracking_rate": round(pipeline.tracked / pipeline.processed, 4) if pipeline.processed else 0.0,
         "published": dict(pipeline.published),
         "dropped": stats["dropped"],
         "invalid_frames": pipeline.invalid_frames,

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+import numpy as np
+
 from engine.metrics import percentiles_ms
 from engine.sources.base import FrameSource, now_ns
 from engine.tracking import FaceSlots
@@ -117,6 +119,17 @@ class FrameResult:
     stamps: dict[str, int] = field(default_factory=dict)
     states: tuple[FaceState, ...] = ()
 
+    def without_images(self) -> FrameResult:
+        """A copy that keeps what statistics and reports read (index, clock, truth, states, stamps) but not
+        the camera image, the rendered image or the landmarks (~1.7 MiB a frame together). The stamps dict
+        is shared, so stamps the render thread adds to this result later still reach the copy."""
+        frame = Frame(_NO_IMAGE, self.frame.t_capture_ns, self.frame.index, self.frame.true_weights,
+                      self.frame.true_pose)  # fmt: skip
+        return dataclasses.replace(self, frame=frame, landmarks=None, rendered=None)
+
+
+_NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
+
 
 @dataclass
 class TrackedFrame:
@@ -167,11 +180,21 @@ class PipelineParts:
 
 class Pipeline:
     """Runs the four stage threads (capture, track, solve, render) until the source ends, `max_frames` are
-    processed, `duration_s` passes, or `stop()` is called. `results` keeps the last `keep` FrameResults (frames
-    are dropped from old ones)."""
+    processed, `duration_s` passes, or `stop()` is called.
+
+    Memory stays bounded however long it runs: `results` keeps the last `keep` FrameResults, and only the
+    newest `keep_images` of them keep their images and landmarks (older ones are replaced by
+    `FrameResult.without_images` copies; ~3 KB each, so the default window of two minutes at 30 fps holds
+    ~10 MiB). Whole-run counts (`processed`, `tracked`, `rendered`) are counters; `stats(window=None)` covers
+    the records kept."""
 
     def __init__(
-        self, parts: PipelineParts, realtime: bool | None = None, keep: int = 100_000, render_niceness: int = 0
+        self,
+        parts: PipelineParts,
+        realtime: bool | None = None,
+        keep: int = 3_600,
+        render_niceness: int = 0,
+        keep_images: int = 8,
     ) -> None:
         self.parts = parts
         self.render_niceness = render_niceness
@@ -181,7 +204,9 @@ class Pipeline:
         self._tracked: OneSlot[TrackedFrame] = OneSlot()
         self._solved: OneSlot[FrameResult] = OneSlot()
         self.results: collections.deque[FrameResult] = collections.deque(maxlen=keep)
+        self.keep_images = max(1, keep_images)
         self.processed = 0  # solved (and params published)
+        self.tracked = 0  # solved frames in which face 0 was tracked
         self.rendered = 0
         self._publisher: Publisher | None = None
         self.published: collections.Counter[str] = collections.Counter()
@@ -370,6 +395,11 @@ class Pipeline:
             with self._lock:
                 self.results.append(result)
                 self.processed += 1
+                self.tracked += result.landmarks is not None
+                if len(self.results) > self.keep_images:
+                    # Replace, don't mutate: the render thread may still be drawing that very result.
+                    older = -self.keep_images - 1
+                    self.results[older] = self.results[older].without_images()
             if publisher is not None and stamps["params_published"] - last_stats_ns > 1_000_000_000:
                 publisher.publish_stats(self.stats())
                 self.published["stats"] += 1

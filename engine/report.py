@@ -186,7 +186,7 @@ def cmd_report(args: argparse.Namespace, config: Config) -> int:
     parts = build_parts(config, args.source, model, identity)
     sampler = FrameSampler(args.frames // args.samples)
     parts.on_rendered.append(sampler)
-    pipeline = Pipeline(parts)
+    pipeline = Pipeline(parts, keep=max(args.frames, 1))  # every frame's record: the curves cover the whole run
     pipeline.run(max_frames=args.frames)
     summary = summarize(pipeline)
     page = write_report(Path(args.out), summary, pipeline.snapshot(), sampler, identity)

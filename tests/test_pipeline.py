@@ -6,8 +6,10 @@ The stage objects here are small fakes: these tests isolate the threading from M
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -107,10 +109,36 @@ def test_file_source_processes_every_frame_in_order() -> None:
     indices = [r.frame.index for r in pipeline.snapshot()]
     assert indices == list(range(25))
     assert source.closed and renderer.thread == "render"
-    assert all(r.rendered is not None for r in pipeline.snapshot())
+    assert pipeline.rendered == 25 and all("frame_published" in r.stamps for r in pipeline.snapshot())
+    assert pipeline.snapshot()[-1].rendered is not None  # the newest keep their images
     stats = pipeline.stats()
     assert stats["frames"] == 25 and stats["dropped"] == {"capture": 0, "solved": 0}
     assert stats["stages_ms"]["track"] >= 3.0  # the tracker's 4 ms sleep is measured where it happens
+
+
+def test_long_runs_keep_bounded_records_and_release_images() -> None:
+    # A streamer's engine runs for hours: only the newest few results may hold images and landmarks, and the
+    # record window is bounded, while whole-run counts stay exact.
+    images: list[weakref.ref] = []
+
+    class ImageSource(CountingSource):
+        def read(self) -> Frame | None:
+            frame = super().read()
+            if frame is not None:
+                images.append(weakref.ref(frame.image))
+            return frame
+
+    parts = PipelineParts(lambda: ImageSource(300, live=False), SlowTracker, EchoSolver, RecordingRenderer)
+    pipeline = Pipeline(parts, keep=100, keep_images=5)
+    pipeline.run()
+    results = pipeline.snapshot()
+    assert len(results) == 100 and [r.frame.index for r in results] == list(range(200, 300))
+    assert all(r.frame.image.size == 0 and r.landmarks is None and r.rendered is None for r in results[:-5])
+    assert all(r.frame.image.size > 0 and r.landmarks is not None for r in results[-5:])
+    gc.collect()
+    assert sum(ref() is not None for ref in images) <= 5 + 2  # the window, plus frames still in a slot
+    assert pipeline.processed == 300 and pipeline.tracked == 300 and pipeline.rendered == 300
+    assert all("frame_published" in r.stamps for r in results)  # stamps added after stripping still land
 
 
 def test_live_source_drops_stale_frames() -> None:
