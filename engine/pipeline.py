@@ -123,8 +123,7 @@ class FrameResult:
         """A copy that keeps what statistics and reports read (index, clock, truth, states, stamps) but not
         the camera image, the rendered image or the landmarks (~1.7 MiB a frame together). The stamps dict
         is shared, so stamps the render thread adds to this result later still reach the copy."""
-        frame = Frame(_NO_IMAGE, self.frame.t_capture_ns, self.frame.index, self.frame.true_weights,
-                      self.frame.true_pose)  # fmt: skip
+        frame = dataclasses.replace(self.frame, image=_NO_IMAGE)
         return dataclasses.replace(self, frame=frame, landmarks=None, rendered=None)
 
 
@@ -373,10 +372,13 @@ class Pipeline:
                         calibrate(self.parts.calibration_frames)
                 log.info("calibrating the neutral face on the next %d tracked frames", self.parts.calibration_frames)
             stamps["solve_start"] = now_ns()
+            # Recorded video processed frame by frame runs on its own clock: the filters then see the
+            # performer's time, not the machine's speed (the same file gives the same weights on any machine).
+            clock_ns = frame.clock_ns(media=not self._live)
             by_slot = {face.face_index: face for face in tracked.faces}
             states = []
             for slot, solver in enumerate(solvers):
-                state = solver.solve(by_slot.get(slot), frame.t_capture_ns, frame.index)
+                state = solver.solve(by_slot.get(slot), clock_ns, frame.index)
                 if state.face_index != slot:  # a solver without landmarks does not know its slot
                     state = dataclasses.replace(state, face_index=slot)
                 seen[slot] = seen[slot] or slot in by_slot

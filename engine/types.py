@@ -16,7 +16,9 @@ from engine.names import ICT_EXPRESSIONS, ict_to_arkit
 
 @dataclass(frozen=True)
 class Frame:
-    """One captured image. `image`: (H, W, 3) uint8 RGB; `t_capture_ns`: monotonic ns at capture."""
+    """One captured image. `image`: (H, W, 3) uint8 RGB; `t_capture_ns`: monotonic ns at capture (or at read,
+    for files). `t_media_ns`: the recording's own clock (a video's presentation time, ns from its first frame)
+    or None for live sources; `clock_ns` is the time the face moved on, the one filters must follow."""
 
     image: np.ndarray
     t_capture_ns: int
@@ -24,6 +26,13 @@ class Frame:
     # Demo performer only: the weights (53,) and pose that produced this frame, for closed-loop accuracy.
     true_weights: np.ndarray | None = None
     true_pose: HeadPose | None = None
+    t_media_ns: int | None = None
+
+    def clock_ns(self, media: bool) -> int:
+        """The frame's time on the recording's clock when `media` and it has one, else its capture time.
+        Recorded video processed frame by frame must use the former: its speed is the machine's, not the
+        performer's."""
+        return self.t_media_ns if media and self.t_media_ns is not None else self.t_capture_ns
 
 
 @dataclass(frozen=True)

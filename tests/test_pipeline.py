@@ -6,6 +6,7 @@ The stage objects here are small fakes: these tests isolate the threading from M
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
@@ -139,6 +140,28 @@ def test_long_runs_keep_bounded_records_and_release_images() -> None:
     assert sum(ref() is not None for ref in images) <= 5 + 2  # the window, plus frames still in a slot
     assert pipeline.processed == 300 and pipeline.tracked == 300 and pipeline.rendered == 300
     assert all("frame_published" in r.stamps for r in results)  # stamps added after stripping still land
+
+
+class MediaClockSource(CountingSource):
+    """A recorded clip: frames 40 ms apart on the recording's clock, however fast they are read."""
+
+    def read(self) -> Frame | None:
+        frame = super().read()
+        return None if frame is None else dataclasses.replace(frame, t_media_ns=frame.index * 40_000_000)
+
+
+@pytest.mark.parametrize("tracker_delay_s", [0.0, 0.01])
+def test_recorded_video_is_solved_on_its_own_clock(tracker_delay_s: float) -> None:
+    parts = PipelineParts(lambda: MediaClockSource(12, live=False), lambda: SlowTracker(tracker_delay_s), EchoSolver)
+    pipeline = Pipeline(parts)
+    pipeline.run()
+    clocks = [r.state.t_capture_ns for r in pipeline.snapshot()]
+    assert clocks == [k * 40_000_000 for k in range(12)]  # the same at any processing speed
+    # Played in real time (`--realtime`) the same clip is a live stream: the capture clock counts.
+    parts = PipelineParts(lambda: MediaClockSource(5, live=False), SlowTracker, EchoSolver)
+    live = Pipeline(parts, realtime=True)
+    live.run()
+    assert all(r.state.t_capture_ns == r.frame.t_capture_ns > 10**9 for r in live.snapshot())
 
 
 def test_live_source_drops_stale_frames() -> None:

@@ -40,6 +40,24 @@ def test_video_source_reads_every_frame_in_order(tmp_path) -> None:
     assert all(a.t_capture_ns <= b.t_capture_ns for a, b in zip(got, got[1:], strict=False))
 
 
+def test_video_frames_carry_the_video_clock_across_loops(tmp_path) -> None:
+    path = tmp_path / "clip.mp4"
+    _write_video(path, [np.full((64, 96, 3), 10 + 20 * k, np.uint8) for k in range(5)], fps=25.0)
+    with VideoFileSource(path, loop=True) as source:
+        got = [source.read() for _ in range(12)]
+    media_ms = [f.t_media_ns / 1e6 for f in got]
+    assert media_ms == pytest.approx([40.0 * k for k in range(12)], abs=1.0)  # the 2nd and 3rd pass continue
+    assert got[3].clock_ns(media=True) == got[3].t_media_ns and got[3].clock_ns(media=False) == got[3].t_capture_ns
+
+
+def test_image_folder_plays_on_a_nominal_clock(tmp_path) -> None:
+    for k in range(3):
+        cv2.imwrite(str(tmp_path / f"{k}.png"), np.full((40, 40, 3), 50 * k, np.uint8))
+    with ImageSource(tmp_path) as source:
+        got = list(source)
+    assert [f.t_media_ns for f in got] == [round(k * 1e9 / source.fps) for k in range(3)] and source.fps > 0
+
+
 def test_video_source_errors(tmp_path) -> None:
     with pytest.raises(UserError, match="video not found"):
         VideoFileSource(tmp_path / "missing.mp4")

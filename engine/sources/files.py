@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -12,6 +13,8 @@ from engine.sources.base import FrameSource, now_ns
 from engine.types import Frame
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# The rate a folder of images is played at (its frames' media clock).
+IMAGE_SEQUENCE_FPS = 30.0
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 
@@ -53,6 +56,9 @@ class VideoFileSource(FrameSource):
         self.frame_count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.description = f"video {self.path.name}"
         self._index = 0
+        self._loop_start = 0  # index of the first frame of the current pass (loop)
+        self._loop_offset_ns = 0  # media time at which the current pass started
+        self._last_media_ns = 0
 
     def read(self) -> Frame | None:
         if self._pending is not None:
@@ -61,12 +67,25 @@ class VideoFileSource(FrameSource):
             ok, bgr = self._capture.read()
             if not ok and self.loop and self._index > 0:
                 self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                self._loop_offset_ns = self._last_media_ns + round(1e9 / (self.fps or IMAGE_SEQUENCE_FPS))
+                self._loop_start = self._index
                 ok, bgr = self._capture.read()
             if not ok or bgr is None:
                 return None
-        frame = Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), now_ns(), self._index)
+        self._last_media_ns = self._loop_offset_ns + self._position_ns(self._index - self._loop_start)
+        frame = Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), now_ns(), self._index, t_media_ns=self._last_media_ns)
         self._index += 1
         return frame
+
+    def _position_ns(self, position: int) -> int:
+        """The presentation time (ns from the first frame) of the frame just decoded, the `position`-th of this
+        pass; from its index at the nominal rate where the container reports none (OpenCV gives 0 or NaN)."""
+        if position == 0:
+            return 0
+        msec = float(self._capture.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
+        if math.isfinite(msec) and msec > 0.0:
+            return round(msec * 1e6)
+        return round(position * 1e9 / (self.fps or IMAGE_SEQUENCE_FPS))
 
     def close(self) -> None:
         self._capture.release()
@@ -86,6 +105,7 @@ class ImageSource(FrameSource):
         else:
             raise UserError(f"image not found: {path}")
         self.loop = loop
+        self.fps = IMAGE_SEQUENCE_FPS
         self.description = f"images {path.name} ({len(self.paths)})"
         self._index = 0
 
@@ -93,6 +113,7 @@ class ImageSource(FrameSource):
         if self._index >= len(self.paths) and not self.loop:
             return None
         image = read_image_rgb(self.paths[self._index % len(self.paths)])
-        frame = Frame(image, now_ns(), self._index)
+        # A folder of images plays as a clip at the nominal rate, on its own clock like a video.
+        frame = Frame(image, now_ns(), self._index, t_media_ns=round(self._index * 1e9 / self.fps))
         self._index += 1
         return frame
