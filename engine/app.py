@@ -24,6 +24,7 @@ from engine.face_model import FaceModel
 from engine.identity import DEFAULT_IDENTITY_DIR, BundleError, Identity, default_bundle_dir, load_bundle
 from engine.metrics import closed_loop_metrics
 from engine.pipeline import FrameResult, Pipeline, PipelineParts
+from engine.solve.performer import Performer
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def build_parts(
 ) -> PipelineParts:
     """Stage factories for one run (each called on its own thread)."""
     from engine.face_model import LandmarkEmbedding
-    from engine.solve.solver import FaceSolver
+    from engine.solve.face_solver import FaceSolver
     from engine.sources.select import open_source
     from engine.tracking import FaceTracker
 
@@ -153,10 +154,12 @@ def build_parts(
 
     solve_configs: list[Any] = []  # worked out (and logged) once, for every face's solver
 
+    performer = load_performer(config, model)
+
     def make_solver() -> Any:
         if not solve_configs:
             solve_configs.append(solve_config_for(config, opened[0] if opened else None))
-        return FaceSolver(model, embedding, identity, solve_configs[0])
+        return FaceSolver(model, embedding, performer, solve_configs[0], config.performer)
 
     return PipelineParts(
         source=make_source,
@@ -172,16 +175,37 @@ def build_parts(
 
 def solve_config_for(config: Config, source: Any) -> SolveConfig:
     """The solve settings for one source: `solve.camera_fov_y_deg` when set, else the source's own camera's
-    field of view when it knows it (the demo performer's render camera, a webcam's typical lens), else the
-    solver's default for files."""
-    from engine.solve.solver import DEFAULT_FOV_Y_DEG
-
+    field of view when it knows it (the demo performer's render camera), else none: the performer estimate
+    finds it (`performer: auto`), or the prior `performer.fov_prior_deg` stands in (an enrolled performer)."""
     if config.solve.camera_fov_y_deg is not None:
         return config.solve
     fov = getattr(source, "camera_fov_y_deg", None)
-    log.info("solver: camera vertical field of view %.0f° (%s)", fov or DEFAULT_FOV_Y_DEG,
-             "the source's" if fov else "default; set solve.camera_fov_y_deg for your camera")  # fmt: skip
-    return config.solve.model_copy(update={"camera_fov_y_deg": fov}) if fov else config.solve
+    if fov:
+        log.info("solver: camera vertical field of view %.0f° (the source's)", fov)
+        return config.solve.model_copy(update={"camera_fov_y_deg": fov})
+    log.info("solver: camera field of view unknown: %s", "estimated online" if config.performer.name == "auto"
+             else f"{config.performer.fov_prior_deg:.0f}° (set solve.camera_fov_y_deg for your camera)")  # fmt: skip
+    return config.solve
+
+
+def load_performer(config: Config, model: FaceModel) -> Performer:
+    """Who is tracked: `auto` (estimated online), else the profile `enroll` saved under `performer.name`
+    (its identity and neutral calibration; the bundle's detail bases are not read)."""
+    name = config.performer.name
+    if name == "auto":
+        return Performer.auto()
+    directory = default_bundle_dir(name, config.identity.cache_dir)
+    if name == "default" and not (directory / "identity.json").is_file():
+        directory = DEFAULT_IDENTITY_DIR
+    if not (directory / "identity.json").is_file():
+        raise UserError(
+            f"no performer profile named {name!r} in {directory.parent} "
+            f"(use --performer auto, or create it with: run_engine.py enroll --name {name} --image PHOTO)"
+        )
+    try:
+        return Performer.from_identity(load_bundle(directory, model, with_bases=False))
+    except BundleError as exc:
+        raise UserError(f"performer profile {name!r}: {exc}") from None
 
 
 def identity_info(identity: Identity) -> dict[str, Any]:
@@ -253,8 +277,10 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         config.pipeline.frames = args.frames
     if args.duration is not None:
         config.pipeline.duration_s = args.duration
-    if args.identity:
-        config.identity.name = args.identity
+    if args.avatar:
+        config.identity.name = args.avatar
+    if args.performer:
+        config.performer.name = args.performer
     if args.realtime:
         config.source.realtime = True
     if args.insecure:
@@ -320,7 +346,10 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     """`run` (the default command): the live engine."""
     p = sub.add_parser("run", help="the live engine (default command)")
     p.add_argument("--source", help="auto | webcam[:N] | demo | PATH (video, image or folder); default from config")
-    p.add_argument("--identity", help="identity bundle name (default from config: 'default')")
+    p.add_argument(
+        "--avatar", "--identity", dest="avatar", help="the rendered identity bundle (default from config: 'default')"
+    )
+    p.add_argument("--performer", help="who is tracked: auto (estimated online, the default) or an enrolled name")
     p.add_argument("--frames", type=int, help="stop after N processed frames")
     p.add_argument("--duration", type=float, help="stop after S seconds")
     p.add_argument("--no-window", action="store_true", help="headless: no preview window")

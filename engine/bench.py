@@ -87,7 +87,7 @@ def bench_tracking(config: Config, frames: list[Frame], rounds: int = 3) -> dict
     from engine.app import load_identity
     from engine.face_model import LandmarkEmbedding
     from engine.pipeline import Pipeline, PipelineParts
-    from engine.solve.solver import FaceSolver
+    from engine.solve.face_solver import FaceSolver
     from engine.tracking import FaceTracker
 
     model = FaceModel.load()

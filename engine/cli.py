@@ -18,6 +18,7 @@ from engine.bench import add_bench_command
 from engine.config import Config, ConfigError, load_config
 from engine.enroll import add_enroll_command
 from engine.errors import UserError
+from engine.evaluate import add_eval_command
 from engine.render.stills import add_render
 from engine.report import add_report_command
 from engine.stream.commands import add_keys_command, add_relay_command, add_view_command
@@ -66,6 +67,7 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_enroll_command,
     add_bench_command,
     add_report_command,
+    add_eval_command,
     _add_model_info,
     add_view_command,
     add_relay_command,

@@ -172,11 +172,36 @@ class StreamConfig(_Section):
 
 
 class IdentityConfig(_Section):
-    """Which identity bundle drives the avatar, and where bundles live."""
+    """Which identity bundle is the avatar (what is rendered; `run --avatar`), and where bundles live."""
 
     name: str = "default"
     cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/scapecast/identities
     rebuild: bool = True  # corrupt or stale bundle: rebuild its bases from w_id + texture instead of refusing
+
+
+class PerformerConfig(_Section):
+    """Who is tracked (the performer), apart from who is rendered (`identity`, the avatar). `auto` estimates
+    the performer's face shape, the camera's field of view and a rest offset online (docs/performer.md); a
+    name loads the profile `enroll` saved under that name (its identity and neutral calibration)."""
+
+    name: str = "auto"
+    # Identity modes estimated online (0: none), and the Gaussian prior's weight (cm², per unit-std mode).
+    identity_modes: int = Field(0, ge=0, le=100)
+    estimate_camera: bool = False  # estimate the field of view online (else the prior's centre stands in)
+    identity_prior: float = Field(0.3, ge=0)
+    keyframes: int = Field(12, ge=3, le=60)  # frames the estimate is fitted to, spread over head poses
+    first_estimate_s: float = Field(0.7, gt=0)  # seconds of tracking before the first estimate
+    # Field of view prior (degrees) when neither the config nor the source knows the camera, and its bounds.
+    fov_prior_deg: float = Field(50.0, gt=1, lt=120)
+    fov_prior_std_deg: float = Field(12.0, gt=0)
+    fov_min_deg: float = Field(30.0, gt=1, lt=120)
+    fov_max_deg: float = Field(75.0, gt=1, lt=120)
+    blend_s: float = Field(0.3, ge=0)  # a new estimate fades in over this long (no visible pop)
+    # Rest offset: a slow low percentile of the channels identity and expression confuse, capped.
+    rest_offset: bool = True
+    rest_offset_cap: float = Field(0.5, ge=0, le=0.95)
+    rest_offset_time_s: float = Field(4.0, gt=0)  # time constant of its approach
+    new_person_lost_s: float = Field(2.0, gt=0)  # face lost this long: the next face restarts the estimate
 
 
 class PipelineConfig(_Section):
@@ -203,6 +228,7 @@ class Config(_Section):
     render: RenderConfig = RenderConfig()
     stream: StreamConfig = StreamConfig()
     identity: IdentityConfig = IdentityConfig()
+    performer: PerformerConfig = PerformerConfig()
     pipeline: PipelineConfig = PipelineConfig()
 
 

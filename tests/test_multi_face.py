@@ -16,7 +16,7 @@ from engine.face_model import MODELS_DIR, FaceModel, LandmarkEmbedding
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.pipeline import Pipeline, PipelineParts
-from engine.solve.solver import FaceSolver
+from engine.solve.face_solver import FaceSolver
 from engine.sources.base import FrameSource, now_ns
 from engine.tracking import FaceSlots, FaceTracker
 from engine.types import Frame, Landmarks, TrackingState

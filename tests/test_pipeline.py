@@ -241,18 +241,17 @@ def test_the_solver_is_made_once_the_source_is_open() -> None:
 def test_solver_camera_field_of_view_follows_the_source_unless_configured() -> None:
     from engine.app import solve_config_for
     from engine.config import load_config
-    from engine.solve.solver import DEFAULT_FOV_Y_DEG, fov_y_deg
-    from engine.sources.webcam import WebcamSource
 
     auto = load_config()
     assert auto.solve.camera_fov_y_deg is None
-    webcam_like = CountingSource(1, live=True)
-    webcam_like.camera_fov_y_deg = WebcamSource.camera_fov_y_deg
-    assert fov_y_deg(solve_config_for(auto, webcam_like)) == 45.0
-    assert fov_y_deg(solve_config_for(auto, CountingSource(1, live=False))) == DEFAULT_FOV_Y_DEG  # a file
-    assert fov_y_deg(solve_config_for(auto, None)) == DEFAULT_FOV_Y_DEG
+    demo_like = CountingSource(1, live=True)
+    demo_like.camera_fov_y_deg = 31.0  # a source that knows its camera (the demo performer's render camera)
+    assert solve_config_for(auto, demo_like).camera_fov_y_deg == 31.0
+    # A webcam or a file does not know its lens: left to the performer estimate.
+    assert solve_config_for(auto, CountingSource(1, live=False)).camera_fov_y_deg is None
+    assert solve_config_for(auto, None).camera_fov_y_deg is None
     pinned = load_config(overrides=["solve.camera_fov_y_deg=60"])
-    assert fov_y_deg(solve_config_for(pinned, webcam_like)) == 60.0
+    assert solve_config_for(pinned, demo_like).camera_fov_y_deg == 60.0
 
 
 def test_demo_source_reports_its_render_camera() -> None:

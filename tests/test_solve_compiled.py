@@ -20,8 +20,9 @@ from engine.solve import compiled
 from engine.solve.bounded_lsq import solve_box_qp as solve_box_qp_numpy
 from engine.solve.bounded_lsq import solve_box_qp_reference
 from engine.solve.eyes import eyeball_centers
+from engine.solve.face_solver import FaceSolver
 from engine.solve.pose import euler_to_rotation
-from engine.solve.solver import FaceSolver, FrameFitter, shipped_prior, shipped_response, valid_observation
+from engine.solve.solver import FrameFitter, shipped_prior, shipped_response, valid_observation
 from engine.solve.synthetic import random_box_qp, random_expression, synthetic_landmarks
 
 pytestmark = pytest.mark.skipif(not compiled.AVAILABLE, reason="numba is not installed: the numpy path serves")

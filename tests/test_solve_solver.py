@@ -12,9 +12,9 @@ from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.eyes import eyeball_centers
+from engine.solve.face_solver import FaceSolver, channel_groups
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.pose import euler_to_rotation, quaternion_to_rotation, rotation_angle_deg
-from engine.solve.solver import FaceSolver, channel_groups
 from engine.solve.synthetic import constructed_embedding, synthetic_landmarks
 from engine.types import Landmarks, TrackingState
 

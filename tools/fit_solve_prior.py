@@ -44,9 +44,10 @@ from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
 from engine.identity import Identity  # noqa: E402
 from engine.metrics import closed_loop_metrics  # noqa: E402
 from engine.names import ICT_EXPRESSIONS  # noqa: E402
+from engine.solve.face_solver import FaceSolver  # noqa: E402
 from engine.solve.prior import DEFAULT_PRIOR_PATH, fit_mlp_prior, fit_ridge_prior  # noqa: E402
 from engine.solve.response import DEFAULT_RESPONSE_PATH  # noqa: E402
-from engine.solve.solver import FaceSolver, FrameFitter, valid_observation  # noqa: E402
+from engine.solve.solver import FrameFitter, valid_observation  # noqa: E402
 from engine.tracking import FaceTracker  # noqa: E402
 from engine.types import Landmarks  # noqa: E402
 

@@ -17,8 +17,8 @@ from engine.face_model import FaceModel, LandmarkEmbedding, ModelFileError
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.eyes import eyeball_centers
+from engine.solve.face_solver import FaceSolver
 from engine.solve.pose import euler_to_rotation, rotation_angle_deg
-from engine.solve.solver import FaceSolver
 from engine.solve.synthetic import constructed_embedding, random_expression, synthetic_landmarks
 
 

@@ -699,7 +699,7 @@ def warm_up() -> float:
     from engine.face_model import FaceModel, LandmarkEmbedding
     from engine.identity import Identity
     from engine.names import ICT_EXPRESSIONS
-    from engine.solve.solver import FaceSolver
+    from engine.solve.face_solver import FaceSolver
 
     start = time.perf_counter()
     model = FaceModel.load()

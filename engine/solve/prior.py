@@ -183,6 +183,7 @@ def fit_mlp_prior(
     epochs: int = 150,
     with_response: bool = False,
     driven_weight: float = 1.0,
+    batch: int = 64,
 ) -> LearnedPrior:
     """A two-hidden-layer ReLU MLP on the PCA-whitened features (`components` of them), trained with mean
     squared error (AdamW, cosine schedule, a little input noise) on (n, F) → (n, 53). Needs torch (training
@@ -213,10 +214,10 @@ def fit_mlp_prior(
     generator = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(epochs), desc="train MLP prior", unit="epoch", leave=False):
         perm = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), 64):
-            batch = perm[start : start + 64]
-            noisy = x[batch] + 0.05 * torch.randn(len(batch), components, generator=generator)
-            target = y[batch]
+        for start in range(0, len(x), batch):
+            rows = perm[start : start + batch]
+            noisy = x[rows] + 0.05 * torch.randn(len(rows), components, generator=generator)
+            target = y[rows]
             loss = (((net(noisy) - target) ** 2) * (1.0 + (driven_weight - 1.0) * (target > 0.1))).mean()
             opt.zero_grad()
             loss.backward()

@@ -1,10 +1,8 @@
-"""The per-frame regression: landmarks → head pose + 53 weights, with filtering and tracking states (DESIGN §3).
+"""The per-frame regression of one frame: landmarks → head pose + 53 weights (DESIGN §3).
 
-`FrameFitter` is the stateless fit of one frame for one identity (pose ↔ expression alternation, eyes);
-`FaceSolver` wraps it with the neutral calibration, the One Euro filters and the tracking-state machine:
-`tracking` (a face this frame) → `coasting` (no face: hold the last state for `coast_seconds`) → `lost`
-(ease to neutral over `ease_seconds`) → `tracking` again as soon as a face returns, no restart needed.
-Bad landmarks (NaN/inf, wrong shape, empty image size) count as no face; `solve` never raises on them.
+`FrameFitter` is the stateless fit of one frame for one identity and camera (pose ↔ expression alternation,
+eyes); `valid_observation` turns tracker output into its input or refuses it. The stateful solver of a face
+track (performer estimate, calibration, filters, tracking states) is `face_solver.FaceSolver`.
 """
 
 from __future__ import annotations
@@ -16,18 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.config import FilterConfig, SolveConfig
+from engine.config import SolveConfig
 from engine.face_model import FaceModel, LandmarkEmbedding
-from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.solve import compiled
 from engine.solve.expression import EmbeddedFace, ExpressionSolver, depth_metric
 from engine.solve.eyes import GAZE_CHANNELS, EyeModel, GazeRanges, eyeball_centers
-from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.landmark_sets import FACE_OVAL, N_MESH_LANDMARKS
 from engine.solve.pose import (
     focal_length_px,
-    head_pose_from_fit,
     pixels_to_observed,
     umeyama,
     umeyama_from_source,
@@ -35,7 +30,7 @@ from engine.solve.pose import (
 )
 from engine.solve.prior import DEFAULT_PRIOR_PATH, LearnedPrior
 from engine.solve.response import DEFAULT_RESPONSE_PATH, LandmarkResponse
-from engine.types import FaceState, HeadPose, Landmarks, TrackingState
+from engine.types import Landmarks
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +47,6 @@ BLINK_CHANNELS = np.array([ICT_EXPRESSIONS.index("eyeBlink_L"), ICT_EXPRESSIONS.
 _RIGID_MOTION_CM = 0.15
 # Non-rigid landmarks still count a little once the expression explains them (stabilizes roll/pitch).
 _NONRIGID_POSE_WEIGHT = 0.1
-# Residual (cm RMS over the mesh landmarks) at which confidence has fallen to 1/e.
-_RESIDUAL_SCALE_CM = 0.4
 
 
 def fov_y_deg(config: SolveConfig) -> float:
@@ -121,8 +114,12 @@ class FrameFitter:
         config: SolveConfig,
         response: LandmarkResponse | None = None,
         prior: LearnedPrior | None = None,
+        camera_fov_y_deg: float | None = None,
     ) -> None:
         self.config = config
+        # The camera this fitter corrects perspective for: given (a performer estimate), else the config's.
+        self.fov_y_deg = float(camera_fov_y_deg) if camera_fov_y_deg is not None else fov_y_deg(config)
+        self.identity_weights = identity_weights
         self.face = EmbeddedFace.build(model, embedding, identity_weights, response=response)
         self.prior = prior
         strength = None if prior is None else config.prior_strength
@@ -171,7 +168,7 @@ class FrameFitter:
     def _camera(self, image_size: tuple[int, int]) -> tuple[np.ndarray, float]:
         """Principal point (2,) in the y-up pixel frame and focal length in pixels."""
         width, height = image_size
-        return np.array([0.5 * width, 0.5 * height]), focal_length_px(height, fov_y_deg(self.config))
+        return np.array([0.5 * width, 0.5 * height]), focal_length_px(height, self.fov_y_deg)
 
     def fit(
         self,
@@ -280,28 +277,6 @@ class FrameFitter:
         return FrameFit(w, rot, trans, scale, observed_model, residual)
 
 
-def channel_groups() -> dict[str, np.ndarray]:
-    """ICT channel indices per filter group: eyes (blink, gaze, squint, wide), brows, mouth (the rest)."""
-    groups = {"eyes": [], "brows": [], "mouth": []}
-    for i, name in enumerate(ICT_EXPRESSIONS):
-        key = "eyes" if name.startswith("eye") else "brows" if name.startswith("brow") else "mouth"
-        groups[key].append(i)
-    return {k: np.array(v) for k, v in groups.items()}
-
-
-def _state_filter(config: SolveConfig, compiled_step: bool = False) -> OneEuroFilter:
-    """One filter over the 53 weights (per-group parameters) and the 8 pose numbers (pose parameters)."""
-    params = np.empty((3, N_EXPRESSIONS + 8))
-    by_group: dict[str, FilterConfig] = {
-        "eyes": config.filter_eyes, "brows": config.filter_brows, "mouth": config.filter_mouth,
-    }  # fmt: skip
-    groups = channel_groups() | {"pose": np.arange(N_EXPRESSIONS, N_EXPRESSIONS + 8)}
-    for group, idx in groups.items():
-        f = by_group.get(group, config.filter_pose)
-        params[:, idx] = np.array([[f.min_cutoff], [f.beta], [f.d_cutoff]])
-    return OneEuroFilter(params[0], params[1], params[2], compiled=compiled_step)
-
-
 def shipped_response(config: SolveConfig) -> LandmarkResponse | None:
     """MediaPipe's measured response (tools/fit_landmark_response.py), when shipped and enabled; else None."""
     return LandmarkResponse.load() if config.landmark_response and DEFAULT_RESPONSE_PATH.is_file() else None
@@ -312,7 +287,7 @@ def shipped_prior(config: SolveConfig, response: LandmarkResponse | None) -> Lea
     map (with or without the response) as the solver uses; else None."""
     if not (config.learned_prior and DEFAULT_PRIOR_PATH.is_file()):
         return None
-    prior = LearnedPrior.load()
+    prior = LearnedPrior.load(DEFAULT_PRIOR_PATH)
     return prior if prior.with_response == (response is not None) else None
 
 
@@ -348,141 +323,3 @@ def valid_observation(landmarks: Landmarks | None, compiled_checks: bool = False
     if min(x.max() - x.min(), y.max() - y.min()) <= 0:
         return None
     return observed, has_iris
-
-
-def _presence(landmarks: Landmarks) -> float:
-    """The tracker's presence score clamped to [0, 1]; a missing or non-numeric score counts as 1, NaN as 0."""
-    try:
-        presence = float(landmarks.presence)
-    except (AttributeError, TypeError, ValueError):
-        return 1.0
-    return min(1.0, max(0.0, presence)) if np.isfinite(presence) else 0.0
-
-
-class FaceSolver:
-    """Stateful per-frame solver of one face track (DESIGN §3): calibration, filtering, tracking states."""
-
-    def __init__(self, model: FaceModel, embedding: LandmarkEmbedding, identity: Identity, config: SolveConfig) -> None:
-        self.config = config
-        response = shipped_response(config)
-        prior = shipped_prior(config, response)
-        self.fitter = FrameFitter(model, embedding, identity.identity_weights, config, response, prior)
-        offset = np.asarray(identity.neutral_offset, dtype=np.float64)
-        if offset.shape != (N_EXPRESSIONS,):
-            offset = np.zeros(N_EXPRESSIONS)
-        self.neutral_offset = np.clip(offset, 0.0, 0.95)
-        compiled_path = self.fitter.compiled_tables is not None
-        self._compiled_checks = compiled_path
-        # 53 weights, then quaternion (4), translation (3) and scale
-        self._filter = _state_filter(config, compiled_step=compiled_path)
-        if compiled_path and not compiled.one_euro_update.signatures:
-            # Load (or compile) the two small kernels now as well, not on the first frame.
-            compiled.observed_from_pixels(np.ones((478, 3)), 480.0)
-            compiled.one_euro_update(*(np.zeros(1),) * 3, 0.033, *(np.ones(1),) * 3)
-        self._last_quat: np.ndarray | None = None
-        self._warm: np.ndarray | None = None
-        self._last: FaceState | None = None
-        self._last_seen_ns: int | None = None
-        self._lost = True
-        self.last_fit: FrameFit | None = None
-        self._calibration: list[np.ndarray] | None = None  # raw weights collected for a live calibration
-        self._calibration_frames = 0
-
-    def calibrate_neutral(self, frames: int) -> None:
-        """Start a live neutral calibration: the mean raw weights of the next `frames` tracked frames become the
-        rest offset (`calibrate`), replacing the identity's. For a user who has not enrolled — or whose resting
-        face reads as an expression (raised brows, a slight smile) — holding a relaxed face for `frames` frames
-        makes that face read as neutral. Frames without a face do not count; a new request restarts."""
-        if frames < 1:
-            raise ValueError(f"calibration needs at least 1 frame, got {frames}")
-        self._calibration, self._calibration_frames = [], frames
-
-    @property
-    def calibrating(self) -> bool:
-        """True while a live neutral calibration is collecting frames."""
-        return self._calibration is not None
-
-    def _collect_calibration(self, raw: np.ndarray) -> None:
-        assert self._calibration is not None
-        self._calibration.append(raw.copy())
-        if len(self._calibration) >= self._calibration_frames:
-            offset = np.mean(self._calibration, axis=0)
-            self.neutral_offset = np.clip(offset, 0.0, 0.95)
-            self._calibration = None
-            strongest = np.argsort(offset)[::-1][:3]
-            log.info(
-                "solver: neutral calibrated on %d frames (largest rest offsets: %s)", self._calibration_frames,
-                ", ".join(f"{ICT_EXPRESSIONS[k]} {offset[k]:.2f}" for k in strongest),
-            )  # fmt: skip
-
-    def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        """(53,) raw weights → (53,) with the rest offset removed: (w − o)/(1 − o), clamped to [0, 1]."""
-        return np.minimum(np.maximum((raw - self.neutral_offset) / (1.0 - self.neutral_offset), 0.0), 1.0)
-
-    def solve(self, landmarks: Landmarks | None, t_capture_ns: int, frame_index: int) -> FaceState:
-        """One frame → FaceState. `landmarks` None or unusable → coasting / lost."""
-        obs = valid_observation(landmarks, self._compiled_checks)
-        if obs is None:
-            return self._no_face(t_capture_ns, frame_index)
-        observed, has_iris = obs
-        assert landmarks is not None
-        try:
-            previous = None if self._warm is None else self.last_fit
-            fit = self.fitter.fit(observed, self._warm, has_iris, landmarks.image_size, previous)
-        except (np.linalg.LinAlgError, ZeroDivisionError):  # degenerate geometry (e.g. collapsed eye corners)
-            return self._no_face(t_capture_ns, frame_index)
-        if not (np.isfinite(fit.weights).all() and np.isfinite(fit.rotation).all() and fit.scale_px_per_cm > 0):
-            return self._no_face(t_capture_ns, frame_index)
-        self.last_fit = fit
-        self._warm = fit.weights
-        if self._calibration is not None:
-            self._collect_calibration(fit.weights)
-        cfg = self.config
-        pose = head_pose_from_fit(
-            fit.rotation, fit.translation_px, fit.scale_px_per_cm, landmarks.image_size, fov_y_deg(cfg)
-        )
-        weights = self.calibrate(fit.weights)
-        if self._lost:
-            self._reset_filters()  # a face after a loss starts fresh instead of sliding from stale values
-            self._lost = False
-        if cfg.filter_enabled:
-            quat = continuous_quaternion(pose.quaternion, self._last_quat)
-            state = self._filter(np.concatenate([weights, quat, pose.translation, [pose.scale]]), t_capture_ns)
-            weights = np.minimum(np.maximum(state[:N_EXPRESSIONS], 0.0), 1.0)
-            quat = state[N_EXPRESSIONS : N_EXPRESSIONS + 4]
-            quat = quat / math.sqrt(float(quat @ quat))  # = np.linalg.norm (√(q·q)) without its wrapper
-            self._last_quat = quat
-            pose = HeadPose(quat, state[N_EXPRESSIONS + 4 : N_EXPRESSIONS + 7], float(state[-1]))
-        confidence = _presence(landmarks) * float(np.exp(-((fit.residual_cm / _RESIDUAL_SCALE_CM) ** 2)))
-        state = FaceState(
-            pose, weights, TrackingState.TRACKING, confidence, t_capture_ns, frame_index, landmarks.face_index
-        )
-        self._last = state
-        self._last_seen_ns = t_capture_ns
-        return state
-
-    def _reset_filters(self) -> None:
-        self._filter.reset()
-        self._last_quat = None
-
-    def _no_face(self, t_ns: int, frame_index: int) -> FaceState:
-        last = self._last
-        if last is None or self._last_seen_ns is None:
-            return FaceState.neutral(t_ns, frame_index, TrackingState.LOST)
-        elapsed = max(0.0, (t_ns - self._last_seen_ns) * 1e-9)
-        coast = self.config.coast_seconds
-        if elapsed <= coast:
-            fade = 1.0 - elapsed / coast if coast > 0 else 0.0
-            return FaceState(
-                last.pose, last.weights, TrackingState.COASTING, last.confidence * fade, t_ns, frame_index,
-                last.face_index,
-            )  # fmt: skip
-        ease = self.config.ease_seconds
-        progress = min(1.0, (elapsed - coast) / ease) if ease > 0 else 1.0
-        keep = 1.0 - progress * progress * (3.0 - 2.0 * progress)  # smoothstep: no velocity jump at either end
-        last_quat = last.pose.quaternion if last.pose.quaternion[0] >= 0 else -last.pose.quaternion
-        quat = last_quat * keep + np.array([1.0, 0.0, 0.0, 0.0]) * (1.0 - keep)
-        pose = HeadPose(quat / np.linalg.norm(quat), last.pose.translation, last.pose.scale)
-        self._warm = None
-        self._lost = True
-        return FaceState(pose, last.weights * keep, TrackingState.LOST, 0.0, t_ns, frame_index, last.face_index)

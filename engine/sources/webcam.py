@@ -35,8 +35,7 @@ class WebcamSource(FrameSource):
     """Frames from camera `index`. A lost camera is reopened with exponential backoff (up to `max_backoff_s`)."""
 
     live = True
-    # Typical of webcams at 4:3 (a 78° diagonal lens, cropped): drivers do not report it.
-    camera_fov_y_deg = 45.0
+    # Drivers do not report the lens: `camera_fov_y_deg` stays None and the performer estimate finds it.
 
     def __init__(
         self, index: int, width: int = 640, height: int = 480, fps: float = 30.0, max_backoff_s: float = 5.0

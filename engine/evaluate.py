@@ -1,0 +1,328 @@
+"""`scapecast eval`: how well the avatar does what the face does, measured the way the team measures it.
+
+Three parts, each a section of one JSON and one Markdown report:
+
+- **real**: every video in a folder that has a reference track (`reference/<video>.jsonl`, one JSON object a
+  frame: `{"frame": i, "face": bool, "blendshapes": {ARKit name: score}}`) is run through the engine as
+  `run` runs it (default config, no enrollment, `--no-render`), and compared frame by frame: per-channel
+  Pearson r and mean absolute error on the channels whose reference standard deviation is ≥ 0.08, then the
+  means over channels and over videos. The reference is a peer's output (MediaPipe's blendshape model), not
+  the truth: agreement, not accuracy.
+- **rest**: on the frames where the reference reads every jaw, mouth, cheek and nose channel below 0.1, the
+  95th percentile of each of our channels of those groups and the share of frames with any above 0.2.
+- **synthetic** (`engine/eval_synthetic.py`): rendered held-out identities with true weights.
+
+Frames are matched by index; frames where either side has no face are left out. The metric functions take
+plain arrays so that tests can check them on small made-up tracks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.config import Config
+from engine.errors import UserError
+from engine.names import ARKIT_BLENDSHAPES
+
+log = logging.getLogger(__name__)
+
+# Channels count when the reference moves at least this much (standard deviation over the video).
+MIN_REFERENCE_STD = 0.08
+# Rest frames: every channel of these groups below REST_LEVEL in the reference.
+REST_GROUPS = ("jaw", "mouth", "cheek", "nose")
+REST_LEVEL = 0.1
+# A rest frame is a false expression when any of our channels of those groups exceeds this.
+REST_FALSE_LEVEL = 0.2
+REST_CHANNELS = tuple(
+    i for i, name in enumerate(ARKIT_BLENDSHAPES) if name.startswith(REST_GROUPS) and name != "tongueOut"
+)
+CHANNEL = {name: i for i, name in enumerate(ARKIT_BLENDSHAPES)}
+
+
+@dataclass(frozen=True)
+class Track:
+    """Per-frame ARKit weights of one video. weights: (N, 52) in `ARKIT_BLENDSHAPES` order, NaN where a
+    channel is unknown (our `tongueOut`); face: (N,) bool, a face was found in that frame."""
+
+    weights: np.ndarray
+    face: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.weights.ndim != 2 or self.weights.shape[1] != len(ARKIT_BLENDSHAPES):
+            raise ValueError(f"a track's weights must be (N, {len(ARKIT_BLENDSHAPES)}), got {self.weights.shape}")
+        if self.face.shape != (len(self.weights),):
+            raise ValueError(f"a track's face flags must be ({len(self.weights)},), got {self.face.shape}")
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    @staticmethod
+    def from_rows(rows: list[dict[str, float] | None]) -> Track:
+        """One {ARKit name: weight} per frame (None: no face) → Track; channels a row lacks are NaN."""
+        weights = np.full((len(rows), len(ARKIT_BLENDSHAPES)), np.nan)
+        for i, row in enumerate(rows):
+            for name, value in (row or {}).items():
+                if name in CHANNEL:
+                    weights[i, CHANNEL[name]] = float(value)
+        return Track(weights, np.array([row is not None for row in rows], dtype=bool))
+
+
+def load_reference(path: Path) -> Track:
+    """A reference track file (JSON lines, frame numbers consecutive from 0). UserError names a bad line."""
+    rows: list[dict[str, float] | None] = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read reference track {path}: {exc.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            frame, face, shapes = int(record["frame"]), bool(record["face"]), record.get("blendshapes") or {}
+            if not isinstance(shapes, dict):
+                raise TypeError("blendshapes is not an object")
+            shapes = {str(k): float(v) for k, v in shapes.items()}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"reference track {path}, line {number}: not a frame record ({exc})") from None
+        if frame != len(rows):
+            raise UserError(f"reference track {path}, line {number}: frame {frame}, expected {len(rows)}")
+        rows.append(shapes if face else None)
+    return Track.from_rows(rows)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson r, or None when either series is constant."""
+    a, b = a - a.mean(), b - b.mean()
+    denominator = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / denominator if denominator > 1e-12 else None
+
+
+def agreement(ours: Track, reference: Track, min_std: float = MIN_REFERENCE_STD) -> dict[str, Any]:
+    """Per-channel Pearson r and mean absolute error of `ours` against `reference` on the frames both have a
+    face in, over the channels whose reference standard deviation is ≥ `min_std` (and that both know).
+
+    A channel we hold constant has r 0 (it cannot follow the face), not None. Returns
+    {frames, channels: {name: {r, mae, reference_std}}, mean_r, mae} (means None with no channel)."""
+    n = min(len(ours), len(reference))
+    both = ours.face[:n] & reference.face[:n]
+    mine, ref = ours.weights[:n][both], reference.weights[:n][both]
+    channels: dict[str, dict[str, float]] = {}
+    if len(ref) >= 2:
+        for j, name in enumerate(ARKIT_BLENDSHAPES):
+            if not (np.isfinite(ref[:, j]).all() and np.isfinite(mine[:, j]).all()):
+                continue
+            std = float(ref[:, j].std())
+            if std < min_std:
+                continue
+            r = _pearson(mine[:, j], ref[:, j])
+            channels[name] = {
+                "r": round(0.0 if r is None else r, 4),
+                "mae": round(float(np.abs(mine[:, j] - ref[:, j]).mean()), 4),
+                "reference_std": round(std, 4),
+            }
+    mean = (lambda key: round(float(np.mean([c[key] for c in channels.values()])), 4)) if channels else None
+    return {
+        "frames": int(both.sum()),
+        "channels": channels,
+        "mean_r": mean("r") if mean else None,
+        "mae": mean("mae") if mean else None,
+    }
+
+
+def rest_frames(ours: Track, reference: Track) -> dict[str, Any]:
+    """On frames where the reference reads every jaw/mouth/cheek/nose channel below REST_LEVEL: the 95th
+    percentile of each of our channels of those groups, and the share of frames where any exceeds
+    REST_FALSE_LEVEL. Returns {frames, p95: {name: value}, share_above} (None values without rest frames)."""
+    n = min(len(ours), len(reference))
+    both = ours.face[:n] & reference.face[:n]
+    ids = np.array(REST_CHANNELS)
+    ref = reference.weights[:n][:, ids]
+    rest = both & np.all(np.nan_to_num(ref, nan=0.0) < REST_LEVEL, axis=1)
+    mine = np.nan_to_num(ours.weights[:n][rest][:, ids], nan=0.0)
+    if not len(mine):
+        return {"frames": 0, "p95": {}, "share_above": None}
+    p95 = np.percentile(mine, 95, axis=0)
+    return {
+        "frames": int(rest.sum()),
+        "p95": {ARKIT_BLENDSHAPES[j]: round(float(v), 4) for j, v in zip(ids, p95, strict=True)},
+        "share_above": round(float(np.mean((mine > REST_FALSE_LEVEL).any(axis=1))), 4),
+    }
+
+
+def solve_video(path: Path, config: Config) -> Track:
+    """Our ARKit weights for every frame of a video, solved as `run --no-render` solves it (frame by frame,
+    on the video's own clock). Frames in which no face is tracked have face False."""
+    from engine.app import build_parts, load_identity
+    from engine.face_model import FaceModel
+    from engine.pipeline import FrameResult, Pipeline
+    from engine.types import TrackingState
+
+    config = config.model_copy(deep=True)
+    config.stream.enabled = False
+    config.stream.vmc_enabled = False
+    model = FaceModel.load()
+    avatar = load_identity(config.identity, model)
+    rows: dict[int, dict[str, float] | None] = {}
+
+    def collect(result: FrameResult) -> None:
+        state = result.state
+        rows[result.frame.index] = state.arkit() if state.tracking == TrackingState.TRACKING else None
+
+    parts = build_parts(config, str(path), model, avatar, render=False)
+    parts.on_state.append(collect)
+    pipeline = Pipeline(parts, realtime=False, keep=1)
+    pipeline.run()
+    count = max(rows) + 1 if rows else 0
+    return Track.from_rows([rows.get(i) for i in range(count)])
+
+
+def evaluate_real(folder: Path, config: Config, only: list[str] | None = None) -> dict[str, Any]:
+    """The `real` and `rest` parts for every video in `folder` with `reference/<stem>.jsonl` beside it."""
+    folder = Path(folder)
+    references = sorted((folder / "reference").glob("*.jsonl")) if (folder / "reference").is_dir() else []
+    videos = [(v, r) for r in references for v in sorted(folder.glob(r.stem + ".*")) if v.is_file()]
+    if only:
+        videos = [(v, r) for v, r in videos if v.stem in only or v.name in only]
+    if not videos:
+        raise UserError(f"no videos with a reference track (reference/<video>.jsonl) in {folder}")
+    per_video: dict[str, Any] = {}
+    for video, reference_path in videos:
+        start = time.perf_counter()
+        reference = load_reference(reference_path)
+        ours = solve_video(video, config)
+        if len(ours) != len(reference):
+            log.warning("%s: %d frames solved, the reference has %d", video.name, len(ours), len(reference))
+        per_video[video.stem] = {
+            "agreement": agreement(ours, reference),
+            "rest": rest_frames(ours, reference),
+            "frames": len(ours),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        a = per_video[video.stem]["agreement"]
+        log.info("eval %s: mean r %s, mae %s over %d channels", video.stem, a["mean_r"], a["mae"], len(a["channels"]))
+    means = [v["agreement"] for v in per_video.values() if v["agreement"]["mean_r"] is not None]
+    rest = [v["rest"] for v in per_video.values() if v["rest"]["frames"]]
+    all_rest_frames = sum(r["frames"] for r in rest)
+    return {
+        "videos": per_video,
+        "mean_r": round(float(np.mean([m["mean_r"] for m in means])), 4) if means else None,
+        "mae": round(float(np.mean([m["mae"] for m in means])), 4) if means else None,
+        "rest_frames": all_rest_frames,
+        # Pooled over every video's rest frames (each video's p95 is in its own entry).
+        "rest_share_above": round(sum(r["share_above"] * r["frames"] for r in rest) / all_rest_frames, 4)
+        if all_rest_frames
+        else None,
+        "rest_jaw_open_p95_max": max((r["p95"]["jawOpen"] for r in rest), default=None),
+        "channel_mean_r": _channel_means(per_video),
+    }
+
+
+def _channel_means(per_video: dict[str, Any]) -> dict[str, float]:
+    """Per-channel r averaged over the videos in which the channel counts."""
+    values: dict[str, list[float]] = {}
+    for video in per_video.values():
+        for name, c in video["agreement"]["channels"].items():
+            values.setdefault(name, []).append(c["r"])
+    return {name: round(float(np.mean(v)), 3) for name, v in sorted(values.items())}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown tables."""
+    lines = ["# scapecast eval", ""]
+    real = report.get("real")
+    if real:
+        lines += [
+            "## Real videos against the reference tracks (MediaPipe's blendshape model: a peer, not truth)",
+            "",
+            "| video | frames | channels | mean r | mean abs error | rest frames | jawOpen p95 at rest "
+            "| rest frames > 0.2 |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, v in real["videos"].items():
+            a, r = v["agreement"], v["rest"]
+            jaw = r["p95"].get("jawOpen", "–") if r["frames"] else "–"
+            share = f"{100 * r['share_above']:.0f} %" if r["frames"] else "–"
+            lines.append(
+                f"| {name} | {v['frames']} | {len(a['channels'])} | {a['mean_r']} | {a['mae']} | {r['frames']} "
+                f"| {jaw} | {share} |"
+            )
+        share = real["rest_share_above"]
+        lines += [
+            f"| **mean** | | | **{real['mean_r']}** | **{real['mae']}** | {real['rest_frames']} | "
+            f"max {real['rest_jaw_open_p95_max']} | {'–' if share is None else f'{100 * share:.0f} %'} |",
+            "",
+            "Per-channel r (mean over the videos where the channel moves): "
+            + ", ".join(f"{k} {v}" for k, v in real["channel_mean_r"].items()),
+            "",
+        ]
+    synthetic = report.get("synthetic")
+    if synthetic:
+        from engine.eval_synthetic import synthetic_markdown
+
+        lines += synthetic_markdown(synthetic)
+    return "\n".join(lines) + "\n"
+
+
+def cmd_eval(args: argparse.Namespace, config: Config) -> int:
+    """`eval`: run the parts asked for, write JSON and Markdown, print the Markdown."""
+    out_json = Path(args.out) if args.out else None
+    if out_json is not None:
+        _check_writable(out_json)
+    report: dict[str, Any] = {}
+    if not args.no_real:
+        folder = Path(args.videos)
+        if not folder.is_dir():
+            raise UserError(f"no video folder {folder} (pass --videos DIR, or --no-real)")
+        report["real"] = evaluate_real(folder, config, args.only)
+    if args.synthetic:
+        from engine.eval_synthetic import evaluate_synthetic
+
+        report["synthetic"] = evaluate_synthetic(config, identities=args.identities, seconds=args.seconds)
+    text = markdown(report)
+    if out_json is not None:
+        _write_atomic(out_json, json.dumps(report, indent=1) + "\n")
+        _write_atomic(out_json.with_suffix(".md"), text)
+    print(text)
+    return 0
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before hours of work, not after, on an output that cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: no folder {parent}")
+    probe = parent / f".{path.name}.probe"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def add_eval_command(sub: argparse._SubParsersAction) -> None:
+    """`eval [--videos DIR] [--synthetic] [--out report.json]`."""
+    p = sub.add_parser("eval", help="accuracy on real videos with reference tracks and on synthetic faces")
+    p.add_argument("--videos", default="../shared/testdata/real", help="folder of videos with reference/*.jsonl")
+    p.add_argument("--only", nargs="*", help="only these videos (stems or file names)")
+    p.add_argument("--no-real", action="store_true", help="skip the real videos")
+    p.add_argument("--synthetic", action="store_true", help="also the rendered held-out identities (minutes)")
+    p.add_argument("--identities", type=int, default=3, help="synthetic: held-out identities per camera")
+    p.add_argument("--seconds", type=float, default=10.0, help="synthetic: length of each performance")
+    p.add_argument("--out", help="write the report to PATH (JSON) and PATH with .md")
+    p.set_defaults(handler=cmd_eval)

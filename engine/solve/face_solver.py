@@ -1,0 +1,286 @@
+"""The stateful per-frame solver of one face track: `FaceSolver` (DESIGN §3).
+
+It wraps `FrameFitter` (`solver.py`, the stateless fit of one frame) with the performer estimate
+(`performer.py`), the neutral calibration, the One Euro filters and the tracking-state machine:
+`tracking` (a face this frame) → `coasting` (no face: hold the last state for `coast_seconds`) → `lost`
+(ease to neutral over `ease_seconds`) → `tracking` again as soon as a face returns, no restart needed.
+Bad landmarks (NaN/inf, wrong shape, empty image size) count as no face; `solve` never raises on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from engine.config import FilterConfig, PerformerConfig, SolveConfig
+from engine.face_model import FaceModel, LandmarkEmbedding
+from engine.identity import Identity
+from engine.names import ICT_EXPRESSIONS
+from engine.solve import compiled
+from engine.solve.filters import OneEuroFilter, continuous_quaternion
+from engine.solve.performer import Performer, PerformerEstimator, RestOffset
+from engine.solve.pose import head_pose_from_fit
+from engine.solve.solver import (
+    FrameFit,
+    FrameFitter,
+    fov_y_deg,
+    shipped_prior,
+    shipped_response,
+    valid_observation,
+)
+from engine.types import FaceState, HeadPose, Landmarks, TrackingState
+
+log = logging.getLogger(__name__)
+
+N_EXPRESSIONS = len(ICT_EXPRESSIONS)
+# Residual (cm RMS over the mesh landmarks) at which confidence has fallen to 1/e.
+_RESIDUAL_SCALE_CM = 0.4
+
+
+def channel_groups() -> dict[str, np.ndarray]:
+    """ICT channel indices per filter group: eyes (blink, gaze, squint, wide), brows, mouth (the rest)."""
+    groups = {"eyes": [], "brows": [], "mouth": []}
+    for i, name in enumerate(ICT_EXPRESSIONS):
+        key = "eyes" if name.startswith("eye") else "brows" if name.startswith("brow") else "mouth"
+        groups[key].append(i)
+    return {k: np.array(v) for k, v in groups.items()}
+
+
+def _state_filter(config: SolveConfig, compiled_step: bool = False) -> OneEuroFilter:
+    """One filter over the 53 weights (per-group parameters) and the 8 pose numbers (pose parameters)."""
+    params = np.empty((3, N_EXPRESSIONS + 8))
+    by_group: dict[str, FilterConfig] = {
+        "eyes": config.filter_eyes, "brows": config.filter_brows, "mouth": config.filter_mouth,
+    }  # fmt: skip
+    groups = channel_groups() | {"pose": np.arange(N_EXPRESSIONS, N_EXPRESSIONS + 8)}
+    for group, idx in groups.items():
+        f = by_group.get(group, config.filter_pose)
+        params[:, idx] = np.array([[f.min_cutoff], [f.beta], [f.d_cutoff]])
+    return OneEuroFilter(params[0], params[1], params[2], compiled=compiled_step)
+
+
+def _presence(landmarks: Landmarks) -> float:
+    """The tracker's presence score clamped to [0, 1]; a missing or non-numeric score counts as 1, NaN as 0."""
+    try:
+        presence = float(landmarks.presence)
+    except (AttributeError, TypeError, ValueError):
+        return 1.0
+    return min(1.0, max(0.0, presence)) if np.isfinite(presence) else 0.0
+
+
+class FaceSolver:
+    """Stateful per-frame solver of one face track (DESIGN §3): the performer estimate, calibration, filters,
+    tracking states.
+
+    `performer` is who is tracked (`engine/solve/performer.py`): `Performer.auto()` estimates face shape,
+    camera and rest offset online (`performer_config`); an `Identity` or `Performer.from_identity` uses an
+    enrolled profile. The camera is, in order: the performer's, `config.camera_fov_y_deg`, the online
+    estimate (auto), the default for files."""
+
+    def __init__(
+        self,
+        model: FaceModel,
+        embedding: LandmarkEmbedding,
+        performer: Performer | Identity,
+        config: SolveConfig,
+        performer_config: PerformerConfig | None = None,
+        estimate_in_background: bool = True,
+    ) -> None:
+        self.config = config
+        self.performer = performer if isinstance(performer, Performer) else Performer.from_identity(performer)
+        self.performer_config = performer_config or PerformerConfig()
+        response = shipped_response(config)
+        prior = shipped_prior(config, response)
+        known_fov = self.performer.fov_y_deg if self.performer.fov_y_deg is not None else config.camera_fov_y_deg
+
+        def make_fitter(identity_weights: np.ndarray | None, fov: float | None) -> FrameFitter:
+            return FrameFitter(model, embedding, identity_weights, config, response, prior, camera_fov_y_deg=fov)
+
+        self.estimator: PerformerEstimator | None = None
+        self.rest: RestOffset | None = None
+        start_fov = known_fov
+        pc = self.performer_config
+        if self.performer.online and (pc.identity_modes > 0 or (pc.estimate_camera and known_fov is None)):
+            self.estimator = PerformerEstimator(
+                model, embedding, config, self.performer_config, known_fov, make_fitter, estimate_in_background
+            )
+            start_fov = self.estimator.fov_y_deg
+        if self.performer.online and pc.rest_offset:
+            self.rest = RestOffset(pc.rest_offset_cap, pc.rest_offset_time_s)
+        if start_fov is None:
+            # Unknown camera: auto assumes the prior's centre (what the learned prior was trained with); an
+            # enrolled performer keeps the solver's default (`fov_y_deg`), as its calibration was made with it.
+            start_fov = pc.fov_prior_deg if self.performer.online else fov_y_deg(config)
+        self.fitter = make_fitter(self.performer.identity_weights, start_fov)
+        self._initial_fitter = self.fitter
+        self._blend_from: FrameFitter | None = None  # the fitter a new estimate fades in from
+        self._blend_progress = 1.0
+        self._last_clock_ns: int | None = None
+        offset = np.asarray(self.performer.neutral_offset, dtype=np.float64)
+        if offset.shape != (N_EXPRESSIONS,):
+            offset = np.zeros(N_EXPRESSIONS)
+        self.neutral_offset = np.clip(offset, 0.0, 0.95)
+        compiled_path = self.fitter.compiled_tables is not None
+        self._compiled_checks = compiled_path
+        # 53 weights, then quaternion (4), translation (3) and scale
+        self._filter = _state_filter(config, compiled_step=compiled_path)
+        if compiled_path and not compiled.one_euro_update.signatures:
+            # Load (or compile) the two small kernels now as well, not on the first frame.
+            compiled.observed_from_pixels(np.ones((478, 3)), 480.0)
+            compiled.one_euro_update(*(np.zeros(1),) * 3, 0.033, *(np.ones(1),) * 3)
+        self._last_quat: np.ndarray | None = None
+        self._warm: np.ndarray | None = None
+        self._last: FaceState | None = None
+        self._last_seen_ns: int | None = None
+        self._lost = True
+        self.last_fit: FrameFit | None = None
+        self._calibration: list[np.ndarray] | None = None  # raw weights collected for a live calibration
+        self._calibration_frames = 0
+
+    def calibrate_neutral(self, frames: int) -> None:
+        """Start a live neutral calibration: the mean raw weights of the next `frames` tracked frames become the
+        rest offset (`calibrate`), replacing the identity's. For a user who has not enrolled — or whose resting
+        face reads as an expression (raised brows, a slight smile) — holding a relaxed face for `frames` frames
+        makes that face read as neutral. Frames without a face do not count; a new request restarts."""
+        if frames < 1:
+            raise ValueError(f"calibration needs at least 1 frame, got {frames}")
+        self._calibration, self._calibration_frames = [], frames
+
+    @property
+    def calibrating(self) -> bool:
+        """True while a live neutral calibration is collecting frames."""
+        return self._calibration is not None
+
+    def _collect_calibration(self, raw: np.ndarray) -> None:
+        assert self._calibration is not None
+        self._calibration.append(raw.copy())
+        if len(self._calibration) >= self._calibration_frames:
+            offset = np.mean(self._calibration, axis=0)
+            self.neutral_offset = np.clip(offset, 0.0, 0.95)
+            self._calibration = None
+            strongest = np.argsort(offset)[::-1][:3]
+            log.info(
+                "solver: neutral calibrated on %d frames (largest rest offsets: %s)", self._calibration_frames,
+                ", ".join(f"{ICT_EXPRESSIONS[k]} {offset[k]:.2f}" for k in strongest),
+            )  # fmt: skip
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """(53,) raw weights → (53,) with the rest offset removed: (w − o)/(1 − o), clamped to [0, 1]. o is the
+        profile's (or live calibration's) offset, raised where the online rest offset is larger."""
+        offset = self.neutral_offset if self.rest is None else np.maximum(self.neutral_offset, self.rest.offset)
+        return np.minimum(np.maximum((raw - offset) / (1.0 - offset), 0.0), 1.0)
+
+    def status(self) -> dict[str, object]:
+        """The performer estimate's state (for the `stats` topic and `eval`): converged, camera in use."""
+        base: dict[str, object] = {"performer": self.performer.name, "fov_y_deg": round(self.fitter.fov_y_deg, 1)}
+        if self.estimator is not None:
+            base.update(self.estimator.status())
+        return base
+
+    def _fit(self, observed: np.ndarray, has_iris: bool, image_size: tuple[int, int], t_ns: int) -> FrameFit:
+        """This frame's fit; while a new performer estimate fades in, the weights blend from the old fitter's."""
+        if self.estimator is not None:
+            estimate = self.estimator.poll()
+            if estimate is not None:
+                self._blend_from, self.fitter = self.fitter, estimate.fitter
+                self._blend_progress = 0.0 if self.performer_config.blend_s > 0 and self.last_fit is not None else 1.0
+        previous = None if self._warm is None else self.last_fit
+        fit = self.fitter.fit(observed, self._warm, has_iris, image_size, previous)
+        if self._blend_progress < 1.0 and self._blend_from is not None:
+            dt = 0.0 if self._last_clock_ns is None else max(0.0, (t_ns - self._last_clock_ns) * 1e-9)
+            self._blend_progress = min(1.0, self._blend_progress + dt / self.performer_config.blend_s)
+            old = self._blend_from.fit(observed, self._warm, has_iris, image_size, previous)
+            a = self._blend_progress
+            fit = FrameFit(a * fit.weights + (1.0 - a) * old.weights, fit.rotation, fit.translation_px,
+                           fit.scale_px_per_cm, fit.observed_model, fit.residual_cm)  # fmt: skip
+            if a >= 1.0:
+                self._blend_from = None
+        self._last_clock_ns = t_ns
+        return fit
+
+    def solve(self, landmarks: Landmarks | None, t_capture_ns: int, frame_index: int) -> FaceState:
+        """One frame → FaceState. `landmarks` None or unusable → coasting / lost."""
+        obs = valid_observation(landmarks, self._compiled_checks)
+        if obs is None:
+            return self._no_face(t_capture_ns, frame_index)
+        observed, has_iris = obs
+        assert landmarks is not None
+        image_size = (int(landmarks.image_size[0]), int(landmarks.image_size[1]))
+        try:
+            fit = self._fit(observed, has_iris, image_size, t_capture_ns)
+        except (np.linalg.LinAlgError, ZeroDivisionError):  # degenerate geometry (e.g. collapsed eye corners)
+            return self._no_face(t_capture_ns, frame_index)
+        if not (np.isfinite(fit.weights).all() and np.isfinite(fit.rotation).all() and fit.scale_px_per_cm > 0):
+            return self._no_face(t_capture_ns, frame_index)
+        self.last_fit = fit
+        self._warm = fit.weights
+        if self._calibration is not None:
+            self._collect_calibration(fit.weights)
+        if self.estimator is not None:
+            self.estimator.observe((observed, has_iris, image_size), fit.weights, fit.rotation, fit.residual_cm,
+                                   t_capture_ns)  # fmt: skip
+        if self.rest is not None:
+            self.rest.update(fit.weights, t_capture_ns)
+        cfg = self.config
+        pose = head_pose_from_fit(
+            fit.rotation, fit.translation_px, fit.scale_px_per_cm, landmarks.image_size, self.fitter.fov_y_deg
+        )
+        weights = self.calibrate(fit.weights)
+        if self._lost:
+            self._reset_filters()  # a face after a loss starts fresh instead of sliding from stale values
+            self._lost = False
+        if cfg.filter_enabled:
+            quat = continuous_quaternion(pose.quaternion, self._last_quat)
+            state = self._filter(np.concatenate([weights, quat, pose.translation, [pose.scale]]), t_capture_ns)
+            weights = np.minimum(np.maximum(state[:N_EXPRESSIONS], 0.0), 1.0)
+            quat = state[N_EXPRESSIONS : N_EXPRESSIONS + 4]
+            quat = quat / math.sqrt(float(quat @ quat))  # = np.linalg.norm (√(q·q)) without its wrapper
+            self._last_quat = quat
+            pose = HeadPose(quat, state[N_EXPRESSIONS + 4 : N_EXPRESSIONS + 7], float(state[-1]))
+        confidence = _presence(landmarks) * float(np.exp(-((fit.residual_cm / _RESIDUAL_SCALE_CM) ** 2)))
+        state = FaceState(
+            pose, weights, TrackingState.TRACKING, confidence, t_capture_ns, frame_index, landmarks.face_index
+        )
+        self._last = state
+        self._last_seen_ns = t_capture_ns
+        return state
+
+    @property
+    def _estimated(self) -> bool:
+        """Whether the online estimate holds anything to forget."""
+        assert self.estimator is not None
+        return self.estimator.current is not None or self.estimator.status()["keyframes"] > 0
+
+    def _reset_filters(self) -> None:
+        self._filter.reset()
+        self._last_quat = None
+
+    def _no_face(self, t_ns: int, frame_index: int) -> FaceState:
+        last = self._last
+        if last is None or self._last_seen_ns is None:
+            return FaceState.neutral(t_ns, frame_index, TrackingState.LOST)
+        elapsed = max(0.0, (t_ns - self._last_seen_ns) * 1e-9)
+        coast = self.config.coast_seconds
+        if elapsed <= coast:
+            fade = 1.0 - elapsed / coast if coast > 0 else 0.0
+            return FaceState(
+                last.pose, last.weights, TrackingState.COASTING, last.confidence * fade, t_ns, frame_index,
+                last.face_index,
+            )  # fmt: skip
+        if elapsed >= self.performer_config.new_person_lost_s and self.estimator is not None and self._estimated:
+            # Whoever comes back may be someone else: start from the mean face again.
+            self.estimator.reset(f"no face for {elapsed:.1f} s")
+            if self.rest is not None:
+                self.rest.reset()
+            self.fitter, self._blend_from, self._blend_progress = self._initial_fitter, None, 1.0
+        ease = self.config.ease_seconds
+        progress = min(1.0, (elapsed - coast) / ease) if ease > 0 else 1.0
+        keep = 1.0 - progress * progress * (3.0 - 2.0 * progress)  # smoothstep: no velocity jump at either end
+        last_quat = last.pose.quaternion if last.pose.quaternion[0] >= 0 else -last.pose.quaternion
+        quat = last_quat * keep + np.array([1.0, 0.0, 0.0, 0.0]) * (1.0 - keep)
+        pose = HeadPose(quat / np.linalg.norm(quat), last.pose.translation, last.pose.scale)
+        self._warm = None
+        self._lost = True
+        return FaceState(pose, last.weights * keep, TrackingState.LOST, 0.0, t_ns, frame_index, last.face_index)

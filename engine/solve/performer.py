@@ -1,0 +1,320 @@
+"""The performer: who is tracked, apart from the avatar that is rendered.
+
+A `Performer` is what the solver needs to know about the person in front of the camera: the shape of their
+face (ICT identity coefficients), how their relaxed face reads (`neutral_offset`), and the camera's vertical
+field of view when it is known. It comes from three places:
+
+- `Performer.auto()` (the default, `--performer auto`): nothing known; `PerformerEstimator` estimates it
+  online while tracking, no calibration step;
+- `Performer.from_identity(bundle)` (`--performer NAME`): a profile `enroll` saved;
+- `Performer.told(w_id, fov)`: the truth, for evaluation on synthetic faces.
+
+Online estimation (after Cao et al. 2014 and Bouaziz et al. 2013, without a depth camera):
+
+    every tracked frame ─▶ keyframe bins by head yaw × pitch (the most neutral-looking frame of each kept)
+    after `first_estimate_s`, then at doubling intervals ─▶ background thread:
+        for each candidate field of view: identity fit on the keyframes (Gaussian prior, frames weighted by
+        how neutral they look) ─▶ the residual + the FOV prior picks the camera (parabola between the best
+        candidates) ─▶ a new `FrameFitter` for that identity and camera
+    solve thread ─▶ `poll()` takes the finished estimate; `FaceSolver` fades it in over `blend_s`
+
+Nothing of the estimate runs on the per-frame path but the keyframe bookkeeping (a few µs). A new person —
+the face lost for `new_person_lost_s`, or a sustained jump in the fit residual — restarts it.
+
+The rest offset (`RestOffset`) handles what the identity fit cannot tell apart from expression on a real
+face: a jaw that hangs a little, pressed or rolled lips, brows that sit low or high. For those channels
+only, a slow low percentile of the raw weights (the level the face keeps returning to) is removed like a
+calibration, capped, and approached with a time constant of seconds, so a held smile (not in the set) or a
+short expression is never calibrated away.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.config import PerformerConfig, SolveConfig
+from engine.face_model import FaceModel, LandmarkEmbedding
+from engine.identity import Identity
+from engine.names import ICT_EXPRESSIONS
+from engine.solve.identity_fit import Observation, fit_identity_observed
+
+log = logging.getLogger(__name__)
+
+N = len(ICT_EXPRESSIONS)
+_CH = {name: i for i, name in enumerate(ICT_EXPRESSIONS)}
+# Channels that a face's shape and its expression explain alike (the rest offset's set).
+REST_CHANNELS = np.array([_CH[n] for n in (
+    "jawOpen", "jawForward", "mouthClose", "mouthPress_L", "mouthPress_R", "mouthRollLower", "mouthRollUpper",
+    "mouthShrugLower", "mouthShrugUpper", "browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R",
+    "browOuterUp_L", "browOuterUp_R",
+)])  # fmt: skip
+# Eye channels move on every face all the time (blinks, gaze): they say nothing of how neutral a frame is.
+_NOT_EYES = np.array([i for i, n in enumerate(ICT_EXPRESSIONS) if not n.startswith("eye")])
+# Head-pose bins for keyframes (degrees): spreading frames over poses separates shape from camera.
+_YAW_EDGES = np.array([-22.0, -9.0, 9.0, 22.0])
+_PITCH_EDGES = np.array([-8.0, 8.0])
+# A neutral-looking frame: weight exp(−expression / _NEUTRAL_SCALE), expression = Σ non-eye raw weights.
+_NEUTRAL_SCALE = 0.8
+
+
+@dataclass(frozen=True)
+class Performer:
+    """Who is tracked. identity_weights: (n_id,) or None (the model's mean face); neutral_offset: (53,) raw
+    weights the relaxed face reads as; fov_y_deg: the camera, when known; online: estimate while tracking."""
+
+    name: str
+    identity_weights: np.ndarray | None
+    neutral_offset: np.ndarray
+    fov_y_deg: float | None = None
+    online: bool = False
+
+    @staticmethod
+    def auto() -> Performer:
+        """Unknown: the mean face until the online estimate has converged."""
+        return Performer("auto", None, np.zeros(N, np.float32), None, online=True)
+
+    @staticmethod
+    def told(identity_weights: np.ndarray, fov_y_deg: float | None = None, name: str = "told") -> Performer:
+        """Known exactly (synthetic evaluation): nothing is estimated."""
+        return Performer(name, np.asarray(identity_weights, np.float32), np.zeros(N, np.float32), fov_y_deg)
+
+    @staticmethod
+    def from_identity(identity: Identity) -> Performer:
+        """An enrolled profile: the bundle's identity and neutral calibration, the camera as configured."""
+        return Performer(identity.name, identity.identity_weights, np.asarray(identity.neutral_offset, np.float32))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One finished online estimate: identity (n_id,), the camera, the keyframes' mean residual (cm), how
+    many keyframes, and the new fitter built for it (a `FrameFitter`, made off the solve thread)."""
+
+    identity_weights: np.ndarray
+    fov_y_deg: float
+    residual_cm: float
+    keyframes: int
+    fitter: Any
+    seconds: float
+
+
+class RestOffset:
+    """The slow, capped rest offset of `REST_CHANNELS` (see the module docstring). `update` per tracked frame
+    with the raw weights and the frame's clock; `offset` (53,) is zero outside the set."""
+
+    def __init__(self, cap: float, time_constant_s: float, window_s: float = 10.0, sample_hz: float = 5.0) -> None:
+        self.cap, self.time_constant_s = cap, time_constant_s
+        self._period_ns = int(1e9 / sample_hz)
+        self._history = np.zeros((int(window_s * sample_hz), len(REST_CHANNELS)))
+        self._count = 0
+        self._last_sample_ns: int | None = None
+        self._last_update_ns: int | None = None
+        self.offset = np.zeros(N)
+
+    def reset(self) -> None:
+        self._count = 0
+        self._last_sample_ns = self._last_update_ns = None
+        self.offset = np.zeros(N)
+
+    def update(self, raw: np.ndarray, t_ns: int) -> None:
+        if self._last_sample_ns is None or t_ns - self._last_sample_ns >= self._period_ns:
+            self._history[self._count % len(self._history)] = raw[REST_CHANNELS]
+            self._count += 1
+            self._last_sample_ns = t_ns
+        if self._last_update_ns is not None and self._count >= 3:
+            dt = max(0.0, (t_ns - self._last_update_ns) * 1e-9)
+            samples = self._history[: min(self._count, len(self._history))]
+            # The level the face keeps returning to: a low percentile of the last seconds.
+            target = np.minimum(np.percentile(samples, 20, axis=0), self.cap)
+            step = 1.0 - math.exp(-dt / self.time_constant_s)
+            current = self.offset[REST_CHANNELS]
+            self.offset[REST_CHANNELS] = current + step * (target - current)
+        self._last_update_ns = t_ns
+
+
+class PerformerEstimator:
+    """Online identity and camera estimate for one face track (module docstring). Not thread-safe: call
+    `observe`, `poll` and `reset` from the solve thread; the fitting runs on a thread of its own."""
+
+    def __init__(
+        self,
+        model: FaceModel,
+        embedding: LandmarkEmbedding,
+        solve_config: SolveConfig,
+        config: PerformerConfig,
+        fov_y_deg: float | None,
+        make_fitter: Any,
+        background: bool = True,
+    ) -> None:
+        self.model, self.embedding = model, embedding
+        # False fits on the caller's thread, in `observe` (offline use: training data, deterministic tests).
+        self.background = background
+        self.solve_config, self.config = solve_config, config
+        # The camera when it is known (config or source) or not estimated: then the prior's centre; else estimated.
+        self.fixed_fov = fov_y_deg if fov_y_deg is not None or config.estimate_camera else config.fov_prior_deg
+        self._make_fitter = make_fitter  # (identity_weights, fov_y_deg) → FrameFitter
+        self._bins: dict[tuple[int, int], list[tuple[float, Observation]]] = {}
+        self._tracked_s = 0.0
+        self._last_t_ns: int | None = None
+        self._next_estimate_s = config.first_estimate_s
+        self._thread: threading.Thread | None = None
+        self._result: Estimate | None = None
+        self._generation = 0
+        self.current: Estimate | None = None
+        self.estimates = 0
+        self._residuals: list[float] = []
+
+    @property
+    def fov_y_deg(self) -> float:
+        """The camera in use: the known one, the latest estimate, or the prior."""
+        if self.fixed_fov is not None:
+            return self.fixed_fov
+        return self.current.fov_y_deg if self.current is not None else self.config.fov_prior_deg
+
+    @property
+    def converged(self) -> bool:
+        """True once an estimate from a full set of keyframes is in use."""
+        return self.current is not None and self.current.keyframes >= self.config.keyframes
+
+    def reset(self, reason: str) -> None:
+        """A new person: forget the keyframes and the estimate (a running fit's result is discarded)."""
+        log.info("performer: restarting the estimate (%s)", reason)
+        self._bins.clear()
+        self._tracked_s = 0.0
+        self._last_t_ns = None
+        self._next_estimate_s = self.config.first_estimate_s
+        self._generation += 1
+        self._result = None
+        self.current = None
+        self._residuals.clear()
+
+    def observe(self, observation: Observation, raw_weights: np.ndarray, rotation: np.ndarray, residual_cm: float,
+                t_ns: int) -> None:  # fmt: skip
+        """One tracked frame: keep it if it is the most neutral of its pose bin; start a fit when due."""
+        if self._last_t_ns is not None:
+            self._tracked_s += min(max(0.0, (t_ns - self._last_t_ns) * 1e-9), 0.2)
+        self._last_t_ns = t_ns
+        self._watch_residual(residual_cm)
+        yaw = math.degrees(math.atan2(rotation[0, 2], rotation[2, 2]))
+        pitch = math.degrees(math.asin(max(-1.0, min(1.0, -rotation[1, 2]))))
+        key = (int(np.searchsorted(_YAW_EDGES, yaw)), int(np.searchsorted(_PITCH_EDGES, pitch)))
+        expression = float(np.abs(raw_weights[_NOT_EYES]).sum())
+        entries = self._bins.setdefault(key, [])
+        per_bin = max(1, math.ceil(self.config.keyframes / 4))
+        if len(entries) < per_bin or expression < entries[-1][0]:
+            entries.append((expression, observation))
+            entries.sort(key=lambda e: e[0])
+            del entries[per_bin:]
+        if self._tracked_s >= self._next_estimate_s and self._thread is None:
+            self._start_fit()
+
+    def poll(self) -> Estimate | None:
+        """The estimate finished since the last call, if any (then it is `current`)."""
+        if self._thread is not None and not self._thread.is_alive():
+            self._thread = None
+        result, self._result = self._result, None
+        if result is not None:
+            self.current = result
+            self.estimates += 1
+            log.info(
+                "performer: estimate %d from %d keyframes in %.2f s: camera %.1f°, residual %.3f cm",
+                self.estimates, result.keyframes, result.seconds, result.fov_y_deg, result.residual_cm,
+            )  # fmt: skip
+        return result
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "converged": self.converged,
+            "fov_y_deg": round(self.fov_y_deg, 1),
+            "fov_estimated": self.fixed_fov is None,
+            "keyframes": sum(len(v) for v in self._bins.values()),
+            "estimates": self.estimates,
+        }
+
+    def _watch_residual(self, residual_cm: float) -> None:
+        """A sustained jump in the fit residual (another face took this track) restarts the estimate."""
+        self._residuals.append(residual_cm)
+        if len(self._residuals) > 90:
+            del self._residuals[:30]
+        if self.current is None or len(self._residuals) < 30:
+            return
+        recent = float(np.median(self._residuals[-15:]))
+        if recent > max(2.5 * self.current.residual_cm, self.current.residual_cm + 0.25):
+            self.reset(f"fit residual {recent:.2f} cm against {self.current.residual_cm:.2f} cm: another face")
+
+    def _keyframes(self) -> tuple[list[Observation], np.ndarray]:
+        entries = sorted((e for v in self._bins.values() for e in v), key=lambda e: e[0])[: self.config.keyframes]
+        weights = np.exp(-np.array([e[0] for e in entries]) / _NEUTRAL_SCALE)
+        return [e[1] for e in entries], weights / weights.max()
+
+    def _start_fit(self) -> None:
+        observations, weights = self._keyframes()
+        if len(observations) < 3:
+            self._next_estimate_s = self._tracked_s + 0.3
+            return
+        # Refine at doubling intervals: often while the keyframes still change, rarely once they settle.
+        self._next_estimate_s = max(self._next_estimate_s * 2.0, self._tracked_s + 0.5)
+        generation = self._generation
+        initial = None if self.current is None else self.current.identity_weights
+        if not self.background:
+            self._fit(observations, weights, initial, generation)
+            return
+        thread = threading.Thread(
+            target=self._fit, args=(observations, weights, initial, generation), name="performer", daemon=True
+        )
+        self._thread = thread
+        thread.start()
+
+    def _fit(self, observations: list[Observation], weights: np.ndarray, initial: np.ndarray | None,
+             generation: int) -> None:  # fmt: skip
+        start = time.perf_counter()
+        try:
+            identity, fov, residual = self.fit(observations, weights, initial)
+            fitter = self._make_fitter(identity, fov)
+        except (np.linalg.LinAlgError, ValueError, ZeroDivisionError) as exc:  # degenerate keyframes: try later
+            log.debug("performer: estimate failed (%s)", exc)
+            return
+        if generation == self._generation:
+            self._result = Estimate(identity, fov, residual, len(observations), fitter, time.perf_counter() - start)
+
+    def fit(
+        self, observations: list[Observation], weights: np.ndarray, initial: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float, float]:
+        """Identity and camera for these keyframes: (identity_weights, fov_y_deg, residual_cm).
+
+        With the camera known, one identity fit. Else one per candidate field of view over the bounds; each
+        is scored by its weighted residual (as a Gaussian likelihood at the residual's own scale) plus the FOV
+        prior, and a parabola through the best candidate and its neighbours refines the choice."""
+        cfg = self.config
+
+        def fit_at(fov: float) -> Any:
+            return fit_identity_observed(
+                self.model, self.embedding, observations, weights, fov, cfg.identity_modes, cfg.identity_prior,
+                iterations=2, config=self.solve_config, initial=initial,
+            )  # fmt: skip
+
+        if self.fixed_fov is not None:
+            result = fit_at(self.fixed_fov)
+            return result.identity_weights, self.fixed_fov, result.residual_cm
+        candidates = np.linspace(cfg.fov_min_deg, cfg.fov_max_deg, 6)
+        fits = [fit_at(float(fov)) for fov in candidates]
+        residuals = np.array([f.residual_cm for f in fits])
+        # Residuals are ~Gaussian per landmark coordinate: n·log(residual²) is the likelihood's part that moves.
+        count = float(weights.sum()) * 468
+        cost = count * np.log(residuals**2) + ((candidates - cfg.fov_prior_deg) / cfg.fov_prior_std_deg) ** 2
+        best = int(np.argmin(cost))
+        fov = float(candidates[best])
+        if 0 < best < len(candidates) - 1:
+            c0, c1, c2 = cost[best - 1 : best + 2]
+            curvature = c0 - 2 * c1 + c2
+            if curvature > 0:
+                step = candidates[1] - candidates[0]
+                fov = float(candidates[best] + 0.5 * step * (c0 - c2) / curvature)
+        final = fit_at(fov)
+        return final.identity_weights, fov, final.residual_cm

@@ -1,0 +1,70 @@
+"""Render and track training clips of random synthetic performers → out/face_clips/clip_NNNNN.npz.
+
+Each clip is one random ICT identity (Gaussian coefficients), skin tone, light, wall and camera (vertical
+FOV 35–70°, head framed like a webcam) performing `performance("random", …)` (key expressions, mixes,
+single channels, winks, one-sided smiles, speech, neutral a third of the time, blinks, head turns to ±35°),
+degraded like a webcam (noise, blur, JPEG) and tracked by real MediaPipe in tracking mode. Seeds are the
+clip numbers, all below `EVAL_SEED_BASE`, so `scapecast eval`'s identities are never among them.
+
+Resumable: existing clips are kept (each is written to a temporary name and renamed), so a stopped run
+continues where it stopped. Only the trained model is committed, never these clips.
+
+Usage: python tools/make_face_clips.py [--clips 600] [--seconds 3] [--start 0] [--out out/face_clips]
+Each file holds: pixels (T, 478, 3) float32 MediaPipe landmarks in pixels (NaN where no face), image_size
+(2,), weights (T, 53) true ICT weights, euler_deg (T, 3), offset_cm (T, 2), identity_weights (n_id,),
+fov_y_deg, distance_cm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from engine.config import load_config  # noqa: E402
+from engine.eval_synthetic import EVAL_SEED_BASE, ClipRenderer, SyntheticFace, performance, track_clip  # noqa: E402
+from engine.face_model import FaceModel  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clips", type=int, default=600)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "face_clips")
+    args = parser.parse_args()
+    if args.start + args.clips > EVAL_SEED_BASE:
+        parser.error(f"clip seeds must stay below {EVAL_SEED_BASE} (the evaluation identities)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    config = load_config()
+    model = FaceModel.load()
+    renderer = ClipRenderer(model, config.render)
+    todo = [c for c in range(args.start, args.start + args.clips) if not (args.out / f"clip_{c:05d}.npz").is_file()]
+    for clip in tqdm(todo, desc="render + track clips", unit="clip", initial=args.clips - len(todo), total=args.clips):
+        # Webcam-like frame sizes (MediaPipe sees faces of 150–300 px, as from a webcam; smaller renders are cheaper).
+        size = [(384, 384), (448, 336), (512, 384), (400, 400)][clip % 4]
+        face = SyntheticFace.draw(model, clip, size=size)
+        perf = performance("random", args.seconds, seed=clip, max_yaw_deg=35.0)
+        frames, found = track_clip(renderer.frames(face, perf, quality_seed=clip), config)
+        pixels = np.full((len(found), 478, 3), np.nan, np.float32)
+        for i, landmarks in enumerate(found):
+            if landmarks is not None and landmarks.pixels.shape == (478, 3):
+                pixels[i] = landmarks.pixels
+        target = args.out / f"clip_{clip:05d}.npz"
+        partial = target.with_suffix(".partial.npz")
+        np.savez_compressed(
+            partial, pixels=pixels, image_size=np.array(face.size), weights=perf.weights, euler_deg=perf.euler_deg,
+            offset_cm=perf.offset_cm, identity_weights=face.identity_weights, fov_y_deg=face.fov_y_deg,
+            distance_cm=face.distance_cm,
+        )  # fmt: skip
+        partial.replace(target)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Train the solver's learned prior on many synthetic performers → models/solve_prior.npz.
+
+Reads the clips `tools/make_face_clips.py` rendered and tracked (random ICT identities, skin tones, lights,
+cameras at 35–70°, webcam degradations, MediaPipe in tracking mode) and fits the MLP of
+`engine/solve/prior.py` from the solver's prior features to the true weights. The features are computed as
+the solver computes them at run time for `--performer auto`: posed on the mean face's rigid landmarks with
+the camera the solver assumes (`performer.fov_prior_deg`, not the clip's true one), so the regressor learns
+to read any face through that same lens. Every tenth clip (by number) is held out; on those the tool
+reports the prior alone and the whole solver (filters, eyes, box) with and without it, per channel group,
+and picks the strength μ from `--strengths` by the held-out driven + all-channel error.
+
+Usage: python tools/train_solve_prior.py [--clips out/face_clips] [--epochs 60] [--strengths 30 100 300 1000]
+       [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from engine.config import load_config  # noqa: E402
+from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
+from engine.names import ICT_EXPRESSIONS  # noqa: E402
+from engine.solve.face_solver import FaceSolver  # noqa: E402
+from engine.solve.performer import Performer  # noqa: E402
+from engine.solve.prior import DEFAULT_PRIOR_PATH, fit_mlp_prior  # noqa: E402
+from engine.solve.solver import FrameFitter, valid_observation  # noqa: E402
+from engine.types import Landmarks  # noqa: E402
+
+GROUPS = {
+    "brows": [i for i, n in enumerate(ICT_EXPRESSIONS) if n.startswith("brow")],
+    "eyes": [i for i, n in enumerate(ICT_EXPRESSIONS) if n.startswith("eye")],
+    "jaw": [i for i, n in enumerate(ICT_EXPRESSIONS) if n.startswith("jaw")],
+    "mouth": [i for i, n in enumerate(ICT_EXPRESSIONS) if n.startswith(("mouth", "cheek", "nose"))],
+}
+
+
+def load_clip(path: Path) -> tuple[list[Landmarks | None], np.ndarray, tuple[int, int]]:
+    with np.load(path) as z:
+        pixels, weights = z["pixels"].astype(np.float64), z["weights"].astype(np.float64)
+        size = (int(z["image_size"][0]), int(z["image_size"][1]))
+    scale = np.array([size[0], size[1], size[0]])
+    found = [None if np.isnan(p).any() else Landmarks(p / scale, p, size, 1.0) for p in pixels]
+    return found, weights, size
+
+
+def group_errors(solved: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Driven (truth > 0.1) and all-entry mean abs error, and the driven error per channel group."""
+    error = np.abs(solved - truth)
+    driven = truth > 0.1
+    out = {"driven": float(error[driven].mean()), "all": float(error.mean())}
+    for name, ids in GROUPS.items():
+        mask = driven[:, ids]
+        out[name] = float(error[:, ids][mask].mean()) if mask.any() else float("nan")
+    return out
+
+
+def solve_clips(clips: list, model: FaceModel, embedding: LandmarkEmbedding, config, prior_path: Path | None,
+                strength: float | None) -> np.ndarray:  # fmt: skip
+    """Run the whole solver (auto performer, filters) over held-out clips; (frames, 53) solved weights."""
+    import engine.solve.solver as solver_module
+
+    solve = config.solve.model_copy(update={"learned_prior": prior_path is not None, "prior_strength": strength})
+    saved = solver_module.DEFAULT_PRIOR_PATH
+    if prior_path is not None:
+        solver_module.DEFAULT_PRIOR_PATH = prior_path
+    try:
+        rows = []
+        for found, _, _ in clips:
+            solver = FaceSolver(
+                model, embedding, Performer.auto(), solve, config.performer, estimate_in_background=False
+            )
+            rows += [solver.solve(lm, int(i * 1e9 / 30), i).weights for i, lm in enumerate(found)]
+    finally:
+        solver_module.DEFAULT_PRIOR_PATH = saved
+    return np.array(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=Path, default=ROOT / "out" / "face_clips")
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--components", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--driven-weight", type=float, default=3.0)
+    ap.add_argument("--strengths", type=float, nargs="+", default=[30.0, 100.0, 300.0, 1000.0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
+    args = ap.parse_args()
+    started = time.monotonic()
+    config = load_config()
+    model = FaceModel.load()
+    embedding = LandmarkEmbedding.load()
+    paths = sorted(args.clips.glob("clip_*.npz"))
+    if not paths:
+        sys.exit(f"no clips in {args.clips}: run tools/make_face_clips.py first")
+    held_out = [int(p.stem.split("_")[1]) % 10 == 0 for p in paths]
+    plain = config.solve.model_copy(update={"learned_prior": False})
+    fitter = FrameFitter(model, embedding, None, plain, camera_fov_y_deg=config.performer.fov_prior_deg)
+    features: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    test_rows: list[bool] = []
+    test_clips = []
+    for path, test in zip(tqdm(paths, desc="features", unit="clip"), held_out, strict=True):
+        found, weights, size = load_clip(path)
+        camera = fitter._camera(size)
+        for landmarks, truth in zip(found, weights, strict=True):
+            obs = valid_observation(landmarks)
+            if obs is None:
+                continue
+            features.append(fitter.prior_features(obs[0], camera))
+            targets.append(truth)
+            test_rows.append(test)
+        if test:
+            test_clips.append((found, weights, size))
+    x, y, is_test = np.array(features), np.array(targets), np.array(test_rows)
+    print(f"{len(paths)} clips, {len(x)} tracked frames ({is_test.sum()} held out, {sum(held_out)} clips)")
+    prior = fit_mlp_prior(
+        x[~is_test], y[~is_test], seed=args.seed, components=args.components, hidden=args.hidden,
+        epochs=args.epochs, driven_weight=args.driven_weight, batch=256,
+    )  # fmt: skip
+    alone, trust = prior.predict_with_trust(x[is_test])
+    print("prior alone, held out:", {k: round(v, 4) for k, v in group_errors(np.clip(alone, 0, 1), y[is_test]).items()},
+          f"trust mean {trust.mean():.3f}")  # fmt: skip
+
+    truth = np.concatenate([w for _, w, _ in test_clips])
+    plain_solved = solve_clips(test_clips, model, embedding, config, None, None)
+    print("solver without prior:", {k: round(v, 4) for k, v in group_errors(plain_solved, truth).items()})
+    candidate = ROOT / "out" / "solve_prior_candidate.npz"
+    best = None
+    for strength in args.strengths:
+        prior.with_strength(strength).save(candidate)
+        solved = solve_clips(test_clips, model, embedding, config, candidate, None)
+        errors = group_errors(solved, truth)
+        print(f"solver with prior μ={strength:g}:", {k: round(v, 4) for k, v in errors.items()})
+        score = errors["driven"] + errors["all"]
+        if best is None or score < best[0]:
+            best = (score, strength)
+    assert best is not None
+    print(f"chosen μ = {best[1]:g} ({time.monotonic() - started:.0f} s)")
+    if not args.dry_run:
+        prior.with_strength(best[1]).save(
+            DEFAULT_PRIOR_PATH,
+            trained_on=np.str_(f"{len(paths)} synthetic performer clips (tools/make_face_clips.py)"),
+            camera_fov_y_deg=np.float32(config.performer.fov_prior_deg),
+        )  # fmt: skip
+        print(f"wrote {DEFAULT_PRIOR_PATH}")
+
+
+if __name__ == "__main__":
+    main()
