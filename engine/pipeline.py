@@ -219,6 +219,7 @@ class Pipeline:
         # process): capture reads the first frame only then, so start-up costs no frames and no latency.
         self._stage_ready = {name: threading.Event() for name in ("track", "solve", "render")}
         self._live = False
+        self._solvers: list[Solver] = []
         self._lock = threading.Lock()
         self.t_start_ns = 0
         self.t_end_ns = 0
@@ -350,7 +351,7 @@ class Pipeline:
         while not self._ready.wait(0.05):  # the solver is made for the open source (its camera, say)
             if self._stop.is_set():
                 return
-        solvers = [self.parts.solver() for _ in range(self.parts.max_faces)]
+        solvers = self._solvers = [self.parts.solver() for _ in range(self.parts.max_faces)]
         seen = [False] * len(solvers)  # a face slot publishes once a face has filled it
         publisher = self._publisher = self.parts.publisher() if self.parts.publisher else None
         self._stage_ready["solve"].set()
@@ -488,6 +489,8 @@ class Pipeline:
             "stages_ms": stage_ms,
             "dropped": {"capture": self._frames.dropped, "solved": self._solved.dropped},
             "tracking": self.tracking_state.value,
+            # Each face's performer estimate (converged, camera in use), where the solver reports one.
+            "performers": [status() for solver in self._solvers if (status := getattr(solver, "status", None))],
         }
 
 

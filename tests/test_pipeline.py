@@ -330,3 +330,17 @@ def test_preview_window_keys_calibrate_and_close_stops() -> None:
     assert len(solvers[0].requests) == 1
     frame, frames = solvers[0].requests[0]
     assert frames == 7 and frame > 3  # requested after frame 3 was rendered, applied to a later frame
+
+
+def test_stats_carry_each_face_performer_estimate() -> None:
+    class EstimatingSolver(EchoSolver):
+        def status(self) -> dict:
+            return {"performer": "auto", "converged": True, "fov_y_deg": 47.5}
+
+    parts = PipelineParts(lambda: CountingSource(4, live=False), SlowTracker, EstimatingSolver, max_faces=2)
+    pipeline = Pipeline(parts)
+    pipeline.run()
+    assert pipeline.stats()["performers"] == [{"performer": "auto", "converged": True, "fov_y_deg": 47.5}] * 2
+    plain = Pipeline(PipelineParts(lambda: CountingSource(2, live=False), SlowTracker, EchoSolver))
+    plain.run()
+    assert plain.stats()["performers"] == []

@@ -126,6 +126,10 @@ def test_source_specs() -> None:
         (["run", "--source", "webcam:97", "--no-window"], "no webcam at index 97"),
         (["run", "--set", "render.widht=3"], "unknown key 'render.widht'"),
         (["enroll", "--image", "/no/such/photo.jpg"], "image not found"),
+        (["run", "--source", "demo", "--performer", "nobody", "--no-render"], "no performer profile named 'nobody'"),
+        (["run", "--source", "demo", "--avatar", "nobody", "--no-render"], "no identity named 'nobody'"),
+        (["eval", "--videos", "/no/such/folder"], "no video folder /no/such/folder"),
+        (["eval", "--no-real", "--out", "/no/such/dir/r.json"], "cannot write /no/such/dir/r.json"),
     ],
 )
 def test_cli_errors_are_one_line_without_traceback(args: list[str], message: str) -> None:

@@ -296,7 +296,7 @@ class PerformerEstimator:
         def fit_at(fov: float) -> Any:
             return fit_identity_observed(
                 self.model, self.embedding, observations, weights, fov, cfg.identity_modes, cfg.identity_prior,
-                iterations=2, config=self.solve_config, initial=initial,
+                iterations=3, config=self.solve_config, initial=initial,
             )  # fmt: skip
 
         if self.fixed_fov is not None:

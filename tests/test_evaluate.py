@@ -1,0 +1,107 @@
+"""`scapecast eval`'s metrics on small made-up tracks (the full evaluation is a benchmark, not a test)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.errors import UserError
+from engine.eval_synthetic import clip_errors
+from engine.evaluate import CHANNEL, REST_CHANNELS, Track, agreement, load_reference, markdown, rest_frames
+from engine.names import ARKIT_BLENDSHAPES
+
+
+def _track(n: int, values: dict[str, np.ndarray], face: np.ndarray | None = None) -> Track:
+    weights = np.zeros((n, len(ARKIT_BLENDSHAPES)))
+    for name, series in values.items():
+        weights[:, CHANNEL[name]] = series
+    return Track(weights, np.ones(n, bool) if face is None else face)
+
+
+def test_agreement_counts_moving_channels_only() -> None:
+    t = np.linspace(0, 4 * np.pi, 200)
+    jaw = 0.4 + 0.3 * np.sin(t)
+    reference = _track(200, {"jawOpen": jaw, "mouthSmileLeft": 0.05 + 0.01 * np.sin(t)})  # smile: std < 0.08
+    ours = _track(200, {"jawOpen": 0.5 * jaw + 0.1, "mouthSmileLeft": 0.9 * np.ones(200)})
+    result = agreement(ours, reference)
+    assert set(result["channels"]) == {"jawOpen"}
+    assert result["channels"]["jawOpen"]["r"] == pytest.approx(1.0)
+    expected_mae = float(np.abs(0.5 * jaw + 0.1 - jaw).mean())
+    assert result["mae"] == pytest.approx(expected_mae, abs=1e-4) and result["mean_r"] == pytest.approx(1.0)
+
+
+def test_agreement_constant_output_scores_zero_and_faceless_frames_are_left_out() -> None:
+    t = np.linspace(0, 6, 100)
+    reference = _track(100, {"eyeBlinkLeft": (np.sin(t) > 0.5).astype(float)})
+    face = np.ones(100, bool)
+    face[:10] = False
+    ours = _track(100, {"eyeBlinkLeft": np.full(100, 0.2)}, face)
+    result = agreement(ours, reference)
+    assert result["frames"] == 90
+    assert result["channels"]["eyeBlinkLeft"]["r"] == 0.0  # a constant cannot follow the face
+    # An anti-correlated channel is negative, not dropped.
+    ours = _track(100, {"eyeBlinkLeft": 1.0 - reference.weights[:, CHANNEL["eyeBlinkLeft"]]})
+    assert agreement(ours, reference)["mean_r"] == pytest.approx(-1.0)
+
+
+def test_rest_frames_percentiles_and_false_expression_share() -> None:
+    n = 100
+    jaw_ref = np.where(np.arange(n) < 60, 0.02, 0.6)  # 60 rest frames, then an open mouth
+    reference = _track(n, {"jawOpen": jaw_ref})
+    ours_jaw = np.where(np.arange(n) < 60, 0.05, 0.7)
+    ours_jaw[:6] = 0.5  # 6 of the 60 rest frames read a false jaw
+    ours = _track(n, {"jawOpen": ours_jaw})
+    result = rest_frames(ours, reference)
+    assert result["frames"] == 60
+    assert result["share_above"] == pytest.approx(0.1)
+    assert result["p95"]["jawOpen"] == pytest.approx(np.percentile(ours_jaw[:60], 95))
+    assert set(result["p95"]) == {ARKIT_BLENDSHAPES[j] for j in REST_CHANNELS}
+    assert "eyeBlinkLeft" not in result["p95"] and "tongueOut" not in result["p95"]
+    # No rest frame at all: reported as such, not as zeros.
+    assert rest_frames(ours, _track(n, {"jawOpen": np.full(n, 0.5)}))["share_above"] is None
+
+
+def test_reference_tracks_load_and_bad_lines_are_named(tmp_path) -> None:
+    good = tmp_path / "v.jsonl"
+    good.write_text(
+        json.dumps({"frame": 0, "face": True, "blendshapes": {"jawOpen": 0.3, "_neutral": 0.1}}) + "\n"
+        + json.dumps({"frame": 1, "face": False, "blendshapes": {}}) + "\n"
+    )  # fmt: skip
+    track = load_reference(good)
+    assert len(track) == 2 and track.face.tolist() == [True, False]
+    assert track.weights[0, CHANNEL["jawOpen"]] == 0.3 and np.isnan(track.weights[0, CHANNEL["mouthClose"]])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"frame": 0, "face": True, "blendshapes": {}}) + "\n{not json\n")
+    with pytest.raises(UserError, match="line 2"):
+        load_reference(bad)
+    skipped = tmp_path / "skip.jsonl"
+    skipped.write_text(json.dumps({"frame": 3, "face": True, "blendshapes": {}}) + "\n")
+    with pytest.raises(UserError, match="frame 3, expected 0"):
+        load_reference(skipped)
+
+
+def test_synthetic_clip_errors_by_window_after_the_face_appears() -> None:
+    truth = np.zeros((300, 53))
+    truth[:, 26] = 0.5  # one driven channel throughout
+    solved = truth.copy()
+    solved[:15, 26] = 0.0  # wrong for the first half second
+    solved[:, 0] = 0.1  # a small false reading everywhere
+    valid = np.ones(300, bool)
+    errors = clip_errors(truth, solved, valid)
+    assert errors["0-0.5s"]["driven"] == pytest.approx(0.5) and errors["0.5-1s"]["driven"] == pytest.approx(0.0)
+    assert errors["3-10s"]["all"] == pytest.approx(0.1 / 53, abs=1e-4)  # rounded to 4 places
+    valid[:] = False
+    assert clip_errors(truth, solved, valid) == {}
+
+
+def test_markdown_report_shows_the_means() -> None:
+    per_video = {
+        "a": {"agreement": {"channels": {"jawOpen": {"r": 0.8}}, "mean_r": 0.8, "mae": 0.1},
+              "rest": {"frames": 0, "p95": {}, "share_above": None}, "frames": 10},
+    }  # fmt: skip
+    text = markdown({"real": {"videos": per_video, "mean_r": 0.8, "mae": 0.1, "rest_frames": 0,
+                              "rest_share_above": None, "rest_jaw_open_p95_max": None,
+                              "channel_mean_r": {"jawOpen": 0.8}}})  # fmt: skip
+    assert "| a | 10 | 1 | 0.8 | 0.1 |" in text and "**0.8**" in text and "jawOpen 0.8" in text

@@ -1,0 +1,128 @@
+"""The performer: rest offset, online identity and camera estimate (on exact pinhole landmarks, where the
+model can recover them), new-person restarts, and the solver's use of a profile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.config import PerformerConfig, SolveConfig
+from engine.face_model import FaceModel, LandmarkEmbedding
+from engine.names import ICT_EXPRESSIONS
+from engine.render.camera import euler_to_quaternion, quaternion_to_matrix
+from engine.solve.expression import EmbeddedFace
+from engine.solve.eyes import eyeball_centers
+from engine.solve.face_solver import FaceSolver
+from engine.solve.performer import REST_CHANNELS, Performer, PerformerEstimator, RestOffset
+from engine.solve.pose import umeyama
+from engine.solve.solver import FrameFitter, valid_observation
+from engine.solve.synthetic import synthetic_landmarks
+
+JAW, SMILE = ICT_EXPRESSIONS.index("jawOpen"), ICT_EXPRESSIONS.index("mouthSmile_L")
+SECOND = 1_000_000_000
+# Exact landmarks need neither the shipped response nor the learned prior (both model MediaPipe's habits).
+PLAIN = SolveConfig(landmark_response=False, learned_prior=False, compiled=False)
+
+
+@pytest.fixture(scope="module")
+def embedding() -> LandmarkEmbedding:
+    return LandmarkEmbedding.load()
+
+
+def test_rest_offset_learns_a_resting_jaw_slowly_and_leaves_other_channels() -> None:
+    rest = RestOffset(cap=0.5, time_constant_s=2.0)
+    raw = np.zeros(len(ICT_EXPRESSIONS))
+    raw[JAW], raw[SMILE] = 0.3, 0.8  # a jaw that hangs a little, a smile held throughout
+    rest.update(raw, 0)
+    for frame in range(1, 31):  # one second: only part of the way
+        rest.update(raw, frame * SECOND // 30)
+    assert 0.05 < rest.offset[JAW] < 0.3
+    for frame in range(31, 600):
+        rest.update(raw, frame * SECOND // 30)
+    assert rest.offset[JAW] == pytest.approx(0.3, abs=0.02)
+    assert rest.offset[SMILE] == 0.0 and SMILE not in REST_CHANNELS
+    # A short wide-open mouth does not move the level the face returns to.
+    before = rest.offset[JAW]
+    for frame in range(600, 615):
+        rest.update(np.where(np.arange(len(raw)) == JAW, 0.9, raw), frame * SECOND // 30)
+    assert rest.offset[JAW] == pytest.approx(before, abs=0.02)
+    raw[JAW] = 0.9  # held for long: capped
+    for frame in range(615, 1200):
+        rest.update(raw, frame * SECOND // 30)
+    assert 0.49 < rest.offset[JAW] <= 0.5
+    rest.reset()
+    assert not rest.offset.any()
+
+
+def _observations(face: EmbeddedFace, model: FaceModel, w_id: np.ndarray, fov: float, rng: np.random.Generator):
+    centers = eyeball_centers(model, w_id)
+    out = []
+    for _ in range(12):
+        rotation = quaternion_to_matrix(euler_to_quaternion(*rng.uniform([-25, -12, -8], [25, 12, 8])))
+        landmarks = synthetic_landmarks(face, centers, np.zeros(len(ICT_EXPRESSIONS)), rotation, 9.0, (640, 480),
+                                        noise_cm=0.02, rng=rng, fov_y_deg=fov)  # fmt: skip
+        observed, has_iris = valid_observation(landmarks)
+        out.append((observed, has_iris, (640, 480)))
+    return out
+
+
+def _shape_error(a: np.ndarray, b: np.ndarray) -> float:
+    rotation, translation, scale = umeyama(a, b)
+    return float(np.sqrt((((a @ rotation.T) * scale + translation - b) ** 2).sum(axis=1).mean()))
+
+
+@pytest.mark.parametrize("true_fov", [35.0, 60.0])
+def test_identity_and_camera_are_recovered_from_exact_landmarks(face_model, embedding, true_fov) -> None:
+    rng = np.random.default_rng(int(true_fov))
+    w_id = (rng.standard_normal(face_model.n_identity) * face_model.identity_prior_std).astype(np.float32)
+    face = EmbeddedFace.build(face_model, embedding, w_id)
+    config = PerformerConfig(identity_modes=40, estimate_camera=True)
+    estimator = PerformerEstimator(face_model, embedding, PLAIN, config, None, lambda w, f: None, background=False)
+    observations = _observations(face, face_model, w_id, true_fov, rng)
+    identity, fov, _ = estimator.fit(observations, np.ones(len(observations)))
+    assert abs(fov - true_fov) <= 8.0
+    estimated = EmbeddedFace.build(face_model, embedding, identity).neutral[:468]
+    mean_face = EmbeddedFace.build(face_model, embedding, None).neutral[:468]
+    assert _shape_error(estimated, face.neutral[:468]) < 0.75 * _shape_error(mean_face, face.neutral[:468])
+
+
+def test_solver_fades_in_the_estimate_and_restarts_for_a_new_person(face_model, embedding) -> None:
+    rng = np.random.default_rng(5)
+    w_id = (rng.standard_normal(face_model.n_identity) * face_model.identity_prior_std).astype(np.float32)
+    config = PerformerConfig(identity_modes=20, estimate_camera=False, fov_prior_deg=40.0, blend_s=0.3)
+    solver = FaceSolver(face_model, embedding, Performer.auto(), PLAIN.model_copy(update={"filter_enabled": False}),
+                        config, estimate_in_background=False)  # fmt: skip
+    face = EmbeddedFace.build(face_model, embedding, w_id)
+    centers = eyeball_centers(face_model, w_id)
+    weights = []
+    for i in range(60):  # two seconds of a slowly turning neutral face
+        rotation = quaternion_to_matrix(euler_to_quaternion(20 * np.sin(i / 9), 6 * np.cos(i / 7), 0.0))
+        landmarks = synthetic_landmarks(face, centers, np.zeros(len(ICT_EXPRESSIONS)), rotation, 9.0, (640, 480),
+                                        fov_y_deg=40.0)  # fmt: skip
+        weights.append(solver.solve(landmarks, i * SECOND // 30, i).weights)
+    weights = np.array(weights)
+    assert solver.estimator is not None and solver.estimator.estimates >= 1
+    assert solver.fitter.identity_weights is not None and solver.fitter.fov_y_deg == 40.0
+    # The mean face reads the stranger's shape as expression; the estimate removes most of it, without a pop.
+    assert weights[-5:].sum(axis=1).mean() < 0.5 * weights[:15].sum(axis=1).mean()
+    assert np.abs(np.diff(weights, axis=0)).max() < 0.25
+    status = solver.status()
+    assert status["performer"] == "auto" and status["keyframes"] > 0
+    for i in range(60, 150):  # three seconds without a face: whoever comes back starts afresh
+        solver.solve(None, i * SECOND // 30, i)
+    assert solver.status()["keyframes"] == 0 and solver.estimator.current is None
+    assert solver.fitter.identity_weights is None
+
+
+def test_a_profile_is_used_as_given(face_model, embedding) -> None:
+    w_id = np.full(face_model.n_identity, 0.1, np.float32)
+    offset = np.zeros(len(ICT_EXPRESSIONS), np.float32)
+    offset[JAW] = 0.2
+    solver = FaceSolver(face_model, embedding, Performer("me", w_id, offset), PLAIN)
+    assert solver.estimator is None and solver.rest is None
+    assert np.array_equal(solver.fitter.identity_weights, w_id)
+    raw = np.zeros(len(ICT_EXPRESSIONS))
+    raw[JAW] = 0.6
+    assert solver.calibrate(raw)[JAW] == pytest.approx(0.5)  # (0.6 − 0.2) / (1 − 0.2)
+    told = FaceSolver(face_model, embedding, Performer.told(w_id, 33.0), PLAIN)
+    assert told.fitter.fov_y_deg == 33.0 and isinstance(told.fitter, FrameFitter)
