@@ -154,11 +154,17 @@ def build_parts(
 
     solve_configs: list[Any] = []  # worked out (and logged) once, for every face's solver
 
-    performer = load_performer(config, model)
+    configured = load_performer(config, model)
 
     def make_solver() -> Any:
+        source = opened[0] if opened else None
         if not solve_configs:
-            solve_configs.append(solve_config_for(config, opened[0] if opened else None))
+            solve_configs.append(solve_config_for(config, source))
+        # A source that renders who it shows (the demo performer) overrides `auto`, not a named profile.
+        rendered = getattr(source, "rendered_identity", None)
+        performer = configured
+        if rendered is not None and configured.online:
+            performer = Performer.rendered_avatar(rendered, getattr(source, "camera_fov_y_deg", None))
         return FaceSolver(model, embedding, performer, solve_configs[0], config.performer)
 
     return PipelineParts(

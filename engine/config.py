@@ -90,6 +90,24 @@ class SolveConfig(_Section):
     coast_seconds: float = Field(0.5, ge=0)
     ease_seconds: float = Field(1.0, ge=0)
 
+    # Per-channel response curves out = clip((w − lo)/(hi − lo), 0, 1) (engine/solve/curves.py): the shipped
+    # ones (fitted with the learned prior) when true; channel_curves overrides channels by ICT name.
+    response_curves: bool = True
+    channel_curves: dict[str, tuple[float, float]] = {}
+
+    @field_validator("channel_curves")
+    @classmethod
+    def _valid_curves(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        from engine.names import ICT_EXPRESSIONS
+
+        unknown = sorted(set(value) - set(ICT_EXPRESSIONS))
+        if unknown:
+            raise ValueError(f"unknown ICT channel(s) {unknown}; known: {', '.join(ICT_EXPRESSIONS)}")
+        bad = [name for name, (lo, hi) in value.items() if not 0.0 <= lo < hi <= 1.0]
+        if bad:
+            raise ValueError(f"curves need 0 ≤ lo < hi ≤ 1: {bad}")
+        return value
+
     @field_validator("channel_regularization")
     @classmethod
     def _known_channels(cls, value: dict[str, float]) -> dict[str, float]:

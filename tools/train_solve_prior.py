@@ -1,4 +1,4 @@
-"""Train the solver's learned prior on many synthetic performers → models/solve_prior.npz.
+"""Train the solver's learned prior on many synthetic performers → models/solve_prior_people.npz.
 
 Reads the clips `tools/make_face_clips.py` rendered and tracked (random ICT identities, skin tones, lights,
 cameras at 35–70°, webcam degradations, MediaPipe in tracking mode) and fits the MLP of
@@ -7,7 +7,9 @@ the solver computes them at run time for `--performer auto`: posed on the mean f
 the camera the solver assumes (`performer.fov_prior_deg`, not the clip's true one), so the regressor learns
 to read any face through that same lens. Every tenth clip (by number) is held out; on those the tool
 reports the prior alone and the whole solver (filters, eyes, box) with and without it, per channel group,
-and picks the strength μ from `--strengths` by the held-out driven + all-channel error.
+and picks the strength μ from `--strengths` by the held-out driven + all-channel error. Then it fits the
+response curves (`engine/solve/curves.py`) on a fifth of the training clips solved with that prior and
+reports them held out too → models/solve_curves.npz.
 
 Usage: python tools/train_solve_prior.py [--clips out/face_clips] [--epochs 60] [--strengths 30 100 300 1000]
        [--dry-run]
@@ -16,6 +18,7 @@ Usage: python tools/train_solve_prior.py [--clips out/face_clips] [--epochs 60] 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -29,12 +32,16 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from engine.config import load_config  # noqa: E402
 from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
 from engine.names import ICT_EXPRESSIONS  # noqa: E402
+from engine.solve.curves import DEFAULT_CURVES_PATH, ResponseCurves  # noqa: E402
 from engine.solve.face_solver import FaceSolver  # noqa: E402
 from engine.solve.performer import Performer  # noqa: E402
-from engine.solve.prior import DEFAULT_PRIOR_PATH, fit_mlp_prior  # noqa: E402
+from engine.solve.prior import PEOPLE_PRIOR_PATH, fit_mlp_prior  # noqa: E402
 from engine.solve.solver import FrameFitter, valid_observation  # noqa: E402
 from engine.types import Landmarks  # noqa: E402
 
+# A channel is left to the landmarks alone where their held-out r beats the regression's by this much while
+# their mean error is at most this much worse.
+MASK_R_MARGIN, MASK_MAE_MARGIN = 0.1, 0.03
 GROUPS = {
     "brows": [i for i, n in enumerate(ICT_EXPRESSIONS) if n.startswith("brow")],
     "eyes": [i for i, n in enumerate(ICT_EXPRESSIONS) if n.startswith("eye")],
@@ -63,15 +70,24 @@ def group_errors(solved: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return out
 
 
+def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson r, or None where either series is constant."""
+    if a.std() < 1e-9 or b.std() < 1e-9:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def solve_clips(clips: list, model: FaceModel, embedding: LandmarkEmbedding, config, prior_path: Path | None,
-                strength: float | None) -> np.ndarray:  # fmt: skip
-    """Run the whole solver (auto performer, filters) over held-out clips; (frames, 53) solved weights."""
+                curves_path: Path | None = None) -> np.ndarray:  # fmt: skip
+    """Run the whole solver (auto performer, filters) over clips with this prior and these response curves
+    (None: none); (frames, 53) solved weights."""
+    import engine.solve.face_solver as face_solver_module
     import engine.solve.solver as solver_module
 
-    solve = config.solve.model_copy(update={"learned_prior": prior_path is not None, "prior_strength": strength})
-    saved = solver_module.DEFAULT_PRIOR_PATH
-    if prior_path is not None:
-        solver_module.DEFAULT_PRIOR_PATH = prior_path
+    solve = config.solve.model_copy(update={"learned_prior": prior_path is not None, "prior_strength": None})
+    saved = solver_module.PEOPLE_PRIOR_PATH, face_solver_module.DEFAULT_CURVES_PATH
+    solver_module.PEOPLE_PRIOR_PATH = prior_path or saved[0]
+    face_solver_module.DEFAULT_CURVES_PATH = curves_path or ROOT / "out" / "no_curves.npz"
     try:
         rows = []
         for found, _, _ in clips:
@@ -80,7 +96,7 @@ def solve_clips(clips: list, model: FaceModel, embedding: LandmarkEmbedding, con
             )
             rows += [solver.solve(lm, int(i * 1e9 / 30), i).weights for i, lm in enumerate(found)]
     finally:
-        solver_module.DEFAULT_PRIOR_PATH = saved
+        solver_module.PEOPLE_PRIOR_PATH, face_solver_module.DEFAULT_CURVES_PATH = saved
     return np.array(rows)
 
 
@@ -94,6 +110,10 @@ def main() -> None:
     ap.add_argument("--strengths", type=float, nargs="+", default=[30.0, 100.0, 300.0, 1000.0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
+    ap.add_argument(
+        "--ship-curves", action="store_true",
+        help="also write the fitted response curves to models/ (measured, not shipped: docs/solve.md)",
+    )  # fmt: skip
     args = ap.parse_args()
     started = time.monotonic()
     config = load_config()
@@ -127,18 +147,40 @@ def main() -> None:
         x[~is_test], y[~is_test], seed=args.seed, components=args.components, hidden=args.hidden,
         epochs=args.epochs, driven_weight=args.driven_weight, batch=256,
     )  # fmt: skip
+    # Features were measured from the mean face (the fitter above has no identity): the solver must do the same.
+    prior = dataclasses.replace(prior, reference="mean")
     alone, trust = prior.predict_with_trust(x[is_test])
     print("prior alone, held out:", {k: round(v, 4) for k, v in group_errors(np.clip(alone, 0, 1), y[is_test]).items()},
           f"trust mean {trust.mean():.3f}")  # fmt: skip
 
     truth = np.concatenate([w for _, w, _ in test_clips])
-    plain_solved = solve_clips(test_clips, model, embedding, config, None, None)
+    plain_solved = solve_clips(test_clips, model, embedding, config, None)
     print("solver without prior:", {k: round(v, 4) for k, v in group_errors(plain_solved, truth).items()})
     candidate = ROOT / "out" / "solve_prior_candidate.npz"
+    # Which channels the regression reads better than the landmarks alone: per-channel r on held-out clips,
+    # the prior at full pull against none. Gaze comes from the irises, which the regression does not see.
+    prior.with_strength(1e4).save(candidate)
+    strong = solve_clips(test_clips, model, embedding, config, candidate)
+    # The landmarks alone keep a channel only where they follow it clearly better and do not pay for it in
+    # false readings (mean error): a channel the fit saturates on faces unlike the model must not be let through.
+    mask = np.ones(len(ICT_EXPRESSIONS))
+    for k, name in enumerate(ICT_EXPRESSIONS):
+        r_plain, r_prior = _pearson(plain_solved[:, k], truth[:, k]), _pearson(strong[:, k], truth[:, k])
+        mae_plain, mae_prior = (float(np.abs(x[:, k] - truth[:, k]).mean()) for x in (plain_solved, strong))
+        better = r_plain is not None and (r_prior is None or r_plain > r_prior + MASK_R_MARGIN)
+        if name.startswith("eyeLook") or (better and mae_plain < mae_prior + MASK_MAE_MARGIN):
+            mask[k] = 0.0
+        print(
+            f"  {name:17s} r landmarks {r_plain or 0:.2f} regression {r_prior or 0:.2f}; "
+            f"mae {mae_plain:.3f} / {mae_prior:.3f} → {'regression' if mask[k] else 'landmarks'}"
+        )
+    print("regression kept for:", ", ".join(n for n, m in zip(ICT_EXPRESSIONS, mask, strict=True) if m) or "none")
+    print("landmarks alone for:", ", ".join(n for n, m in zip(ICT_EXPRESSIONS, mask, strict=True) if not m))
+    prior = prior.with_mask(mask)
     best = None
     for strength in args.strengths:
         prior.with_strength(strength).save(candidate)
-        solved = solve_clips(test_clips, model, embedding, config, candidate, None)
+        solved = solve_clips(test_clips, model, embedding, config, candidate)
         errors = group_errors(solved, truth)
         print(f"solver with prior μ={strength:g}:", {k: round(v, 4) for k, v in errors.items()})
         score = errors["driven"] + errors["all"]
@@ -146,13 +188,23 @@ def main() -> None:
             best = (score, strength)
     assert best is not None
     print(f"chosen μ = {best[1]:g} ({time.monotonic() - started:.0f} s)")
-    if not args.dry_run:
+    # Response curves: fitted on a fifth of the training clips solved with the chosen prior, checked held out.
+    prior.with_strength(best[1]).save(candidate)
+    fit_clips = [load_clip(p) for p, test in zip(paths, held_out, strict=True) if not test][::5]
+    fit_truth = np.concatenate([w for _, w, _ in fit_clips])
+    curves = ResponseCurves.fit(solve_clips(fit_clips, model, embedding, config, candidate), fit_truth)
+    curves_candidate = ROOT / "out" / "solve_curves_candidate.npz"
+    curves.save(curves_candidate)
+    with_curves = group_errors(solve_clips(test_clips, model, embedding, config, candidate, curves_candidate), truth)
+    print("solver with prior and curves:", {k: round(v, 4) for k, v in with_curves.items()})
+    if not args.dry_run and args.ship_curves:
+        curves.save(DEFAULT_CURVES_PATH, fitted_on=np.str_(f"{len(fit_clips)} training clips, prior μ={best[1]:g}"))
         prior.with_strength(best[1]).save(
-            DEFAULT_PRIOR_PATH,
+            PEOPLE_PRIOR_PATH,
             trained_on=np.str_(f"{len(paths)} synthetic performer clips (tools/make_face_clips.py)"),
             camera_fov_y_deg=np.float32(config.performer.fov_prior_deg),
         )  # fmt: skip
-        print(f"wrote {DEFAULT_PRIOR_PATH}")
+        print(f"wrote {PEOPLE_PRIOR_PATH}" + (f" and {DEFAULT_CURVES_PATH}" if args.ship_curves else ""))
 
 
 if __name__ == "__main__":

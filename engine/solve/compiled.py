@@ -76,6 +76,7 @@ class FitTables(NamedTuple):
     blink_gain: np.ndarray  # (2,)
     eye_radius: float
     # learned prior (`LearnedPrior`; unused when prior_strength is 0)
+    prior_neutral: np.ndarray  # (L, 3) cm: the face its features are posed on and relative to
     prior_mean: np.ndarray  # (F,)
     prior_basis: np.ndarray  # (F, P) float32 (as stored: half the memory traffic of float64, same values)
     prior_scale: np.ndarray  # (P,)
@@ -86,6 +87,7 @@ class FitTables(NamedTuple):
     prior_layer_shapes: np.ndarray
     prior_residual_limit: float
     prior_strength: float
+    prior_channel_mask: np.ndarray  # (K,) the share of μ each channel gets
     # configuration
     pose_iterations: int
     max_iterations: int
@@ -150,6 +152,8 @@ def build_fit_tables(fitter: FrameFitter) -> FitTables:
         prior_layer_shapes=np.array([np.shape(weight) for weight, _ in layers], dtype=np.int64),
         prior_residual_limit=float(limit),
         prior_strength=float(strength),
+        prior_channel_mask=contiguous(prior.mask if prior is not None else np.ones(n_channels)),
+        prior_neutral=contiguous(fitter.prior_neutral),
         pose_iterations=int(config.pose_iterations),
         max_iterations=int(config.max_iterations),
         depth_weight=float(fitter.depth_weight),
@@ -460,8 +464,9 @@ def _solve_expression(
             b[k] += gaze[j] * tables.gaze_anchor
     if target_strength > 0.0:
         for k in range(n_channels):
-            H[k, k] += target_strength
-            b[k] += target_strength * target[k]
+            strength = target_strength * tables.prior_channel_mask[k]
+            H[k, k] += strength
+            b[k] += strength * target[k]
     return solve_box_qp(H, b, lo, hi, w0, True, tables.max_iterations)
 
 
@@ -525,18 +530,18 @@ def _prior(
 ) -> tuple[np.ndarray, float]:
     """`FrameFitter.prior_features` then `LearnedPrior.predict_with_trust`: (53,) prediction and trust."""
     rigid = tables.rigid_ids
-    neutral_rigid = _take_rows(tables.neutral, rigid)
+    neutral_rigid = _take_rows(tables.prior_neutral, rigid)
     weights = _uniform(rigid.shape[0])
     rot, trans, scale = _umeyama(neutral_rigid, _take_rows(observed, rigid), weights)
     corrected = observed
     if use_camera:
-        corrected = _perspective_corrected(observed, tables.neutral, rot[2], scale, center, focal)
+        corrected = _perspective_corrected(observed, tables.prior_neutral, rot[2], scale, center, focal)
         rot, trans, scale = _umeyama(neutral_rigid, _take_rows(corrected, rigid), weights)
     observed_model = _to_model_frame(corrected, rot, trans, scale)
     n_mesh_values = 3 * N_MESH_LANDMARKS
     centred = np.empty(tables.prior_mean.shape[0])
     flat_model = observed_model.reshape(-1)
-    flat_neutral = tables.neutral.reshape(-1)
+    flat_neutral = tables.prior_neutral.reshape(-1)
     for j in range(n_mesh_values):
         centred[j] = flat_model[j] - flat_neutral[j] - tables.prior_mean[j]
     flat_rot = rot.reshape(-1)
@@ -636,7 +641,8 @@ def fit_frame(
         blink = _blink(tables, observed_model, w)
         for eye in range(2):
             k = tables.blink_channels[eye]
-            w[k] = trust * w[k] + (1.0 - trust) * blink[eye]
+            blink_trust = trust * tables.prior_channel_mask[k]
+            w[k] = blink_trust * w[k] + (1.0 - blink_trust) * blink[eye]
     model = _landmarks(tables, w)
     total = 0.0
     for i in range(N_MESH_LANDMARKS):

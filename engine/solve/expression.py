@@ -162,14 +162,14 @@ class ExpressionSolver:
         warm_start: np.ndarray | None = None,
         max_iterations: int = 30,
         anchor: tuple[np.ndarray, np.ndarray, float] | None = None,
-        target: tuple[np.ndarray, float] | None = None,
+        target: tuple[np.ndarray, float | np.ndarray] | None = None,
     ) -> BoxQPResult:
         """Bounded weights (53,) for landmarks already in the model frame; lo == hi pins a channel.
 
         `anchor` (channels (k,), values (k,), strength α cm²) replaces those channels' λ w² by α (w − value)²:
         a pull towards an estimate from elsewhere (the irises, for gaze) rather than towards zero, which the
-        landmarks may still move. `target` (values (53,), strength μ cm²) adds μ Σ_k (w_k − value_k)² over all
-        channels: the learned prior (`engine/solve/prior.py`).
+        landmarks may still move. `target` (values (53,), strength μ cm², one or per channel) adds
+        Σ_k μ_k (w_k − value_k)²: the learned prior (`engine/solve/prior.py`).
         """
         H, b = self.normal_equations(observed_model, metric)
         if anchor is not None:

@@ -19,6 +19,7 @@ from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.solve import compiled
+from engine.solve.curves import DEFAULT_CURVES_PATH, ResponseCurves
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.performer import Performer, PerformerEstimator, RestOffset
 from engine.solve.pose import head_pose_from_fit
@@ -61,6 +62,15 @@ def _state_filter(config: SolveConfig, compiled_step: bool = False) -> OneEuroFi
     return OneEuroFilter(params[0], params[1], params[2], compiled=compiled_step)
 
 
+def shipped_curves(config: SolveConfig, with_prior: bool) -> ResponseCurves:
+    """The response curves: the shipped ones (`models/solve_curves.npz`, fitted together with the learned
+    prior, so only with it) when enabled, then the config's per-channel overrides; else identity curves."""
+    curves = ResponseCurves.identity()
+    if config.response_curves and with_prior and DEFAULT_CURVES_PATH.is_file():
+        curves = ResponseCurves.load(DEFAULT_CURVES_PATH)
+    return curves.with_overrides(config.channel_curves) if config.channel_curves else curves
+
+
 def _presence(landmarks: Landmarks) -> float:
     """The tracker's presence score clamped to [0, 1]; a missing or non-numeric score counts as 1, NaN as 0."""
     try:
@@ -92,7 +102,7 @@ class FaceSolver:
         self.performer = performer if isinstance(performer, Performer) else Performer.from_identity(performer)
         self.performer_config = performer_config or PerformerConfig()
         response = shipped_response(config)
-        prior = shipped_prior(config, response)
+        prior = shipped_prior(config, response, people=not self.performer.rendered)
         known_fov = self.performer.fov_y_deg if self.performer.fov_y_deg is not None else config.camera_fov_y_deg
 
         def make_fitter(identity_weights: np.ndarray | None, fov: float | None) -> FrameFitter:
@@ -118,6 +128,8 @@ class FaceSolver:
         self._blend_from: FrameFitter | None = None  # the fitter a new estimate fades in from
         self._blend_progress = 1.0
         self._last_clock_ns: int | None = None
+        # The shipped curves were fitted together with the people prior: they apply with it only.
+        self.curves = shipped_curves(config, prior is not None and not self.performer.rendered)
         offset = np.asarray(self.performer.neutral_offset, dtype=np.float64)
         if offset.shape != (N_EXPRESSIONS,):
             offset = np.zeros(N_EXPRESSIONS)
@@ -227,7 +239,7 @@ class FaceSolver:
         pose = head_pose_from_fit(
             fit.rotation, fit.translation_px, fit.scale_px_per_cm, landmarks.image_size, self.fitter.fov_y_deg
         )
-        weights = self.calibrate(fit.weights)
+        weights = self.curves.apply(self.calibrate(fit.weights))
         if self._lost:
             self._reset_filters()  # a face after a loss starts fresh instead of sliding from stale values
             self._lost = False

@@ -74,6 +74,8 @@ class Performer:
     neutral_offset: np.ndarray
     fov_y_deg: float | None = None
     online: bool = False
+    # A rendered avatar known exactly (the demo performer): solved with the prior trained on its own renders.
+    rendered: bool = False
 
     @staticmethod
     def auto() -> Performer:
@@ -84,6 +86,12 @@ class Performer:
     def told(identity_weights: np.ndarray, fov_y_deg: float | None = None, name: str = "told") -> Performer:
         """Known exactly (synthetic evaluation): nothing is estimated."""
         return Performer(name, np.asarray(identity_weights, np.float32), np.zeros(N, np.float32), fov_y_deg)
+
+    @staticmethod
+    def rendered_avatar(identity: Identity, fov_y_deg: float | None = None) -> Performer:
+        """An identity the engine renders itself (the demo performer): its shape and camera are exact."""
+        return Performer(identity.name, identity.identity_weights, np.asarray(identity.neutral_offset, np.float32),
+                         fov_y_deg, rendered=True)  # fmt: skip
 
     @staticmethod
     def from_identity(identity: Identity) -> Performer:

@@ -34,7 +34,8 @@ import numpy as np
 
 from engine.face_model import MODELS_DIR, ModelFileError
 
-DEFAULT_PRIOR_PATH = MODELS_DIR / "solve_prior.npz"
+DEFAULT_PRIOR_PATH = MODELS_DIR / "solve_prior.npz"  # trained on renders of the default identity (the demo)
+PEOPLE_PRIOR_PATH = MODELS_DIR / "solve_prior_people.npz"  # trained on many synthetic identities (anyone)
 N_MESH, N_CHANNELS = 468, 53
 N_FEATURES = N_MESH * 3 + 9
 
@@ -52,6 +53,18 @@ class LearnedPrior:
     with_response: bool = False
     kind: str = field(default="ridge")
     residual_limit: float = 0.0  # r_limit (cm); 0: no out-of-distribution fade
+    # (53,) in [0, 1]: the share of μ each channel gets. 0 where the regression reads a channel worse than the
+    # geometric fit on held-out faces (gaze, which comes from the irises it does not see; subtle brows): there
+    # the landmarks alone decide. None: every channel 1.
+    channel_mask: np.ndarray | None = None
+    # The neutral the features are measured from: "identity" (the solver's identity: a prior trained on renders
+    # of one identity) or "mean" (the model's mean face: a prior trained on many, usable for anyone).
+    reference: str = "identity"
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(53,) the per-channel share of μ."""
+        return np.ones(N_CHANNELS) if self.channel_mask is None else self.channel_mask
 
     @staticmethod
     def linear(coef: np.ndarray, strength: float = 0.0, with_response: bool = False) -> LearnedPrior:
@@ -107,12 +120,18 @@ class LearnedPrior:
                 bool(arrays["with_response"]),
                 str(arrays["kind"]),
                 float(arrays["residual_limit"]),
+                arrays["channel_mask"].astype(np.float64) if "channel_mask" in arrays else None,
+                str(arrays["reference"]) if "reference" in arrays else "identity",
             )
             width = prior.predict(np.zeros(N_FEATURES)).shape
         except Exception as exc:
             raise ModelFileError(f"solve prior {path} is unreadable: {exc}") from exc
         if prior.mean.shape != (N_FEATURES,) or width != (N_CHANNELS,) or not prior.strength >= 0:
             raise ModelFileError(f"solve prior {path} holds input {prior.mean.shape}, output {width}")
+        if prior.reference not in ("identity", "mean"):
+            raise ModelFileError(f"solve prior {path} names an unknown reference face {prior.reference!r}")
+        if prior.mask.shape != (N_CHANNELS,) or not ((prior.mask >= 0) & (prior.mask <= 1)).all():
+            raise ModelFileError(f"solve prior {path} holds a channel mask outside [0, 1] or of the wrong shape")
         finite = [prior.basis, prior.scale, prior.mean, *(a for layer in layers for a in layer)]
         if not all(np.isfinite(a).all() for a in finite):
             raise ModelFileError(f"solve prior {path} holds non-finite values")
@@ -133,11 +152,16 @@ class LearnedPrior:
             strength=np.float32(self.strength),
             with_response=np.bool_(self.with_response),
             kind=np.str_(self.kind),
+            channel_mask=self.mask.astype(np.float32),
+            reference=np.str_(self.reference),
             **extras,
         )
 
     def with_strength(self, strength: float) -> LearnedPrior:
         return replace(self, strength=strength)
+
+    def with_mask(self, mask: np.ndarray) -> LearnedPrior:
+        return replace(self, channel_mask=np.asarray(mask, dtype=np.float64))
 
 
 def fit_ridge_prior(
@@ -184,24 +208,37 @@ def fit_mlp_prior(
     with_response: bool = False,
     driven_weight: float = 1.0,
     batch: int = 64,
+    augment_basis: np.ndarray | None = None,
 ) -> LearnedPrior:
     """A two-hidden-layer ReLU MLP on the PCA-whitened features (`components` of them), trained with mean
     squared error (AdamW, cosine schedule, a little input noise) on (n, F) → (n, 53). Needs torch (training
     only: the solver evaluates the stored layers with numpy). `driven_weight` multiplies the squared error of
-    entries whose true weight exceeds 0.1 (more than 1 trades false positives for less under-reading)."""
+    entries whose true weight exceeds 0.1 (more than 1 trades false positives for less under-reading).
+
+    `augment_basis` (F, m): feature-space directions along which every training sample is shifted by a fresh
+    N(0, 1) combination in every epoch — the embedded identity basis (scaled by the modes' prior std), so the
+    network sees each expression on many more face shapes than were rendered and must read expression from
+    what identity cannot explain (without it, a few hundred rendered identities are memorized)."""
     import torch
     from tqdm import tqdm
 
     torch.manual_seed(seed)
     mean = features.mean(axis=0)
     centred = features - mean
-    _, sing, vt = np.linalg.svd(centred, full_matrices=False)
+    rng = np.random.default_rng(seed)
+    if augment_basis is not None:
+        # The principal directions must span the augmented cloud, or the shifted samples leave the subspace.
+        shifted = centred + rng.standard_normal((len(centred), augment_basis.shape[1])) @ augment_basis.T
+        _, sing, vt = np.linalg.svd(shifted, full_matrices=False)
+    else:
+        _, sing, vt = np.linalg.svd(centred, full_matrices=False)
     basis = vt[:components].T
     scale = np.sqrt(len(features)) / np.maximum(sing[:components], 1e-9)
     z = centred @ basis
     outside = np.sqrt(np.maximum((centred * centred).sum(axis=1) - (z * z).sum(axis=1), 0.0))
     x = torch.tensor(z * scale, dtype=torch.float32)
     y = torch.tensor(weights, dtype=torch.float32)
+    shift = None if augment_basis is None else torch.tensor((augment_basis.T @ basis) * scale, dtype=torch.float32)
     net = torch.nn.Sequential(
         torch.nn.Linear(components, hidden),
         torch.nn.ReLU(),
@@ -217,6 +254,8 @@ def fit_mlp_prior(
         for start in range(0, len(x), batch):
             rows = perm[start : start + batch]
             noisy = x[rows] + 0.05 * torch.randn(len(rows), components, generator=generator)
+            if shift is not None:
+                noisy = noisy + torch.randn(len(rows), len(shift), generator=generator) @ shift
             target = y[rows]
             loss = (((net(noisy) - target) ** 2) * (1.0 + (driven_weight - 1.0) * (target > 0.1))).mean()
             opt.zero_grad()

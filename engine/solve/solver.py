@@ -28,7 +28,7 @@ from engine.solve.pose import (
     umeyama_from_source,
     umeyama_source,
 )
-from engine.solve.prior import DEFAULT_PRIOR_PATH, LearnedPrior
+from engine.solve.prior import DEFAULT_PRIOR_PATH, PEOPLE_PRIOR_PATH, LearnedPrior
 from engine.solve.response import DEFAULT_RESPONSE_PATH, LandmarkResponse
 from engine.types import Landmarks
 
@@ -133,8 +133,13 @@ class FrameFitter:
         self.expression = ExpressionSolver(self.face, landmark_weights, lam, config.symmetry_prior)
         self.pose_weights_first = rigid_weights(self.face)
         self.rigid_ids = np.flatnonzero(self.pose_weights_first)
-        # The prior's pose always aligns the same source (the neutral's rigid landmarks): its half done once.
-        self._neutral_rigid_source = umeyama_source(self.face.neutral[self.rigid_ids])
+        # The face the prior's features are posed on and measured from: this identity's neutral for a prior
+        # trained on one identity, the model's mean face for one trained on many (`LearnedPrior.reference`).
+        self.prior_neutral = self.face.neutral
+        if prior is not None and prior.reference == "mean" and identity_weights is not None:
+            self.prior_neutral = EmbeddedFace.build(model, embedding, None, response=response).neutral
+        # The prior's pose always aligns the same source (that neutral's rigid landmarks): its half done once.
+        self._neutral_rigid_source = umeyama_source(self.prior_neutral[self.rigid_ids])
         self.pose_weights_refine = np.maximum(self.pose_weights_first, _NONRIGID_POSE_WEIGHT)
         self.pose_weights_refine[N_MESH_LANDMARKS:] = 0.0
         ranges = GazeRanges(config.gaze_horizontal_deg, config.gaze_up_deg, config.gaze_down_deg)
@@ -157,7 +162,7 @@ class FrameFitter:
         correction), so it depends on nothing but the observation: not on the warm start, and not on the
         expression solve that the prior feeds (the regression, fitted on exactly these features, would
         otherwise see poses it was not trained on)."""
-        neutral, rigid, source = self.face.neutral, self.rigid_ids, self._neutral_rigid_source
+        neutral, rigid, source = self.prior_neutral, self.rigid_ids, self._neutral_rigid_source
         rot, trans, scale = umeyama_from_source(source, observed[rigid])
         corrected = observed
         if camera is not None:
@@ -225,7 +230,7 @@ class FrameFitter:
         if self.prior is not None and self.prior_strength > 0:
             prediction, trust_array = self.prior.predict_with_trust(self.prior_features(observed, camera))
             trust = float(trust_array)
-            target = (prediction, self.prior_strength * trust) if trust > 0 else None
+            target = (prediction, self.prior_strength * trust * self.prior.mask) if trust > 0 else None
         # First the landmarks no expression moves much place the head (with last frame's expression), then all
         # of them once this frame's expression explains the rest.
         rigid = self.rigid_ids
@@ -271,7 +276,8 @@ class FrameFitter:
             # The lid read-out replaces the least-squares blink, except as far as the learned prior is trusted:
             # it has learned MediaPipe's blink floor (lids that stop 4–6 px apart), the lid geometry has not.
             blink = self.eyes.blink(observed_model, w)
-            w[BLINK_CHANNELS] = trust * w[BLINK_CHANNELS] + (1.0 - trust) * blink
+            blink_trust = trust * (1.0 if self.prior is None else self.prior.mask[BLINK_CHANNELS])
+            w[BLINK_CHANNELS] = blink_trust * w[BLINK_CHANNELS] + (1.0 - blink_trust) * blink
         diff = observed_model[:N_MESH_LANDMARKS] - self.face.landmarks(w)[:N_MESH_LANDMARKS]
         residual = math.sqrt(float(np.einsum("ij,ij->i", diff, diff).sum()) / N_MESH_LANDMARKS)
         return FrameFit(w, rot, trans, scale, observed_model, residual)
@@ -282,12 +288,15 @@ def shipped_response(config: SolveConfig) -> LandmarkResponse | None:
     return LandmarkResponse.load() if config.landmark_response and DEFAULT_RESPONSE_PATH.is_file() else None
 
 
-def shipped_prior(config: SolveConfig, response: LandmarkResponse | None) -> LearnedPrior | None:
-    """The learned prior (tools/fit_solve_prior.py), when shipped, enabled and trained with the same landmark
-    map (with or without the response) as the solver uses; else None."""
-    if not (config.learned_prior and DEFAULT_PRIOR_PATH.is_file()):
+def shipped_prior(config: SolveConfig, response: LandmarkResponse | None, people: bool = False) -> LearnedPrior | None:
+    """The learned prior, when shipped, enabled and trained with the same landmark map (with or without the
+    response) as the solver uses; else None. `people`: the one trained on many synthetic identities
+    (`tools/train_solve_prior.py`, for anyone in front of a camera); else the one trained on renders of the
+    default identity (`tools/fit_solve_prior.py`, for the demo performer, which is that identity rendered)."""
+    path = PEOPLE_PRIOR_PATH if people else DEFAULT_PRIOR_PATH
+    if not (config.learned_prior and path.is_file()):
         return None
-    prior = LearnedPrior.load(DEFAULT_PRIOR_PATH)
+    prior = LearnedPrior.load(path)
     return prior if prior.with_response == (response is not None) else None
 
 

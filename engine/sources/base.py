@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from engine.types import Frame
 
@@ -25,6 +26,9 @@ class FrameSource(abc.ABC):
     #: The vertical field of view (degrees) of the camera behind the frames, when the source knows it; the
     #: solver's perspective correction uses it unless `solve.camera_fov_y_deg` is set.
     camera_fov_y_deg: float | None = None
+    #: Who is in front of the camera when the source renders it itself (the demo performer: an
+    #: `engine.identity.Identity`, exact); the solver's performer unless `performer.name` names one.
+    rendered_identity: Any = None
 
     @abc.abstractmethod
     def read(self) -> Frame | None:

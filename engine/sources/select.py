@@ -77,6 +77,8 @@ def open_demo(config: Config) -> FrameSource:
     else:
         source = PacedSource(iter(performer), src.fps, "demo performer (rendered live)", performer.close)
     source.camera_fov_y_deg = performer.config.fov_y_deg  # the camera the performer is rendered with
+    # Who is in front of that camera, known exactly: the solver's performer unless one is configured.
+    source.rendered_identity = identity
     return source
 
 
