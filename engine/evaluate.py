@@ -287,7 +287,9 @@ def cmd_eval(args: argparse.Namespace, config: Config) -> int:
     if args.synthetic:
         from engine.eval_synthetic import evaluate_synthetic
 
-        report["synthetic"] = evaluate_synthetic(config, identities=args.identities, seconds=args.seconds)
+        report["synthetic"] = evaluate_synthetic(
+            config, identities=args.identities, seconds=args.seconds, spread_identities=args.spread
+        )
     text = markdown(report)
     if out_json is not None:
         _write_atomic(out_json, json.dumps(report, indent=1) + "\n")
@@ -324,5 +326,6 @@ def add_eval_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic", action="store_true", help="also the rendered held-out identities (minutes)")
     p.add_argument("--identities", type=int, default=3, help="synthetic: held-out identities per camera")
     p.add_argument("--seconds", type=float, default=10.0, help="synthetic: length of each performance")
+    p.add_argument("--spread", type=int, default=20, help="synthetic: identities doing one script (consistency)")
     p.add_argument("--out", help="write the report to PATH (JSON) and PATH with .md")
     p.set_defaults(handler=cmd_eval)

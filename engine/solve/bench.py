@@ -14,11 +14,12 @@ import numpy as np
 
 from engine.config import SolveConfig
 from engine.face_model import FaceModel, LandmarkEmbedding, ModelFileError
-from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.eyes import eyeball_centers
 from engine.solve.face_solver import FaceSolver
+from engine.solve.performer import Performer
 from engine.solve.pose import euler_to_rotation, rotation_angle_deg
+from engine.solve.solver import DEFAULT_FOV_Y_DEG
 from engine.solve.synthetic import constructed_embedding, random_expression, synthetic_landmarks
 
 
@@ -56,8 +57,10 @@ def bench_solve(
         except ModelFileError:
             embedding, embedding_name = constructed_embedding(model, seed), "constructed"
     config = config or SolveConfig()
-    identity = Identity("bench", model.model_id, model.default_identity_weights(), np.zeros(len(ICT_EXPRESSIONS)))
-    solver = FaceSolver(model, embedding, identity, config)
+    # Solved as `run` solves a person (the auto performer: people prior, rest offset), with the camera the
+    # landmarks are projected through.
+    config = config.model_copy(update={"camera_fov_y_deg": config.camera_fov_y_deg or DEFAULT_FOV_Y_DEG})
+    solver = FaceSolver(model, embedding, Performer.auto(), config)
     centers = eyeball_centers(model)
     key_every = 15
     n_keys = frames // key_every + 2

@@ -123,6 +123,7 @@ class RestOffset:
         self._count = 0
         self._last_sample_ns: int | None = None
         self._last_update_ns: int | None = None
+        self._target = np.zeros(len(REST_CHANNELS))
         self.offset = np.zeros(N)
 
     def reset(self) -> None:
@@ -135,14 +136,16 @@ class RestOffset:
             self._history[self._count % len(self._history)] = raw[REST_CHANNELS]
             self._count += 1
             self._last_sample_ns = t_ns
+            if self._count >= 3:
+                # The level the face keeps returning to: a low percentile of the last seconds (recomputed
+                # per sample, not per frame: it is the one costly step here).
+                samples = self._history[: min(self._count, len(self._history))]
+                self._target = np.minimum(np.percentile(samples, 20, axis=0), self.cap)
         if self._last_update_ns is not None and self._count >= 3:
             dt = max(0.0, (t_ns - self._last_update_ns) * 1e-9)
-            samples = self._history[: min(self._count, len(self._history))]
-            # The level the face keeps returning to: a low percentile of the last seconds.
-            target = np.minimum(np.percentile(samples, 20, axis=0), self.cap)
             step = 1.0 - math.exp(-dt / self.time_constant_s)
             current = self.offset[REST_CHANNELS]
-            self.offset[REST_CHANNELS] = current + step * (target - current)
+            self.offset[REST_CHANNELS] = current + step * (self._target - current)
         self._last_update_ns = t_ns
 
 
