@@ -197,15 +197,17 @@ def main() -> None:
     curves.save(curves_candidate)
     with_curves = group_errors(solve_clips(test_clips, model, embedding, config, candidate, curves_candidate), truth)
     print("solver with prior and curves:", {k: round(v, 4) for k, v in with_curves.items()})
-    if not args.dry_run and args.ship_curves:
+    if args.dry_run:
+        return
+    prior.with_strength(best[1]).save(
+        PEOPLE_PRIOR_PATH,
+        trained_on=np.str_(f"{len(paths)} synthetic performer clips (tools/make_face_clips.py)"),
+        camera_fov_y_deg=np.float32(config.performer.fov_prior_deg),
+    )  # fmt: skip
+    print(f"wrote {PEOPLE_PRIOR_PATH}")
+    if args.ship_curves:
         curves.save(DEFAULT_CURVES_PATH, fitted_on=np.str_(f"{len(fit_clips)} training clips, prior μ={best[1]:g}"))
-        prior.with_strength(best[1]).save(
-            PEOPLE_PRIOR_PATH,
-            trained_on=np.str_(f"{len(paths)} synthetic performer clips (tools/make_face_clips.py)"),
-            camera_fov_y_deg=np.float32(config.performer.fov_prior_deg),
-        )  # fmt: skip
-        print(f"wrote {PEOPLE_PRIOR_PATH}" + (f" and {DEFAULT_CURVES_PATH}" if args.ship_curves else ""))
-
+        print(f"wrote {DEFAULT_CURVES_PATH}")
 
 if __name__ == "__main__":
     main()
