@@ -240,13 +240,21 @@ def _get(mapping: Any, *keys: str) -> Any:
 
 def refresh_benchmarks_md(results: dict[str, Any], path: Path = BENCHMARKS_MD) -> None:
     """Replace the generated block of BENCHMARKS.md (between its markers) with this run's tables."""
-    text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{_BEGIN}\n{_END}\n"
-    block = f"{_BEGIN}\n{benchmark_tables(results)}\n{_END}"
-    if _BEGIN in text and _END in text:
-        text = re.sub(re.escape(_BEGIN) + ".*?" + re.escape(_END), lambda _: block, text, flags=re.S)
+    replace_block(path, _BEGIN, _END, benchmark_tables(results))
+
+
+def replace_block(path: Path, begin: str, end: str, content: str) -> None:
+    """Replace the text between the `begin` and `end` marker lines of `path` (appended when absent),
+    written to a temporary file and renamed, so an interrupted run never leaves half a page."""
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    block = f"{begin}\n{content}\n{end}"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(text)
+    temporary.replace(path)
 
 
 def cmd_bench(args: argparse.Namespace, config: Config) -> int:

@@ -46,6 +46,8 @@ REST_CHANNELS = tuple(
     i for i, name in enumerate(ARKIT_BLENDSHAPES) if name.startswith(REST_GROUPS) and name != "tongueOut"
 )
 CHANNEL = {name: i for i, name in enumerate(ARKIT_BLENDSHAPES)}
+# BENCHMARKS.md's block that `eval --update-benchmarks` rewrites.
+EVAL_BEGIN, EVAL_END = "<!-- eval:begin -->", "<!-- eval:end -->"
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,15 @@ def cmd_eval(args: argparse.Namespace, config: Config) -> int:
             config, identities=args.identities, seconds=args.seconds, spread_identities=args.spread
         )
     text = markdown(report)
+    if args.update_benchmarks:
+        from engine.bench import BENCHMARKS_MD, replace_block
+
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        body = text.replace(
+            "# scapecast eval\n", f"Measured {stamp} by `eval{' --synthetic' if args.synthetic else ''}`.\n"
+        )
+        replace_block(BENCHMARKS_MD, EVAL_BEGIN, EVAL_END, body.replace("\n## ", "\n### ").strip())
+        print(f"updated {BENCHMARKS_MD}")
     if out_json is not None:
         _write_atomic(out_json, json.dumps(report, indent=1) + "\n")
         _write_atomic(out_json.with_suffix(".md"), text)
@@ -328,4 +339,5 @@ def add_eval_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="synthetic: length of each performance")
     p.add_argument("--spread", type=int, default=20, help="synthetic: identities doing one script (consistency)")
     p.add_argument("--out", help="write the report to PATH (JSON) and PATH with .md")
+    p.add_argument("--update-benchmarks", action="store_true", help="rewrite BENCHMARKS.md's accuracy block")
     p.set_defaults(handler=cmd_eval)

@@ -105,3 +105,18 @@ def test_markdown_report_shows_the_means() -> None:
                               "rest_share_above": None, "rest_jaw_open_p95_max": None,
                               "channel_mean_r": {"jawOpen": 0.8}}})  # fmt: skip
     assert "| a | 10 | 1 | 0.8 | 0.1 |" in text and "**0.8**" in text and "jawOpen 0.8" in text
+
+
+def test_benchmarks_block_is_replaced_in_place(tmp_path) -> None:
+    from engine.bench import replace_block
+    from engine.evaluate import EVAL_BEGIN, EVAL_END
+
+    page = tmp_path / "BENCHMARKS.md"
+    page.write_text(f"# B\n\nintro\n\n{EVAL_BEGIN}\nold numbers\n{EVAL_END}\n\n## after\nkept\n")
+    replace_block(page, EVAL_BEGIN, EVAL_END, "| new | 1 |")
+    text = page.read_text()
+    assert "old numbers" not in text and "| new | 1 |" in text and text.endswith("## after\nkept\n")
+    assert text.index("intro") < text.index("| new | 1 |") < text.index("## after")
+    replace_block(page, "<!-- x:begin -->", "<!-- x:end -->", "appended")  # no markers yet: appended
+    assert page.read_text().rstrip().endswith("appended\n<!-- x:end -->")
+    assert not list(tmp_path.glob(".*partial"))

@@ -344,3 +344,39 @@ def test_stats_carry_each_face_performer_estimate() -> None:
     plain = Pipeline(PipelineParts(lambda: CountingSource(2, live=False), SlowTracker, EchoSolver))
     plain.run()
     assert plain.stats()["performers"] == []
+
+
+def test_the_demo_performer_is_solved_as_who_it_renders_and_a_file_as_anyone(tmp_path) -> None:
+    import cv2
+
+    from engine.app import build_parts, load_identity
+    from engine.config import load_config
+    from engine.face_model import FaceModel
+
+    config = load_config()
+    model = FaceModel.load()
+    avatar = load_identity(config.identity, model)
+    parts = build_parts(config, "demo", model, avatar, render=False)
+    source = parts.source()
+    try:
+        solver = parts.solver()
+        assert solver.performer.rendered and np.array_equal(solver.performer.identity_weights, avatar.identity_weights)
+        assert solver.fitter.fov_y_deg == source.camera_fov_y_deg and solver.estimator is None
+    finally:
+        source.close()
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), np.full((64, 64, 3), 128, np.uint8))
+    parts = build_parts(config, str(image), model, avatar, render=False)
+    with parts.source():
+        solver = parts.solver()
+    assert solver.performer.online and not solver.performer.rendered
+    assert solver.fitter.fov_y_deg == config.performer.fov_prior_deg and solver.rest is not None
+    # A named profile is used as named, even in front of the demo.
+    config.performer.name = "default"
+    parts = build_parts(config, "demo", model, avatar, render=False)
+    source = parts.source()
+    try:
+        solver = parts.solver()
+        assert solver.performer.name == "default" and not solver.performer.online and not solver.performer.rendered
+    finally:
+        source.close()

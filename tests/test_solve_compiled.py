@@ -242,3 +242,34 @@ def test_compiled_one_euro_step_matches_numpy() -> None:
                 fast.reset()
                 slow.reset()
             np.testing.assert_allclose(fast(x, t_ns), slow(x, t_ns), rtol=1e-12, atol=1e-12)
+
+
+def test_people_prior_masked_and_measured_from_the_mean_face_matches(
+    face_model: FaceModel, embedding: LandmarkEmbedding
+) -> None:
+    """The people prior (features from the mean face, whatever identity is fitted; a per-channel share of μ,
+    blink included) pulls the compiled fit exactly as the numpy one, on a face that is not the mean."""
+    config = SolveConfig()
+    response = shipped_response(config)
+    prior = shipped_prior(config, response, people=True)
+    if prior is None:
+        pytest.skip("no shipped people prior in models/")
+    rng = np.random.default_rng(9)
+    mask = (rng.uniform(size=53) > 0.4).astype(float)
+    mask[[ICT_EXPRESSIONS.index("eyeBlink_L")]] = 0.5
+    identity = np.zeros(face_model.n_identity, np.float32)
+    identity[:40] = rng.normal(size=40)
+    fitter = FrameFitter(face_model, embedding, identity, config, response, replace(prior, channel_mask=mask))
+    mean_face = FrameFitter(face_model, embedding, None, config, response, prior)
+    assert prior.reference == "mean" and np.allclose(fitter.prior_neutral, mean_face.face.neutral)
+    assert not np.allclose(fitter.prior_neutral, fitter.face.neutral)
+    assert _compare_sequence(fitter, _frames(fitter, face_model, 8, seed=21)) < 1e-6
+    # The mask matters: all channels pulled give other weights.
+    unmasked = FrameFitter(face_model, embedding, identity, config, response, replace(prior, residual_limit=0.0))
+    masked = FrameFitter(face_model, embedding, identity, config, response,
+                         replace(prior, residual_limit=0.0, channel_mask=mask))  # fmt: skip
+    observed, has_iris, size = _frames(fitter, face_model, 1, seed=4)[0]
+    a = unmasked.fit_numpy(observed, None, has_iris, size).weights
+    b = masked.fit_numpy(observed, None, has_iris, size).weights
+    assert np.abs(a - b).max() > 0.01
+    np.testing.assert_allclose(masked.fit(observed, None, has_iris, size).weights, b, atol=1e-6)

@@ -209,5 +209,6 @@ def main() -> None:
         curves.save(DEFAULT_CURVES_PATH, fitted_on=np.str_(f"{len(fit_clips)} training clips, prior μ={best[1]:g}"))
         print(f"wrote {DEFAULT_CURVES_PATH}")
 
+
 if __name__ == "__main__":
     main()
