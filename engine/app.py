@@ -25,6 +25,7 @@ from engine.identity import DEFAULT_IDENTITY_DIR, BundleError, Identity, default
 from engine.metrics import closed_loop_metrics
 from engine.pipeline import FrameResult, Pipeline, PipelineParts
 from engine.solve.performer import Performer
+from engine.solve.solver import DEFAULT_FOV_Y_DEG
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,12 @@ def solve_config_for(config: Config, source: Any) -> SolveConfig:
     if fov:
         log.info("solver: camera vertical field of view %.0f° (the source's)", fov)
         return config.solve.model_copy(update={"camera_fov_y_deg": fov})
-    log.info("solver: camera field of view unknown: %s", "estimated online" if config.performer.name == "auto"
-             else f"{config.performer.fov_prior_deg:.0f}° (set solve.camera_fov_y_deg for your camera)")  # fmt: skip
+    auto = config.performer.name == "auto"
+    if auto and config.performer.estimate_camera:
+        log.info("solver: camera field of view unknown: estimated online")
+    else:
+        assumed = config.performer.fov_prior_deg if auto else DEFAULT_FOV_Y_DEG
+        log.info("solver: camera field of view unknown: %.0f° assumed (set solve.camera_fov_y_deg)", assumed)
     return config.solve
 
 

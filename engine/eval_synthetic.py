@@ -431,7 +431,8 @@ def synthetic_markdown(synthetic: dict[str, Any]) -> list[str]:
         "Cells: mean |w − w_true| on driven channels / on all 53, over the frames in that window after the face "
         "appears.",
         "",
-        "FOV estimate, largest error per true FOV (°): "
+        "Camera the solver used (`auto`: estimated only with `performer.estimate_camera`, else the prior's "
+        "centre), largest error per true FOV (°): "
         + ", ".join(f"{k}°: {v}" for k, v in s["fov_max_error_deg"].items()),
         "",
         f"Same script on {s['spread_identities']} different identities (50° camera), mean weight difference "
