@@ -36,14 +36,7 @@ def load_identity(config: IdentityConfig, model: FaceModel) -> Identity:
     A bundle whose bases are corrupt is rebuilt from its identity (bases recomputed and saved); a bundle of
     another face model, or one whose identity file is damaged, is refused with the command that fixes it.
     """
-    directory = default_bundle_dir(config.name, config.cache_dir)
-    if config.name == "default" and not (directory / "identity.json").is_file():
-        directory = DEFAULT_IDENTITY_DIR
-    if not (directory / "identity.json").is_file():
-        raise UserError(
-            f"no identity named {config.name!r} in {directory.parent} "
-            f"(create it with: run_engine.py enroll --name {config.name} --image PHOTO)"
-        )
+    directory = bundle_dir(config.name, config.cache_dir, "no identity named", "")
     try:
         return load_bundle(directory, model)
     except BundleError as exc:
@@ -55,6 +48,20 @@ def load_identity(config: IdentityConfig, model: FaceModel) -> Identity:
             raise UserError(f"{exc} — re-create it with: run_engine.py enroll --name {config.name} ...") from None
         log.warning("%s — recomputing the detail bases", exc)
         return rebuild_bases(partial, model, directory)
+
+
+def bundle_dir(name: str, cache_dir: Path | None, missing: str, alternative: str) -> Path:
+    """The folder of the bundle `name` (the shipped default when `default` was never enrolled); a missing one
+    is a UserError that starts with `missing` and names the fix (after `alternative`, when given)."""
+    directory = default_bundle_dir(name, cache_dir)
+    if name == "default" and not (directory / "identity.json").is_file():
+        directory = DEFAULT_IDENTITY_DIR
+    if not (directory / "identity.json").is_file():
+        raise UserError(
+            f"{missing} {name!r} in {directory.parent} "
+            f"({alternative}create it with: run_engine.py enroll --name {name} --image PHOTO)"
+        )
+    return directory
 
 
 def rebuild_bases(identity: Identity, model: FaceModel, directory: Path, config: Config | None = None) -> Identity:
@@ -205,14 +212,7 @@ def load_performer(config: Config, model: FaceModel) -> Performer:
     name = config.performer.name
     if name == "auto":
         return Performer.auto()
-    directory = default_bundle_dir(name, config.identity.cache_dir)
-    if name == "default" and not (directory / "identity.json").is_file():
-        directory = DEFAULT_IDENTITY_DIR
-    if not (directory / "identity.json").is_file():
-        raise UserError(
-            f"no performer profile named {name!r} in {directory.parent} "
-            f"(use --performer auto, or create it with: run_engine.py enroll --name {name} --image PHOTO)"
-        )
+    directory = bundle_dir(name, config.identity.cache_dir, "no performer profile named", "use --performer auto, or ")
     try:
         return Performer.from_identity(load_bundle(directory, model, with_bases=False))
     except BundleError as exc:
