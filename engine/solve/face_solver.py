@@ -84,10 +84,12 @@ class FaceSolver:
     """Stateful per-frame solver of one face track (DESIGN §3): the performer estimate, calibration, filters,
     tracking states.
 
-    `performer` is who is tracked (`engine/solve/performer.py`): `Performer.auto()` estimates face shape,
-    camera and rest offset online (`performer_config`); an `Identity` or `Performer.from_identity` uses an
-    enrolled profile. The camera is, in order: the performer's, `config.camera_fov_y_deg`, the online
-    estimate (auto), the default for files."""
+    `performer` is who is tracked (`engine/solve/performer.py`): `Performer.auto()` reads any face with the
+    people prior and learns a rest offset online (`performer_config`; the identity and camera estimate when
+    enabled there); an `Identity` or `Performer.from_identity` is an enrolled profile; a rendered avatar
+    (the demo performer) is solved with the prior trained on its own renders. The camera is, in order: the
+    performer's, `config.camera_fov_y_deg`, the online estimate (when enabled), `performer_config.fov_prior_deg`
+    for `auto`, the solver's default (`fov_y_deg`) for a profile."""
 
     def __init__(
         self,
