@@ -221,7 +221,9 @@ def load_performer(config: Config, model: FaceModel) -> Performer:
 
 def identity_info(identity: Identity) -> dict[str, Any]:
     """What the `identity` topic announces about the avatar."""
-    return {"id": identity.name, "model_id": identity.model_id, "source": identity.source}
+    # `origin` (where the bundle came from), not `source`: the envelope's `source` is the engine's id, and
+    # subscribers count each engine's `seq` by it.
+    return {"id": identity.name, "model_id": identity.model_id, "origin": identity.source}
 
 
 class StatusLine:

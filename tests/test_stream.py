@@ -403,3 +403,21 @@ def test_bench_stream_measures_something() -> None:
         assert result[key]["samples"] > 10, result[key]
         assert result[key]["transport"]["p50"] > 0
     assert result["jpeg_64"]["received"] == 10 and result["jpeg_64"]["mean_bytes"] > 0
+
+
+def test_identity_carries_its_origin_and_the_engine_id_stays_the_source(bundle: Path) -> None:
+    from engine.app import identity_info
+    from engine.identity import Identity
+
+    avatar = Identity("ada", "ict-light", np.zeros(100, np.float32), np.zeros(53, np.float32), source="photo ada.jpg")
+    with Publisher(stream_config(), "engine-7", identity_info(avatar), bundle) as pub:
+        with StreamClient(pub.endpoints["params"]) as client:
+            identity = None
+            deadline = time.monotonic() + 5
+            while identity is None and time.monotonic() < deadline:
+                pub.tick()
+                identity = client.wait("identity", 0.2)
+    assert identity is not None
+    assert identity.header["source"] == "engine-7" and identity.header["origin"] == "photo ada.jpg"
+    with pytest.raises(ValueError, match="envelope"):
+        Publisher._send(pub, pub._params, "identity", 0, {"source": "elsewhere"})

@@ -110,8 +110,12 @@ class Publisher:
     ) -> None:
         seq = self._seq[topic]
         self._seq[topic] = seq + 1
-        header = {"v": VERSION, "seq": seq, "t_capture_ns": int(t_capture_ns), "t_publish_ns": time.monotonic_ns(),
-                  "source": self.source_id, **fields}  # fmt: skip
+        envelope = {"v": VERSION, "seq": seq, "t_capture_ns": int(t_capture_ns), "t_publish_ns": time.monotonic_ns(),
+                    "source": self.source_id}  # fmt: skip
+        clash = envelope.keys() & fields.keys()
+        if clash:  # a topic field must never overwrite the envelope (seq accounting keys on `source`)
+            raise ValueError(f"{topic} fields {sorted(clash)} would overwrite the message envelope")
+        header = envelope | fields
         # PUB + NOBLOCK never waits: a subscriber at its HWM silently misses this message and sees a seq gap.
         socket.send_multipart(encode(topic, header, payload), flags=zmq.NOBLOCK, copy=payload is None)
         self.counts[topic] += 1
