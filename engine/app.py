@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import uuid
@@ -287,8 +288,12 @@ def summarize(pipeline: Pipeline) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     """The live engine (DESIGN §8 `run`)."""
     if args.frames is not None:
+        if args.frames < 1:
+            raise UserError(f"--frames must be at least 1, got {args.frames}")
         config.pipeline.frames = args.frames
     if args.duration is not None:
+        if not (math.isfinite(args.duration) and args.duration > 0):
+            raise UserError(f"--duration must be a positive number of seconds, got {args.duration}")
         config.pipeline.duration_s = args.duration
     if args.avatar:
         config.identity.name = args.avatar

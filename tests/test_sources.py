@@ -129,6 +129,10 @@ def test_source_specs() -> None:
         (["run", "--source", "demo", "--performer", "nobody", "--no-render"], "no performer profile named 'nobody'"),
         (["run", "--source", "demo", "--avatar", "nobody", "--no-render"], "no identity named 'nobody'"),
         (["eval", "--videos", "/no/such/folder"], "no video folder /no/such/folder"),
+        (["run", "--source", "demo", "--frames", "0"], "--frames must be at least 1, got 0"),
+        (["run", "--source", "demo", "--frames", "-5"], "--frames must be at least 1, got -5"),
+        (["run", "--source", "demo", "--duration", "nan"], "--duration must be a positive number of seconds"),
+        (["run", "--source", "demo", "--duration", "0"], "--duration must be a positive number of seconds"),
         (["eval", "--no-real", "--out", "/no/such/dir/r.json"], "cannot write /no/such/dir/r.json"),
     ],
 )
