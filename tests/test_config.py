@@ -62,3 +62,12 @@ def test_override_values_are_typed() -> None:
 def test_default_yaml_equals_the_schema_defaults() -> None:
     """configs/default.yaml is what a user reads: it must not drift from the schema's own defaults."""
     assert load_config().model_dump() == Config().model_dump()
+
+
+def test_a_folder_or_a_binary_file_as_config_is_a_clear_error(tmp_path) -> None:
+    binary = tmp_path / "photo.png"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match="is not text"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)
