@@ -7,9 +7,12 @@ build from the config and what to report when the run ends.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import uuid
@@ -81,15 +84,23 @@ def rebuild_bases(identity: Identity, model: FaceModel, directory: Path, config:
 
 
 class ParamsJsonl:
-    """Writes one JSON line per processed frame: frame index, capture time, tracking, pose, ARKit blendshapes."""
+    """Writes one JSON line per processed frame: frame index, capture time, tracking, pose, ARKit blendshapes.
+
+    Each line goes out in one unbuffered write; a write that fails or falls short (a full disk) is cut back to
+    the last whole line, then this output stops with one warning while the engine runs on."""
 
     def __init__(self, path: Path) -> None:
+        self.path = Path(path)
         try:
-            self._file: TextIO = open(path, "w", buffering=1)  # noqa: SIM115 - closed by close()
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as exc:
             raise UserError(f"cannot write --params-jsonl {path}: {exc.strerror}") from None
+        self._size = 0  # bytes of whole lines written
+        self.lines = 0
 
     def __call__(self, result: FrameResult) -> None:
+        if self._fd is None:
+            return
         state = result.state
         record = {
             "frame": result.frame.index,
@@ -102,10 +113,56 @@ class ParamsJsonl:
             },
             "blendshapes": {k: round(v, 5) for k, v in state.arkit().items()},
         }
-        self._file.write(json.dumps(record) + "\n")
+        line = (json.dumps(record) + "\n").encode()
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, "short write (disk full?)")
+            self._size += written
+            self.lines += 1
+        except OSError as exc:
+            self._stop(exc)
+
+    def _stop(self, exc: OSError) -> None:
+        """Cut a partial line off, close, and say so once; the run goes on without this output."""
+        assert self._fd is not None
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._size)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = None
+        log.warning("--params-jsonl %s stopped after %d lines: %s; the engine keeps running", self.path,
+                    self.lines, exc.strerror or exc)  # fmt: skip
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def check_output_path(path: Path, option: str) -> None:
+    """Fail before the run, with one line, on an output that cannot be written (no folder, read-only)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserError(f"cannot write {option} {path}: it is a folder")
+    if not folder.is_dir():
+        raise UserError(f"cannot write {option} {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"cannot write {option} {path}: permission denied")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path` and rename it over: a reader never sees half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        temporary.write_text(text)
+        temporary.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def build_parts(
@@ -312,6 +369,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     model = FaceModel.load()
     identity = load_identity(config.identity, model)
     parts = build_parts(config, source_spec, model, identity, render=not args.no_render)
+    if args.summary_json:
+        check_output_path(Path(args.summary_json), "--summary-json")
     jsonl = ParamsJsonl(Path(args.params_jsonl)) if args.params_jsonl else None
     if jsonl is not None:
         parts.on_state.append(jsonl)
@@ -336,7 +395,10 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
             jsonl.close()
     summary = summarize(pipeline)
     if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+        try:
+            write_atomic(Path(args.summary_json), json.dumps(summary, indent=2) + "\n")
+        except OSError as exc:
+            raise UserError(f"cannot write --summary-json {args.summary_json}: {exc.strerror}") from None
     print(_summary_text(summary))
     return 0
 

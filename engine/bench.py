@@ -259,6 +259,10 @@ def replace_block(path: Path, begin: str, end: str, content: str) -> None:
 
 def cmd_bench(args: argparse.Namespace, config: Config) -> int:
     """`bench`: run everything, print JSON, refresh BENCHMARKS.md (unless --no-update)."""
+    from engine.app import check_output_path
+
+    if args.json:
+        check_output_path(Path(args.json), "--json")  # before minutes of measuring, not after
     results = run_benchmarks(config, quick=args.quick)
     text = json.dumps(results, indent=2, default=float)
     if args.json:

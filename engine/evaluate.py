@@ -277,9 +277,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 def cmd_eval(args: argparse.Namespace, config: Config) -> int:
     """`eval`: run the parts asked for, write JSON and Markdown, print the Markdown."""
+    from engine.app import check_output_path, write_atomic
+
     out_json = Path(args.out) if args.out else None
     if out_json is not None:
-        _check_writable(out_json)
+        check_output_path(out_json, "--out")
     report: dict[str, Any] = {}
     if not args.no_real:
         folder = Path(args.videos)
@@ -303,29 +305,10 @@ def cmd_eval(args: argparse.Namespace, config: Config) -> int:
         replace_block(BENCHMARKS_MD, EVAL_BEGIN, EVAL_END, body.replace("\n## ", "\n### ").strip())
         print(f"updated {BENCHMARKS_MD}")
     if out_json is not None:
-        _write_atomic(out_json, json.dumps(report, indent=1) + "\n")
-        _write_atomic(out_json.with_suffix(".md"), text)
+        write_atomic(out_json, json.dumps(report, indent=1) + "\n")
+        write_atomic(out_json.with_suffix(".md"), text)
     print(text)
     return 0
-
-
-def _check_writable(path: Path) -> None:
-    """Fail before hours of work, not after, on an output that cannot be written."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"cannot write {path}: no folder {parent}")
-    probe = parent / f".{path.name}.probe"
-    try:
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 def add_eval_command(sub: argparse._SubParsersAction) -> None:

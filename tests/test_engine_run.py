@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -141,3 +142,42 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], text: str, timeout: flo
             return True
         time.sleep(0.2)
     return False
+
+
+def test_a_full_disk_stops_the_params_jsonl_alone(tmp_path) -> None:
+    """`--params-jsonl /dev/full`: one warning, the run completes with its summary, nothing half-written."""
+    summary_path = tmp_path / "s.json"
+    proc = _engine("run", "--source", "demo", "--frames", "20", "--no-render", "--quiet", "--params-jsonl",
+                   "/dev/full", "--summary-json", str(summary_path), *_port_args())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("--params-jsonl /dev/full stopped after 0 lines") == 1
+    assert json.loads(summary_path.read_text())["frames"] >= 20 and "Traceback" not in proc.stderr
+
+
+def test_unwritable_outputs_are_refused_before_the_run(tmp_path) -> None:
+    for option in ("--summary-json", "--params-jsonl"):
+        proc = _engine("run", "--source", "demo", "--frames", "5", "--no-render", "--quiet", option,
+                       str(tmp_path / "no" / "such" / "out.json"), *_port_args())  # fmt: skip
+        assert proc.returncode != 0 and "cannot write " + option in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_params_jsonl_cuts_a_short_write_back_to_whole_lines(tmp_path, monkeypatch) -> None:
+    import os as os_module
+
+    from engine.app import ParamsJsonl
+    from engine.pipeline import FrameResult
+    from engine.types import FaceState, Frame, HeadPose, TrackingState
+
+    path = tmp_path / "p.jsonl"
+    out = ParamsJsonl(path)
+    state = FaceState(HeadPose.identity(), np.zeros(53), TrackingState.TRACKING, 1.0, 0, 0)
+    result = FrameResult(Frame(np.zeros((2, 2, 3), np.uint8), 0, 0), None, state)
+    out(result)
+    real_write = os_module.write
+    monkeypatch.setattr(os_module, "write", lambda fd, data: real_write(fd, data[: len(data) // 2]))
+    out(result)  # half a line reaches the disk: it is cut off, and the output stops
+    out(result)
+    monkeypatch.undo()
+    out.close()
+    lines = path.read_text().splitlines(keepends=True)
+    assert len(lines) == 1 and lines[0].endswith("\n") and json.loads(lines[0])["frame"] == 0

@@ -133,7 +133,7 @@ def test_source_specs() -> None:
         (["run", "--source", "demo", "--frames", "-5"], "--frames must be at least 1, got -5"),
         (["run", "--source", "demo", "--duration", "nan"], "--duration must be a positive number of seconds"),
         (["run", "--source", "demo", "--duration", "0"], "--duration must be a positive number of seconds"),
-        (["eval", "--no-real", "--out", "/no/such/dir/r.json"], "cannot write /no/such/dir/r.json"),
+        (["eval", "--no-real", "--out", "/no/such/dir/r.json"], "cannot write --out /no/such/dir/r.json"),
     ],
 )
 def test_cli_errors_are_one_line_without_traceback(args: list[str], message: str) -> None:
