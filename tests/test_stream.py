@@ -421,3 +421,62 @@ def test_identity_carries_its_origin_and_the_engine_id_stays_the_source(bundle: 
     assert identity.header["source"] == "engine-7" and identity.header["origin"] == "photo ada.jpg"
     with pytest.raises(ValueError, match="envelope"):
         Publisher._send(pub, pub._params, "identity", 0, {"source": "elsewhere"})
+
+
+def _params_header(seq: int = 0, **changes) -> dict:
+    header = {"v": 1, "seq": seq, "t_capture_ns": 0, "t_publish_ns": 0, "source": "s", "identity": "ada",
+              "face": 0, "frame_index": seq, "tracking": {"state": "tracking", "confidence": 0.9},
+              "pose": {"quaternion": [1.0, 0.0, 0.0, 0.0], "translation": [0.0, 0.0, -60.0], "scale": 1.0},
+              "blendshapes": {"jawOpen": 0.5}}  # fmt: skip
+    for key, value in changes.items():
+        if key in ("quaternion", "translation", "scale"):
+            header["pose"] = {**header["pose"], key: value}
+        elif key == "confidence":
+            header["tracking"] = {**header["tracking"], key: value}
+        elif key == "weight":
+            header["blendshapes"] = {"jawOpen": value}
+        else:
+            header[key] = value
+    return header
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"quaternion": [0.0, 0.0, 0.0, 0.0]}, "params.pose"),
+        ({"quaternion": [1e300, 0.0, 0.0, 0.0]}, "params.pose"),
+        ({"scale": 1e-300}, "params.pose"),
+        ({"translation": [0.0, 0.0, 1e12]}, "params.pose"),
+        ({"weight": 50}, "params.blendshapes"),
+        ({"weight": -3}, "params.blendshapes"),
+        ({"weight": 1e300}, "params.blendshapes"),
+        ({"confidence": 7}, "params.tracking"),
+        ({"face": 10**9}, "params.face"),
+        ({"seq": 2**64 - 1}, "seq"),
+    ],
+)
+def test_schema_refuses_values_out_of_range(changes: dict, reason: str) -> None:
+    validate(encode("params", _params_header()), 0)  # the unchanged message is valid
+    validate(encode("params", _params_header(weight=1.004, quaternion=[0.999, 0.0, 0.0, 0.0])), 0)  # rounding
+    with pytest.raises(SchemaError) as info:
+        validate(encode("params", _params_header(**changes)), 0)
+    assert info.value.reason == reason
+
+
+def test_a_stale_or_jumping_seq_never_replaces_the_newest_params() -> None:
+    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as pub:
+        pub.bind("tcp://127.0.0.1:*")
+        with StreamClient(pub.getsockopt_string(zmq.LAST_ENDPOINT)) as client:
+            time.sleep(CONNECT_S)
+            for seq in (500, 501, 502):
+                pub.send_multipart(encode("params", _params_header(seq)))
+            assert wait_until(lambda: client.received["params"] == 3, 5.0)
+            pub.send_multipart(encode("params", _params_header(300)))  # older: dropped
+            pub.send_multipart(encode("params", _params_header(502)))  # a repeat: dropped
+            pub.send_multipart(encode("params", _params_header(502 + 10**7)))  # a broken sender's jump
+            assert wait_until(lambda: sum(client.dropped.values()) == 3, 5.0), client.dropped
+            assert client.latest("params").seq == 502 and client.gaps["params"] == 0
+            assert client.dropped["params.seq_stale"] == 2 and client.dropped["params.seq_jump"] == 1
+            pub.send_multipart(encode("params", _params_header(0)))  # a restarted engine counts from 0
+            assert wait_until(lambda: client.received["params"] == 4, 5.0)
+            assert client.latest("params").seq == 0

@@ -9,7 +9,8 @@ Wire format v1 (full text: docs/protocol.md; checks: engine/stream/schema.py):
 
 Porting notes: subscribe to each topic by name; read in a loop on a background thread and overwrite a
 per-topic slot (rendering wants the newest pose, not a queue of old ones); validate every message and drop
-what fails instead of crashing; `seq` gaps are messages this subscriber missed. ZeroMQ reconnects by itself;
+what fails instead of crashing (values out of range included: schema.py); `seq` gaps are messages this
+subscriber missed; a stale or repeated `seq` never replaces the newest message. ZeroMQ reconnects by itself;
 heartbeats make it notice a peer that vanished without closing the connection.
 """
 
@@ -34,6 +35,11 @@ from engine.stream.security import ClientKeys
 from engine.types import FaceState, HeadPose, TrackingState
 
 log = logging.getLogger(__name__)
+
+# A seq this low after a higher one is a restarted engine (it counts from 0), not a stale message.
+RESTART_SEQ = 100
+# A seq this far ahead of the last is a broken sender, not missed messages (30 fps for ~9 hours).
+MAX_SEQ_JUMP = 1_000_000
 
 
 class StreamClient:
@@ -122,14 +128,29 @@ class StreamClient:
         topic, header = message.topic, message.header
         stream = (topic, header["source"])
         last = self._last_seq.get(stream)
+        if last is not None and not self._in_order(topic, last, message.seq):
+            return
         if last is not None and message.seq > last + 1:
             self.gaps[topic] += message.seq - last - 1
-        # A lower seq from the same source means that engine restarted: start counting afresh.
         self._last_seq[stream] = message.seq
         with self._changed:
             self._latest[(topic, int(header.get("face", 0)))] = message
             self.received[topic] += 1
             self._changed.notify_all()
+
+    def _in_order(self, topic: str, last: int, seq: int) -> bool:
+        """Whether `seq` may follow `last` from one source; else the message is dropped and counted.
+
+        A repeat or an older seq never replaces the newest message — unless it is one of the first
+        `RESTART_SEQ` of a stream, which is how a restarted engine looks (it counts from 0 again). A jump of
+        more than `MAX_SEQ_JUMP` is not a gap that loopback or a LAN can produce: the sender is broken."""
+        if seq <= last and seq >= RESTART_SEQ:
+            self.dropped[f"{topic}.seq_stale"] += 1
+            return False
+        if seq > last + MAX_SEQ_JUMP:
+            self.dropped[f"{topic}.seq_jump"] += 1
+            return False
+        return True
 
     @property
     def running(self) -> bool:

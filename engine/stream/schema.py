@@ -79,22 +79,42 @@ def _str_list(x: object) -> bool:
     return isinstance(x, list) and all(isinstance(s, str) for s in x)
 
 
+# Value ranges a receiver can trust (a renderer given a zero quaternion or a weight of 50 crashes or mangles
+# the face): a unit quaternion within QUATERNION_TOLERANCE, translation within MAX_TRANSLATION_CM, scale in
+# SCALE_RANGE, weights in [0, 1] ± WEIGHT_TOLERANCE (float rounding), confidence in [0, 1], face index below
+# MAX_FACES, seq below MAX_SEQ (2⁵³: exact in every JSON/JavaScript number).
+QUATERNION_TOLERANCE = 0.01
+MAX_TRANSLATION_CM = 1e5
+SCALE_RANGE = (1e-3, 1e3)
+WEIGHT_TOLERANCE = 0.01
+MAX_FACES = 64
+MAX_SEQ = 2**53
+
+
 def _pose(x: object) -> bool:
+    if not (isinstance(x, dict) and _vec(4)(x.get("quaternion")) and _vec(3)(x.get("translation"))):
+        return False
+    norm = math.sqrt(sum(float(c) * float(c) for c in x["quaternion"]))
     return (
-        isinstance(x, dict)
-        and _vec(4)(x.get("quaternion"))
-        and _vec(3)(x.get("translation"))
+        abs(norm - 1.0) <= QUATERNION_TOLERANCE
+        and all(abs(float(c)) <= MAX_TRANSLATION_CM for c in x["translation"])
         and _is_num(x.get("scale"))
-        and float(x["scale"]) > 0
+        and SCALE_RANGE[0] <= float(x["scale"]) <= SCALE_RANGE[1]
     )
 
 
+def _weight(v: object) -> bool:
+    return _is_num(v) and -WEIGHT_TOLERANCE <= float(v) <= 1.0 + WEIGHT_TOLERANCE  # type: ignore[arg-type]
+
+
 def _blendshapes(x: object) -> bool:
-    return isinstance(x, dict) and all(k in _ARKIT and _is_num(v) for k, v in x.items())
+    return isinstance(x, dict) and all(k in _ARKIT and _weight(v) for k, v in x.items())
 
 
 def _tracking(x: object) -> bool:
-    return isinstance(x, dict) and x.get("state") in TRACKING_STATES and _is_num(x.get("confidence"))
+    if not (isinstance(x, dict) and x.get("state") in TRACKING_STATES and _is_num(x.get("confidence"))):
+        return False
+    return 0.0 <= float(x["confidence"]) <= 1.0
 
 
 def _assets(x: object) -> bool:
@@ -103,7 +123,7 @@ def _assets(x: object) -> bool:
 
 COMMON_FIELDS: dict[str, Callable[[object], bool]] = {
     "v": _is_int,
-    "seq": lambda x: _is_int(x) and x >= 0,
+    "seq": lambda x: _is_int(x) and 0 <= x < MAX_SEQ,
     "t_capture_ns": _is_int,
     "t_publish_ns": _is_int,
     "source": _is_str,
@@ -116,7 +136,7 @@ TOPIC_FIELDS: dict[str, dict[str, Callable[[object], bool]]] = {
         "blendshapes": _blendshapes,  # {ARKit name: weight in [0, 1]}
         "tracking": _tracking,  # {state, confidence}
         "identity": _is_str,
-        "face": lambda x: _is_int(x) and x >= 0,
+        "face": lambda x: _is_int(x) and 0 <= x < MAX_FACES,
         "frame_index": _is_int,
     },
     FRAME: {
