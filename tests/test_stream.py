@@ -6,6 +6,8 @@ Every test binds ephemeral ports (port 0), so tests never collide with each othe
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -480,3 +482,60 @@ def test_a_stale_or_jumping_seq_never_replaces_the_newest_params() -> None:
             pub.send_multipart(encode("params", _params_header(0)))  # a restarted engine counts from 0
             assert wait_until(lambda: client.received["params"] == 4, 5.0)
             assert client.latest("params").seq == 0
+
+
+def test_a_huge_subscription_does_not_stall_params(publisher: Publisher) -> None:
+    """A 32 MB subscription message (any local client can send one) is refused at the socket: params keep
+    flowing to everyone else (it stalled them for seconds and kept gigabytes before the size limit)."""
+    from engine.stream.publisher import MAX_INCOMING_BYTES
+
+    assert publisher._params.getsockopt(zmq.MAXMSGSIZE) == MAX_INCOMING_BYTES
+    rng = np.random.default_rng(8)
+    stop = threading.Event()
+
+    def engine_loop() -> None:
+        while not stop.is_set():
+            publisher.publish_params(random_state(rng))
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=engine_loop)
+    thread.start()
+    arrivals: list[float] = []
+    # The abuser runs in its own process: libzmq tears a 32 MB subscription down recursively and crashes the
+    # process that holds it, which must never be the engine (the size limit keeps it out of the engine).
+    abuse = (
+        "import os, time, zmq\n"
+        "s = zmq.Context().socket(zmq.SUB)\n"
+        f"s.connect({publisher.endpoints['params']!r})\n"
+        "s.setsockopt(zmq.SUBSCRIBE, b'p' * (32 * 1024 * 1024))\n"
+        "print('got' if s.poll(1500) else 'nothing', flush=True)\n"
+        "os._exit(0)\n"
+    )
+    try:
+        with StreamClient(publisher.endpoints["params"], topics=("params",)) as client:
+            assert client.wait("params", 3.0) is not None
+            rss_before = _rss_mib()
+            abuser = subprocess.Popen([sys.executable, "-c", abuse], stdout=subprocess.PIPE, text=True)
+            last = client.latest("params")
+            deadline = time.monotonic() + 2.5
+            while time.monotonic() < deadline:
+                message = client.wait("params", 1.0, newer_than=last)
+                if message is not None:
+                    arrivals.append(time.monotonic())
+                    last = message
+            out, _ = abuser.communicate(timeout=30)
+            rss_growth = _rss_mib() - rss_before
+    finally:
+        stop.set()
+        thread.join()
+    assert out.strip() == "nothing"  # refused: the abuser's connection was dropped, it receives nothing
+    assert len(arrivals) > 80
+    assert max(np.diff(arrivals)) < 1.0  # no stall (it was 6.4 s)
+    assert rss_growth < 50, rss_growth  # nothing of it is held (it was 3.5 GiB)
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

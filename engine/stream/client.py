@@ -30,12 +30,24 @@ import zmq
 from engine.errors import UserError
 from engine.names import arkit_to_ict
 from engine.stream.assets import AssetError, fetch_bundle
-from engine.stream.schema import FRAME, IDENTITY, PARAMS, STATS, STATUS, Message, SchemaError, validate
+from engine.stream.schema import (
+    FRAME,
+    IDENTITY,
+    MAX_FRAME_PIXELS,
+    PARAMS,
+    STATS,
+    STATUS,
+    Message,
+    SchemaError,
+    validate,
+)
 from engine.stream.security import ClientKeys
 from engine.types import FaceState, HeadPose, TrackingState
 
 log = logging.getLogger(__name__)
 
+# No valid header (params, identity, status, stats, frame) comes near this; larger messages are refused.
+MAX_HEADER_BYTES = 1024 * 1024
 # A seq this low after a higher one is a restarted engine (it counts from 0), not a stale message.
 RESTART_SEQ = 100
 # A seq this far ahead of the last is a broken sender, not missed messages (30 fps for ~9 hours).
@@ -73,18 +85,21 @@ class StreamClient:
         self._context = zmq.Context()
         self._sockets: list[zmq.Socket] = []
         try:
-            self._subscribe(params_address, topics, rcv_hwm)
+            self._subscribe(params_address, topics, rcv_hwm, MAX_HEADER_BYTES)
             if frame_address is not None:
-                self._subscribe(frame_address, [FRAME], 4)  # images are big: a short queue, newest wins anyway
+                # Images are big: a short queue (newest wins anyway), and nothing larger than the largest valid one.
+                self._subscribe(frame_address, [FRAME], 4, MAX_FRAME_PIXELS * 4 + MAX_HEADER_BYTES)
         except BaseException:
             self.close()
             raise
         self._thread = threading.Thread(target=self._run, name="scapecast-client", daemon=True)
         self._thread.start()
 
-    def _socket(self, kind: int, address: str, hwm: int = 1000) -> zmq.Socket:
+    def _socket(self, kind: int, address: str, hwm: int = 1000, max_bytes: int = -1) -> zmq.Socket:
         socket = self._context.socket(kind)
         socket.linger = 0
+        # A message larger than any valid one drops the connection before it is received whole (-1: no limit).
+        socket.setsockopt(zmq.MAXMSGSIZE, max_bytes)
         socket.rcvhwm = hwm  # before connect: a pipe keeps the HWM it was created with
         socket.ipv6 = address.startswith("tcp://[")
         socket.reconnect_ivl, socket.reconnect_ivl_max = 100, 2000  # ms
@@ -98,8 +113,8 @@ class StreamClient:
             raise UserError(f"cannot connect to {address!r}: {exc.strerror} (expected tcp://HOST:PORT)") from None
         return socket
 
-    def _subscribe(self, address: str, topics: Iterable[str], hwm: int) -> None:
-        socket = self._socket(zmq.SUB, address, hwm)
+    def _subscribe(self, address: str, topics: Iterable[str], hwm: int, max_bytes: int) -> None:
+        socket = self._socket(zmq.SUB, address, hwm, max_bytes)
         for topic in topics:
             socket.subscribe(topic.encode("ascii"))
         self._sockets.append(socket)

@@ -34,6 +34,9 @@ from engine.types import FaceState, RenderedFrame
 
 log = logging.getLogger(__name__)
 
+# The largest message a client may send the engine (a subscription, an asset request).
+MAX_INCOMING_BYTES = 64 * 1024
+
 IDENTITY_PERIOD_S = 1.0  # late joiners learn the identity within this period (plus connect time)
 # `send_hwm` bounds the frame queue. The params socket's messages are 1–2 KB and come in bursts of up to four
 # per frame (params, status, stats, identity), so it gets a larger queue: still tiny in bytes.
@@ -95,6 +98,10 @@ class Publisher:
         self._sockets.append(socket)
         socket.linger = 0
         socket.sndhwm = hwm
+        # What reaches these sockets from clients is small (subscriptions: topic names; asset requests: a
+        # verb and a file name): a larger message drops that peer's connection before it is buffered, so no
+        # client can make the engine hold or parse megabytes.
+        socket.setsockopt(zmq.MAXMSGSIZE, MAX_INCOMING_BYTES)
         self._security.apply(socket)
         address = bind_endpoint(socket, self.config.bind_address, port)
         try:
