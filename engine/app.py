@@ -179,13 +179,17 @@ def build_parts(
 
     def make_renderer() -> Any:
         if config.pipeline.render_process:
-            from engine.render.process import RendererProcess, RenderProcessError
+            from engine.render.process import RendererProcess, RenderProcessError, SupervisedRenderer
 
-            try:
+            def start(stop: Any) -> RendererProcess:
                 return RendererProcess(
                     model, identity, config.render, detail_gain=config.detail.scale_mm,
-                    detail=config.detail.enabled, niceness=config.pipeline.render_niceness,
+                    detail=config.detail.enabled, niceness=config.pipeline.render_niceness, stop=stop,
                 )  # fmt: skip
+
+            try:
+                # Supervised: a render child that dies or hangs is restarted; tracking and params go on.
+                return SupervisedRenderer(start)
             except (OSError, RenderProcessError) as exc:  # no /dev/shm, no process spawning: render on a thread
                 log.warning("render process unavailable (%s); rendering on a thread of the engine", exc)
         from engine.render.renderer import AvatarRenderer
@@ -332,6 +336,7 @@ def summarize(pipeline: Pipeline) -> dict[str, Any]:
         "published": dict(pipeline.published),
         "dropped": stats["dropped"],
         "invalid_frames": pipeline.invalid_frames,
+        "render": stats["render"],
         "wall_s": round((pipeline.t_end_ns - pipeline.t_start_ns) / 1e9, 3),
     }
     with_truth = [r for r in results if r.frame.true_weights is not None]

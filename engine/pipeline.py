@@ -29,6 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from engine.errors import Stopping
 from engine.metrics import percentiles_ms
 from engine.sources.base import FrameSource, now_ns
 from engine.tracking import FaceSlots
@@ -48,7 +49,9 @@ class Solver(Protocol):
 
 
 class Renderer(Protocol):
-    def render(self, state: FaceState) -> RenderedFrame: ...
+    # None: no frame this time (a supervised render process that is restarting); raises `Stopping` when it
+    # gave up waiting because the engine is stopping.
+    def render(self, state: FaceState) -> RenderedFrame | None: ...
     def close(self) -> None: ...
 
 
@@ -220,6 +223,8 @@ class Pipeline:
         self._stage_ready = {name: threading.Event() for name in ("track", "solve", "render")}
         self._live = False
         self._solvers: list[Solver] = []
+        self._renderer: Renderer | None = None
+        self.render_skipped = 0  # solved frames not rendered because the renderer was down
         self._lock = threading.Lock()
         self.t_start_ns = 0
         self.t_end_ns = 0
@@ -432,7 +437,10 @@ class Pipeline:
             # Before the GL context exists: Mesa's llvmpipe workers inherit the niceness of the thread that
             # creates them, so on a CPU-only machine the render yields to tracking rather than starving it.
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.render_niceness)
-        renderer = self.parts.renderer()
+        renderer = self._renderer = self.parts.renderer()
+        attach_stop = getattr(renderer, "attach_stop", None)  # a render process: never outwait a stop
+        if attach_stop is not None:
+            attach_stop(self._stop)
         self._stage_ready["render"].set()
         try:
             # Drain what the solve thread handed over even after it stopped (a file's last frames).
@@ -442,7 +450,14 @@ class Pipeline:
                     continue
                 stamps = result.stamps
                 stamps["render_start"] = now_ns()
-                result.rendered = renderer.render(result.state)
+                try:
+                    rendered = renderer.render(result.state)
+                except Stopping:
+                    break
+                if rendered is None:  # the renderer is down (its process restarting): no frame this time
+                    self.render_skipped += 1
+                    continue
+                result.rendered = rendered
                 stamps["rendered"] = now_ns()
                 if getattr(renderer, "calibration_requested", False):  # `c` in the preview window
                     self.request_calibration()
@@ -489,6 +504,12 @@ class Pipeline:
             "stages_ms": stage_ms,
             "dropped": {"capture": self._frames.dropped, "solved": self._solved.dropped},
             "tracking": self.tracking_state.value,
+            # The renderer's health where it reports one (a supervised render process: running / restarting).
+            "render": {
+                "state": getattr(self._renderer, "state", "running" if self._renderer is not None else "off"),
+                "restarts": getattr(self._renderer, "restarts", 0),
+                "skipped": self.render_skipped,
+            },
             # Each face's performer estimate (converged, camera in use), where the solver reports one.
             "performers": [status() for solver in self._solvers if (status := getattr(solver, "status", None))],
         }

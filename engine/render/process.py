@@ -13,6 +13,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import RenderConfig
-from engine.errors import UserError
+from engine.errors import Stopping, UserError
 from engine.face_model import FaceModel
 from engine.identity import Identity
 from engine.render.context import RenderContextError
@@ -30,7 +32,11 @@ log = logging.getLogger(__name__)
 
 
 class RenderProcessError(RuntimeError):
-    """The render process failed or exited; the message says how."""
+    """The render process failed, exited or hung; the message says how."""
+
+
+class RenderStopped(Stopping):
+    """The engine is stopping: a render that was waiting for the child gave up."""
 
 
 def _serve(
@@ -100,8 +106,14 @@ class RendererProcess:
         detail: bool = True,
         niceness: int = 0,
         start_timeout_s: float = 120.0,
+        frame_timeout_s: float = 2.0,
+        stop: threading.Event | None = None,
     ) -> None:
         self.config = config
+        # A frame not back within this long is a hung child (stopped, deadlocked): it is given up on.
+        self.frame_timeout_s = frame_timeout_s
+        # Set when the engine stops: a render waiting for the child returns at once (RenderStopped).
+        self.stop = stop
         self._shape = (config.height, config.width, 4)
         self._shm = shared_memory.SharedMemory(create=True, size=int(np.prod(self._shape)))
         self._image = np.ndarray(self._shape, np.uint8, buffer=self._shm.buf)
@@ -119,7 +131,7 @@ class RendererProcess:
         try:
             self._process.start()
             child_conn.close()
-            if not self._conn.poll(start_timeout_s):
+            if not self._wait(start_timeout_s):
                 raise RenderProcessError(f"the render process did not start within {start_timeout_s:.0f} s")
             reply = self._receive()
         except BaseException:
@@ -133,6 +145,23 @@ class RendererProcess:
             raise RenderProcessError(f"the render process could not start: {message}")
         self.info: dict[str, Any] = reply[1]
         self.detail = bool(self.info["detail"])
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (for supervision and tests)."""
+        return self._process.pid
+
+    def _wait(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the child's next message, a little at a time so that a stopping engine
+        is never held up by a child that does not answer; RenderStopped once `stop` is set."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.stop is not None and self.stop.is_set():
+                raise RenderStopped("the engine is stopping")
+            if self._conn.poll(min(0.05, max(0.0, deadline - time.monotonic()))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
     def _receive(self) -> tuple:
         try:
@@ -151,6 +180,8 @@ class RendererProcess:
             self._conn.send(state)
         except (BrokenPipeError, OSError):
             raise RenderProcessError(f"the render process is gone (exit code {self._process.exitcode})") from None
+        if not self._wait(self.frame_timeout_s):
+            raise RenderProcessError(f"the render process sent no frame within {self.frame_timeout_s:g} s (hung)")
         reply = self._receive()
         if reply[0] != "ok":
             raise RenderProcessError(f"the render process failed: {reply[1]}")
@@ -167,11 +198,13 @@ class RendererProcess:
                 self._conn.send(None)
             except (BrokenPipeError, OSError):
                 pass
-            self._process.join(timeout=5.0)
+            self._process.join(timeout=1.0)
             if self._process.is_alive():
-                log.warning("the render process did not stop: terminating it")
-                self._process.terminate()
-                self._process.join(timeout=2.0)
+                # SIGKILL: a stopped (SIGSTOP) or hung child ignores everything gentler, and stopping the
+                # engine must not wait for it.
+                log.warning("the render process did not stop: killing it")
+                self._process.kill()
+                self._process.join(timeout=1.0)
         self._conn.close()
         del self._image
         self._shm.close()
@@ -182,3 +215,90 @@ class RendererProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SupervisedRenderer:
+    """A `RendererProcess` that is restarted when it dies or hangs, so the engine never goes down with it.
+
+    `render(state)` returns the frame, or None while the child is down: the caller publishes no frame then,
+    and everything else (tracking, `params`) runs on. A child that exits, crashes or sends no frame within
+    its `frame_timeout_s` is killed and started again after a backoff that doubles from `backoff_s` up to
+    `max_backoff_s` (and resets once a restarted child has rendered for a while). `state` ("running",
+    "restarting") and `restarts` are read by the pipeline's `stats`. The first start is not retried: a
+    child that cannot start at all (no EGL) raises, as `RendererProcess` does, so the engine can fall back.
+    """
+
+    def __init__(
+        self, start: Any, backoff_s: float = 0.25, max_backoff_s: float = 30.0, healthy_after_s: float = 10.0
+    ) -> None:
+        self._start = start  # (stop event or None) -> RendererProcess
+        self.backoff_s, self.max_backoff_s, self.healthy_after_s = backoff_s, max_backoff_s, healthy_after_s
+        self._child: RendererProcess | None = start(None)
+        self.detail = self._child.detail
+        self.info = self._child.info
+        self.stop: threading.Event | None = None
+        self.state = "running"
+        self.restarts = 0
+        self._next_backoff_s = backoff_s
+        self._restart_at = 0.0
+        self._started_at = time.monotonic()
+        self.preview_open, self.preview_closed, self.calibration_requested = True, False, False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._child is None else self._child.pid
+
+    def attach_stop(self, stop: threading.Event) -> None:
+        """The engine's stop event: a render waiting for the child gives up as soon as it is set."""
+        self.stop = stop
+        if self._child is not None:
+            self._child.stop = stop
+
+    def render(self, state: FaceState) -> RenderedFrame | None:
+        """The frame for `state`, or None while the child is down (then restarted when its backoff ends)."""
+        if self._child is None and time.monotonic() >= self._restart_at:
+            self._restart()
+        if self._child is None:
+            return None
+        try:
+            frame = self._child.render(state)
+        except RenderProcessError as exc:
+            self._down(str(exc))
+            return None
+        self.preview_open = self._child.preview_open
+        self.preview_closed = self._child.preview_closed
+        self.calibration_requested = self._child.calibration_requested
+        self.state = "running"
+        if time.monotonic() - self._started_at > self.healthy_after_s:
+            self._next_backoff_s = self.backoff_s  # it has stayed up: the next failure restarts quickly again
+        return frame
+
+    def _down(self, reason: str) -> None:
+        assert self._child is not None
+        log.warning("render process down (%s): restarting it in %.1f s; params continue", reason,
+                    self._next_backoff_s)  # fmt: skip
+        self._child.close()
+        self._child = None
+        self.state = "restarting"
+        self._restart_at = time.monotonic() + self._next_backoff_s
+        self._next_backoff_s = min(self._next_backoff_s * 2.0, self.max_backoff_s)
+
+    def _restart(self) -> None:
+        try:
+            child = self._start(self.stop)
+        except RenderStopped:
+            return
+        except (OSError, RenderProcessError, RenderContextError) as exc:
+            log.warning("render process restart failed (%s): trying again in %.1f s", exc, self._next_backoff_s)
+            self._restart_at = time.monotonic() + self._next_backoff_s
+            self._next_backoff_s = min(self._next_backoff_s * 2.0, self.max_backoff_s)
+            return
+        self._child = child
+        self.restarts += 1
+        self._started_at = time.monotonic()
+        log.info("render process restarted (%d so far)", self.restarts)
+
+    def close(self) -> None:
+        if self._child is not None:
+            self._child.close()
+            self._child = None
