@@ -87,3 +87,50 @@ def test_the_engine_renders_on_a_thread_when_no_process_can_be_started(face_mode
         assert renderer.render(performance_states(1)[0]).image.shape == (96, 96, 4)
     finally:
         renderer.close()
+
+
+def test_supervisor_restarts_a_failed_child_after_its_backoff() -> None:
+    """Tiny fakes: a child that dies on its second frame; the supervisor returns None while it is down and
+    starts a new one once the backoff has passed, doubling the backoff for a child that fails again."""
+    import threading
+    import time
+
+    from engine.render.process import RenderProcessError, SupervisedRenderer
+    from engine.types import FaceState, RenderedFrame
+
+    started: list[object] = []
+
+    class FakeChild:
+        detail, info = False, {}
+        preview_open, preview_closed, calibration_requested = True, False, False
+
+        def __init__(self, stop) -> None:
+            self.stop, self.frames, self.closed, self.pid = stop, 0, False, len(started)
+            started.append(self)
+
+        def render(self, state):
+            self.frames += 1
+            if self.frames == 2:
+                raise RenderProcessError("the render process exited (exit code -9) without an answer")
+            return RenderedFrame(np.zeros((2, 2, 4), np.uint8), state, 0)
+
+        def close(self) -> None:
+            self.closed = True
+
+    supervisor = SupervisedRenderer(FakeChild, backoff_s=0.2, max_backoff_s=1.0)
+    stop = threading.Event()
+    supervisor.attach_stop(stop)
+    state = FaceState.neutral()
+    assert supervisor.render(state) is not None and supervisor.state == "running"
+    assert supervisor.render(state) is None and supervisor.state == "restarting" and started[0].closed
+    assert supervisor.render(state) is None and len(started) == 1  # still backing off
+    time.sleep(0.25)
+    assert supervisor.render(state) is not None and len(started) == 2 and supervisor.restarts == 1
+    assert started[1].stop is stop  # a restarted child also gives up waiting when the engine stops
+    assert supervisor.render(state) is None  # the new child dies too: the backoff doubles
+    time.sleep(0.25)
+    assert supervisor.render(state) is None and len(started) == 2
+    time.sleep(0.2)
+    assert supervisor.render(state) is not None and len(started) == 3
+    supervisor.close()
+    assert started[2].closed
