@@ -38,6 +38,7 @@ SCHEMA_VERSION = 1
 DEFAULT_IDENTITY_DIR = MODELS_DIR / "default_identity"
 N_BASES = 20
 _JSON, _TEXTURE, _BASES = "identity.json", "texture.png", "bases.npz"
+BUNDLE_FILES = (_JSON, _TEXTURE, _BASES)  # every file a bundle may hold (the asset service serves no other)
 
 
 class BundleError(UserError):

@@ -133,3 +133,25 @@ def test_relay_fans_out_params_frames_and_assets(tmp_path: Path) -> None:
         assert b.latest("frame").header["frame_index"] == 3
         files = a.fetch_assets(tmp_path / "dest", timeout_s=5.0)
     assert files["texture.png"].read_bytes() == b"\x89PNG fake texture"
+
+
+def test_secret_keys_are_private_from_the_start_and_old_ones_are_made_private(tmp_path) -> None:
+    files = make_keys(tmp_path / "keys", ["alice"])
+    for label in ("server secret", "alice secret"):
+        assert files[label].stat().st_mode & 0o777 == 0o600
+    assert files["alice public"].stat().st_mode & 0o777 == 0o644
+    files["alice secret"].chmod(0o644)  # left readable by an older version or by hand
+    make_keys(tmp_path / "keys", ["alice"])
+    assert files["alice secret"].stat().st_mode & 0o777 == 0o600
+
+
+def test_asset_service_serves_only_the_bundle_and_no_symlink(tmp_path) -> None:
+    from engine.stream.assets import scan_bundle
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "identity.json").write_text("{}")
+    (bundle / "notes.txt").write_text("private")  # not a bundle file
+    (bundle / "texture.png").symlink_to("/etc/passwd")  # a link out of the bundle
+    served = scan_bundle(bundle)
+    assert set(served) == {"identity.json"}

@@ -26,6 +26,7 @@ import msgpack
 import zmq
 
 from engine.errors import UserError
+from engine.identity import BUNDLE_FILES
 from engine.stream.schema import VERSION
 
 log = logging.getLogger(__name__)
@@ -47,17 +48,24 @@ def _sha256(data: bytes) -> str:
 
 
 def scan_bundle(directory: Path | None) -> dict[str, AssetFile]:
-    """{file name: AssetFile} for the regular, non-hidden files directly in `directory` (empty for None)."""
+    """{file name: AssetFile} for the bundle's own files (`BUNDLE_FILES`) in `directory` (empty for None).
+
+    Nothing else in the folder is served, and never a symbolic link: whatever a user or another program leaves
+    beside a bundle (or links into it, to /etc/passwd say) stays private."""
     if directory is None:
         return {}
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"identity bundle directory not found: {directory}")
     out = {}
-    for path in sorted(directory.iterdir()):
-        if path.is_file() and not path.name.startswith("."):
+    for name in BUNDLE_FILES:
+        path = directory / name
+        if path.is_symlink():
+            log.warning("not serving %s: it is a symbolic link", path)
+            continue
+        if path.is_file():
             data = path.read_bytes()
-            out[path.name] = AssetFile(path, _sha256(data), len(data))
+            out[name] = AssetFile(path, _sha256(data), len(data))
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,7 +149,15 @@ def make_keys(directory: Path, clients: list[str]) -> dict[str, Path]:
             raise UserError(f"invalid key name {name!r}: use letters, digits, '-' or '_'")
         public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
         if not secret.is_file():
-            zmq.auth.create_certificates(str(directory), name)
+            # Created private (umask 077), not chmod-ed afterwards: no moment in which others can read it.
+            previous = os.umask(0o077)
+            try:
+                zmq.auth.create_certificates(str(directory), name)
+            finally:
+                os.umask(previous)
+            public.chmod(0o644)  # the public half is meant to be handed out
+        elif secret.stat().st_mode & 0o077:
+            log.warning("%s was readable by others: made private (0600)", secret)
             secret.chmod(0o600)
         out[f"{name} public"] = public
         out[f"{name} secret"] = secret
