@@ -22,6 +22,7 @@ import numpy as np
 from engine.config import Config
 from engine.face_model import FaceModel
 from engine.sources.base import FrameSource
+from engine.stream.security import free_loopback_ports
 from engine.types import Frame
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def bench_pipeline(config: Config, frames: int) -> dict[str, Any]:
     config = config.model_copy(deep=True)
     config.render.backend = "egl"  # measured headless, like CI
     for port_field in ("params_port", "frame_port", "asset_port"):
-        setattr(config.stream, port_field, _free_port())
+        setattr(config.stream, port_field, free_loopback_ports(1)[0])
     model = FaceModel.load()
     identity = load_identity(config.identity, model)
     pipeline = Pipeline(build_parts(config, "demo", model, identity))
@@ -150,14 +151,6 @@ def bench_pipeline(config: Config, frames: int) -> dict[str, Any]:
     summary = summarize(pipeline)
     keys = ("frames", "fps", "rendered", "render_fps", "latency_ms", "frame_latency_ms", "stages_ms", "tracking_rate")
     return {k: summary[k] for k in keys} | {"closed_loop_mae": summary.get("closed_loop", {}).get("mae")}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_benchmarks(config: Config, quick: bool = False) -> dict[str, Any]:

@@ -15,21 +15,13 @@ import cv2
 import numpy as np
 import pytest
 
+from engine.stream.security import free_loopback_ports
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _port_args() -> list[str]:
-    params, frame, asset = _free_ports(3)
+    params, frame, asset = free_loopback_ports(3)
     return ["--set", f"stream.params_port={params}", "--set", f"stream.frame_port={frame}",
             "--set", f"stream.asset_port={asset}"]  # fmt: skip
 

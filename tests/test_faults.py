@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from engine.stream.client import StreamClient
+from engine.stream.security import free_loopback_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from test_engine_run import _free_ports  # noqa: E402
 
 
 def _render_child(engine_pid: int, timeout_s: float = 60.0) -> int:
@@ -42,7 +40,7 @@ def _render_child(engine_pid: int, timeout_s: float = 60.0) -> int:
 
 
 def _start_engine(tmp_path: Path, seconds: float) -> tuple[subprocess.Popen, str, str]:
-    params, frame, asset = _free_ports(3)
+    params, frame, asset = free_loopback_ports(3)
     proc = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "run_engine.py"), "run", "--source", "demo", "--no-window", "--quiet",
          "--duration", str(seconds), "--summary-json", str(tmp_path / "s.json"),

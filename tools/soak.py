@@ -17,7 +17,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,16 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from engine.stream.client import StreamClient  # noqa: E402
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from engine.stream.security import free_loopback_ports  # noqa: E402
 
 
 def _children(pid: int) -> list[int]:
@@ -74,7 +64,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "soak")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    params, frame, asset = _free_ports(3)
+    params, frame, asset = free_loopback_ports(3)
     command = [
         sys.executable, str(ROOT / "run_engine.py"), "run", "--source", "demo", "--no-window", "--quiet",
         "--duration", str(args.minutes * 60 + 5), "--set", f"stream.params_port={params}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,19 @@ def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
     if secret and secret_key is None:
         raise UserError(f"{path} holds no secret key: pass the `.key_secret` file, not the public `.key`")
     return public, secret_key
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 right now (for benchmarks, soak runs and tests that start
+    engines side by side; a port can still be taken between this call and the bind)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def bind_endpoint(socket: zmq.Socket, host: str, port: int) -> str:
