@@ -198,6 +198,8 @@ def load_bundle(directory: Path | str, model: FaceModel, with_bases: bool = True
         raise BundleError(f"identity bundle {directory}: w_id has {w_id.shape} entries, model has {model.n_identity}")
     if offset.shape != (len(model.expression_names),):
         raise BundleError(f"identity bundle {directory}: neutral_offset has shape {offset.shape}")
+    if not (np.isfinite(w_id).all() and np.isfinite(offset).all()):
+        raise BundleError(f"identity bundle {directory}: w_id or neutral_offset holds NaN or infinite values")
     wanted = [n for n in files if n != _BASES or with_bases]
     for name in wanted:
         path = directory / name
@@ -219,11 +221,18 @@ def load_bundle(directory: Path | str, model: FaceModel, with_bases: bool = True
     )
 
 
+# A face texture is at most a few thousand pixels a side; a larger image is refused before it is decoded (a
+# small PNG can claim gigapixels: a decompression bomb).
+MAX_TEXTURE_PIXELS = 8192 * 8192
+
+
 def _read_texture(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_TEXTURE_PIXELS:
+                raise BundleError(f"identity bundle texture {path} claims {img.width}×{img.height} pixels: refused")
             return np.ascontiguousarray(np.asarray(img.convert("RGB"))[::-1])
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError) as exc:
         raise BundleError(f"identity bundle texture {path} is unreadable ({exc})") from None
 
 

@@ -152,3 +152,21 @@ def test_bundle_dirs(tmp_path, monkeypatch) -> None:
     assert default_bundle_dir("default") == DEFAULT_IDENTITY_DIR
     with pytest.raises(BundleError, match="plain name"):
         default_bundle_dir("../etc")
+
+
+def test_nan_identity_and_a_decompression_bomb_texture_are_refused(tmp_path, face_model) -> None:
+    from engine.face_model import file_sha256
+
+    out = save_bundle(_identity(face_model), tmp_path / "h")
+    meta = json.loads((out / "identity.json").read_text())
+    _rewrite_meta(out, identity_weights=[float("nan")] * face_model.n_identity)
+    with pytest.raises(BundleError, match="NaN"):
+        load_bundle(out, face_model)
+    _rewrite_meta(out, identity_weights=meta["identity_weights"])
+    # Small on disk, hundreds of megapixels decoded: refused by our limit, or beyond it by Pillow's own.
+    for side, message in ((10_000, "10000×10000 pixels: refused"), (20_000, "decompression bomb")):
+        Image.new("1", (side, side)).save(out / "texture.png")
+        assert (out / "texture.png").stat().st_size < 200_000
+        _rewrite_meta(out, files={**meta["files"], "texture.png": file_sha256(out / "texture.png")})
+        with pytest.raises(BundleError, match=message):
+            load_bundle(out, face_model)
