@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,15 +269,23 @@ def _triangles_within(model: FaceModel, n_vertices: int) -> np.ndarray:
     return triangles[(triangles < n_vertices).all(axis=1)]
 
 
-def track_frames(frames: Iterable[Frame], config: Config, static: bool) -> list[TrackedFrame]:
-    """Run FaceMesh on each frame; keep those with a face (progress bar)."""
-    from engine.tracking import FaceTracker
+def track_frames(
+    frames: Iterable[Frame], config: Config, static: bool, keep_every: int = 1, total: int | None = None
+) -> list[TrackedFrame]:
+    """Run FaceMesh on each frame; keep those with a face (progress bar). Every frame is tracked (video mode
+    follows the face from frame to frame), but only every `keep_every`-th is kept with its image, so a long
+    video never sits in memory whole. Frames the tracker cannot take (too small, say) count as faceless."""
+    from engine.tracking import FaceTracker, InvalidFrameError
 
     kept: list[TrackedFrame] = []
     with FaceTracker(config.tracking, static=static) as tracker:
-        for frame in tqdm(frames, desc="tracking", unit="frame"):
-            faces = tracker.process(frame)
-            if faces:
+        for number, frame in enumerate(tqdm(frames, desc="tracking", unit="frame", total=total)):
+            try:
+                faces = tracker.process(frame)
+            except InvalidFrameError as exc:
+                log.warning("frame %d skipped: %s", frame.index, exc)
+                continue
+            if faces and number % keep_every == 0:
                 kept.append(TrackedFrame(frame, faces[0]))
     return kept
 
@@ -301,7 +310,10 @@ def enroll(
 
     model = FaceModel.load()
     embedding = LandmarkEmbedding.load()
-    tracked = track_frames(frames, config, static=static)
+    # A video names its length: keep about 2 × max_frames of its frames (evenly spaced), not all of them.
+    total = len(frames) if isinstance(frames, Sized) else None
+    keep_every = max(1, total // (2 * max_frames)) if total else 1
+    tracked = track_frames(frames, config, static=static, keep_every=keep_every, total=total)
     if not tracked:
         raise UserError(f"no face found in {source}: enrollment needs a clearly visible face")
     if len(tracked) > max_frames:  # evenly spaced frames keep fitting and unwrapping fast
@@ -326,18 +338,37 @@ def enroll(
     return identity
 
 
-def _enroll_frames(args: argparse.Namespace, config: Config) -> tuple[list[Frame], str, bool]:
+class VideoFrames:
+    """A video's frames, decoded one at a time as they are iterated (never all in memory); `len()` is the
+    container's frame count (an estimate some containers get wrong; it only spaces the kept frames)."""
+
+    def __init__(self, path: Path) -> None:
+        from engine.sources.files import VideoFileSource
+
+        with VideoFileSource(path) as video:  # opens and reads one frame: a bad file fails here, in one line
+            self._count = max(1, video.frame_count)
+        self.path = path
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Frame]:
+        from engine.sources.files import VideoFileSource
+
+        with VideoFileSource(self.path) as video:
+            yield from video
+
+
+def _enroll_frames(args: argparse.Namespace, config: Config) -> tuple[Iterable[Frame], str, bool]:
     """The frames an `enroll` invocation names, a description of where they came from, and whether stills."""
-    from engine.sources.files import ImageSource, VideoFileSource
+    from engine.sources.files import ImageSource
     from engine.sources.webcam import WebcamSource
 
     if args.image:
         with ImageSource(Path(args.image)) as images:
             return list(images), f"image {args.image}", True
     if args.video:
-        with VideoFileSource(Path(args.video)) as video:
-            frames = list(video)
-        return frames, f"video {args.video}", False
+        return VideoFrames(Path(args.video)), f"video {args.video}", False
     index = 0 if args.webcam is True else int(args.webcam)
     with WebcamSource(index, config.source.width, config.source.height, config.source.fps) as camera:
         print(f"enroll: look at the camera with a relaxed, neutral face for {args.seconds:.0f} s")
@@ -357,15 +388,29 @@ def cmd_enroll(args: argparse.Namespace, config: Config) -> int:
     if sum(bool(x) for x in (args.image, args.video, args.webcam)) != 1:
         raise UserError("enroll needs exactly one of --image PATH, --video PATH or --webcam [N]")
     if args.resolution:
+        if not 64 <= args.resolution <= 2048:
+            raise UserError(f"--resolution must be between 64 and 2048, got {args.resolution}")
         config.detail.resolution = args.resolution
     directory = Path(args.out) if args.out else default_bundle_dir(args.name, config.identity.cache_dir)
+    _check_bundle_folder(directory)  # before the work, not after it
     frames, source, static = _enroll_frames(args, config)
-    if not frames:
+    if isinstance(frames, list) and not frames:
         raise UserError(f"{source} delivered no frames")
     identity = enroll(args.name, frames, source, config, directory, static=static, max_frames=args.max_frames)
     backend = identity.bases.backend if identity.bases is not None else "none"
     print(f"enrolled {args.name!r} from {source}: bundle written to {directory} (bases by {backend})")
     return 0
+
+
+def _check_bundle_folder(directory: Path) -> None:
+    """One line now, rather than a traceback after the work, when the bundle cannot be written there."""
+    parent = directory.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the bundle folder {parent}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK) or (directory.exists() and not os.access(directory, os.W_OK)):
+        raise UserError(f"cannot write the bundle to {directory}: permission denied")
 
 
 def add_enroll_command(sub: argparse._SubParsersAction) -> None:

@@ -101,3 +101,47 @@ def test_enroll_needs_exactly_one_source(args, tmp_path) -> None:
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "run_engine.py"), "enroll", *args], capture_output=True,
                           text=True, timeout=120, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2 and "exactly one of" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--resolution", "10"], "--resolution must be between 64 and 2048, got 10"),
+        (["--out", "/dev/null/bundle"], "cannot create the bundle folder /dev/null"),
+    ],
+)
+def test_enroll_refuses_bad_options_before_any_work(args, message, tmp_path) -> None:
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), np.full((64, 64, 3), 128, np.uint8))
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "run_engine.py"), "enroll", "--image", str(photo), *args],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert "tracking" not in proc.stderr  # refused before the first frame was tracked
+
+
+def test_enroll_on_a_one_pixel_image_says_no_face(tmp_path) -> None:
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), np.full((1, 1, 3), 128, np.uint8))
+    command = [sys.executable, str(REPO_ROOT / "run_engine.py"), "enroll", "--image", str(tiny), "--out", str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2 and "no face found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_long_video_is_tracked_whole_but_only_spaced_frames_are_kept(tmp_path) -> None:
+    from engine.config import load_config
+    from engine.enroll import VideoFrames, track_frames
+    from engine.face_model import MODELS_DIR
+
+    source = cv2.VideoCapture(str(MODELS_DIR / "demo_performance.mp4"))
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (256, 256))
+    for _ in range(60):
+        ok, bgr = source.read()
+        assert ok
+        writer.write(cv2.resize(bgr, (256, 256)))
+    writer.release()
+    source.release()
+    frames = VideoFrames(clip)
+    assert len(frames) == 60
+    kept = track_frames(frames, load_config(), static=False, keep_every=6, total=len(frames))
+    assert 8 <= len(kept) <= 10 and all(t.frame.index % 6 == 0 for t in kept)
