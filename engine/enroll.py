@@ -310,9 +310,9 @@ def enroll(
 
     model = FaceModel.load()
     embedding = LandmarkEmbedding.load()
-    # A video names its length: keep about 2 × max_frames of its frames (evenly spaced), not all of them.
+    # A video names its length: keep about max_frames of its frames (evenly spaced), not all of them.
     total = len(frames) if isinstance(frames, Sized) else None
-    keep_every = max(1, total // (2 * max_frames)) if total else 1
+    keep_every = max(1, total // max_frames) if total else 1
     tracked = track_frames(frames, config, static=static, keep_every=keep_every, total=total)
     if not tracked:
         raise UserError(f"no face found in {source}: enrollment needs a clearly visible face")
