@@ -145,3 +145,23 @@ def test_cli_errors_are_one_line_without_traceback(args: list[str], message: str
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("scapecast: error")]) == 1
+
+
+def test_a_truncated_video_says_frames_are_missing(tmp_path, caplog) -> None:
+    # AVI declares its frame count up front, so a cut file still says how long it was meant to be.
+    rng = np.random.default_rng(2)
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (128, 96))
+    for _ in range(40):
+        writer.write(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with caplog.at_level("WARNING"), VideoFileSource(cut) as source:
+        got = list(source)
+    assert 0 < len(got) < 40 and source.frame_count == 40
+    assert source.ended_early == source.frame_count - len(got) > 0
+    assert sum("truncated or damaged" in r.message for r in caplog.records) == 1
+    with caplog.at_level("WARNING"), VideoFileSource(path) as whole:  # a complete file: no word
+        assert len(list(whole)) == 40 and whole.ended_early == 0

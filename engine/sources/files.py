@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import numpy as np
 from engine.errors import UserError
 from engine.sources.base import FrameSource, now_ns
 from engine.types import Frame
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # The rate a folder of images is played at (its frames' media clock).
@@ -56,6 +59,7 @@ class VideoFileSource(FrameSource):
         self.frame_count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.description = f"video {self.path.name}"
         self._index = 0
+        self.ended_early = 0  # frames the container declared but the file did not deliver
         self._loop_start = 0  # index of the first frame of the current pass (loop)
         self._loop_offset_ns = 0  # media time at which the current pass started
         self._last_media_ns = 0
@@ -71,11 +75,21 @@ class VideoFileSource(FrameSource):
                 self._loop_start = self._index
                 ok, bgr = self._capture.read()
             if not ok or bgr is None:
+                self._report_end()
                 return None
         self._last_media_ns = self._loop_offset_ns + self._position_ns(self._index - self._loop_start)
         frame = Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), now_ns(), self._index, t_media_ns=self._last_media_ns)
         self._index += 1
         return frame
+
+    def _report_end(self) -> None:
+        """Say once, when a video ends before the frame count its container declares, that frames are missing
+        (a truncated or damaged file would otherwise just end early, as if it were complete)."""
+        missing = self.frame_count - self._index
+        if missing > 0 and not self.ended_early:
+            self.ended_early = missing
+            log.warning("video %s ended after %d of its %d frames: truncated or damaged (%d missing)",
+                        self.path.name, self._index, self.frame_count, missing)  # fmt: skip
 
     def _position_ns(self, position: int) -> int:
         """The presentation time (ns from the first frame) of the frame just decoded, the `position`-th of this
