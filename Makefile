@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	# The CPU torch wheel first (an unpinned request would pull a multi-GB CUDA build), unless CUDA torch is there.
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() or torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null \
 	  || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,vcam]'
 	# Compile the solver's numba kernels now (~25 s once; cached), not on the first `make run`.
 	$(PY) -m engine.solve.compiled
 	touch $(STAMP)

@@ -12,7 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+from engine.paths import CONFIGS_DIR
+
+DEFAULT_CONFIG_PATH = CONFIGS_DIR / "default.yaml"
 
 
 class ConfigError(ValueError):
@@ -182,11 +184,33 @@ class StreamConfig(_Section):
     insecure: bool = False
     curve_server_secret: Path | None = None
     curve_allowed_clients: Path | None = None
+    # VMC (OSC over UDP) to VSeeFace, VNyan, Warudo, EVMC4U… (docs/protocol.md, "VMC").
     vmc_enabled: bool = False
     vmc_host: str = "127.0.0.1"
     vmc_port: int = Field(39539, ge=1, le=65535)
-    vmc_name_casing: Literal["arkit", "vrm"] = "arkit"
+    vmc_name_casing: Literal["arkit", "vrm"] = "vrm"  # vrm: PascalCase perfect-sync names (UniVRM is case-sensitive)
     vmc_pose: Literal["head", "root"] = "head"  # head: the Head bone's rotation (face trackers); root: whole pose
+    # Expression sets sent each frame: the 52 perfect-sync (ARKit) names, VRM 0.x presets (Blink, A, Joy…),
+    # VRM 1.0 presets (blink, aa, happy…). Models without perfect-sync clips move only with a preset set.
+    vmc_expressions: list[Literal["perfect_sync", "vrm0", "vrm1"]] = ["perfect_sync", "vrm0"]
+    # The Head bone's local position under the Neck (metres, Unity's frame) sent with its rotation; receivers
+    # that synchronise bone positions (EVMC4U's default) put the head there.
+    vmc_head_position: tuple[float, float, float] = (0.0, 0.1, 0.0)
+    # iFacialMocap (UDP text, the face input of VSeeFace, VNyan, Warudo, VMagicMirror): the app's host.
+    ifacialmocap_enabled: bool = False
+    ifacialmocap_host: str = "127.0.0.1"
+    ifacialmocap_port: int = Field(49983, ge=1, le=65535)
+    # Live Link Face (UDP, Unreal Engine's Live Link): the editor's host and the subject name it shows.
+    livelink_enabled: bool = False
+    livelink_host: str = "127.0.0.1"
+    livelink_port: int = Field(11111, ge=1, le=65535)
+    livelink_subject: str = Field("scapecast", min_length=1, max_length=255)
+    # Virtual camera (`run --vcam`, the `vcam` extra): the rendered avatar as a system camera for video calls.
+    vcam_enabled: bool = False
+    vcam_device: str | None = None  # None: the first free one (/dev/videoN on Linux, OBS Virtual Camera elsewhere)
+    vcam_fps: float | None = Field(None, gt=0, le=120)  # None: the source's frame rate
+    # RGB in [0, 1] behind the avatar; None: the render background where opaque, else chroma-key green.
+    vcam_background: tuple[float, float, float] | None = None
 
 
 class IdentityConfig(_Section):

@@ -17,8 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from engine.errors import UserError
+from engine.paths import MODELS_DIR
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_MODEL_PATH = MODELS_DIR / "ict_face_model.npz"
 DEFAULT_EMBEDDING_PATH = MODELS_DIR / "landmark_embedding.npz"
 N_LANDMARKS = 478

@@ -12,15 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from pathlib import Path
 
 import moderngl
 
 from engine.errors import UserError
+from engine.paths import SHADER_DIR
 
 log = logging.getLogger(__name__)
 
-SHADER_DIR = Path(__file__).resolve().parents[2] / "shaders"
 GLSL_VERSION = "#version 330 core"
 _INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$', re.MULTILINE)
 
