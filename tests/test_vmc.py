@@ -1,19 +1,32 @@
-"""VMC bridge: bundles decoded by python-osc's own UDP server; Unity axis conversion checked as rotations."""
+"""VMC bridge: datagrams decoded with python-osc and applied by a receiver that behaves like EVMC4U (bone
+positions synchronised, clip names matched exactly); Unity axis conversion checked as rotations."""
 
 from __future__ import annotations
 
+import math
 import socket
-import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_bundle import OscBundle
-from pythonosc.osc_server import BlockingOSCUDPServer
+from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+from pythonosc.osc_message_builder import OscMessageBuilder
 
-from engine.names import to_vrm_name
+from engine.names import ARKIT_BLENDSHAPES, arkit_to_ict, to_vrm_name
 from engine.solve.pose import euler_to_rotation, rotation_to_quaternion
-from engine.stream.vmc import VmcBridge, unity_head_rotation, unity_root_pose
+from engine.stream.vmc import (
+    EXPRESSION_SETS,
+    MAX_DATAGRAM_BYTES,
+    VRM0_PRESETS,
+    VRM1_PRESETS,
+    VmcBridge,
+    osc_message,
+    pack_bundles,
+    preset_weights,
+    unity_head_rotation,
+    unity_root_pose,
+)
 from engine.types import FaceState, HeadPose, TrackingState
 
 
@@ -32,62 +45,220 @@ def rotation(x: float, y: float, z: float, w: float) -> np.ndarray:
     ])  # fmt: skip
 
 
-@pytest.mark.parametrize(("casing", "pose"), [("arkit", "head"), ("vrm", "head"), ("arkit", "root")])
-def test_bundle_is_decoded_by_python_osc_server(casing: str, pose: str) -> None:
+def receive_frame(sock: socket.socket) -> list[tuple[str, tuple]]:
+    """Every OSC message of one frame, as a receiver decodes them (datagram by datagram, up to /VMC/Ext/OK)."""
+    messages: list[tuple[str, tuple]] = []
+    while not messages or messages[-1][0] != "/VMC/Ext/OK":
+        dgram = sock.recv(65536)
+        assert OscBundle.dgram_is_bundle(dgram)
+        for message in OscBundle(dgram):  # python-osc decodes what the bridge wrote by hand
+            messages.append((message.address, tuple(message.params)))
+    return messages
+
+
+@pytest.fixture
+def receiver() -> Iterator[socket.socket]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5.0)
+        yield sock
+
+
+class Evmc4uLikeReceiver:
+    """What EVMC4U's ExternalReceiver does with a frame, on a model given as its clip names and a humanoid
+    with its Neck's world position: Bone/Pos sets the bone's *local* position and rotation (bone position
+    synchronisation is on by default), Blend/Val stores a value for a clip the model has, matched by exact
+    name as UniVRM's BlendShapeKey compares it, and Blend/Apply applies the stored values."""
+
+    def __init__(self, clips: set[str], neck_world: np.ndarray) -> None:
+        self.clips = clips
+        self.neck_world = neck_world
+        self.head_local = np.array([0.0, 0.11, 0.01])  # this model's own rest offset, overwritten on receipt
+        self.head_rotation = np.array([0.0, 0.0, 0.0, 1.0])
+        self.pending: dict[str, float] = {}
+        self.applied: dict[str, float] = {}
+        self.ok: tuple = ()
+
+    def handle(self, address: str, args: tuple) -> None:
+        if address == "/VMC/Ext/Bone/Pos" and args[0] == "Head":
+            self.head_local = np.array(args[1:4])
+            self.head_rotation = np.array(args[4:8])
+        elif address == "/VMC/Ext/Blend/Val" and args[0] in self.clips:
+            self.pending[args[0]] = args[1]
+        elif address == "/VMC/Ext/Blend/Apply":
+            self.applied.update(self.pending)
+        elif address == "/VMC/Ext/OK":
+            self.ok = args
+
+    @property
+    def head_world(self) -> np.ndarray:
+        return self.neck_world + self.head_local  # the neck at rest: no rotation above it
+
+
+PERFECT_SYNC_CLIPS = {to_vrm_name(name) for name in ARKIT_BLENDSHAPES}
+VRM0_CLIPS = {"Neutral", "A", "I", "U", "E", "O", "Blink", "Blink_L", "Blink_R", "Joy", "Angry", "Sorrow", "Fun",
+              "LookUp", "LookDown", "LookLeft", "LookRight"}  # fmt: skip
+
+
+def state_with(arkit: dict[str, float], tracking: TrackingState = TrackingState.TRACKING) -> FaceState:
+    return FaceState(HeadPose.identity(), arkit_to_ict(arkit), tracking, 0.9, 0, 0)
+
+
+@pytest.mark.parametrize(("casing", "pose"), [("arkit", "head"), ("vrm", "head"), ("vrm", "root")])
+def test_frame_is_decoded_by_python_osc(receiver: socket.socket, casing: str, pose: str) -> None:
     state = random_state(np.random.default_rng(0))
-    received: list[tuple[str, tuple]] = []
-    dispatcher = Dispatcher()
-    dispatcher.set_default_handler(lambda address, *args: received.append((address, args)))
-    server = BlockingOSCUDPServer(("127.0.0.1", 0), dispatcher)
-    server.timeout = 5.0
-    thread = threading.Thread(target=server.handle_request)  # exactly one datagram: the whole frame
-    thread.start()
-    try:
-        with VmcBridge("127.0.0.1", server.server_address[1], casing, pose) as bridge:  # type: ignore[arg-type]
-            assert bridge.send(state)
-        thread.join(timeout=5.0)
-    finally:
-        server.server_close()
+    with VmcBridge("127.0.0.1", receiver.getsockname()[1], casing, pose) as bridge:  # type: ignore[arg-type]
+        assert bridge.send(state)
+    received = receive_frame(receiver)
     addresses = [a for a, _ in received]
     arkit = state.arkit()
-    n = len(arkit)
+    n = len(arkit) + len(VRM0_PRESETS)
     pose_address = "/VMC/Ext/Bone/Pos" if pose == "head" else "/VMC/Ext/Root/Pos"
     assert addresses == ["/VMC/Ext/Blend/Val"] * n + ["/VMC/Ext/Blend/Apply", pose_address, "/VMC/Ext/T",
                                                        "/VMC/Ext/OK"]  # fmt: skip
     rename = to_vrm_name if casing == "vrm" else str
     values = dict(args for _, args in received[:n])
-    assert values.keys() == {rename(k) for k in arkit}
+    assert values.keys() == {rename(k) for k in arkit} | set(VRM0_PRESETS)
     for name, value in arkit.items():
         assert values[rename(name)] == pytest.approx(value, abs=1e-6)  # OSC floats are float32
-    if casing == "vrm":
-        assert "EyeBlinkLeft" in values and "JawOpen" in values
     transform = received[n + 1][1]
     assert len(transform) == 8
     if pose == "head":
         assert transform[0] == "Head"
-        np.testing.assert_allclose(transform[1:4], 0.0)  # the bone stays on the neck
+        np.testing.assert_allclose(transform[1:4], (0.0, 0.1, 0.0), atol=1e-6)  # the configured rest offset
         np.testing.assert_allclose(transform[4:], unity_head_rotation(state.pose), atol=1e-6)
     else:
         assert transform[0] == "root"
         position, quaternion = unity_root_pose(state.pose)
         np.testing.assert_allclose(transform[1:4], position, atol=1e-6)
         np.testing.assert_allclose(transform[4:], quaternion, atol=1e-6)
-    assert received[-1][1] == (1,)
+    assert received[-1][1] == (1, 3, 0, 1)  # loaded, calibrated, normal mode, tracking
 
 
-def test_one_datagram_per_frame_and_it_is_a_bundle() -> None:
+def test_every_datagram_fits_one_ethernet_frame(receiver: socket.socket) -> None:
+    """All three expression sets (the largest frame): several bundles, each under 1400 bytes."""
     rng = np.random.default_rng(1)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(2.0)
-        with VmcBridge("127.0.0.1", sock.getsockname()[1]) as bridge:
-            for _ in range(3):
-                bridge.send(random_state(rng))
-        datagrams = [sock.recv(65536) for _ in range(3)]
-    for dgram in datagrams:
-        assert OscBundle.dgram_is_bundle(dgram)
-        assert OscBundle(dgram).num_contents == 51 + 4
-        assert len(dgram) < 8192  # one small UDP datagram, well under any MTU-fragmentation worry of receivers
+    with VmcBridge("127.0.0.1", receiver.getsockname()[1], expressions=EXPRESSION_SETS) as bridge:  # type: ignore[arg-type]
+        bundles = bridge.bundles(random_state(rng))
+        assert sum(len(b) for b in bundles) > 2 * MAX_DATAGRAM_BYTES  # the frame needs splitting at all
+        for _ in range(3):
+            assert bridge.send(random_state(rng))
+        sizes = []
+        for _ in range(3 * len(bundles)):
+            sizes.append(len(receiver.recv(65536)))
+    assert max(sizes) <= MAX_DATAGRAM_BYTES
+    assert len(bundles) == math.ceil(sum(len(b) for b in bundles) / MAX_DATAGRAM_BYTES)  # no needless splits
+
+
+def test_pack_bundles_keeps_order_and_refuses_a_message_too_large() -> None:
+    bundles = pack_bundles([osc_message("/VMC/Ext/Blend/Val", f"name{i}", float(i)) for i in range(100)], limit=300)
+    decoded = [m.params[1] for b in bundles for m in OscBundle(b)]
+    assert decoded == [float(i) for i in range(100)]
+    assert all(len(b) <= 300 for b in bundles)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_bundles([osc_message("/VMC/Ext/Blend/Val", "name", 1.0)], limit=40)
+
+
+@pytest.mark.parametrize(
+    "args", [("Head", 0.0, 0.1, 0.0, 0.1, -0.2, 0.3, 0.9), ("EyeBlinkLeft", 0.37), (1, 3, 0, 1), (), ("ü",), (2.5,)]
+)
+def test_hand_written_osc_equals_python_osc_builder(args: tuple) -> None:
+    """The fast encoder against python-osc's own builder, byte for byte."""
+    builder = OscMessageBuilder("/VMC/Ext/Bone/Pos")
+    for arg in args:
+        builder.add_arg(arg)
+    assert osc_message("/VMC/Ext/Bone/Pos", *args) == builder.build().dgram
+    bundle = OscBundleBuilder(IMMEDIATELY)
+    bundle.add_content(builder.build())
+    assert pack_bundles([osc_message("/VMC/Ext/Bone/Pos", *args)])[0] == bundle.build().dgram
+
+
+def test_evmc4u_like_receiver_keeps_the_head_on_the_neck_and_matches_vrm_names(receiver: socket.socket) -> None:
+    neck = np.array([0.0, 1.35, 0.0])
+    avatar = Evmc4uLikeReceiver(PERFECT_SYNC_CLIPS | VRM0_CLIPS, neck)
+    state = state_with({"eyeBlinkLeft": 0.8, "jawOpen": 0.5, "mouthSmileLeft": 0.6, "mouthSmileRight": 0.6})
+    with VmcBridge("127.0.0.1", receiver.getsockname()[1], expressions=("perfect_sync",)) as bridge:
+        bridge.send(state)
+    for address, args in receive_frame(receiver):
+        avatar.handle(address, args)
+    # The head sits a neck-to-head length above the neck, not inside it (Bone/Pos carried (0, 0, 0) before).
+    assert avatar.head_world[1] - neck[1] == pytest.approx(0.1, abs=1e-6)
+    assert avatar.applied["EyeBlinkLeft"] == pytest.approx(0.8, abs=1e-3)
+    assert avatar.applied["JawOpen"] == pytest.approx(0.5, abs=1e-3)
+    assert avatar.applied["MouthSmileLeft"] == pytest.approx(0.6, abs=1e-3)
+    assert "Blink" not in avatar.applied  # only the set asked for
+
+    # ARKit casing reaches none of a perfect-sync model's clips: why `vrm` is the default.
+    with VmcBridge("127.0.0.1", receiver.getsockname()[1], casing="arkit", expressions=("perfect_sync",)) as bridge:
+        bridge.send(state)
+    camel = Evmc4uLikeReceiver(PERFECT_SYNC_CLIPS, neck)
+    for address, args in receive_frame(receiver):
+        camel.handle(address, args)
+    assert camel.applied == {}
+
+
+def test_a_model_with_only_vrm_presets_blinks_winks_talks_and_smiles(receiver: socket.socket) -> None:
+    """Defaults (perfect sync + VRM 0.x presets) on a model that has only the presets."""
+    port = receiver.getsockname()[1]
+
+    def apply(arkit: dict[str, float]) -> dict[str, float]:
+        avatar = Evmc4uLikeReceiver(VRM0_CLIPS, np.zeros(3))
+        with VmcBridge("127.0.0.1", port) as bridge:
+            bridge.send(state_with(arkit))
+        for address, args in receive_frame(receiver):
+            avatar.handle(address, args)
+        assert set(avatar.applied) == set(VRM0_PRESETS)
+        return avatar.applied
+
+    closed = apply({"eyeBlinkLeft": 1.0, "eyeBlinkRight": 0.9})
+    assert closed["Blink"] == pytest.approx(0.9, abs=1e-3) and closed["Blink_L"] == pytest.approx(0.1, abs=1e-3)
+    assert closed["Blink_R"] == pytest.approx(0.0, abs=1e-6)
+    wink = apply({"eyeBlinkRight": 1.0})
+    assert wink["Blink"] == 0 and wink["Blink_L"] == 0 and wink["Blink_R"] == pytest.approx(1.0, abs=1e-3)
+    rest = apply({})
+    assert max(rest.values()) == 0.0
+    aah = apply({"jawOpen": 0.8})
+    assert aah["A"] > 0.7 and max(aah[v] for v in "IUEO") < 0.05
+    ooh = apply({"jawOpen": 0.6, "mouthFunnel": 0.9})
+    assert ooh["O"] > 0.5 and ooh["O"] > 3 * max(ooh["A"], ooh["E"], ooh["I"])
+    uuh = apply({"jawOpen": 0.05, "mouthPucker": 0.9})
+    assert uuh["U"] > 0.7 and uuh["O"] < 0.1
+    grin = apply({"mouthSmileLeft": 0.9, "mouthSmileRight": 0.9, "eyeSquintLeft": 0.8, "eyeSquintRight": 0.8})
+    assert grin["Joy"] > 0.6 and grin["Angry"] < 0.05 and grin["Sorrow"] < 0.05
+    smile = apply({"mouthSmileLeft": 0.9, "mouthSmileRight": 0.9})
+    assert smile["Fun"] > 0.8 and smile["Joy"] < 0.05
+    cross = apply({"browDownLeft": 0.9, "browDownRight": 0.9})
+    assert cross["Angry"] > 0.8 and cross["Joy"] == 0 and cross["Sorrow"] < 0.05
+    sad = apply({"browInnerUp": 0.9, "mouthFrownLeft": 0.7, "mouthFrownRight": 0.7})
+    assert sad["Sorrow"] > 0.8 and sad["Angry"] == 0
+
+
+def test_vrm1_names_and_tracking_state(receiver: socket.socket) -> None:
+    with VmcBridge("127.0.0.1", receiver.getsockname()[1], expressions=("vrm1",)) as bridge:
+        bridge.send(state_with({"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0, "jawOpen": 0.7}, TrackingState.LOST))
+    received = receive_frame(receiver)
+    values = {args[0]: args[1] for address, args in received if address == "/VMC/Ext/Blend/Val"}
+    assert list(values) == list(VRM1_PRESETS)
+    assert values["blink"] == pytest.approx(1.0) and values["aa"] > 0.6
+    assert received[-1][1] == (1, 3, 0, 0)  # lost: tracking status 0
+
+
+def test_preset_weights_stay_in_range_and_never_open_the_mouth_past_the_jaw() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        arkit = {name: float(rng.uniform(0, 1)) for name in ARKIT_BLENDSHAPES}
+        presets = preset_weights(arkit)
+        assert all(0.0 <= v <= 1.0 for v in presets.values())
+        assert presets["Blink"] + presets["Blink_L"] == pytest.approx(arkit["eyeBlinkLeft"])
+        assert presets["Blink"] + presets["Blink_R"] == pytest.approx(arkit["eyeBlinkRight"])
+        assert presets["A"] + presets["E"] + presets["O"] <= arkit["jawOpen"] + 1e-9
+
+
+def test_close_releases_the_socket() -> None:
+    bridge = VmcBridge("127.0.0.1", 39539)
+    sock = bridge._sock
+    bridge.close()
+    assert sock.fileno() == -1
 
 
 def test_root_pose_is_the_engine_pose_mirrored_into_unity_axes() -> None:
@@ -136,8 +307,14 @@ def test_head_bone_is_the_engine_rotation_mirrored_through_x() -> None:
         np.testing.assert_allclose(rotation(x, y, z, w), mirror @ rotation(qx, qy, qz, qw) @ mirror, atol=1e-12)
 
 
-def test_bad_casing_or_pose_is_rejected() -> None:
+def test_bad_casing_pose_expressions_or_position_are_rejected() -> None:
     with pytest.raises(ValueError, match="casing"):
         VmcBridge("127.0.0.1", 39539, "snake")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="pose"):
         VmcBridge("127.0.0.1", 39539, "arkit", "hips")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="expressions"):
+        VmcBridge("127.0.0.1", 39539, expressions=("vrm2",))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="expressions"):
+        VmcBridge("127.0.0.1", 39539, expressions=())
+    with pytest.raises(ValueError, match="head position"):
+        VmcBridge("127.0.0.1", 39539, head_position=(0.0, float("nan"), 0.0))
