@@ -176,8 +176,10 @@ class PipelineParts:
     calibration_frames: int = 30
     # Consumers of every solved frame (VMC bridge, params JSONL), called on the solve thread after `params`.
     on_state: list[Callable[[FrameResult], None]] = field(default_factory=list)
-    # Consumers of every rendered frame (report pictures), called on the render thread.
+    # Consumers of every rendered frame (report pictures, the virtual camera), called on the render thread.
     on_rendered: list[Callable[[FrameResult], None]] = field(default_factory=list)
+    # Called once when the run ends, after every stage thread (the consumers' sockets and devices).
+    on_close: list[Callable[[], None]] = field(default_factory=list)
 
 
 class Pipeline:
@@ -275,6 +277,11 @@ class Pipeline:
             # The solve thread made the publisher and the render thread used its frame socket: both are done.
             if self._publisher is not None and not any(t.is_alive() for t in threads):
                 self._publisher.close()
+            for close in self.parts.on_close:
+                try:
+                    close()
+                except Exception as exc:  # one output failing to close must not hide the run's own error
+                    log.warning("closing an output failed: %s", exc)
         if self.errors:
             raise self.errors[0]
 

@@ -195,6 +195,35 @@ def test_stage_error_propagates_and_stops_everything() -> None:
     assert source.closed and pipeline.processed <= 5
 
 
+def test_outputs_close_once_after_every_stage_even_when_a_stage_fails() -> None:
+    """`on_close` runs after the render thread's last `on_rendered` call, once, whether the run ends or fails;
+    a failing close does not hide the stage's own error."""
+    events: list[str] = []
+
+    def closer(name: str, fail: bool = False):
+        def close() -> None:
+            events.append(f"close {name}")
+            if fail:
+                raise OSError("device gone")
+
+        return close
+
+    for tracker, expected_error in ((SlowTracker(), None), (SlowTracker(fail_at=5), "tracker exploded")):
+        events.clear()
+        parts = PipelineParts(lambda: CountingSource(12, live=False), lambda t=tracker: t, EchoSolver,
+                              RecordingRenderer)  # fmt: skip
+        parts.on_rendered.append(lambda result: events.append("frame"))
+        parts.on_close += [closer("a", fail=True), closer("b")]
+        pipeline = Pipeline(parts)
+        if expected_error:
+            with pytest.raises(RuntimeError, match=expected_error):
+                pipeline.run()
+        else:
+            pipeline.run()
+        assert events[-2:] == ["close a", "close b"] and events.count("close a") == 1
+        assert "frame" not in events[-2:] and events.count("frame") == pipeline.rendered
+
+
 def test_invalid_frames_count_as_lost_not_crashes() -> None:
     class PickyTracker(SlowTracker):
         def process(self, frame: Frame) -> list[Landmarks]:
