@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib.util
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from engine.config import Config, IdentityConfig, SolveConfig
+from engine.config import Config, IdentityConfig, SolveConfig, StreamConfig
 from engine.errors import UserError
 from engine.face_model import FaceModel
 from engine.identity import DEFAULT_IDENTITY_DIR, BundleError, Identity, default_bundle_dir, load_bundle
@@ -207,20 +208,29 @@ def build_parts(
         return Publisher(config.stream, engine_id, identity_info=identity_info(identity), asset_dir=asset_dir)
 
     on_state: list[Callable[[FrameResult], None]] = []
-    if config.stream.vmc_enabled:
-        from engine.stream.vmc import VmcBridge
-
-        bridge = VmcBridge(
-            config.stream.vmc_host, config.stream.vmc_port, config.stream.vmc_name_casing, config.stream.vmc_pose
-        )
-        on_state.append(lambda result: bridge.send(result.state))
+    on_rendered: list[Callable[[FrameResult], None]] = []
+    on_close: list[Callable[[], None]] = []
+    for output in app_outputs(config.stream):
+        on_state.append(lambda result, send=output.send: send(result.state))
+        on_close.append(output.close)
 
     opened: list[Any] = []  # the source, once the capture thread has opened it
+    vcam: list[Any] = []  # the virtual camera, opened with the source (it runs at the source's rate)
 
     def make_source() -> Any:
         source = open_source(source_spec, config)
         opened.append(source)
+        if config.stream.vcam_enabled and render:
+            try:
+                vcam.append(open_virtual_camera(config, source.fps))
+            except BaseException:
+                source.close()
+                raise
         return source
+
+    if config.stream.vcam_enabled and render:
+        on_rendered.append(lambda result: vcam[0].push(result.rendered.image) if vcam and result.rendered else None)
+        on_close.append(lambda: vcam[0].close() if vcam else None)
 
     solve_configs: list[Any] = []  # worked out (and logged) once, for every face's solver
 
@@ -246,7 +256,44 @@ def build_parts(
         max_faces=config.tracking.max_faces,
         calibration_frames=config.solve.calibration_frames,
         on_state=on_state,
+        on_rendered=on_rendered,
+        on_close=on_close,
     )
+
+
+def app_outputs(stream: StreamConfig) -> list[Any]:
+    """The UDP senders to other apps that the config turns on (each has `send(state)` and `close()`)."""
+    outputs: list[Any] = []
+    if stream.vmc_enabled:
+        from engine.stream.vmc import VmcBridge
+
+        outputs.append(
+            VmcBridge(
+                stream.vmc_host,
+                stream.vmc_port,
+                stream.vmc_name_casing,
+                stream.vmc_pose,
+                stream.vmc_expressions,
+                stream.vmc_head_position,
+            )  # fmt: skip
+        )
+    return outputs
+
+
+def open_virtual_camera(config: Config, source_fps: float) -> Any:
+    """The virtual camera at `stream.vcam_fps`, else the source's rate (30 when it has none), showing the
+    render over `stream.vcam_background`, else the render background where opaque, else chroma-key green."""
+    from engine.render.vcam import CHROMA_GREEN, VirtualCamera
+
+    stream = config.stream
+    if stream.vcam_background is not None:
+        background = tuple(round(255 * c) for c in stream.vcam_background)
+    elif config.render.background[3] == 1.0:
+        background = tuple(round(255 * c) for c in config.render.background[:3])
+    else:
+        background = CHROMA_GREEN
+    fps = stream.vcam_fps or source_fps or 30.0
+    return VirtualCamera(config.render.width, config.render.height, fps, background, stream.vcam_device)  # type: ignore[arg-type]
 
 
 def solve_config_for(config: Config, source: Any) -> SolveConfig:
@@ -367,6 +414,15 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         config.stream.insecure = True
     if args.no_window:
         config.render.backend = "egl"
+    if args.vcam:
+        config.stream.vcam_enabled = True
+    if config.stream.vcam_enabled and args.no_render:
+        raise UserError("--vcam shows the rendered avatar: it cannot run with --no-render")
+    if config.stream.vcam_enabled:
+        from engine.render.vcam import INSTALL_HINT
+
+        if importlib.util.find_spec("pyvirtualcam") is None:
+            raise UserError(f"--vcam needs pyvirtualcam: {INSTALL_HINT}")
     source_spec = args.source or config.source.kind
     from engine.sources.select import check_source_spec
 
@@ -439,6 +495,10 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, help="stop after S seconds")
     p.add_argument("--no-window", action="store_true", help="headless: no preview window")
     p.add_argument("--no-render", action="store_true", help="track and publish parameters only")
+    p.add_argument(
+        "--vcam", action="store_true",
+        help="show the avatar as a system camera for video calls (pip install 'scapecast[vcam]'; docs/apps.md)",
+    )  # fmt: skip
     p.add_argument("--realtime", action="store_true", help="file sources: keep wall-clock pace, drop stale frames")
     p.add_argument("--summary-json", help="write the run summary (fps, latency, accuracy) to PATH")
     p.add_argument("--params-jsonl", help="write one JSON line per processed frame to PATH")

@@ -212,6 +212,13 @@ class StreamConfig(_Section):
     # RGB in [0, 1] behind the avatar; None: the render background where opaque, else chroma-key green.
     vcam_background: tuple[float, float, float] | None = None
 
+    @field_validator("vcam_background")
+    @classmethod
+    def _background_range(cls, value: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if value is not None and not all(0.0 <= c <= 1.0 for c in value):
+            raise ValueError("vcam_background components must be in [0, 1]")
+        return value
+
 
 class IdentityConfig(_Section):
     """Which identity bundle is the avatar (what is rendered; `run --avatar`), and where bundles live."""
