@@ -210,7 +210,8 @@ def build_parts(
     on_state: list[Callable[[FrameResult], None]] = []
     on_rendered: list[Callable[[FrameResult], None]] = []
     on_close: list[Callable[[], None]] = []
-    for output in app_outputs(config.stream):
+    outputs = app_outputs(config.stream)
+    for output in outputs.values():
         on_state.append(lambda result, send=output.send: send(result.state))
         on_close.append(output.close)
 
@@ -223,6 +224,7 @@ def build_parts(
         if config.stream.vcam_enabled and render:
             try:
                 vcam.append(open_virtual_camera(config, source.fps))
+                outputs["vcam"] = vcam[0]
             except BaseException:
                 source.close()
                 raise
@@ -258,25 +260,21 @@ def build_parts(
         on_state=on_state,
         on_rendered=on_rendered,
         on_close=on_close,
+        outputs=outputs,
     )
 
 
-def app_outputs(stream: StreamConfig) -> list[Any]:
-    """The UDP senders to other apps that the config turns on (each has `send(state)` and `close()`)."""
-    outputs: list[Any] = []
+def app_outputs(stream: StreamConfig) -> dict[str, Any]:
+    """The UDP senders to other apps that the config turns on, by name (each has `send(state)`, `close()` and
+    counts `sent` and `dropped`)."""
+    outputs: dict[str, Any] = {}
     if stream.vmc_enabled:
         from engine.stream.vmc import VmcBridge
 
-        outputs.append(
-            VmcBridge(
-                stream.vmc_host,
-                stream.vmc_port,
-                stream.vmc_name_casing,
-                stream.vmc_pose,
-                stream.vmc_expressions,
-                stream.vmc_head_position,
-            )  # fmt: skip
-        )
+        outputs["vmc"] = VmcBridge(
+            stream.vmc_host, stream.vmc_port, stream.vmc_name_casing, stream.vmc_pose, stream.vmc_expressions,
+            stream.vmc_head_position,
+        )  # fmt: skip
     return outputs
 
 
@@ -384,6 +382,10 @@ def summarize(pipeline: Pipeline) -> dict[str, Any]:
         "dropped": stats["dropped"],
         "invalid_frames": pipeline.invalid_frames,
         "render": stats["render"],
+        "outputs": {
+            name: {"sent": output.sent, "dropped": getattr(output, "dropped", 0)}
+            for name, output in pipeline.parts.outputs.items()
+        },
         "wall_s": round((pipeline.t_end_ns - pipeline.t_start_ns) / 1e9, 3),
     }
     with_truth = [r for r in results if r.frame.true_weights is not None]
@@ -474,6 +476,9 @@ def _summary_text(summary: dict[str, Any]) -> str:
         "  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in summary["stages_ms"].items()),
         "  published: " + (", ".join(f"{k} {v}" for k, v in summary["published"].items()) or "nothing"),
     ]
+    if summary["outputs"]:
+        lines.append("  outputs: " + ", ".join(f"{name} {c['sent']} sent, {c['dropped']} dropped"
+                                                for name, c in summary["outputs"].items()))  # fmt: skip
     if "closed_loop" in summary:
         loop = summary["closed_loop"]
         lines.append(

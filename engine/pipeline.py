@@ -180,6 +180,8 @@ class PipelineParts:
     on_rendered: list[Callable[[FrameResult], None]] = field(default_factory=list)
     # Called once when the run ends, after every stage thread (the consumers' sockets and devices).
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    # The consumers above by name (vmc, vcam…), for the run summary's counts (`sent`, `dropped`).
+    outputs: dict[str, Any] = field(default_factory=dict)
 
 
 class Pipeline:

@@ -3,9 +3,14 @@ positions synchronised, clip names matched exactly); Unity axis conversion check
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +33,8 @@ from engine.stream.vmc import (
     unity_root_pose,
 )
 from engine.types import FaceState, HeadPose, TrackingState
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def random_state(rng: np.random.Generator) -> FaceState:
@@ -318,3 +325,25 @@ def test_bad_casing_pose_expressions_or_position_are_rejected() -> None:
         VmcBridge("127.0.0.1", 39539, expressions=())
     with pytest.raises(ValueError, match="head position"):
         VmcBridge("127.0.0.1", 39539, head_position=(0.0, float("nan"), 0.0))
+
+
+def test_engine_run_sends_every_frame_and_says_so(receiver: socket.socket, tmp_path: Path) -> None:
+    """`run` with VMC on: one VMC frame per processed frame reaches the receiver, and the summary counts them."""
+    summary_path = tmp_path / "summary.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run_engine.py"), "run", "--source", "demo", "--frames", "30",
+         "--no-render", "--set", "stream.enabled=false", "--set", "stream.vmc_enabled=true",
+         "--set", f"stream.vmc_port={receiver.getsockname()[1]}", "--summary-json", str(summary_path)],
+        capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    frames = []
+    receiver.settimeout(0.5)
+    with contextlib.suppress(TimeoutError):
+        while True:
+            frames.append(receive_frame(receiver))
+    summary = json.loads(summary_path.read_text())
+    assert summary["outputs"]["vmc"] == {"sent": summary["frames"], "dropped": 0}
+    assert len(frames) == summary["frames"] == 30
+    assert {args[0] for address, args in frames[-1] if address == "/VMC/Ext/Blend/Val"} >= {"EyeBlinkLeft", "Blink"}
+    assert "vmc 30 sent, 0 dropped" in result.stdout
