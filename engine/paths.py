@@ -6,8 +6,8 @@ A source checkout and the editable install (`make setup`) have no `engine/_data/
 repository's `models/`, `shaders/` and `configs/` folders, which the tools and tests also use. Everything else
 imports these three paths.
 
-They are real directories: the models are memory-mapped, the shaders read by name and OpenGL, ONNX Runtime and
-OpenCV take file names, so an `engine` imported from a zip archive is refused with a clear error.
+They must be real directories (ONNX Runtime, OpenCV's video reader and the identity bundles take file names, and
+a bundle is a folder), so an `engine` imported from a zip archive is refused with a clear error.
 """
 
 from __future__ import annotations
