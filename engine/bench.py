@@ -7,6 +7,7 @@ measured on the same frames in the same run, interleaved, and quoted as medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import platform
@@ -153,6 +154,106 @@ def bench_pipeline(config: Config, frames: int) -> dict[str, Any]:
     return {k: summary[k] for k in keys} | {"closed_loop_mae": summary.get("closed_loop", {}).get("mae")}
 
 
+def bench_outputs(frames: int = 600) -> dict[str, Any]:
+    """What each output to another app costs per frame on the thread that feeds it (ms, median and p99):
+    the UDP senders on the solve thread (to a loopback receiver that drains them), the virtual camera's
+    hand-over on the render thread, and its frame conversion (512² RGBA → RGB) on its own thread."""
+    import socket
+    import threading
+
+    from engine.render.vcam import CHROMA_GREEN, camera_frame
+    from engine.stream.vmc import EXPRESSION_SETS, VmcBridge
+    from engine.types import FaceState, HeadPose, TrackingState
+
+    rng = np.random.default_rng(0)
+    states = [
+        FaceState(
+            HeadPose(np.array([0.98, 0.1, 0.15, 0.05]), np.array([1.0, -2.0, -60.0])),
+            rng.uniform(0, 1, 53),
+            TrackingState.TRACKING,
+            0.9,
+            i,
+            i,
+        )  # fmt: skip
+        for i in range(frames)
+    ]
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(0.2)
+    done = threading.Event()
+
+    def drain() -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                receiver.recv(65536)
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    port = receiver.getsockname()[1]
+    senders: dict[str, Any] = {
+        "vmc": VmcBridge("127.0.0.1", port),
+        "vmc_all_expression_sets": VmcBridge("127.0.0.1", port, expressions=EXPRESSION_SETS),  # type: ignore[arg-type]
+    }
+
+    def per_frame(send: Callable[[Any], object], items: list[Any]) -> dict[str, float]:
+        times = []
+        for item in items:
+            t0 = time.perf_counter_ns()
+            send(item)
+            times.append(time.perf_counter_ns() - t0)
+        ms = np.asarray(times) / 1e6
+        return {"p50_ms": round(float(np.median(ms)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4)}
+
+    results: dict[str, Any] = {}
+    try:
+        for name, sender in senders.items():
+            results[name] = per_frame(sender.send, states)
+            results[name]["dropped"] = sender.dropped
+    finally:
+        done.set()
+        drainer.join()
+        receiver.close()
+        for sender in senders.values():
+            sender.close()
+    image = np.zeros((512, 512, 4), np.uint8)
+    image[96:416, 128:384] = (200, 160, 140, 255)
+    results["vcam_push"] = _bench_vcam_push(image, frames, per_frame)
+    results["vcam_frame_conversion"] = per_frame(
+        lambda img: camera_frame(img, (512, 512), CHROMA_GREEN), [image] * min(frames, 200)
+    )
+    return results
+
+
+def _bench_vcam_push(image: np.ndarray, frames: int, per_frame: Callable[..., dict[str, float]]) -> Any:
+    """`VirtualCamera.push` on the render thread while its sender converts and sends at 30 fps into a backend
+    that discards frames (pyvirtualcam's own `register_backend`); "n/a" without the vcam extra."""
+    try:
+        import pyvirtualcam
+    except ImportError:
+        return "n/a (pip install 'scapecast[vcam]')"
+    from engine.render.vcam import VirtualCamera
+
+    class Discard:
+        def __init__(self, **kw: Any) -> None:
+            pass
+
+        def send(self, frame: np.ndarray) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def device(self) -> str:
+            return "bench"
+
+        def native_fourcc(self) -> None:
+            return None
+
+    pyvirtualcam.register_backend("scapecast-bench", Discard)
+    with VirtualCamera(image.shape[1], image.shape[0], 30.0, backend="scapecast-bench") as camera:
+        return per_frame(camera.push, [image] * frames) | {"sent_at_30fps": camera.sent}
+
+
 def run_benchmarks(config: Config, quick: bool = False) -> dict[str, Any]:
     """Every benchmark in one run; `quick` shortens each (for smoke tests)."""
     from engine.detail.bench import bench_precompute
@@ -170,6 +271,7 @@ def run_benchmarks(config: Config, quick: bool = False) -> dict[str, Any]:
         ("tracking", lambda: bench_tracking(config, demo_frames(config, 30 if quick else 120), 1 if quick else 7)),
         ("render", lambda: bench_render(size=config.render.width, frames=20 if quick else 100)),
         ("stream", bench_stream),
+        ("outputs", lambda: bench_outputs(100 if quick else 600)),
         ("precompute", lambda: bench_precompute(resolution=128 if quick else config.detail.resolution)),
         ("pipeline", lambda: bench_pipeline(config, 60 if quick else 600)),
     ]
