@@ -363,7 +363,9 @@ def cmd_bench(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         Path(args.json).write_text(text + "\n")
     print(text)
-    if not args.no_update:
+    if not args.no_update and not BENCHMARKS_MD.is_file():  # an installed wheel: no source tree to update
+        print("BENCHMARKS.md not updated: it belongs to a source checkout, and this is an installed package")
+    elif not args.no_update:
         refresh_benchmarks_md(results)
         print(f"updated {BENCHMARKS_MD}")
     return 0
