@@ -9,9 +9,9 @@ R = R_y(yaw) · R_x(pitch) · R_z(roll), degrees, so that
     roll  > 0   the top of the head tilts towards the subject's right shoulder
 
 The same order (z first, then x, then y, about fixed axes) is Unity's `Quaternion.Euler(x, y, z)`, which is how
-the Unity receivers of iFacialMocap (VMagicMirror, and by all appearances VSeeFace, VNyan, Warudo) rebuild a
-rotation from the angles they are sent; and Unreal's FRotator (yaw about Z, then pitch about Y, then roll about
-X) maps onto it too once the axes are converted (`unreal_rotator`).
+VMagicMirror rebuilds the head rotation from iFacialMocap's angles (VSeeFace, VNyan and Warudo are Unity apps too,
+closed source, not checked); and Unreal's FRotator (yaw about Z, then pitch about Y, then roll about X) maps
+onto it too once the axes are converted (`unreal_rotator`).
 
 Eyes. The engine has no eye rotation of its own: the ARKit gaze channels (eyeLook{In,Out,Up,Down}{Left,Right})
 are turned into angles at a fixed number of degrees per unit weight, 30° horizontally and 20° vertically — the

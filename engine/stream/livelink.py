@@ -15,12 +15,12 @@ order"):
 
 Sources: Epic's AppleARKitFaceSupport plugin (AppleARKitLiveLinkSource.cpp: the publisher writes version,
 device id, subject, frame time, count, values; the listener rejects another version or a count other than
-EARFaceBlendShape::MAX = 61; earlier versions are listed there: 4 added the device id, 5 a timecode, 6 the
-qualified frame time) and AppleARKitConversion.h (ToBlendShapeMap: the curve values, the head and eye angles
-"Map the -180..180 range to -1..1", a zero for an unsupported blend shape); Unreal's ARTrackable.h for the enum
-order; the PyPI package pylivelinkface 0.1, which decodes the same bytes (it reads the version byte and the
-device id's length as one little-endian int32 and the id as 37 bytes starting with the length's last byte, '$'
-= 36: which is why it only decodes a 36-character device id).
+EARFaceBlendShape::MAX = 61; the version 5 source lists the history: 4 added the device id, 5 a timecode, and
+the version 6 reader takes an FQualifiedFrameTime in its place) and AppleARKitConversion.h (ToBlendShapeMap:
+the curve values, the head and eye angles "Map the -180..180 range to -1..1", a zero for an unsupported blend
+shape); Unreal's ARTrackable.h for the enum order; the PyPI package pylivelinkface 0.1, which decodes the same
+bytes (it reads the version byte and the device id's length as one little-endian int32 and the id as 37 bytes
+starting with the length's last byte, '$' = 36: which is why it only decodes a 36-character device id).
 
 Curves 0 … 51 are the ARKit blend shapes in [0, 1] under Unreal's names (ARKit's with a capital first letter:
 `eyeBlinkLeft` → `EyeBlinkLeft`); `TongueOut` is always 0 (the engine cannot drive it and the slot must hold
