@@ -275,6 +275,14 @@ def app_outputs(stream: StreamConfig) -> dict[str, Any]:
             stream.vmc_host, stream.vmc_port, stream.vmc_name_casing, stream.vmc_pose, stream.vmc_expressions,
             stream.vmc_head_position,
         )  # fmt: skip
+    if stream.ifacialmocap_enabled:
+        from engine.stream.ifacialmocap import IFacialMocapSender
+
+        outputs["ifacialmocap"] = IFacialMocapSender(stream.ifacialmocap_host, stream.ifacialmocap_port)
+    if stream.livelink_enabled:
+        from engine.stream.livelink import LiveLinkFaceSender
+
+        outputs["livelink"] = LiveLinkFaceSender(stream.livelink_host, stream.livelink_port, stream.livelink_subject)
     return outputs
 
 

@@ -10,12 +10,16 @@ rebuilt with Unreal's FRotationMatrix formula.
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +37,8 @@ from engine.stream.livelink import (
     live_link_curves,
 )
 from engine.types import FaceState, HeadPose, TrackingState
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The sample frame on ifacialmocap.com/for-developer/ (v1), as the iPhone app sends it.
 OFFICIAL_SAMPLE = (
@@ -433,3 +439,33 @@ def test_live_link_decoded_by_pylivelinkface() -> None:
     assert face.get_blendshape(shapes.JawOpen) == pytest.approx(0.5)
     assert face.get_blendshape(shapes.HeadYaw) == pytest.approx(-20.0 / 180.0, abs=1e-6)
     assert face.get_blendshape(shapes.TongueOut) == 0.0
+
+
+# --- an engine run -------------------------------------------------------------------------------------------
+
+
+def test_engine_run_sends_both_formats_every_frame(tmp_path: Path) -> None:
+    """`run` with iFacialMocap and Live Link on: one datagram of each per processed frame reaches the two
+    loopback receivers, decodable as the apps decode them, and the summary counts them."""
+    with udp_receiver() as ifm, udp_receiver() as live:
+        summary_path = tmp_path / "summary.json"
+        result = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "run_engine.py"), "run", "--source", "demo", "--frames", "25",
+             "--no-render", "--set", "stream.enabled=false",
+             "--set", "stream.ifacialmocap_enabled=true", "--set", f"stream.ifacialmocap_port={ifm.getsockname()[1]}",
+             "--set", "stream.livelink_enabled=true", "--set", f"stream.livelink_port={live.getsockname()[1]}",
+             "--set", "stream.livelink_subject=Performer1", "--summary-json", str(summary_path)],
+            capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        ifm_frames = [parse_vmagicmirror(ifm.recv(65536)) for _ in range(25)]
+        live_frames = [decode_live_link(live.recv(65536)) for _ in range(25)]
+    summary = json.loads(summary_path.read_text())
+    assert summary["frames"] == 25
+    assert summary["outputs"] == {"ifacialmocap": {"sent": 25, "dropped": 0}, "livelink": {"sent": 25, "dropped": 0}}
+    blinks = [blends["eyeBlink_L"] for blends, _ in ifm_frames]
+    assert all(0 <= b <= 100 for b in blinks) and all("head" in poses for _, poses in ifm_frames)
+    assert {f["subject"] for f in live_frames} == {"Performer1"} and {f["count"] for f in live_frames} == {61}
+    assert len({f["device"] for f in live_frames}) == 1
+    frames = [f["frame"] + f["subframe"] for f in live_frames]
+    assert all(b >= a for a, b in zip(frames, frames[1:], strict=False))  # the capture clock runs forward
