@@ -134,3 +134,51 @@ def test_supervisor_restarts_a_failed_child_after_its_backoff() -> None:
     assert supervisor.render(state) is not None and len(started) == 3
     supervisor.close()
     assert started[2].closed
+
+
+def test_supervisor_gives_up_on_a_renderer_that_never_rendered() -> None:
+    """Children that fail before their first frame (missing shaders, a broken driver) are not restarted for
+    ever: the third in a row raises, naming the reason and --no-render; one that had rendered keeps restarting."""
+    from engine.render.process import RenderProcessError, SupervisedRenderer
+    from engine.types import FaceState, RenderedFrame
+
+    class BrokenChild:
+        detail, info = False, {}
+        preview_open, preview_closed, calibration_requested = True, False, False
+        pid = 1
+
+        def __init__(self, stop) -> None:
+            self.stop = stop
+
+        def render(self, state):
+            raise RenderProcessError("shader file missing: avatar.frag.glsl")
+
+        def close(self) -> None:
+            pass
+
+    supervisor = SupervisedRenderer(BrokenChild, backoff_s=0.0, give_up_after=3)
+    state = FaceState.neutral()
+    assert supervisor.render(state) is None and supervisor.render(state) is None
+    with pytest.raises(
+        RenderProcessError, match=r"3 times without rendering a frame \(shader file missing.*--no-render"
+    ):
+        supervisor.render(state)
+
+    class FlakyChild(BrokenChild):
+        made = 0
+
+        def __init__(self, stop) -> None:
+            super().__init__(stop)
+            FlakyChild.made += 1
+
+        def render(self, state):
+            if FlakyChild.made == 1:  # the first child works, every later one fails at once
+                return RenderedFrame(np.zeros((2, 2, 4), np.uint8), state, 0)
+            raise RenderProcessError("the render process exited (exit code -9) without an answer")
+
+    supervisor = SupervisedRenderer(FlakyChild, backoff_s=0.0, give_up_after=3)
+    assert supervisor.render(state) is not None
+    FlakyChild.made = 2
+    for _ in range(10):  # it worked once: a later run of failures is restarted, never fatal
+        assert supervisor.render(state) is None
+    assert supervisor.restarts >= 4

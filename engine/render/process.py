@@ -226,12 +226,19 @@ class SupervisedRenderer:
     `max_backoff_s` (and resets once a restarted child has rendered for a while). `state` ("running",
     "restarting") and `restarts` are read by the pipeline's `stats`. The first start is not retried: a
     child that cannot start at all (no EGL) raises, as `RendererProcess` does, so the engine can fall back.
+    Restarts are for a renderer that worked: children that fail `give_up_after` times in a row without ever
+    rendering a frame (missing shaders, a broken driver) raise `RenderProcessError`, so the run stops with
+    the reason instead of running on without frames.
     """
 
     def __init__(
-        self, start: Any, backoff_s: float = 0.25, max_backoff_s: float = 30.0, healthy_after_s: float = 10.0
-    ) -> None:
+        self, start: Any, backoff_s: float = 0.25, max_backoff_s: float = 30.0, healthy_after_s: float = 10.0,
+        give_up_after: int = 3,
+    ) -> None:  # fmt: skip
         self._start = start  # (stop event or None) -> RendererProcess
+        self.give_up_after = give_up_after
+        self.frames = 0  # rendered by any child of this supervisor
+        self._failures_before_first_frame = 0
         self.backoff_s, self.max_backoff_s, self.healthy_after_s = backoff_s, max_backoff_s, healthy_after_s
         self._child: RendererProcess | None = start(None)
         self.detail = self._child.detail
@@ -269,9 +276,21 @@ class SupervisedRenderer:
         self.preview_closed = self._child.preview_closed
         self.calibration_requested = self._child.calibration_requested
         self.state = "running"
+        self.frames += 1
         if time.monotonic() - self._started_at > self.healthy_after_s:
             self._next_backoff_s = self.backoff_s  # it has stayed up: the next failure restarts quickly again
         return frame
+
+    def _never_worked(self, reason: str) -> None:
+        """Count a failure; raise once `give_up_after` children in a row failed and none ever rendered."""
+        if self.frames:
+            return
+        self._failures_before_first_frame += 1
+        if self._failures_before_first_frame >= self.give_up_after:
+            raise RenderProcessError(
+                f"the render process failed {self._failures_before_first_frame} times without rendering a "
+                f"frame ({reason}); run with --no-render to track and publish parameters only"
+            )
 
     def _down(self, reason: str) -> None:
         assert self._child is not None
@@ -280,6 +299,7 @@ class SupervisedRenderer:
         self._child.close()
         self._child = None
         self.state = "restarting"
+        self._never_worked(reason)
         self._restart_at = time.monotonic() + self._next_backoff_s
         self._next_backoff_s = min(self._next_backoff_s * 2.0, self.max_backoff_s)
 
@@ -289,6 +309,7 @@ class SupervisedRenderer:
         except RenderStopped:
             return
         except (OSError, RenderProcessError, RenderContextError) as exc:
+            self._never_worked(str(exc))
             log.warning("render process restart failed (%s): trying again in %.1f s", exc, self._next_backoff_s)
             self._restart_at = time.monotonic() + self._next_backoff_s
             self._next_backoff_s = min(self._next_backoff_s * 2.0, self.max_backoff_s)
