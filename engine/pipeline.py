@@ -519,6 +519,8 @@ class Pipeline:
                 "restarts": getattr(self._renderer, "restarts", 0),
                 "skipped": self.render_skipped,
             },
+            # The asset service's counts (requests, chunks, bytes, replies dropped to clients not reading).
+            "assets": getattr(self._publisher, "asset_counters", {}),
             # Each face's performer estimate (converged, camera in use), where the solver reports one.
             "performers": [status() for solver in self._solvers if (status := getattr(solver, "status", None))],
         }

@@ -29,7 +29,7 @@ import zmq
 
 from engine.errors import UserError
 from engine.names import arkit_to_ict
-from engine.stream.assets import AssetError, fetch_bundle
+from engine.stream.assets import MAX_REPLY_BYTES, AssetError, fetch_bundle
 from engine.stream.schema import (
     FRAME,
     IDENTITY,
@@ -197,7 +197,7 @@ class StreamClient:
         identity = self.wait(IDENTITY, timeout_s)
         if identity is None:
             raise AssetError(f"no identity message within {timeout_s:.0f} s: is the engine running and reachable?")
-        socket = self._socket(zmq.DEALER, self.asset_address)
+        socket = self._socket(zmq.DEALER, self.asset_address, max_bytes=MAX_REPLY_BYTES)
         try:
             return fetch_bundle(socket, self.asset_address, Path(dest_dir), identity.header["assets"], timeout_s)
         finally:

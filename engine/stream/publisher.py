@@ -27,7 +27,7 @@ import zmq
 from engine.config import StreamConfig
 from engine.errors import UserError
 from engine.names import ARKIT_BLENDSHAPES, UNSUPPORTED_ARKIT
-from engine.stream.assets import AssetServer, scan_bundle
+from engine.stream.assets import ASSET_HWM, AssetServer, scan_bundle
 from engine.stream.schema import FRAME, IDENTITY, PARAMS, STATS, STATUS, TOPICS, VERSION, encode
 from engine.stream.security import ServerSecurity, bind_endpoint
 from engine.types import FaceState, RenderedFrame
@@ -82,7 +82,7 @@ class Publisher:
             self._security = ServerSecurity.from_config(config, self._context)
             self._params = self._bind(zmq.PUB, config.params_port, PARAMS_HWM_FACTOR * config.send_hwm)
             self._frames = self._bind(zmq.PUB, config.frame_port, config.send_hwm)
-            assets_socket = self._bind(zmq.ROUTER, config.asset_port, config.send_hwm)
+            assets_socket = self._bind(zmq.ROUTER, config.asset_port, ASSET_HWM)
             self._sockets.remove(assets_socket)  # the asset thread owns and closes it
             self.endpoints: dict[str, str] = {
                 name: sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -174,6 +174,11 @@ class Publisher:
     def publish_stats(self, stats: dict[str, Any]) -> None:
         """Send a `stats` message (per-stage timings etc.; numpy scalars and arrays are converted)."""
         self._send(self._params, STATS, time.monotonic_ns(), {"stats": stats})
+
+    @property
+    def asset_counters(self) -> dict[str, int]:
+        """The asset service's requests, chunks and bytes sent, and replies dropped (empty without a bundle)."""
+        return dict(self._assets.counters) if self._assets is not None else {}
 
     def tick(self) -> None:
         """Periodic work: re-send `identity` once per IDENTITY_PERIOD_S. Called by publish_params; call it when idle."""
