@@ -236,11 +236,32 @@ def _read_texture(path: Path) -> np.ndarray:
         raise BundleError(f"identity bundle texture {path} is unreadable ({exc})") from None
 
 
+#: The largest detail bases accepted: 20 maps at the largest `detail.resolution` (2048²), float16 or float32.
+MAX_BASES_VALUES = N_BASES * 2048 * 2048 * 3
+
+
+def _check_bases_header(path: Path) -> None:
+    """Refuse a bases file whose `maps` array claims more values than any real bundle has, before anything is
+    decompressed (a 478 KiB zip of zeros can expand to gigabytes)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive, archive.open("maps.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+    values = int(np.prod(shape, dtype=np.int64))
+    if dtype not in (np.float16, np.float32) or values > MAX_BASES_VALUES:
+        raise BundleError(f"identity bundle bases {path} claim {shape} {dtype} maps: refused (too large or not float)")
+
+
 def _read_bases(path: Path) -> DetailBases:
     try:
+        _check_bases_header(path)
         with np.load(path, allow_pickle=False) as z:
             maps = z["maps"].astype(np.float32)
             backend = str(z["backend"])
+    except BundleError:
+        raise
     except Exception as exc:  # zipfile/npy raise many types for one meaning: the file is damaged
         raise BundleError(f"identity bundle bases {path} are unreadable ({type(exc).__name__}: {exc})") from None
     if maps.ndim != 4 or maps.shape[0] != N_BASES or maps.shape[3] != 3:

@@ -170,3 +170,33 @@ def test_nan_identity_and_a_decompression_bomb_texture_are_refused(tmp_path, fac
         _rewrite_meta(out, files={**meta["files"], "texture.png": file_sha256(out / "texture.png")})
         with pytest.raises(BundleError, match=message):
             load_bundle(out, face_model)
+
+
+def test_a_bases_zip_bomb_is_refused_before_it_is_decompressed(tmp_path, face_model) -> None:
+    """A small bases.npz whose maps claim 20 × 4096² × 3 values (it expanded to 1.4 GiB on load) is refused
+    from its header; its checksum is made to match, as a hostile asset server could."""
+    import tracemalloc
+    import zipfile
+
+    from engine.face_model import file_sha256
+
+    out = save_bundle(_identity(face_model), tmp_path / "bomb")
+    meta = json.loads((out / "identity.json").read_text())
+    header = {"descr": "<f2", "fortran_order": False, "shape": (20, 4096, 4096, 3)}
+    with zipfile.ZipFile(out / "bases.npz", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("maps.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_2_0(member, header)
+            zeros = bytes(1 << 24)
+            for _ in range(4):  # 64 MiB of the claimed 2 GiB is enough to be a bomb on disk
+                member.write(zeros)
+        archive.writestr("backend.npy", b"")
+    assert (out / "bases.npz").stat().st_size < 1_000_000
+    _rewrite_meta(out, files={**meta["files"], "bases.npz": file_sha256(out / "bases.npz")})
+    tracemalloc.start()
+    try:
+        with pytest.raises(BundleError, match=r"claim \(20, 4096, 4096, 3\).*refused"):
+            load_bundle(out, face_model)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 1024 * 1024  # nothing of the claimed size was allocated
