@@ -1,4 +1,9 @@
-"""Shared fixtures. Tests that read ../shared skip cleanly when it is absent (a fresh clone, CI elsewhere)."""
+"""Shared fixtures.
+
+Test data lives in the repository (`tests/data/`, see its README and docs/testing.md), so every clone runs the
+tests that read it. Only what is too large to copy (ICT-FaceKit's full OBJ archive) comes from `../shared`;
+tests that need it skip cleanly when it is absent (a fresh clone, CI elsewhere).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,13 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="session")
+def test_data() -> Path:
+    """`tests/data/`: MediaPipe's test photos and goldens, its face mesh, samples of ICT's OBJs (all in the repo)."""
+    return TEST_DATA
 
 
 @pytest.fixture(scope="session")

@@ -67,8 +67,8 @@ def test_push_pull_fill_extrapolates_smoothly() -> None:
     assert np.allclose(filled[:, 16:], [200, 100, 50], atol=1e-3)  # one colour extends as itself
 
 
-def test_enroll_command_builds_a_loadable_bundle(face_model, shared_dir, tmp_path) -> None:
-    photo = shared_dir / "testdata/mediapipe/images/portrait.jpg"
+def test_enroll_command_builds_a_loadable_bundle(face_model, test_data, tmp_path) -> None:
+    photo = test_data / "mediapipe/images/portrait.jpg"
     out = tmp_path / "bundle"
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "run_engine.py"), "enroll", "--name", "obama", "--image", str(photo),

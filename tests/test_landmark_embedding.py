@@ -82,8 +82,8 @@ def test_eye_and_mouth_corners_match_ict_landmark_vertices(embedding, face_model
         assert distance_mm < 3.0, f"MediaPipe {mp_id} is {distance_mm:.1f} mm from ICT's iBUG point {ibug}"
 
 
-def test_neutral_matches_mediapipe_canonical_within_reported_residual(embedding, face_model, shared_dir, fit_tool):
-    text = (shared_dir / "mediapipe-face-geometry/face_model_with_iris.obj").read_text()
+def test_neutral_matches_mediapipe_canonical_within_reported_residual(embedding, face_model, test_data, fit_tool):
+    text = (test_data / "mediapipe-face-geometry/face_model_with_iris.obj").read_text()
     canonical = np.array([[float(x) for x in ln.split()[1:4]] for ln in text.splitlines() if ln.startswith("v ")])
     assert canonical.shape == (478, 3)
     embedded = embedding.apply(face_model.neutral.astype(np.float64))
@@ -99,6 +99,13 @@ def test_neutral_matches_mediapipe_canonical_within_reported_residual(embedding,
     # Both meshes are in centimetres at a human scale; a broken embedding would show here.
     assert 0.8 < scale < 1.25
     assert distance_mm.mean() < 4.0
+
+
+def test_copied_canonical_mesh_matches_shared(test_data, shared_dir):
+    """tests/data/mediapipe-face-geometry/ holds byte-for-byte copies (tools/make_test_fixtures.py)."""
+    for name in ("face_model_with_iris.obj", "LICENSE"):
+        copy = test_data / "mediapipe-face-geometry" / name
+        assert copy.read_bytes() == (shared_dir / "mediapipe-face-geometry" / name).read_bytes(), name
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path):

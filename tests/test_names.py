@@ -49,8 +49,9 @@ def test_merged_channels_average_and_drive_both_sides() -> None:
         ict_to_arkit(np.zeros(52))
 
 
-def test_arkit_order_matches_mediapipe_goldens(shared_dir) -> None:
-    golden = json.loads((shared_dir / "testdata/mediapipe/golden/blendshapes.json").read_text())
+def test_arkit_order_matches_mediapipe_goldens(test_data) -> None:
+    golden = json.loads((test_data / "mediapipe/golden/blendshapes.json").read_text())
+    assert golden["sets"], "the golden file holds at least one set of scores"
     for scores in golden["sets"].values():
         names = [n for n in scores if n != "_neutral"]
         assert names == [n for n in ARKIT_BLENDSHAPES if n not in UNSUPPORTED_ARKIT]

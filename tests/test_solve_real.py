@@ -2,7 +2,7 @@
 
 The mean ICT identity, no enrollment, no calibration: what a first-time user sees, with the perspective
 correction for the camera MediaPipe's goldens assume. MediaPipe's blendshape model is an anchor, not ground
-truth (../shared/testdata/mediapipe/README.md); the checks are about meaning (smile is smile, left is the
+truth (tests/data/mediapipe/README.md); the checks are about meaning (smile is smile, left is the
 subject's left).
 """
 
@@ -36,14 +36,14 @@ def _load_rgb(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def images(shared_dir: Path) -> dict[str, np.ndarray]:
-    folder = shared_dir / "testdata" / "mediapipe" / "images"
+def images(test_data: Path) -> dict[str, np.ndarray]:
+    folder = test_data / "mediapipe" / "images"
     return {name: _load_rgb(folder / name) for name in ("portrait.jpg", "sergey.png")}
 
 
 @pytest.fixture(scope="module")
-def golden(shared_dir: Path) -> dict[str, float]:
-    sets = json.loads((shared_dir / "testdata/mediapipe/golden/blendshapes.json").read_text())["sets"]
+def golden(test_data: Path) -> dict[str, float]:
+    sets = json.loads((test_data / "mediapipe/golden/blendshapes.json").read_text())["sets"]
     return next(v for k, v in sets.items() if k.startswith("portrait_expected_blendshapes"))
 
 

@@ -1,4 +1,7 @@
-"""MediaPipe tracking wrapper: real FaceMesh on MediaPipe's own test photos, compared with its goldens."""
+"""MediaPipe tracking wrapper: real FaceMesh on MediaPipe's own test photos, compared with its goldens.
+
+The photos and goldens are in the repository (tests/data/mediapipe/, Apache-2.0): these tests run on every clone.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +20,25 @@ from engine.types import Frame
 MEDIAPIPE_TOLERANCE = 0.03  # normalized; what MediaPipe's own landmark tests accept
 
 
-def _image(shared_dir: Path, name: str) -> np.ndarray:
-    return np.ascontiguousarray(Image.open(shared_dir / "testdata/mediapipe/images" / name).convert("RGB"))
+def _image(test_data: Path, name: str) -> np.ndarray:
+    return np.ascontiguousarray(Image.open(test_data / "mediapipe/images" / name).convert("RGB"))
 
 
-def _portrait_golden(shared_dir: Path) -> np.ndarray:
-    text = (shared_dir / "testdata/mediapipe/golden/portrait_expected_face_landmarks.pbtxt").read_text()
+def _portrait_golden(test_data: Path) -> np.ndarray:
+    text = (test_data / "mediapipe/golden/portrait_expected_face_landmarks.pbtxt").read_text()
     xs = [float(v) for v in re.findall(r"\bx:\s*([-\d.eE+]+)", text)]
     ys = [float(v) for v in re.findall(r"\by:\s*([-\d.eE+]+)", text)]
     return np.stack([xs, ys], axis=1)
+
+
+def test_copied_photos_and_goldens_match_shared(test_data, shared_dir):
+    """tests/data/mediapipe/ is a byte-for-byte copy of files in ../shared/testdata/mediapipe/ (made by
+    tools/make_test_fixtures.py): a refreshed original shows here."""
+    copies = sorted(p for p in (test_data / "mediapipe").rglob("*") if p.is_file())
+    assert {p.parent.name for p in copies} == {"images", "golden", "licenses"}
+    for copy in copies:
+        original = shared_dir / "testdata/mediapipe" / copy.relative_to(test_data / "mediapipe")
+        assert copy.read_bytes() == original.read_bytes(), f"{copy} differs from {original}"
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +47,9 @@ def still_tracker():
         yield tracker
 
 
-def test_portrait_matches_mediapipe_golden(shared_dir, still_tracker):
-    image = _image(shared_dir, "portrait.jpg")
-    golden = _portrait_golden(shared_dir)
+def test_portrait_matches_mediapipe_golden(test_data, still_tracker):
+    image = _image(test_data, "portrait.jpg")
+    golden = _portrait_golden(test_data)
     faces = still_tracker.process(Frame(image, t_capture_ns=0, index=0))
     assert len(faces) == 1
     face = faces[0]
@@ -49,9 +62,9 @@ def test_portrait_matches_mediapipe_golden(shared_dir, still_tracker):
     assert 0.5 <= face.presence <= 1.0
 
 
-def test_business_person_matches_golden_and_pixels_are_scaled(shared_dir, still_tracker):
-    image = _image(shared_dir, "business-person.png")
-    golden_path = shared_dir / "testdata/mediapipe/golden/business-person_expected_face_landmarks.json"
+def test_business_person_matches_golden_and_pixels_are_scaled(test_data, still_tracker):
+    image = _image(test_data, "business-person.png")
+    golden_path = test_data / "mediapipe/golden/business-person_expected_face_landmarks.json"
     data = json.loads(golden_path.read_text())
     golden = np.asarray(data["landmarks"])
     (face,) = still_tracker.process_image(image)
@@ -63,8 +76,8 @@ def test_business_person_matches_golden_and_pixels_are_scaled(shared_dir, still_
     np.testing.assert_allclose(face.pixels[:, 2], face.normalized[:, 2] * width, rtol=1e-5, atol=1e-3)
 
 
-def test_iris_points_belong_to_the_subjects_eyes(shared_dir, still_tracker):
-    (face,) = still_tracker.process_image(_image(shared_dir, "sergey.png"))
+def test_iris_points_belong_to_the_subjects_eyes(test_data, still_tracker):
+    (face,) = still_tracker.process_image(_image(test_data, "sergey.png"))
     px = face.pixels
     # Frontal, unmirrored photo: the subject's right eye (outer corner 33) is on the image's left.
     assert px[33, 0] < px[263, 0]
@@ -74,8 +87,8 @@ def test_iris_points_belong_to_the_subjects_eyes(shared_dir, still_tracker):
         np.testing.assert_allclose(px[contour, :2].mean(axis=0), px[centre, :2], atol=3.0)
 
 
-def test_video_mode_tracks_consecutive_frames(shared_dir):
-    image = _image(shared_dir, "portrait.jpg")
+def test_video_mode_tracks_consecutive_frames(test_data):
+    image = _image(test_data, "portrait.jpg")
     with FaceTracker(TrackingConfig(static_image_mode=False)) as tracker:
         first = tracker.process(Frame(image, 0, 0))
         second = tracker.process(Frame(image, 33_000_000, 1))
@@ -85,10 +98,10 @@ def test_video_mode_tracks_consecutive_frames(shared_dir):
     assert second[0].presence == pytest.approx(first[0].presence)
 
 
-def test_decoded_landmarks_equal_mediapipe_solution_output(shared_dir, still_tracker):
+def test_decoded_landmarks_equal_mediapipe_solution_output(test_data, still_tracker):
     import mediapipe as mp
 
-    image = _image(shared_dir, "sergey.png")
+    image = _image(test_data, "sergey.png")
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as reference:
         expected = reference.process(image).multi_face_landmarks[0]
     reference_xyz = np.array([(p.x, p.y, p.z) for p in expected.landmark], dtype=np.float32)
@@ -109,11 +122,11 @@ def test_landmark_decoding_handles_other_record_layouts():
     np.testing.assert_array_equal(_landmark_array(plain.SerializeToString()), values)
 
 
-def test_two_faces_each_with_its_own_landmarks(shared_dir):
-    portrait = Image.open(shared_dir / "testdata/mediapipe/images/portrait.jpg").convert("RGB")
+def test_two_faces_each_with_its_own_landmarks(test_data):
+    portrait = Image.open(test_data / "mediapipe/images/portrait.jpg").convert("RGB")
     right = np.asarray(portrait.resize((600, 750)))  # the portrait's face is small: keep it detectable
     left = np.zeros_like(right)
-    sergey = _image(shared_dir, "sergey.png")
+    sergey = _image(test_data, "sergey.png")
     left[: sergey.shape[0], : sergey.shape[1]] = sergey
     image = np.ascontiguousarray(np.concatenate([left, right], axis=1))
     with FaceTracker(TrackingConfig(max_faces=2), static=True) as tracker:
