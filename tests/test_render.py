@@ -132,11 +132,69 @@ def test_yaw_moves_the_face_towards_the_subjects_side(renderer, yaw):
     assert abs(turned - frontal) > 0.06 * SIZE
 
 
-def test_pitch_and_roll_change_the_image(renderer):
-    base = renderer.render(_state()).image
-    for pose in ({"pitch": 15.0}, {"roll": 15.0}):
-        moved = renderer.render(_posed(_state(), **pose)).image
-        assert (base[..., 3] != moved[..., 3]).mean() > 0.01
+@pytest.fixture(scope="module")
+def halves_renderer(face_model):
+    """A face painted by sides through the UV rasterizer: the subject's left (+x) blue, the right green. The
+    border between them is the face's midline, nose bridge to chin."""
+    from engine.detail.uv_raster import face_rasterizer
+
+    colors = np.where((face_model.neutral[:, 0] > 0)[:, None], [40.0, 60.0, 230.0], [40.0, 230.0, 60.0])
+    texture = np.clip(face_rasterizer(face_model, 256).rasterize(colors), 0, 255).astype(np.uint8)
+    identity = replace(_identity(face_model), texture=texture)
+    with AvatarRenderer(face_model, identity, RenderConfig(width=SIZE, height=SIZE, samples=0)) as r:
+        yield r
+
+
+def _dark_features_y(img: np.ndarray) -> float:
+    """Mean row of the dark features (brows, lashes, irises, nostrils); rows grow downwards."""
+    lum = img[..., :3].astype(np.float32).mean(axis=-1)
+    ys, _ = np.nonzero((img[..., 3] == 255) & (lum < 70))
+    assert len(ys) > 200, "the face's dark features are visible"
+    return float(ys.mean())
+
+
+def _midline_lean(img: np.ndarray) -> float:
+    """How far the painted midline leans from vertical, in degrees, positive when its top is to the image left
+    (counter-clockwise as seen): the left edge of the blue half, fitted as a line over the middle half of its rows
+    (above, the blue half's top edge would count; below, its chin)."""
+    rgb = img[..., :3].astype(np.int32)
+    blue = (img[..., 3] == 255) & (rgb[..., 2] > 2 * rgb[..., 1]) & (rgb[..., 2] > 2 * rgb[..., 0])
+    rows = np.flatnonzero(blue.any(axis=1))
+    quarter = (rows[-1] - rows[0]) // 4
+    rows = rows[(rows >= rows[0] + quarter) & (rows <= rows[-1] - quarter)]
+    assert len(rows) > 0.2 * SIZE, "the painted face is visible"
+    edge = np.array([np.flatnonzero(blue[y])[0] for y in rows])
+    return float(np.degrees(np.arctan(np.polyfit(rows, edge, 1)[0])))
+
+
+def _crown_x(img: np.ndarray) -> float:
+    """Mean column of the silhouette's top quarter (its rows from the first covered one): the crown of the head."""
+    rows = np.flatnonzero((img[..., 3] > 0).any(axis=1))
+    top = img[rows[0] : rows[0] + (rows[-1] - rows[0]) // 4, :, 3] > 0
+    return float(np.nonzero(top)[1].mean())
+
+
+@pytest.mark.parametrize(("pitch", "roll"), [(15.0, 0.0), (-15.0, 0.0), (0.0, 15.0), (0.0, -15.0)])
+def test_pitch_nods_and_roll_tilts_the_head_their_own_way(renderer, halves_renderer, pitch, roll):
+    """The engine's conventions (engine/stream/face_angles.py, tests/test_vmc.py): positive pitch, a rotation about
+    +x, takes the face's forward axis +z towards −y — the face turns down; positive roll, about +z (towards the
+    camera), takes the crown to −x, the subject's right, on the image left — counter-clockwise as the camera sees
+    it. So a nod moves the eyes and brows (in front of the rotation centre) down for positive pitch, up for
+    negative, and keeps the midline upright and the crown in place; a roll leans the midline by the roll angle,
+    swings the crown to its side and keeps the eyes at their height. A flipped sign or swapped angles fail."""
+    frontal = renderer.render(_state()).image
+    posed = renderer.render(_posed(_state(), pitch=pitch, roll=roll)).image
+    rise = _dark_features_y(posed) - _dark_features_y(frontal)  # > 0: down the image
+    crown_shift = _crown_x(posed) - _crown_x(frontal)  # > 0: to the image right
+    lean = _midline_lean(halves_renderer.render(_posed(_state(), pitch=pitch, roll=roll)).image)
+    lean -= _midline_lean(halves_renderer.render(_state()).image)
+    assert abs(lean - roll) < 3.0, f"the midline leans {lean:+.1f}° for roll {roll:+.0f}°, pitch {pitch:+.0f}°"
+    if pitch:
+        assert np.sign(rise) == np.sign(pitch) and abs(rise) > 0.06 * SIZE, f"eyes moved {rise:+.1f} px down"
+        assert abs(crown_shift) < 0.02 * SIZE, f"a nod swung the crown {crown_shift:+.1f} px"
+    else:
+        assert abs(rise) < 0.03 * SIZE, f"a roll moved the eyes {rise:+.1f} px down"
+        assert np.sign(crown_shift) == -np.sign(roll) and abs(crown_shift) > 0.04 * SIZE, f"crown {crown_shift:+.1f}"
 
 
 def test_detail_changes_shading_not_the_silhouette(renderer):
