@@ -521,6 +521,8 @@ class Pipeline:
             },
             # The asset service's counts (requests, chunks, bytes, replies dropped to clients not reading).
             "assets": getattr(self._publisher, "asset_counters", {}),
+            # Client connections the publisher could not accept (out of file descriptors).
+            "refused_connections": getattr(self._publisher, "refused_connections", 0),
             # Each face's performer estimate (converged, camera in use), where the solver reports one.
             "performers": [status() for solver in self._solvers if (status := getattr(solver, "status", None))],
         }

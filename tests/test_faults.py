@@ -113,3 +113,79 @@ def test_a_frozen_render_process_does_not_hold_the_engine(tmp_path) -> None:
     print(f"render child frozen: engine stopped {stopped_in:.2f} s after SIGINT")
     assert stopped_in < 5.0, stopped_in  # it ignored SIGINT for 200 s before
     assert (tmp_path / "s.json").is_file()
+
+
+def _engine_with_file_limit(tmp_path: Path, soft: int, hard: int, seconds: float) -> tuple[subprocess.Popen, str]:
+    import resource
+
+    params, frame, asset = free_loopback_ports(3)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "run_engine.py"), "run", "--source", "demo", "--no-render", "--quiet",
+         "--duration", str(seconds), "--summary-json", str(tmp_path / "s.json"),
+         "--set", f"stream.params_port={params}", "--set", f"stream.frame_port={frame}",
+         "--set", f"stream.asset_port={asset}"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit,
+    )  # fmt: skip
+    return proc, f"tcp://127.0.0.1:{params}"
+
+
+def _idle_connections(address: str, count: int, until_refused: bool = False) -> list:
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 512)), hard))
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    connections = []
+    for _ in range(count):
+        try:
+            connection = socket.create_connection((host, int(port)), timeout=2)
+        except OSError:  # the listen backlog is full: the engine accepts no more
+            if until_refused:
+                break
+            raise
+        connections.append(connection)
+    return connections
+
+
+def test_eleven_hundred_idle_connections_leave_room_for_a_subscriber(tmp_path) -> None:
+    """1100 idle TCP connections (they exhausted a 1024 fd limit, and new subscribers got nothing): the
+    engine raises its soft limit to the hard one, so a real subscriber still gets params."""
+    proc, params = _engine_with_file_limit(tmp_path, 1024, 4096, 25.0)
+    connections: list = []
+    try:
+        with StreamClient(params, topics=("params",)) as first:
+            assert first.wait("params", 60.0) is not None  # the engine is up
+        connections = _idle_connections(params, 1100)
+        with StreamClient(params, topics=("params",)) as late:
+            assert late.wait("params", 10.0) is not None
+    finally:
+        for connection in connections:
+            connection.close()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    assert "connections refused" not in err
+
+
+def test_when_file_descriptors_run_out_the_engine_says_so_and_counts(tmp_path) -> None:
+    """A hard limit the engine cannot raise: connections beyond it are refused, and the engine logs and counts
+    them (libzmq alone says nothing)."""
+    proc, params = _engine_with_file_limit(tmp_path, 200, 200, 25.0)
+    connections: list = []
+    try:
+        with StreamClient(params, topics=("params",)) as first:
+            assert first.wait("params", 60.0) is not None
+        connections = _idle_connections(params, 300, until_refused=True)
+        time.sleep(2.5)  # the next identity tick reads the monitors
+    finally:
+        for connection in connections:
+            connection.close()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    assert "client connections refused so far: out of file descriptors (limit 200)" in err

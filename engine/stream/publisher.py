@@ -43,6 +43,23 @@ IDENTITY_PERIOD_S = 1.0  # late joiners learn the identity within this period (p
 PARAMS_HWM_FACTOR = 8
 
 
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (each client connection is one file
+    descriptor; a default soft limit of 1024 refuses the 1025th client). Returns the limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.debug("open-file limit raised from %d to %d", soft, target)
+            return target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d (%s): at most ~%d clients", soft, exc, soft)
+    return soft
+
+
 class Publisher:
     """Binds the three sockets of wire format v1 and publishes engine output; never blocks on subscribers.
 
@@ -67,6 +84,10 @@ class Publisher:
         self._assets: AssetServer | None = None
         self._context = zmq.Context()
         self._security = ServerSecurity()
+        self.open_file_limit = raise_open_file_limit()
+        self.refused_connections = 0  # accepts that failed (out of file descriptors), counted from the monitors
+        self._monitors: list[zmq.Socket] = []
+        self._last_refusal_warning = -float("inf")
         try:
             files = scan_bundle(asset_dir)
             info = dict(identity_info or {})
@@ -110,7 +131,28 @@ class Publisher:
             in_use = exc.errno == errno.EADDRINUSE
             hint = " (another engine running? pick another port in the stream section)" if in_use else ""
             raise UserError(f"cannot bind {address}: {exc.strerror}{hint}") from None
+        # libzmq refuses a connection it cannot accept (no file descriptor left) without a word; its monitor
+        # reports each failed accept, so the engine can count and say so.
+        self._monitors.append(socket.get_monitor_socket(zmq.EVENT_ACCEPT_FAILED))
         return socket
+
+    def _count_refusals(self) -> None:
+        """Count failed accepts reported by the monitors; warn at most every 10 s while they happen."""
+        for monitor in self._monitors:
+            while True:
+                try:
+                    monitor.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:  # the socket closed under us (shutdown)
+                    break
+                self.refused_connections += 1
+        now = time.monotonic()
+        if self.refused_connections and now - self._last_refusal_warning >= 10.0:
+            self._last_refusal_warning = now
+            log.warning("%d client connections refused so far: out of file descriptors (limit %d); close idle "
+                        "clients, or raise the limit (ulimit -n)", self.refused_connections,
+                        self.open_file_limit)  # fmt: skip
 
     def _send(
         self, socket: zmq.Socket, topic: str, t_capture_ns: int, fields: dict, payload: bytes | None = None
@@ -186,12 +228,16 @@ class Publisher:
         if now - self._last_identity >= IDENTITY_PERIOD_S:
             self._last_identity = now
             self._send(self._params, IDENTITY, time.monotonic_ns(), self._identity_fields)
+            self._count_refusals()
 
     def close(self) -> None:
         """Stop the asset thread, close the sockets without lingering, stop the authenticator. Idempotent."""
         if self._assets is not None:
             self._assets.stop()
             self._assets = None
+        for monitor in self._monitors:
+            monitor.close(linger=0)
+        self._monitors.clear()
         for socket in self._sockets:
             socket.close(linger=0)
         self._sockets.clear()
