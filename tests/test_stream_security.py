@@ -155,3 +155,33 @@ def test_asset_service_serves_only_the_bundle_and_no_symlink(tmp_path) -> None:
     (bundle / "texture.png").symlink_to("/etc/passwd")  # a link out of the bundle
     served = scan_bundle(bundle)
     assert set(served) == {"identity.json"}
+
+
+def _wait_for(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_relay_says_when_it_lowers_security_or_is_refused(keys: dict[str, Path], caplog) -> None:
+    """A relay reading a CURVE engine and republishing without CURVE warns at start; one without keys (or
+    with a key the engine does not allow) is refused by the engine and says so instead of relaying nothing."""
+    alice = ClientKeys.load(keys["server public"], keys["alice secret"])
+    mallory = ClientKeys.load(keys["server public"], keys["mallory secret"])
+    plain = StreamConfig(params_port=0, frame_port=0, asset_port=0)
+    with Publisher(curve_config(keys), "secure", {"id": "ada"}) as pub:
+        upstream = pub.endpoints["params"]
+        caplog.clear()
+        with Relay(upstream, plain, alice) as relay, StreamClient(relay.endpoints["params"]) as viewer:
+            assert "republishes it without encryption" in caplog.text
+            assert _wait_for(lambda: relay.upstream == "connected")
+            assert _wait_for(lambda: (pub.publish_params(FaceState.neutral()), viewer.received["params"] > 0)[1])
+        for client_keys, reason in ((None, "security mechanisms differ"), (mallory, "authentication refused")):
+            caplog.clear()
+            with Relay(upstream, plain, client_keys) as relay:
+                assert _wait_for(lambda relay=relay: relay.upstream != "connecting"), relay.upstream
+                assert relay.upstream.startswith(reason)
+                assert f"refused this relay: {reason}" in caplog.text
+                if client_keys is None:  # nothing to lower without keys
+                    assert "republishes it without encryption" not in caplog.text

@@ -6,10 +6,15 @@
 
 Run it on a machine that many viewers can reach so the engine sends each message once. Binding follows the
 same rules as the engine (loopback, or CURVE, or `insecure`); the upstream side may use CURVE client keys.
+
+Security is never lowered silently: a relay that reads a CURVE engine but republishes without CURVE says so
+at start, and an upstream handshake that fails (a CURVE engine and no or wrong keys: the relay would pass on
+nothing) is logged with the fix and kept in `upstream`, watched on the params socket's monitor.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import zmq
@@ -19,6 +24,14 @@ from engine.errors import UserError
 from engine.stream.client import engine_addresses
 from engine.stream.publisher import PARAMS_HWM_FACTOR
 from engine.stream.security import ClientKeys, ServerSecurity, bind_endpoint
+
+log = logging.getLogger(__name__)
+
+_HANDSHAKE_FAILED = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security mechanisms differ (CURVE on one side only?)",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication refused (this relay's client key is not allowed?)",
+}
 
 
 class Relay:
@@ -32,9 +45,16 @@ class Relay:
         self._security = ServerSecurity()
         self._threads: list[threading.Thread] = []
         self._controls: list[zmq.Socket] = []
+        self._closing = threading.Event()
         self.endpoints: dict[str, str] = {}
+        self.upstream = "connecting"  # "connected", or why the engine refused this relay
         try:
             self._security = ServerSecurity.from_config(config, self._context)
+            if upstream_keys is not None and not self._security.enabled:
+                log.warning("relay: the engine at %s is read with CURVE, but this relay republishes it without "
+                            "encryption or client keys on %s; anyone who can reach those ports can watch. Give "
+                            "the relay stream.curve_server_secret and stream.curve_allowed_clients to keep CURVE",
+                            upstream, config.bind_address)  # fmt: skip
             sources = engine_addresses(upstream)
             ports = {"params": config.params_port, "frame": config.frame_port, "assets": config.asset_port}
             for name, (up_kind, down_kind) in {
@@ -57,12 +77,48 @@ class Relay:
                     up.close()
                     down.close()
                     raise UserError(f"relay cannot bind {address}: {exc.strerror}") from None
+                if name == "params":
+                    self._watch_upstream(up, upstream, upstream_keys is not None)
                 up.connect(sources[name])
                 self.endpoints[name] = down.getsockopt_string(zmq.LAST_ENDPOINT)
                 self._start_proxy(name, down, up)
         except BaseException:
             self.close()
             raise
+
+    def _watch_upstream(self, socket: zmq.Socket, upstream: str, with_keys: bool) -> None:
+        """Log how the upstream handshake ends (a refused relay otherwise relays nothing, without a word)."""
+        monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_HANDSHAKE_FAILED))
+        hint = (
+            "check --server-key/--client-key" if with_keys else "the engine may need CURVE: --server-key/--client-key"
+        )
+
+        def watch() -> None:
+            from zmq.utils.monitor import recv_monitor_message
+
+            reported = None
+            while not self._closing.is_set():
+                try:
+                    if not monitor.poll(100):
+                        continue
+                    event = recv_monitor_message(monitor)["event"]
+                except zmq.ZMQError:  # the socket or context closed: the relay is stopping
+                    break
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    self.upstream = "connected"
+                    if reported is not None:
+                        log.info("relay: the engine at %s accepted this relay", upstream)
+                    reported = None
+                elif event in _HANDSHAKE_FAILED and reported != event:
+                    reported = event
+                    self.upstream = _HANDSHAKE_FAILED[event]
+                    log.warning("relay: the engine at %s refused this relay: %s; nothing is relayed (%s)", upstream,
+                                _HANDSHAKE_FAILED[event], hint)  # fmt: skip
+            monitor.close(linger=0)
+
+        thread = threading.Thread(target=watch, name="scapecast-relay-upstream", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def _start_proxy(self, name: str, frontend: zmq.Socket, backend: zmq.Socket) -> None:
         address = f"inproc://relay-control-{name}"
@@ -92,6 +148,7 @@ class Relay:
 
     def close(self) -> None:
         """Stop the proxies and close everything. Idempotent."""
+        self._closing.set()
         for control in self._controls:
             control.send(b"TERMINATE")
         for thread in self._threads:
