@@ -177,11 +177,15 @@ def test_relay_says_when_it_lowers_security_or_is_refused(keys: dict[str, Path],
             assert "republishes it without encryption" in caplog.text
             assert _wait_for(lambda: relay.upstream == "connected")
             assert _wait_for(lambda: (pub.publish_params(FaceState.neutral()), viewer.received["params"] > 0)[1])
-        for client_keys, reason in ((None, "security mechanisms differ"), (mallory, "authentication refused")):
+        # libzmq reports a mechanism mismatch with or without its detail, depending on timing.
+        for client_keys, reasons in (
+            (None, ("security mechanisms differ", "handshake failed")),
+            (mallory, ("authentication refused",)),
+        ):
             caplog.clear()
             with Relay(upstream, plain, client_keys) as relay:
                 assert _wait_for(lambda relay=relay: relay.upstream != "connecting"), relay.upstream
-                assert relay.upstream.startswith(reason)
-                assert f"refused this relay: {reason}" in caplog.text
+                assert relay.upstream.startswith(reasons), relay.upstream
+                assert any(f"refused this relay: {reason}" in caplog.text for reason in reasons)
                 if client_keys is None:  # nothing to lower without keys
                     assert "republishes it without encryption" not in caplog.text

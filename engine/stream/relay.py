@@ -28,7 +28,7 @@ from engine.stream.security import ClientKeys, ServerSecurity, bind_endpoint
 log = logging.getLogger(__name__)
 
 _HANDSHAKE_FAILED = {
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed (CURVE on one side only, or a wrong key?)",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security mechanisms differ (CURVE on one side only?)",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication refused (this relay's client key is not allowed?)",
 }
