@@ -148,3 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
+    except OSError as exc:
+        # A file or folder the command could not make or write (read-only or full disk, no such parent): one
+        # line naming it. The commands check their outputs before long work where they can; this is the net.
+        if args.debug or exc.strerror is None:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"scapecast: error: {exc.strerror}{where}", file=sys.stderr)
+        return 1

@@ -17,6 +17,7 @@ import numpy as np
 
 from engine.config import Config
 from engine.detail.weights import KEY_EXPRESSION_NAMES
+from engine.errors import UserError
 from engine.face_model import FaceModel
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
@@ -177,6 +178,14 @@ def cmd_report(args: argparse.Namespace, config: Config) -> int:
     from engine.sources.select import check_source_spec
 
     check_source_spec(args.source)
+    out = Path(args.out)
+    try:  # before minutes of work, not after
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".scapecast-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {out}: {exc.strerror}") from None
     if args.identity:
         config.identity.name = args.identity
     config.stream.enabled = False  # a report is offline: nothing to publish, no window

@@ -173,3 +173,18 @@ def test_params_jsonl_cuts_a_short_write_back_to_whole_lines(tmp_path, monkeypat
     out.close()
     lines = path.read_text().splitlines(keepends=True)
     assert len(lines) == 1 and lines[0].endswith("\n") and json.loads(lines[0])["frame"] == 0
+
+
+@pytest.mark.parametrize(
+    "command", [["keys", "{out}"], ["report", "--source", "demo", "--frames", "5", "--out", "{out}"]]
+)
+def test_keys_and_report_into_an_unwritable_place_are_one_line(tmp_path, command) -> None:
+    """A folder that cannot be made (under a file: what a read-only or missing mount gives too) is a one-line
+    error with a non-zero exit, before any work, with no traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = str(blocker / "out")
+    result = _engine(*[part.format(out=out) for part in command], timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "scapecast: error: cannot write" in result.stderr
+    assert out in result.stderr and "Not a directory" in result.stderr

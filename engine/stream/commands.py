@@ -34,7 +34,10 @@ def _add_curve_args(p: argparse.ArgumentParser) -> None:
 def _cmd_keys(args: argparse.Namespace, config: Config) -> int:
     from engine.stream.security import make_keys
 
-    files = make_keys(Path(args.directory), args.client or ["viewer"])
+    try:
+        files = make_keys(Path(args.directory), args.client or ["viewer"])
+    except OSError as exc:
+        raise UserError(f"cannot write keys to {args.directory}: {exc.strerror}") from None
     for label, path in files.items():
         print(f"{label:<22} {path}")
     print("engine:  --set stream.curve_server_secret=" + str(files["server secret"]))
