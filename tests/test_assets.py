@@ -164,8 +164,10 @@ def test_forty_clients_that_never_read_pin_little_and_params_flow(publisher: Pub
     time.sleep(0.5)  # the abusers' connections are gone: their queued chunks are released
     counters = publisher._assets.counters  # type: ignore[union-attr]
     assert out.strip() == "sent"
-    print(f"asset abuse: {counters}, peak RSS growth {peak_growth:.1f} MiB, largest params gap "
-          f"{max(np.diff(arrivals)) * 1000:.0f} ms")
+    print(
+        f"asset abuse: {counters}, peak RSS growth {peak_growth:.1f} MiB, largest params gap "
+        f"{max(np.diff(arrivals)) * 1000:.0f} ms"
+    )
     assert counters["requests"] == 1200 and counters["dropped"] > 0
     assert counters["chunks"] <= 40 * 40, counters  # the queue and what the kernel buffers, per client
     assert len(arrivals) > 200 and max(np.diff(arrivals)) < 0.2
@@ -249,3 +251,28 @@ def test_malformed_replies_are_one_line_errors_and_leave_nothing_behind(case: st
     assert "\n" not in str(error.value)
     left = [p.name for p in tmp_path.rglob("*") if p.is_file()]
     assert left == [], left  # no partial file in the bundle folder or the cache root (`..partial` once)
+
+
+def test_a_hundred_megabyte_request_is_refused_at_the_socket(publisher: Publisher) -> None:
+    """A 100 MB `get` name (it stalled params for 4.3 s, and the error reply echoed it) never reaches the
+    asset thread: the socket drops that connection once the message passes its size limit."""
+    rss_before = _rss_mib()
+    abuser: list[subprocess.Popen] = []
+    script = (
+        "import sys, zmq\n"
+        "s = zmq.Context().socket(zmq.DEALER)\n"
+        "s.connect(sys.argv[1])\n"
+        "s.send_multipart([b'', b'get', b'x' * (100 * 1024 * 1024)])\n"
+        "print('answered' if s.poll(2000) else 'nothing', flush=True)\n"
+    )
+
+    def attack() -> None:
+        abuser.append(subprocess.Popen([sys.executable, "-c", script, publisher.endpoints["assets"]],
+                                       stdout=subprocess.PIPE, text=True))  # fmt: skip
+
+    arrivals, _ = _params_while(publisher, attack, 2.5)
+    growth = _rss_mib() - rss_before
+    out, _ = abuser[0].communicate(timeout=30)
+    assert out.strip() == "nothing" and publisher._assets.counters["requests"] == 0  # type: ignore[union-attr]
+    assert len(arrivals) > 150 and max(np.diff(arrivals)) < 0.2
+    assert growth < 50, growth
