@@ -23,65 +23,17 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from engine.config import Config, IdentityConfig, SolveConfig, StreamConfig
+from engine.bundles import load_identity, load_performer_identity
+from engine.config import Config, SolveConfig, StreamConfig
 from engine.errors import UserError
 from engine.face_model import FaceModel
-from engine.identity import DEFAULT_IDENTITY_DIR, BundleError, Identity, default_bundle_dir, load_bundle
+from engine.identity import DEFAULT_IDENTITY_DIR, Identity, default_bundle_dir
 from engine.metrics import closed_loop_metrics
 from engine.pipeline import FrameResult, Pipeline, PipelineParts
 from engine.solve.performer import Performer
 from engine.solve.solver import DEFAULT_FOV_Y_DEG
 
 log = logging.getLogger(__name__)
-
-
-def load_identity(config: IdentityConfig, model: FaceModel) -> Identity:
-    """The identity bundle named in the config (the shipped default when `default` was never enrolled).
-
-    A bundle whose bases are corrupt is rebuilt from its identity (bases recomputed and saved); a bundle of
-    another face model, or one whose identity file is damaged, is refused with the command that fixes it.
-    """
-    directory = bundle_dir(config.name, config.cache_dir, "no identity named", "")
-    try:
-        return load_bundle(directory, model)
-    except BundleError as exc:
-        if directory == DEFAULT_IDENTITY_DIR:
-            raise UserError(f"the shipped default identity is damaged ({exc}); restore models/ from git") from None
-        try:
-            partial = load_bundle(directory, model, with_bases=False)
-        except BundleError:
-            raise UserError(f"{exc} — re-create it with: run_engine.py enroll --name {config.name} ...") from None
-        log.warning("%s — recomputing the detail bases", exc)
-        return rebuild_bases(partial, model, directory)
-
-
-def bundle_dir(name: str, cache_dir: Path | None, missing: str, alternative: str) -> Path:
-    """The folder of the bundle `name` (the shipped default when `default` was never enrolled); a missing one
-    is a UserError that starts with `missing` and names the fix (after `alternative`, when given)."""
-    directory = default_bundle_dir(name, cache_dir)
-    if name == "default" and not (directory / "identity.json").is_file():
-        directory = DEFAULT_IDENTITY_DIR
-    if not (directory / "identity.json").is_file():
-        raise UserError(
-            f"{missing} {name!r} in {directory.parent} "
-            f"({alternative}create it with: run_engine.py enroll --name {name} --image PHOTO)"
-        )
-    return directory
-
-
-def rebuild_bases(identity: Identity, model: FaceModel, directory: Path, config: Config | None = None) -> Identity:
-    """Recompute an identity's 20 detail bases (progress bar) and save the bundle again."""
-    from dataclasses import replace
-
-    from engine.detail.precompute import precompute_bases
-    from engine.identity import save_bundle
-
-    detail = (config or Config()).detail
-    texture = identity.texture if identity.texture is not None else np.full((1024, 1024, 3), 180, np.uint8)
-    bases = precompute_bases(model, identity.identity_weights, texture, detail, progress=True)
-    rebuilt = replace(identity, bases=bases)
-    save_bundle(rebuilt, directory)
-    return rebuilt
 
 
 class ParamsJsonl:
@@ -200,7 +152,6 @@ def build_parts(
         return renderer
 
     def make_publisher() -> Any:
-        from engine.identity import default_bundle_dir
         from engine.stream.publisher import Publisher
 
         bundle = default_bundle_dir(identity.name, config.identity.cache_dir)
@@ -324,14 +275,9 @@ def solve_config_for(config: Config, source: Any) -> SolveConfig:
 def load_performer(config: Config, model: FaceModel) -> Performer:
     """Who is tracked: `auto` (estimated online), else the profile `enroll` saved under `performer.name`
     (its identity and neutral calibration; the bundle's detail bases are not read)."""
-    name = config.performer.name
-    if name == "auto":
+    if config.performer.name == "auto":
         return Performer.auto()
-    directory = bundle_dir(name, config.identity.cache_dir, "no performer profile named", "use --performer auto, or ")
-    try:
-        return Performer.from_identity(load_bundle(directory, model, with_bases=False))
-    except BundleError as exc:
-        raise UserError(f"performer profile {name!r}: {exc}") from None
+    return Performer.from_identity(load_performer_identity(config.performer.name, config.identity.cache_dir, model))
 
 
 def identity_info(identity: Identity) -> dict[str, Any]:
@@ -438,7 +384,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
     check_source_spec(source_spec)
     model = FaceModel.load()
-    identity = load_identity(config.identity, model)
+    identity = load_identity(config.identity, model, config.detail)
     parts = build_parts(config, source_spec, model, identity, render=not args.no_render)
     if args.summary_json:
         check_output_path(Path(args.summary_json), "--summary-json")

@@ -54,11 +54,11 @@ def bench_face_model(model: FaceModel, repeats: int = 300) -> dict[str, float]:
 
 def demo_frames(config: Config, count: int) -> list[Frame]:
     """`count` consecutive demo-performer frames, rendered once and kept in memory."""
-    from engine.app import load_identity
+    from engine.bundles import load_identity
     from engine.sources.demo import DemoPerformer
 
     model = FaceModel.load()
-    identity = load_identity(config.identity, model)
+    identity = load_identity(config.identity, model, config.detail)
     performer = DemoPerformer(model, identity, config.render, fps=config.source.fps, size=config.source.demo_size)
     try:
         iterator = iter(performer)
@@ -86,14 +86,14 @@ def bench_tracking(config: Config, frames: list[Frame], rounds: int = 3) -> dict
     frame in order, no render or publish); `serial_fps` solves on the tracking thread, one frame after the
     other — the cost of the solve with no second core to hide it on.
     """
-    from engine.app import load_identity
+    from engine.bundles import load_identity
     from engine.face_model import LandmarkEmbedding
     from engine.pipeline import Pipeline, PipelineParts
     from engine.solve.face_solver import FaceSolver
     from engine.tracking import FaceTracker
 
     model = FaceModel.load()
-    identity = load_identity(config.identity, model)
+    identity = load_identity(config.identity, model, config.detail)
     embedding = LandmarkEmbedding.load()
 
     def serial(solve: bool) -> float:
@@ -138,7 +138,8 @@ def bench_tracking(config: Config, frames: list[Frame], rounds: int = 3) -> dict
 
 def bench_pipeline(config: Config, frames: int) -> dict[str, Any]:
     """The full pipeline on the demo source (render at the configured size, publish on free ports)."""
-    from engine.app import build_parts, load_identity, summarize
+    from engine.app import build_parts, summarize
+    from engine.bundles import load_identity
     from engine.pipeline import Pipeline
 
     config = config.model_copy(deep=True)
@@ -146,7 +147,7 @@ def bench_pipeline(config: Config, frames: int) -> dict[str, Any]:
     for port_field in ("params_port", "frame_port", "asset_port"):
         setattr(config.stream, port_field, free_loopback_ports(1)[0])
     model = FaceModel.load()
-    identity = load_identity(config.identity, model)
+    identity = load_identity(config.identity, model, config.detail)
     pipeline = Pipeline(build_parts(config, "demo", model, identity))
     pipeline.run(max_frames=frames)
     summary = summarize(pipeline)

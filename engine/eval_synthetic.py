@@ -339,9 +339,9 @@ def evaluate_synthetic(
     clip_renderer = ClipRenderer(model, config.render)
     # The engine before the performer was its own thing: everyone solved as the default avatar (its shape, the
     # prior trained on its renders, the solver's default camera for files) — kept as the baseline.
-    from engine.app import load_identity
+    from engine.bundles import load_identity
 
-    default = load_identity(config.identity.model_copy(update={"name": "default"}), model)
+    default = load_identity(config.identity.model_copy(update={"name": "default"}), model, config.detail)
     avatar = Performer.rendered_avatar(default, None)
     rows: list[dict[str, Any]] = []
     spread: dict[str, list[np.ndarray]] = {}

@@ -164,7 +164,8 @@ def rest_frames(ours: Track, reference: Track) -> dict[str, Any]:
 def solve_video(path: Path, config: Config) -> Track:
     """Our ARKit weights for every frame of a video, solved as `run --no-render` solves it (frame by frame,
     on the video's own clock). Frames in which no face is tracked have face False."""
-    from engine.app import build_parts, load_identity
+    from engine.app import build_parts
+    from engine.bundles import load_identity
     from engine.face_model import FaceModel
     from engine.pipeline import FrameResult, Pipeline
     from engine.types import TrackingState
@@ -173,7 +174,7 @@ def solve_video(path: Path, config: Config) -> Track:
     config.stream.enabled = False
     config.stream.vmc_enabled = False
     model = FaceModel.load()
-    avatar = load_identity(config.identity, model)
+    avatar = load_identity(config.identity, model, config.detail)
     rows: dict[int, dict[str, float] | None] = {}
 
     def collect(result: FrameResult) -> None:

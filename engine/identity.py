@@ -11,7 +11,8 @@ The on-disk bundle is read and written here, one directory per identity
 In memory every UV map (texture and bases) has row 0 at v = 0, the layout OpenGL takes as-is; only the PNG
 is flipped so that it looks upright in an image viewer. Bundles are written to a temporary directory and
 swapped in with `os.replace`, so a reader never sees half a bundle. A truncated file, a wrong checksum, an
-old schema or another model's hash raises `BundleError`; `load_or_rebuild` turns that into a rebuild.
+old schema or another model's hash raises `BundleError`; `engine.bundles.load_identity` turns damaged bases
+into a rebuild.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -269,24 +269,3 @@ def _read_bases(path: Path) -> DetailBases:
     if not np.isfinite(maps).all():
         raise BundleError(f"identity bundle bases {path} hold non-finite values")
     return DetailBases(maps=maps, backend=backend)
-
-
-def load_or_rebuild(
-    directory: Path | str,
-    model: FaceModel,
-    rebuild: Callable[[BundleError], Identity] | None = None,
-    save_to: Path | str | None = None,
-) -> Identity:
-    """Load a bundle; when it is corrupt or stale and `rebuild` is given, call it with the error, save what it
-    returns (to `save_to`, default `directory`) and return that. Without `rebuild` the BundleError propagates."""
-    try:
-        return load_bundle(directory, model)
-    except BundleError as exc:
-        if rebuild is None:
-            raise
-        log.warning("%s — rebuilding", exc)
-        identity = rebuild(exc)
-        if not identity.model_hash:
-            identity = replace(identity, model_hash=model.model_hash)
-        save_bundle(identity, save_to if save_to is not None else directory)
-        return identity

@@ -174,7 +174,8 @@ def write_report(
 
 def cmd_report(args: argparse.Namespace, config: Config) -> int:
     """`report`: run on a source, then write the HTML page."""
-    from engine.app import build_parts, load_identity, summarize
+    from engine.app import build_parts, summarize
+    from engine.bundles import load_identity
     from engine.sources.select import check_source_spec
 
     check_source_spec(args.source)
@@ -191,7 +192,7 @@ def cmd_report(args: argparse.Namespace, config: Config) -> int:
     config.stream.enabled = False  # a report is offline: nothing to publish, no window
     config.render.backend = "egl"
     model = FaceModel.load()
-    identity = load_identity(config.identity, model)
+    identity = load_identity(config.identity, model, config.detail)
     parts = build_parts(config, args.source, model, identity)
     sampler = FrameSampler(args.frames // args.samples)
     parts.on_rendered.append(sampler)

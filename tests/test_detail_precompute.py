@@ -118,10 +118,14 @@ def test_bench_reports_every_cpu_backend(face_model) -> None:
     assert result["seconds"] == result[f"{result['backend']}_s"]
 
 
-def test_corrupt_bases_are_rebuilt(tmp_path, random_net, face_model) -> None:
-    """A truncated bases.npz is refused with its name, then recomputed from the bundle's w_id and texture."""
-    from engine.detail.precompute import rebuild_bundle_bases
-    from engine.identity import BundleError, Identity, load_bundle, load_or_rebuild, save_bundle
+def test_corrupt_bases_are_rebuilt_with_the_callers_detail_config(tmp_path, random_net, face_model) -> None:
+    """A truncated bases.npz is refused with its name; `load_identity` recomputes it from the bundle's w_id and
+    texture with the caller's detail settings (backend, resolution, network) and saves it; with
+    `identity.rebuild: false` it refuses instead, naming the switch."""
+    from engine.bundles import load_identity
+    from engine.config import IdentityConfig
+    from engine.errors import UserError
+    from engine.identity import BundleError, Identity, load_bundle, save_bundle
 
     cfg = DetailConfig(backend="onnxruntime", resolution=64, weights=random_net)
     rng = np.random.default_rng(4)
@@ -135,7 +139,10 @@ def test_corrupt_bases_are_rebuilt(tmp_path, random_net, face_model) -> None:
     (out / "bases.npz").write_bytes(data[: len(data) // 3])
     with pytest.raises(BundleError, match="bases.npz"):
         load_bundle(out, face_model)
-    got = load_or_rebuild(out, face_model, lambda err: rebuild_bundle_bases(out, face_model, cfg, progress=False))
+    with pytest.raises(UserError, match=r"identity.rebuild: true"):
+        load_identity(IdentityConfig(name="bo", cache_dir=tmp_path, rebuild=False), face_model, cfg)
+    got = load_identity(IdentityConfig(name="bo", cache_dir=tmp_path), face_model, cfg)
+    assert got.bases.maps.shape[1] == 64  # the caller's resolution (the default config would give 512)
     np.testing.assert_allclose(got.bases.maps, bases.maps, atol=1e-5)
     again = load_bundle(out, face_model)  # the rebuilt bundle is valid on disk
     np.testing.assert_allclose(again.bases.maps, bases.maps, atol=2e-2)

@@ -54,7 +54,7 @@ def test_demo_run_writes_the_summary_contract(tmp_path) -> None:
 
 
 def test_video_source_params_jsonl_has_every_frame(tmp_path) -> None:
-    from engine.app import load_identity
+    from engine.bundles import load_identity
     from engine.config import load_config
     from engine.face_model import FaceModel
     from engine.sources.demo import DemoPerformer

@@ -18,7 +18,6 @@ from engine.identity import (
     Identity,
     default_bundle_dir,
     load_bundle,
-    load_or_rebuild,
     save_bundle,
 )
 
@@ -123,26 +122,6 @@ def test_wrong_shapes_are_refused(tmp_path, face_model) -> None:
     bad = replace(_identity(face_model), bases=DetailBases(np.zeros((3, 8, 8, 3), np.float32), "torch"))
     with pytest.raises(BundleError, match="bases must be"):
         save_bundle(bad, tmp_path / "f")
-
-
-def test_load_or_rebuild(tmp_path, face_model) -> None:
-    out = save_bundle(_identity(face_model), tmp_path / "g")
-    _rewrite_meta(out, model_hash="f" * 64)
-    with pytest.raises(BundleError):
-        load_or_rebuild(out, face_model)
-    calls: list[str] = []
-    fresh = replace(_identity(face_model, 5), model_hash="")
-
-    def rebuild(err: BundleError) -> Identity:
-        calls.append(str(err))
-        return fresh
-
-    got = load_or_rebuild(out, face_model, rebuild)
-    assert len(calls) == 1 and "stale" in calls[0]
-    np.testing.assert_array_equal(got.identity_weights, fresh.identity_weights)
-    again = load_or_rebuild(out, face_model, rebuild)  # now valid: no second rebuild
-    assert len(calls) == 1
-    np.testing.assert_array_equal(again.identity_weights, fresh.identity_weights)
 
 
 def test_bundle_dirs(tmp_path, monkeypatch) -> None:

@@ -378,7 +378,8 @@ def test_stats_carry_each_face_performer_estimate() -> None:
 def test_the_demo_performer_is_solved_as_who_it_renders_and_a_file_as_anyone(tmp_path) -> None:
     import cv2
 
-    from engine.app import build_parts, load_identity
+    from engine.app import build_parts
+    from engine.bundles import load_identity
     from engine.config import load_config
     from engine.face_model import FaceModel
 

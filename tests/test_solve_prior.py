@@ -99,7 +99,7 @@ def test_shipped_prior_loads_and_is_used_only_with_the_map_it_was_trained_on() -
 def test_shipped_prior_was_trained_on_the_current_default_identity(face_model: FaceModel) -> None:
     """The prior knows the identity it was rendered with: a rebuilt default identity needs
     `python tools/fit_solve_prior.py` (a few minutes) before this passes again."""
-    from engine.app import load_identity
+    from engine.bundles import load_identity
     from engine.config import load_config
 
     identity = load_identity(load_config().identity, face_model)

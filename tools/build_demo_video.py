@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import cv2  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from engine.app import load_identity  # noqa: E402
+from engine.bundles import load_identity  # noqa: E402
 from engine.config import Config  # noqa: E402
 from engine.face_model import FaceModel  # noqa: E402
 from engine.sources.demo import DEMO_RECORDING, DemoPerformer, RecordingInfo  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     config = Config()
     model = FaceModel.load()
-    identity = load_identity(config.identity, model)
+    identity = load_identity(config.identity, model, config.detail)
     src = config.source
     performer = DemoPerformer(model, identity, config.render, fps=src.fps, seed=src.demo_seed, size=src.demo_size,
                               loop=False)  # fmt: skip

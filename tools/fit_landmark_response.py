@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from engine.app import load_identity  # noqa: E402
+from engine.bundles import load_identity  # noqa: E402
 from engine.config import Config, load_config  # noqa: E402
 from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
 from engine.names import ICT_EXPRESSIONS  # noqa: E402
@@ -57,7 +57,7 @@ def render_and_track(
     config: Config, model: FaceModel, weights: np.ndarray, euler: np.ndarray, size: int, seed: int
 ) -> list[tuple[np.ndarray, bool] | None]:
     """Render each sample like the demo performer does and track it: y-up observations (or None)."""
-    identity = load_identity(config.identity, model)
+    identity = load_identity(config.identity, model, config.detail)
     render_config = config.render.model_copy(
         update={"width": size, "height": size, "samples": 0, "background": (0.0, 0.0, 0.0, 0.0),
                 "follow_pose_translation": False}
@@ -146,7 +146,7 @@ def main() -> None:
     config = load_config(overrides=args.overrides)
     model = FaceModel.load()
     embedding = LandmarkEmbedding.load()
-    identity = load_identity(config.identity, model)
+    identity = load_identity(config.identity, model, config.detail)
     rng = np.random.default_rng(args.seed)
     weights, euler = random_samples(args.train + args.test, rng)
     observations = render_and_track(config, model, weights, euler, args.size, args.seed)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from fit_landmark_response import fit_response, random_samples, render_and_track  # noqa: E402
 
-from engine.app import load_identity  # noqa: E402
+from engine.bundles import load_identity  # noqa: E402
 from engine.config import Config, load_config  # noqa: E402
 from engine.detail.weights import KEY_EXPRESSIONS, key_expression_weights  # noqa: E402
 from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
@@ -289,7 +289,7 @@ def main() -> None:
     config = load_config(overrides=args.overrides)
     model = FaceModel.load()
     embedding = LandmarkEmbedding.load()
-    identity = load_identity(config.identity, model)
+    identity = load_identity(config.identity, model, config.detail)
     rng = np.random.default_rng(args.seed)
     weights, euler = performance_samples(args.train + args.test, rng)
     observations = cached_renders(config, model, weights, euler, args.size, args.seed, not args.no_cache)

@@ -9,7 +9,7 @@ central differences (one-sided at the map's edge), in mm per unit UV, for the sh
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from engine.detail.uv_raster import face_rasterizer
 from engine.detail.weights import N_KEY_EXPRESSIONS, key_expression_weights
 from engine.errors import UserError
 from engine.face_model import FaceModel, file_sha256
-from engine.identity import DetailBases, Identity, load_bundle, save_bundle
+from engine.identity import DetailBases
 
 log = logging.getLogger(__name__)
 
@@ -177,21 +177,3 @@ def precompute_bases(
     if not np.isfinite(maps).all():
         raise UserError(f"the {backend.name} backend produced non-finite displacement; try detail.backend=torch")
     return DetailBases(maps=maps, backend=backend.name)
-
-
-def rebuild_bundle_bases(
-    directory: Path | str,
-    model: FaceModel,
-    config: DetailConfig,
-    progress: bool = True,
-    adopt_model: bool = False,
-    save_to: Path | str | None = None,
-) -> Identity:
-    """Recompute `bases.npz` of a bundle from its w_id and texture (after a network change, or when the
-    bases file is damaged) and save the bundle to `save_to` (default: in place). `adopt_model` also accepts a
-    bundle made for another build of the model (same identity modes) and re-stamps it with this model's hash."""
-    identity = load_bundle(directory, model, with_bases=False, check_model=not adopt_model)
-    bases = precompute_bases(model, identity.identity_weights, identity.texture, config, progress)
-    identity = replace(identity, bases=bases, model_id=model.model_id, model_hash=model.model_hash)
-    save_bundle(identity, save_to if save_to is not None else directory)
-    return identity

@@ -68,11 +68,11 @@ def render_stills(
 
 
 def _cmd_render(args: argparse.Namespace, config: Config) -> int:
-    from engine.app import load_identity
+    from engine.bundles import load_identity
     from engine.render.bench import synthetic_ridge_bases
 
     model = FaceModel.load()
-    identity = load_identity(config.identity, model)
+    identity = load_identity(config.identity, model, config.detail)
     if args.synthetic_bases:
         identity = replace(identity, bases=synthetic_ridge_bases(config.detail.resolution))
     names = tuple(n.strip() for n in args.expressions.split(",") if n.strip())

@@ -63,12 +63,12 @@ def parse_webcam_spec(spec: str) -> int | None:
 
 def open_demo(config: Config) -> FrameSource:
     """The built-in demo performer: the default (or configured) identity acting a scripted sequence."""
-    from engine.app import load_identity
+    from engine.bundles import load_identity
     from engine.face_model import FaceModel
     from engine.sources.demo import DemoPerformer, DemoRecording
 
     model = FaceModel.load()
-    identity = load_identity(config.identity, model)
+    identity = load_identity(config.identity, model, config.detail)
     src = config.source
     performer = DemoPerformer(model, identity, config.render, fps=src.fps, seed=src.demo_seed, size=src.demo_size)
     recording = DemoRecording.open(performer) if src.demo_recording else None
