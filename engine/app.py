@@ -319,7 +319,7 @@ class StatusLine:
 
 
 def summarize(pipeline: Pipeline) -> dict[str, Any]:
-    """The `--summary-json` document (DESIGN §8)."""
+    """The `--summary-json` document (design §8)."""
     results = pipeline.snapshot()
     stats = pipeline.stats(window=None)
     summary: dict[str, Any] = {
@@ -351,7 +351,7 @@ def summarize(pipeline: Pipeline) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    """The live engine (DESIGN §8 `run`)."""
+    """The live engine (design §8 `run`)."""
     if args.frames is not None:
         if args.frames < 1:
             raise UserError(f"--frames must be at least 1, got {args.frames}")

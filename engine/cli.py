@@ -1,4 +1,4 @@
-"""Command line: `run_engine.py` / `scapecast` subcommands (DESIGN §8).
+"""Command line: `run_engine.py` / `scapecast` subcommands (design §8).
 
 Every subcommand reads configs/default.yaml, then `--config FILE`, then `--set section.key=value`.
 User errors (bad config, missing files, no camera) print one line and exit non-zero; `--debug` shows

@@ -151,9 +151,9 @@ class RenderConfig(_Section):
     background: tuple[float, float, float, float] = Field((0.0, 0.0, 0.0, 0.0))  # RGBA in [0, 1]; alpha 0 or 1
     mirror_preview: bool = True  # the preview window shows a mirror image (the output frames are never mirrored)
     # Dynamic detail: skip key expressions whose weight M_i stays below this everywhere (their basis would add
-    # < 5 % of itself). Tracked faces give every channel a little weight: at 0 a typical frame blends 16 of the
-    # 19 keys, at 0.05 three — per-pixel cost grows with the count (llvmpipe, 512²: 87 → 33 ms per frame, pixels
-    # within 1/255 of the exact blend with the shipped bases). 0: the exact blend.
+    # < 5 % of itself). Tracked faces give every channel a little weight, and per-pixel cost grows with the
+    # number of keys blended; at 0.05 pixels stay within 1/255 of the exact blend with the shipped bases
+    # (docs/rendering.md; costs in BENCHMARKS.md). 0: the exact blend.
     detail_key_threshold: float = Field(0.05, ge=0, le=0.25)
 
     @field_validator("background")
@@ -262,7 +262,7 @@ class PipelineConfig(_Section):
     # Niceness of the render thread (and its llvmpipe workers): on a CPU-only machine tracking and `params`
     # come first and the local render takes what is left. 0 renders at the same priority.
     render_niceness: int = Field(10, ge=0, le=19)
-    # Render in a child process: moderngl holds the GIL for a whole draw + readback (20–40 ms on llvmpipe),
+    # Render in a child process: moderngl holds the GIL for a whole draw + readback (tens of ms on llvmpipe),
     # which in a thread stalls tracking. false renders on a thread of the engine's own process.
     render_process: bool = True
 

@@ -1,4 +1,4 @@
-"""Enrollment: photos / video / webcam frames → an identity bundle (DESIGN §5).
+"""Enrollment: photos / video / webcam frames → an identity bundle (design §5).
 
 1. track every frame (static mode for stills) and keep the frames with a face;
 2. fit the identity (w_id, jointly with pose) and the neutral calibration over those frames;

@@ -1,7 +1,7 @@
 """Loader for the user-supplied FaceScape bilinear model (`facescape_bm_v1.6_*.npz`), as a FaceModel.
 
 FaceScape's model cannot be redistributed; users who registered for it point scapecast at their copy.
-File format (DESIGN §2): `shape_bm_core` (3V, 52, n_id) — slice 0 the neutral, 1..51 the blendshapes in
+File format (design §2): `shape_bm_core` (3V, 52, n_id) — slice 0 the neutral, 1..51 the blendshapes in
 `engine.names.FACESCAPE_EXPRESSIONS` order; `fv_indices` / `ft_indices` 1-based polygon corners (vertex / uv);
 `texcoords` (U, 2); `lm_list_v16` landmark vertices; optional `id_mean`, `id_var`.
 

@@ -1,4 +1,4 @@
-"""Identity: who the avatar is. w_id, neutral calibration, UV albedo and the 20 detail bases (DESIGN §5).
+"""Identity: who the avatar is. w_id, neutral calibration, UV albedo and the 20 detail bases (design §5).
 
 The on-disk bundle is read and written here, one directory per identity
 (`$XDG_CACHE_HOME/scapecast/identities/<name>/` by default; a default identity ships in `models/`):

@@ -1,6 +1,6 @@
 """Blendshape name tables: ICT-FaceKit's 53 ↔ ARKit's 52 (wire names) and FaceScape's 51 → ICT/ARKit.
 
-Rules (DESIGN §2): ICT `X_L` / `X_R` become ARKit `XLeft` / `XRight` (subject's left and right);
+Rules (design §2): ICT `X_L` / `X_R` become ARKit `XLeft` / `XRight` (subject's left and right);
 ICT's `browInnerUp_L/R` and `cheekPuff_L/R` both map to ARKit's single `browInnerUp` / `cheekPuff`
 (averaged for output, both driven from the one input). ARKit's `tongueOut` has no ICT counterpart.
 """

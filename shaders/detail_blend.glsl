@@ -1,4 +1,4 @@
-// The per-texel dynamic-detail blend (DESIGN §4.2), the same arithmetic as
+// The per-texel dynamic-detail blend (docs/design.md §4.2), the same arithmetic as
 // engine.detail.weights.normalize_key_weights + blend_bases:
 //   s = Σ_{i≥1} M_i ;  M_i ← M_i / max(s, 1) ;  M_0 = max(1 − Σ_{i≥1} M_i, 0) ;  F = Σ_i M_i · F̂_i
 // Each layer of u_bases is (F̂, ∂F̂/∂u, ∂F̂/∂v) in mm and mm per unit UV, so one blend gives the

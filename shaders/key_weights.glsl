@@ -1,4 +1,4 @@
-// Per-vertex key-expression weights (DESIGN §4.2):  M_i(v) = clamp(Σ_j c_ij · A_j(v), 0, 1).
+// Per-vertex key-expression weights (docs/design.md §4.2):  M_i(v) = clamp(Σ_j c_ij · A_j(v), 0, 1).
 // Only the active key expressions (those whose M_i can be > 0 this frame) are evaluated; slot k holds
 // the k-th active one, so the fragment stage fetches only those layers.
 // Defines: MASK_TEXELS (vec4 texels of A_j per vertex), TEXTURE_WIDTH (width of the mask texture),

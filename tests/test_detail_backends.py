@@ -99,7 +99,7 @@ def _has_cuda() -> bool:
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT not installed (GPU-only path)")
 @pytest.mark.skipif(not _has_cuda(), reason="no CUDA device (GPU-only path)")
 def test_tensorrt_matches_torch(tmp_path, face_model) -> None:
-    """FP16 TensorRT engine vs the torch reference on the shipped network: within 1e-2 mm (DESIGN §9)."""
+    """FP16 TensorRT engine vs the torch reference on the shipped network: within 1e-2 mm (design §9)."""
     from engine.config import DetailConfig
     from engine.detail.precompute import precompute_bases
 

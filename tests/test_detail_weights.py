@@ -1,4 +1,4 @@
-"""DESIGN §4.2 reference properties of the key-expression weights, on the real ICT activation masks."""
+"""design §4.2 reference properties of the key-expression weights, on the real ICT activation masks."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_full_key_expression_dominates_where_it_moves_skin(masks) -> None:
 
 
 def test_design_normalization_limits(masks) -> None:
-    """DESIGN's Σ(α̂)² denominator: single-blendshape key expressions dominate, but bilateral ones peak at 0.5
+    """the design's Σ(α̂)² denominator: single-blendshape key expressions dominate, but bilateral ones peak at 0.5
     and anger/sadness/grin/brow_raiser lose to neutral or brow_lower (the reason `peak_normalizers` exists)."""
     a, face = masks
     for name in ("mouth_stretch", "jaw_left", "jaw_forward", "mouth_left", "lip_puckerer", "lip_funneler"):

@@ -1,4 +1,4 @@
-"""The GLSL dynamic-detail blend against the numpy reference (DESIGN §4.2), rendered headless in UV space."""
+"""The GLSL dynamic-detail blend against the numpy reference (design §4.2), rendered headless in UV space."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 #   - the OpenGL renderer EGL gives (NVIDIA, not llvmpipe);
 #   - the GPU-only tests (TensorRT FP16 engine vs torch within 1e-2 mm, torch on CUDA) and the render tests
 #     (GLSL blend vs the numpy reference; on a GPU the vertex-shader blendshape path and MSAA 4× are the defaults);
-#   - bench_precompute at 512² and 1024² per backend (DESIGN §9: TensorRT 20 × 1024² ≤ 1 s);
-#   - bench_render at 512² and 1024² with the shipped identity (DESIGN §9: 1024² ≥ 240 fps on a GPU);
+#   - bench_precompute at 512² and 1024² per backend (docs/design.md §9: TensorRT 20 × 1024² ≤ 1 s);
+#   - bench_render at 512² and 1024² with the shipped identity (docs/design.md §9: 1024² ≥ 240 fps on a GPU);
 #   - the engine's own `bench` command where MediaPipe is installed.
 # Usage: tools/gpu_check.sh [OUT_DIR]    (results: OUT_DIR/gpu_check.json, OUT_DIR/pytest.log; default ./gpu_check_out)
 # PY picks the interpreter (default .venv/bin/python).

@@ -1,4 +1,4 @@
-"""Inference backends for the once-per-identity basis run (DESIGN §4.3): TensorRT, torch, ONNX Runtime.
+"""Inference backends for the once-per-identity basis run (design §4.3): TensorRT, torch, ONNX Runtime.
 
 Each backend maps network inputs (B, 10, N, N) float32 → (B, N, N) float32 millimetres. `auto` prefers
 TensorRT (NVIDIA GPU, FP16 engine), then torch on CUDA, then the faster CPU path. The reasons for the choice

@@ -1,4 +1,4 @@
-"""Benchmark of the once-per-identity basis run (DESIGN §9: 20 × 512² on the CPU ≤ 30 s), for `bench`."""
+"""Benchmark of the once-per-identity basis run (design §9: 20 × 512² on the CPU ≤ 30 s), for `bench`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The detail network: UV texture + deforming map (+ neutral position map) → one displacement basis (DESIGN §4.3).
+"""The detail network: UV texture + deforming map (+ neutral position map) → one displacement basis (design §4.3).
 
 A small fully convolutional U-Net (FaceScape uses pix2pixHD; this is the light version the CPU can run):
 four scales, two 3×3 convolutions per scale, nearest-neighbour upsampling and skip connections, SiLU,

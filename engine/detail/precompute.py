@@ -1,4 +1,4 @@
-"""The once-per-identity basis run (DESIGN §4.3): identity + UV texture → `DetailBases` (20 × N² × 3).
+"""The once-per-identity basis run (design §4.3): identity + UV texture → `DetailBases` (20 × N² × 3).
 
 Inputs per key expression i: the identity's UV texture, the deforming map (key-expression mesh minus neutral,
 rasterized into the face tile), the neutral position map and the face mask (`net.network_inputs`). The

@@ -1,4 +1,4 @@
-"""Synthetic training pairs for the detail network (DESIGN §4.3): a physically motivated wrinkle generator.
+"""Synthetic training pairs for the detail network (design §4.3): a physically motivated wrinkle generator.
 
 FaceScape's scans cannot ship, so the default network learns from pairs made here. Per random identity
 (ICT w_id, a random skin texture, random skin parameters) and per key expression i:

@@ -1,4 +1,4 @@
-"""Dynamic-displacement weights (FaceScape §4.2, DESIGN §4.2 normalized form): the numpy reference.
+"""Dynamic-displacement weights (FaceScape §4.2, design §4.2 normalized form): the numpy reference.
 
 The GLSL vertex/fragment shaders (`shaders/avatar.*.glsl`) implement exactly these formulas; the tests
 compare them. Notation: j indexes the 53 blendshapes (ICT order), i the 20 key expressions (0 = neutral).
@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.names import ICT_EXPRESSIONS
 
-# DESIGN §4.1: the 20 key expressions as weights over our 53 blendshapes (unlisted weights are 0).
+# design §4.1: the 20 key expressions as weights over our 53 blendshapes (unlisted weights are 0).
 KEY_EXPRESSIONS: tuple[tuple[str, dict[str, float]], ...] = (
     ("neutral", {}),
     ("smile", {"mouthSmile_L": 0.6, "mouthSmile_R": 0.6}),
@@ -72,7 +72,7 @@ def key_expression_coefficients(
 ) -> np.ndarray:
     """c: (53,) current weights α → (19, 53) float32, c_ij = α^j α̂_i^j / D_i for i = 1..19.
 
-    D_i = Σ_k (α̂_i^k)² (DESIGN §4.2) unless `normalizers` (19,) are given — see `peak_normalizers`.
+    D_i = Σ_k (α̂_i^k)² (design §4.2) unless `normalizers` (19,) are given — see `peak_normalizers`.
     """
     alpha_hat = key_expression_weights() if table is None else table
     alpha_hat = alpha_hat[1:]
@@ -85,7 +85,7 @@ def peak_normalizers(
 ) -> np.ndarray:
     """(53, V) A → (19,) D_i = max_v Σ_k (α̂_i^k)² A_k(v): the denominator that makes M_i reach 1 at α = α̂_i.
 
-    With DESIGN's D_i = Σ_k (α̂_i^k)², a key expression made of a left/right pair (smile, dimpler, eye_closed,
+    With the design's D_i = Σ_k (α̂_i^k)², a key expression made of a left/right pair (smile, dimpler, eye_closed,
     cheek_blowing …) peaks at M_i = 0.5 — one side's mask is ≈ 0 where the other's is 1 — and several (anger,
     sadness, grin, brow_raiser) never outweigh the neutral basis at their own full expression. Only the
     CPU-side c_ij change; the shaders are the same.

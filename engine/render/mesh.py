@@ -2,7 +2,7 @@
 
 `AvatarMesh` is plain numpy: the identity's rest shape, per-blendshape position and normal deltas gathered
 into render-vertex order (so a frame is one weighted sum, no gather), UVs, shading classes, the procedural
-albedo and the activation masks A_j (DESIGN §4.2) of the blendshapes the key expressions use.
+albedo and the activation masks A_j (design §4.2) of the blendshapes the key expressions use.
 `MeshBuffers` owns the GL objects and updates vertices per frame, either on the CPU (numpy, the default on
 llvmpipe, where vertex shading is single-threaded) or on the GPU (deltas in float textures, summed in the
 vertex shader).

@@ -2,7 +2,7 @@
 
 Per frame (`render`): the CPU computes the 19 × 53 key-expression coefficients c_ij
 (`engine.detail.weights.key_expression_coefficients`), keeps only the key expressions whose weight can
-exceed ~0 (DESIGN §11: every fetched basis layer costs on llvmpipe), deforms the mesh (numpy or GPU), draws
+exceed ~0 (design §11: every fetched basis layer costs on llvmpipe), deforms the mesh (numpy or GPU), draws
 into a multisampled framebuffer, resolves and reads back. Output: (H, W, 4) uint8 RGBA, top row first,
 straight (non-premultiplied) alpha, alpha 0 outside the head when the background is transparent.
 

@@ -1,6 +1,6 @@
 """Still renders of key expressions (detail on and off, debug views) into a folder: `scapecast render`.
 
-Each key expression is rendered at its table pattern scaled to a peak weight of 1 (DESIGN §4.1 lists
+Each key expression is rendered at its table pattern scaled to a peak weight of 1 (design §4.1 lists
 e.g. smile at 0.6; the scaled pattern shows the same shape more clearly).
 """
 

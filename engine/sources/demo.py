@@ -3,7 +3,7 @@
 It is the built-in source when no webcam exists, and the ground truth for closed-loop accuracy: every
 `Frame` carries the weights (53,) and head pose that produced it. The script (one loop, `len()` frames):
 
-- a neutral hold, then each of the 19 non-neutral key expressions (DESIGN §4.1, `KEY_EXPRESSIONS`) in a
+- a neutral hold, then each of the 19 non-neutral key expressions (design §4.1, `KEY_EXPRESSIONS`) in a
   seed-shuffled order, each somewhere between its table weights and the same pattern scaled to a peak of 1,
   with a head pose within ±15° yaw, ±10° pitch, ±8° roll;
 - speech: syllable-rate jaw opening with some lip rounding;

@@ -1,4 +1,4 @@
-"""Streaming benchmarks on loopback: `params` publish → receive latency and 512² JPEG frame throughput (DESIGN §9)."""
+"""Streaming benchmarks on loopback: `params` publish → receive latency and 512² JPEG frame throughput (design §9)."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def bench_stream(params_seconds: float = 2.0, params_hz: float = 500.0, frames: 
 
     Returns {"params_latency_ms": {...}, "params_latency_same_process_ms": {...}, "jpeg_<size>": {...}}.
     `params_latency_ms` is measured by a subscriber in its own process — a remote renderer or VTuber app, the
-    arrangement DESIGN §9's target is about; `params_latency_same_process_ms` by a StreamClient in the
+    arrangement design §9's target is about; `params_latency_same_process_ms` by a StreamClient in the
     publisher's own process, where its threads share the GIL with the publishing thread. Each holds
     {"transport": {p50, p99, max}, "to_app": {...}, "samples", "gaps", "rate_hz"} (`_receive_params`).
     jpeg: publish fps (encode + send), receive fps, decode fps, mean bytes.

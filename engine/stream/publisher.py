@@ -1,4 +1,4 @@
-"""Publisher: wire format v1 over ZeroMQ (DESIGN §7). See `engine/stream/schema.py` and docs/protocol.md.
+"""Publisher: wire format v1 over ZeroMQ (design §7). See `engine/stream/schema.py` and docs/protocol.md.
 
     port 5555  PUB     [b"params"|b"identity"|b"status"|b"stats", msgpack header]
     port 5556  PUB     [b"frame", msgpack header, image bytes (JPEG or raw RGBA)]
