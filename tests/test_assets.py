@@ -94,6 +94,7 @@ def test_chunk_requests_are_checked_and_never_echoed(publisher: Publisher) -> No
 ABUSER = """
 import sys, time, zmq
 address, clients, requests = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sys.stdin.readline()  # started and imported before the measurement; the attack begins on the test's word
 context = zmq.Context()
 sockets = []
 for _ in range(clients):
@@ -114,6 +115,19 @@ def _rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _abuser(script: str, *args: str) -> subprocess.Popen:
+    """A Python process running `script`, started (and its imports done) before the measurement begins: it
+    waits for a line on stdin, so the measured gaps are the attack's, not a process start's."""
+    return subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+
+def _go(process: subprocess.Popen) -> None:
+    assert process.stdin is not None
+    process.stdin.write("go\n")
+    process.stdin.flush()
 
 
 def _params_while(publisher: Publisher, action: Callable[[], object], seconds: float) -> tuple[list[float], object]:
@@ -151,16 +165,12 @@ def test_forty_clients_that_never_read_pin_little_and_params_flow(publisher: Pub
     """40 clients each ask for 30 chunks of bases.npz and read none (before chunking, 40 such clients pinned
     4.7 GiB): each can hold at most its socket's send queue of chunks, params keep their pace, and the
     replies that did not fit are counted as dropped."""
+    abuser = _abuser(ABUSER, publisher.endpoints["assets"], "40", "30", "4")
+    time.sleep(1.0)  # its interpreter and zmq are loaded
     rss_before = _rss_mib()
-    abuser: list[subprocess.Popen] = []
-
-    def attack() -> None:
-        abuser.append(subprocess.Popen([sys.executable, "-c", ABUSER, publisher.endpoints["assets"], "40", "30",
-                                        "4"], stdout=subprocess.PIPE, text=True))  # fmt: skip
-
-    arrivals, _ = _params_while(publisher, attack, 3.0)
+    arrivals, _ = _params_while(publisher, lambda: _go(abuser), 3.0)
     peak_growth = _rss_mib() - rss_before
-    out, _ = abuser[0].communicate(timeout=30)
+    out, _ = abuser.communicate(timeout=30)
     time.sleep(0.5)  # the abusers' connections are gone: their queued chunks are released
     counters = publisher._assets.counters  # type: ignore[union-attr]
     assert out.strip() == "sent"
@@ -256,23 +266,21 @@ def test_malformed_replies_are_one_line_errors_and_leave_nothing_behind(case: st
 def test_a_hundred_megabyte_request_is_refused_at_the_socket(publisher: Publisher) -> None:
     """A 100 MB `get` name (it stalled params for 4.3 s, and the error reply echoed it) never reaches the
     asset thread: the socket drops that connection once the message passes its size limit."""
-    rss_before = _rss_mib()
-    abuser: list[subprocess.Popen] = []
     script = (
         "import sys, zmq\n"
+        "name = b'x' * (100 * 1024 * 1024)\n"
         "s = zmq.Context().socket(zmq.DEALER)\n"
         "s.connect(sys.argv[1])\n"
-        "s.send_multipart([b'', b'get', b'x' * (100 * 1024 * 1024)])\n"
+        "sys.stdin.readline()\n"
+        "s.send_multipart([b'', b'get', name])\n"
         "print('answered' if s.poll(2000) else 'nothing', flush=True)\n"
     )
-
-    def attack() -> None:
-        abuser.append(subprocess.Popen([sys.executable, "-c", script, publisher.endpoints["assets"]],
-                                       stdout=subprocess.PIPE, text=True))  # fmt: skip
-
-    arrivals, _ = _params_while(publisher, attack, 2.5)
+    abuser = _abuser(script, publisher.endpoints["assets"])
+    time.sleep(1.0)  # its interpreter and zmq are loaded, the 100 MB name built
+    rss_before = _rss_mib()
+    arrivals, _ = _params_while(publisher, lambda: _go(abuser), 2.5)
     growth = _rss_mib() - rss_before
-    out, _ = abuser[0].communicate(timeout=30)
+    out, _ = abuser.communicate(timeout=30)
     assert out.strip() == "nothing" and publisher._assets.counters["requests"] == 0  # type: ignore[union-attr]
     assert len(arrivals) > 150 and max(np.diff(arrivals)) < 0.2
     assert growth < 50, growth
