@@ -48,16 +48,23 @@ def _thumbnail(image: np.ndarray, size: int = THUMBNAIL) -> np.ndarray:
 
 
 class FrameSampler:
-    """Keeps input/avatar thumbnails of every `stride`-th processed frame (a pipeline consumer)."""
+    """Keeps input/avatar thumbnails of about every `stride`-th frame, at most `limit` (a pipeline consumer of
+    rendered frames). The first frame at or past each stride boundary is kept, so frames the renderer skipped
+    or capture dropped move a sample later instead of losing it."""
 
-    def __init__(self, stride: int) -> None:
+    def __init__(self, stride: int, limit: int | None = None) -> None:
         self.stride = max(1, stride)
+        self.limit = limit
         self.pairs: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+        self._next_index = 0
 
     def __call__(self, result: FrameResult) -> None:
-        if result.frame.index % self.stride == 0:
-            avatar = _thumbnail(result.rendered.image) if result.rendered is not None else None
-            self.pairs.append((result.frame.index, _thumbnail(result.frame.image), avatar))
+        index = result.frame.index
+        if index < self._next_index or (self.limit is not None and len(self.pairs) >= self.limit):
+            return
+        self._next_index = index - index % self.stride + self.stride
+        avatar = _thumbnail(result.rendered.image) if result.rendered is not None else None
+        self.pairs.append((index, _thumbnail(result.frame.image), avatar))
 
 
 def side_by_side_sheet(pairs: list[tuple[int, np.ndarray, np.ndarray | None]], path: Path, columns: int = 2) -> None:
@@ -194,7 +201,7 @@ def cmd_report(args: argparse.Namespace, config: Config) -> int:
     model = FaceModel.load()
     identity = load_identity(config.identity, model, config.detail)
     parts = build_parts(config, args.source, model, identity)
-    sampler = FrameSampler(args.frames // args.samples)
+    sampler = FrameSampler(args.frames // args.samples, limit=args.samples)
     parts.on_rendered.append(sampler)
     pipeline = Pipeline(parts, keep=max(args.frames, 1))  # every frame's record: the curves cover the whole run
     pipeline.run(max_frames=args.frames)

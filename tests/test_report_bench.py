@@ -228,3 +228,18 @@ def test_benchmark_tables_fill_the_marked_block(tmp_path) -> None:
     assert "| 0.4 | ≤ 0.5 |" in tables and "| 20.0 | ≤ 16.7 |" in tables and "| 0.3 | ≤ 1 |" in tables
     assert "subscriber thread in the publisher's process (ms) | 0.7 | — |" in tables
     assert "n/a" not in tables
+
+
+def test_frame_sampler_moves_a_sample_past_skipped_frames_and_keeps_its_count() -> None:
+    """Rendered frames arrive with gaps (the renderer skipped some, capture dropped some): each stride still
+    gives one sample (the first frame at or past its boundary), and never more than asked for."""
+    from types import SimpleNamespace
+
+    from engine.report import FrameSampler
+
+    sampler = FrameSampler(stride=10, limit=4)
+    image = np.zeros((8, 8, 3), np.uint8)
+    for index in [1, 2, 13, 14, 19, 21, 35, 36, 52, 60, 71, 90]:  # no multiple of 10 but 60 and 90
+        frame = SimpleNamespace(index=index, image=image)
+        sampler(SimpleNamespace(frame=frame, rendered=None))
+    assert [index for index, _, _ in sampler.pairs] == [1, 13, 21, 35]

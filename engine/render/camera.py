@@ -38,7 +38,7 @@ def quaternion_to_matrix(quaternion: np.ndarray) -> np.ndarray:
 def euler_to_quaternion(yaw_deg: np.ndarray, pitch_deg: np.ndarray, roll_deg: np.ndarray) -> np.ndarray:
     """R = R_y(yaw) · R_x(pitch) · R_z(roll) as quaternions: (...,) degrees each → (..., 4) w, x, y, z.
 
-    Positive yaw turns the face to the subject's left, positive pitch tilts the chin up, positive roll
+    Positive yaw turns the face to the subject's left, positive pitch tilts the chin down, positive roll
     tilts the head towards the subject's right shoulder as seen by the camera (counter-clockwise).
     """
     half = [np.radians(np.asarray(a, dtype=np.float64)) / 2 for a in (yaw_deg, pitch_deg, roll_deg)]
