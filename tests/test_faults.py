@@ -152,23 +152,33 @@ def _idle_connections(address: str, count: int, until_refused: bool = False) -> 
     return connections
 
 
+def _wait_for_params(params: str) -> None:
+    with StreamClient(params, topics=("params",)) as first:
+        assert first.wait("params", 60.0) is not None  # the engine is up
+
+
+def _close_and_stop(connections: list, proc: subprocess.Popen) -> str:
+    """Close the idle connections, stop the engine with SIGINT; its stderr (it must have exited cleanly)."""
+    for connection in connections:
+        connection.close()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    return err
+
+
 def test_eleven_hundred_idle_connections_leave_room_for_a_subscriber(tmp_path) -> None:
     """1100 idle TCP connections (they exhausted a 1024 fd limit, and new subscribers got nothing): the
     engine raises its soft limit to the hard one, so a real subscriber still gets params."""
     proc, params = _engine_with_file_limit(tmp_path, 1024, 4096, 25.0)
     connections: list = []
     try:
-        with StreamClient(params, topics=("params",)) as first:
-            assert first.wait("params", 60.0) is not None  # the engine is up
+        _wait_for_params(params)
         connections = _idle_connections(params, 1100)
         with StreamClient(params, topics=("params",)) as late:
             assert late.wait("params", 10.0) is not None
     finally:
-        for connection in connections:
-            connection.close()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err[-2000:]
+        err = _close_and_stop(connections, proc)
     assert "connections refused" not in err
 
 
@@ -178,14 +188,9 @@ def test_when_file_descriptors_run_out_the_engine_says_so_and_counts(tmp_path) -
     proc, params = _engine_with_file_limit(tmp_path, 200, 200, 25.0)
     connections: list = []
     try:
-        with StreamClient(params, topics=("params",)) as first:
-            assert first.wait("params", 60.0) is not None
+        _wait_for_params(params)
         connections = _idle_connections(params, 300, until_refused=True)
         time.sleep(2.5)  # the next identity tick reads the monitors
     finally:
-        for connection in connections:
-            connection.close()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err[-2000:]
+        err = _close_and_stop(connections, proc)
     assert "client connections refused so far: out of file descriptors (limit 200)" in err

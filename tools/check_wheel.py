@@ -25,13 +25,15 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.stream.security import free_loopback_ports  # noqa: E402  (the checkout's, run from the dev venv)
 
 ROOT = Path(__file__).resolve().parents[1]
 # The checkout's folders the wheel carries as package data (engine/_data/<name>), with the files that must be in it.
@@ -82,18 +84,6 @@ def outside(paths: dict[str, str], environment: Path, checkout: Path) -> list[st
         if not path.is_relative_to(environment) or path.is_relative_to(checkout):
             wrong.append(f"{name}={value}")
     return wrong
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports free on 127.0.0.1 now (the engine's default ports may be in use)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _environment() -> dict[str, str]:
@@ -153,7 +143,7 @@ def check(workdir: Path, frames: int) -> None:
 
     summary = run_dir / "summary.json"
     ports = [f"stream.{name}={port}" for name, port in zip(("params_port", "frame_port", "asset_port"),
-                                                            free_ports(3), strict=True)]  # fmt: skip
+                                                            free_loopback_ports(3), strict=True)]  # fmt: skip
     command = [str(scripts / "scapecast"), "run", "--source", "demo", "--frames", str(frames), "--no-window",
                "--quiet", "--summary-json", str(summary)] + [a for p in ports for a in ("--set", p)]  # fmt: skip
     _step("scapecast run --source demo", command, run_dir, 420)

@@ -45,11 +45,11 @@ sign), Z = 0; from the gaze blendshapes at 20° and 30° per unit (`engine.strea
 
 from __future__ import annotations
 
-import socket
 from typing import Literal
 
 from engine.names import ARKIT_BLENDSHAPES, UNSUPPORTED_ARKIT
 from engine.stream.face_angles import eye_angles, head_yaw_pitch_roll
+from engine.stream.udp import UdpSender
 from engine.types import FaceState
 
 DEFAULT_PORT = 49983
@@ -101,40 +101,20 @@ def encode_ifacialmocap(state: FaceState, version: Literal["v1", "v2"] = "v1") -
     return "".join(parts).encode("ascii")
 
 
-class IFacialMocapSender:
+class IFacialMocapSender(UdpSender):
     """Sends each FaceState to an iFacialMocap receiver at `host:port` as one UDP datagram (about 1 KB)."""
+
+    name = "iFacialMocap"
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, version: Literal["v1", "v2"] = "v1"):
         if version not in ("v1", "v2"):
             raise ValueError(f"iFacialMocap version must be 'v1' or 'v2', got {version!r}")
         self.version = version
-        # Resolve once (a name lookup per frame would stall the loop); the first address the resolver offers.
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-        self._address = address
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
-        self.sent = 0
-        self.dropped = 0
+        super().__init__(host, port)
 
     def encode(self, state: FaceState) -> bytes:
         """The datagram for one frame (exposed so callers and tests can inspect it)."""
         return encode_ifacialmocap(state, self.version)
 
-    def send(self, state: FaceState) -> bool:
-        """Send one frame's datagram; False (and counted) if the OS refused it."""
-        try:
-            self._sock.sendto(self.encode(state), self._address)
-        except OSError:  # non-blocking socket: a full send buffer or an unreachable host drops this frame only
-            self.dropped += 1
-            return False
-        self.sent += 1
-        return True
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> IFacialMocapSender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def datagrams(self, state: FaceState) -> list[bytes]:
+        return [self.encode(state)]

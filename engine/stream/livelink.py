@@ -46,7 +46,6 @@ at local midnight (5 184 000 frames a day at 60 fps, well inside int32).
 
 from __future__ import annotations
 
-import socket
 import struct
 import time
 import uuid
@@ -54,6 +53,7 @@ from collections.abc import Mapping
 
 from engine.names import ARKIT_BLENDSHAPES, to_vrm_name
 from engine.stream.face_angles import euler_rotation, eye_angles, rotation_matrix, unreal_rotator
+from engine.stream.udp import UdpSender
 from engine.types import FaceState
 
 DEFAULT_PORT = 11111
@@ -149,13 +149,15 @@ def _local_midnight_ns() -> int:
     return int(time.mktime((now.tm_year, now.tm_mon, now.tm_mday, 0, 0, 0, 0, 0, -1))) * 1_000_000_000
 
 
-class LiveLinkFaceSender:
+class LiveLinkFaceSender(UdpSender):
     """Sends each FaceState to Unreal's Live Link Face listener at `host:port` as one UDP datagram (~310 bytes).
 
     `subject`: the Live Link subject name (1 … 255 UTF-8 bytes). `device_id`: fixed for the sender's life, a new
     UUID by default (keep it 36 characters if pylivelinkface must read the packets). `fps`: the frame-time rate.
     `face_mirrored`: Epic's FaceMirrored (True) or FaceRelative (False) convention, see the module docstring.
     """
+
+    name = "Live Link Face"
 
     def __init__(
         self,
@@ -177,12 +179,7 @@ class LiveLinkFaceSender:
         self.face_mirrored = face_mirrored
         # The monotonic capture clock → wall clock → time of day, offsets taken once (per-frame cost: additions).
         self._day_origin_ns = time.time_ns() - time.monotonic_ns() - _local_midnight_ns()
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-        self._address = address
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
-        self.sent = 0
-        self.dropped = 0
+        super().__init__(host, port)
 
     def frame_time(self, t_capture_ns: int) -> tuple[int, float]:
         """(frame number, sub-frame) of a capture time (monotonic ns): local time of day at `fps`."""
@@ -194,21 +191,5 @@ class LiveLinkFaceSender:
         curves = live_link_curves(state, self.face_mirrored)
         return encode_live_link(self.device_id, self.subject, frame, subframe, (self.fps, 1), curves)
 
-    def send(self, state: FaceState) -> bool:
-        """Send one frame's packet; False (and counted) if the OS refused it."""
-        try:
-            self._sock.sendto(self.packet(state), self._address)
-        except OSError:  # non-blocking socket: a full send buffer or an unreachable host drops this frame only
-            self.dropped += 1
-            return False
-        self.sent += 1
-        return True
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> LiveLinkFaceSender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def datagrams(self, state: FaceState) -> list[bytes]:
+        return [self.packet(state)]

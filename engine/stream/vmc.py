@@ -47,7 +47,6 @@ For receivers that place a floating head; most VRM apps want "head".
 from __future__ import annotations
 
 import functools
-import socket
 import struct
 import time
 from collections.abc import Sequence
@@ -56,6 +55,7 @@ from typing import Literal
 import numpy as np
 
 from engine.names import to_vrm_name
+from engine.stream.udp import UdpSender
 from engine.types import FaceState, HeadPose, TrackingState
 
 #: Largest datagram sent: a 1500-byte MTU less 28 bytes of IP/UDP headers and ~70 for VPN/PPPoE tunnels.
@@ -219,8 +219,10 @@ def pack_bundles(messages: Sequence[bytes], limit: int = MAX_DATAGRAM_BYTES) -> 
     return bundles
 
 
-class VmcBridge:
+class VmcBridge(UdpSender):
     """Sends each FaceState to a VMC receiver at `host:port` as OSC bundles over UDP (a few per frame)."""
+
+    name = "VMC"
 
     def __init__(
         self,
@@ -244,15 +246,8 @@ class VmcBridge:
         self.pose = pose
         self.expressions = tuple(expressions)
         self.head_position = tuple(float(c) for c in head_position)
-        try:
-            family, _, _, _, self._address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-        except socket.gaierror as exc:
-            raise ValueError(f"VMC host {host!r} cannot be resolved: {exc.strerror}") from None
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)  # a frame that cannot leave now is dropped, never waited for
+        super().__init__(host, port)
         self._t0_ns = time.monotonic_ns()
-        self.sent = 0  # frames whose every datagram left
-        self.dropped = 0  # frames the OS refused (a datagram of them, at least)
 
     def messages(self, state: FaceState) -> list[bytes]:
         """One frame's OSC messages (encoded), in the order they are sent."""
@@ -276,23 +271,5 @@ class VmcBridge:
     def _blend_values(self, state: FaceState) -> list[tuple[str, float]]:
         return blend_values(state, self.expressions, self.casing)
 
-    def send(self, state: FaceState) -> bool:
-        """Send one frame's datagrams; False (and counted) if the OS refused one of them."""
-        try:
-            for bundle in self.bundles(state):
-                self._sock.sendto(bundle, self._address)
-        except OSError:  # a full send buffer or an unreachable host drops this frame only
-            self.dropped += 1
-            return False
-        self.sent += 1
-        return True
-
-    def close(self) -> None:
-        """Close the UDP socket."""
-        self._sock.close()
-
-    def __enter__(self) -> VmcBridge:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def datagrams(self, state: FaceState) -> list[bytes]:
+        return self.bundles(state)
