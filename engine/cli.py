@@ -8,57 +8,22 @@ the traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable
 
-from engine.app import add_run_command
-from engine.bench import add_bench_command
-from engine.config import Config, ConfigError, load_config
-from engine.enroll import add_enroll_command
+from engine.commands.bench import add_bench_command
+from engine.commands.enroll import add_enroll_command
+from engine.commands.evaluate import add_eval_command
+from engine.commands.model_info import add_model_info_command
+from engine.commands.render import add_render_command
+from engine.commands.report import add_report_command
+from engine.commands.run import add_run_command
+from engine.config import ConfigError, load_config
 from engine.errors import UserError
-from engine.evaluate import add_eval_command
-from engine.render.stills import add_render
-from engine.report import add_report_command
 from engine.stream.commands import add_keys_command, add_relay_command, add_view_command
 
 log = logging.getLogger("scapecast")
-
-
-def _cmd_model_info(args: argparse.Namespace, config: Config) -> int:
-    """Print the face model summary: vertex counts per region, expressions, identity modes, embedding residual."""
-    from engine.face_model import FaceModel, LandmarkEmbedding, ModelFileError
-
-    model = FaceModel.load()
-    info = model.summary()
-    try:
-        embedding = LandmarkEmbedding.load()
-        info["landmark_embedding"] = {"landmarks": len(embedding.vertex_ids), "residual_mm": embedding.residual_mm}
-    except ModelFileError as exc:
-        info["landmark_embedding"] = f"unavailable: {exc}"
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    print(f"model      {info['model_id']}  (sha256 {info['model_hash']}…)")
-    print(f"vertices   {info['vertices']}  triangles {info['triangles']}  render vertices {info['render_vertices']}")
-    for region, count in info["regions"].items():  # type: ignore[union-attr]
-        print(f"  {region:<14} {count:>6} vertices")
-    print(f"identity   {info['identity_modes']} modes;  rigid vertices {info['rigid_vertices']}")
-    print(f"expressions ({len(info['expressions'])}): {', '.join(info['expressions'])}")  # type: ignore[arg-type]
-    emb = info["landmark_embedding"]
-    if isinstance(emb, dict):
-        residual = ", ".join(f"{k} {v:.2f}" for k, v in emb["residual_mm"].items())
-        print(f"landmarks  {emb['landmarks']} embedded; residual (mm): {residual}")
-    else:
-        print(f"landmarks  {emb}")
-    return 0
-
-
-def _add_model_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model-info", help="print the face model summary")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=_cmd_model_info)
 
 
 # Each subcommand module contributes one `add_*` function; order here is the order in --help.
@@ -68,11 +33,11 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_bench_command,
     add_report_command,
     add_eval_command,
-    _add_model_info,
+    add_model_info_command,
     add_view_command,
     add_relay_command,
     add_keys_command,
-    add_render,
+    add_render_command,
 ]
 
 

@@ -7,7 +7,6 @@ contact sheet.
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 from pathlib import Path
@@ -15,13 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.config import Config
 from engine.detail.weights import KEY_EXPRESSION_NAMES
-from engine.errors import UserError
-from engine.face_model import FaceModel
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
-from engine.pipeline import STAGES, FrameResult, Pipeline
+from engine.pipeline import STAGES, FrameResult
 
 THUMBNAIL = 256
 
@@ -177,46 +173,3 @@ def write_report(
     )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return page
-
-
-def cmd_report(args: argparse.Namespace, config: Config) -> int:
-    """`report`: run on a source, then write the HTML page."""
-    from engine.app import build_parts, summarize
-    from engine.bundles import load_identity
-    from engine.sources.select import check_source_spec
-
-    check_source_spec(args.source)
-    out = Path(args.out)
-    try:  # before minutes of work, not after
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".scapecast-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write the report to {out}: {exc.strerror}") from None
-    if args.identity:
-        config.identity.name = args.identity
-    config.stream.enabled = False  # a report is offline: nothing to publish, no window
-    config.render.backend = "egl"
-    model = FaceModel.load()
-    identity = load_identity(config.identity, model, config.detail)
-    parts = build_parts(config, args.source, model, identity)
-    sampler = FrameSampler(args.frames // args.samples, limit=args.samples)
-    parts.on_rendered.append(sampler)
-    pipeline = Pipeline(parts, keep=max(args.frames, 1))  # every frame's record: the curves cover the whole run
-    pipeline.run(max_frames=args.frames)
-    summary = summarize(pipeline)
-    page = write_report(Path(args.out), summary, pipeline.snapshot(), sampler, identity)
-    print(f"report written to {page}")
-    return 0
-
-
-def add_report_command(sub: argparse._SubParsersAction) -> None:
-    """`report --source SPEC --out DIR`."""
-    p = sub.add_parser("report", help="run on a source and write an HTML page with pictures")
-    p.add_argument("--source", default="demo", help="auto | webcam[:N] | demo | PATH (default demo)")
-    p.add_argument("--identity", help="identity bundle name")
-    p.add_argument("--frames", type=int, default=240, help="frames to process (default 240)")
-    p.add_argument("--samples", type=int, default=8, help="input | avatar pairs to show (default 8)")
-    p.add_argument("--out", default="report", help="output folder (default ./report)")
-    p.set_defaults(handler=cmd_report)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.app import load_identity
+from engine.bundles import load_identity
 from engine.config import Config
 from engine.detail.uv_raster import face_rasterizer
 from engine.enroll import TrackedFrame, push_pull_fill, unwrap_texture

@@ -6,14 +6,12 @@ e.g. smile at 0.6; the scaled pattern shows the same shape more clearly).
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import replace
 from pathlib import Path
 
-from engine.config import Config, RenderConfig
+from engine.config import RenderConfig
 from engine.detail.weights import KEY_EXPRESSION_NAMES, key_expression_weights
-from engine.errors import UserError
 from engine.face_model import FaceModel
 from engine.identity import Identity
 from engine.render.outputs import side_by_side, write_png
@@ -65,30 +63,3 @@ def render_stills(
             with AvatarRenderer(model, identity, debug_config, detail_gain=detail_gain) as renderer:
                 written.append(write_png(out_dir / f"{focus}_{view}.png", renderer.render(states[focus]).image))
     return written
-
-
-def _cmd_render(args: argparse.Namespace, config: Config) -> int:
-    from engine.bundles import load_identity
-    from engine.render.bench import synthetic_ridge_bases
-
-    model = FaceModel.load()
-    identity = load_identity(config.identity, model, config.detail)
-    if args.synthetic_bases:
-        identity = replace(identity, bases=synthetic_ridge_bases(config.detail.resolution))
-    names = tuple(n.strip() for n in args.expressions.split(",") if n.strip())
-    unknown = [n for n in names if n not in KEY_EXPRESSION_NAMES]
-    if unknown:
-        raise UserError(f"unknown key expression(s) {unknown}; known: {', '.join(KEY_EXPRESSION_NAMES)}")
-    written = render_stills(model, identity, config.render, Path(args.out), names, detail_gain=config.detail.scale_mm)
-    for path in written:
-        print(path)
-    return 0
-
-
-def add_render(sub: argparse._SubParsersAction) -> None:
-    """`render`: still images of key expressions, detail on and off, and the debug views."""
-    p = sub.add_parser("render", help="render still images of key expressions (detail on/off, debug views)")
-    p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--expressions", default=",".join(DEFAULT_STILLS), help="comma-separated key expression names")
-    p.add_argument("--synthetic-bases", action="store_true", help="replace the identity's bases with synthetic ridges")
-    p.set_defaults(handler=_cmd_render)

@@ -1,0 +1,39 @@
+"""`render --out DIR`: still images of key expressions, detail on and off, and the debug views."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from engine.bundles import load_identity
+from engine.config import Config
+from engine.errors import UserError
+from engine.face_model import FaceModel
+from engine.render.bench import synthetic_ridge_bases
+from engine.render.stills import DEFAULT_STILLS, KEY_EXPRESSION_NAMES, render_stills
+
+
+def cmd_render(args: argparse.Namespace, config: Config) -> int:
+
+    model = FaceModel.load()
+    identity = load_identity(config.identity, model, config.detail)
+    if args.synthetic_bases:
+        identity = replace(identity, bases=synthetic_ridge_bases(config.detail.resolution))
+    names = tuple(n.strip() for n in args.expressions.split(",") if n.strip())
+    unknown = [n for n in names if n not in KEY_EXPRESSION_NAMES]
+    if unknown:
+        raise UserError(f"unknown key expression(s) {unknown}; known: {', '.join(KEY_EXPRESSION_NAMES)}")
+    written = render_stills(model, identity, config.render, Path(args.out), names, detail_gain=config.detail.scale_mm)
+    for path in written:
+        print(path)
+    return 0
+
+
+def add_render_command(sub: argparse._SubParsersAction) -> None:
+    """`render`: still images of key expressions, detail on and off, and the debug views."""
+    p = sub.add_parser("render", help="render still images of key expressions (detail on/off, debug views)")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.add_argument("--expressions", default=",".join(DEFAULT_STILLS), help="comma-separated key expression names")
+    p.add_argument("--synthetic-bases", action="store_true", help="replace the identity's bases with synthetic ridges")
+    p.set_defaults(handler=cmd_render)
