@@ -22,12 +22,22 @@ import numpy as np
 from engine.bundles import load_performer_identity
 from engine.config import Config, SolveConfig, StreamConfig
 from engine.errors import UserError
-from engine.face_model import FaceModel
+from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.identity import DEFAULT_IDENTITY_DIR, Identity, default_bundle_dir
 from engine.metrics import closed_loop_metrics
 from engine.pipeline import FrameResult, Pipeline, PipelineParts
+from engine.render.process import RendererProcess, RenderProcessError, SupervisedRenderer
+from engine.render.renderer import AvatarRenderer
+from engine.render.vcam import CHROMA_GREEN, VirtualCamera
+from engine.solve.face_solver import FaceSolver
 from engine.solve.performer import Performer
 from engine.solve.solver import DEFAULT_FOV_Y_DEG
+from engine.sources.select import open_source
+from engine.stream.ifacialmocap import IFacialMocapSender
+from engine.stream.livelink import LiveLinkFaceSender
+from engine.stream.publisher import Publisher
+from engine.stream.vmc import VmcBridge
+from engine.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +103,12 @@ def build_parts(
     config: Config, source_spec: str, model: FaceModel, identity: Identity, render: bool = True
 ) -> PipelineParts:
     """Stage factories for one run (each called on its own thread)."""
-    from engine.face_model import LandmarkEmbedding
-    from engine.solve.face_solver import FaceSolver
-    from engine.sources.select import open_source
-    from engine.tracking import FaceTracker
 
     embedding = LandmarkEmbedding.load()
     engine_id = f"scapecast-{uuid.uuid4().hex[:8]}"
 
     def make_renderer() -> Any:
         if config.pipeline.render_process:
-            from engine.render.process import RendererProcess, RenderProcessError, SupervisedRenderer
 
             def start(stop: Any) -> RendererProcess:
                 return RendererProcess(
@@ -116,15 +121,12 @@ def build_parts(
                 return SupervisedRenderer(start)
             except (OSError, RenderProcessError) as exc:  # no /dev/shm, no process spawning: render on a thread
                 log.warning("render process unavailable (%s); rendering on a thread of the engine", exc)
-        from engine.render.renderer import AvatarRenderer
 
         renderer = AvatarRenderer(model, identity, config.render, detail_gain=config.detail.scale_mm)
         renderer.detail = config.detail.enabled  # no-op when the identity has no bases
         return renderer
 
     def make_publisher() -> Any:
-        from engine.stream.publisher import Publisher
-
         bundle = default_bundle_dir(identity.name, config.identity.cache_dir)
         asset_dir = bundle if (bundle / "identity.json").is_file() else DEFAULT_IDENTITY_DIR
         return Publisher(config.stream, engine_id, identity_info=identity_info(identity), asset_dir=asset_dir)
@@ -191,19 +193,13 @@ def app_outputs(stream: StreamConfig) -> dict[str, Any]:
     counts `sent` and `dropped`)."""
     outputs: dict[str, Any] = {}
     if stream.vmc_enabled:
-        from engine.stream.vmc import VmcBridge
-
         outputs["vmc"] = VmcBridge(
             stream.vmc_host, stream.vmc_port, stream.vmc_name_casing, stream.vmc_pose, stream.vmc_expressions,
             stream.vmc_head_position,
         )  # fmt: skip
     if stream.ifacialmocap_enabled:
-        from engine.stream.ifacialmocap import IFacialMocapSender
-
         outputs["ifacialmocap"] = IFacialMocapSender(stream.ifacialmocap_host, stream.ifacialmocap_port)
     if stream.livelink_enabled:
-        from engine.stream.livelink import LiveLinkFaceSender
-
         outputs["livelink"] = LiveLinkFaceSender(stream.livelink_host, stream.livelink_port, stream.livelink_subject)
     return outputs
 
@@ -211,7 +207,6 @@ def app_outputs(stream: StreamConfig) -> dict[str, Any]:
 def open_virtual_camera(config: Config, source_fps: float) -> Any:
     """The virtual camera at `stream.vcam_fps`, else the source's rate (30 when it has none), showing the
     render over `stream.vcam_background`, else the render background where opaque, else chroma-key green."""
-    from engine.render.vcam import CHROMA_GREEN, VirtualCamera
 
     stream = config.stream
     if stream.vcam_background is not None:

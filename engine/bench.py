@@ -18,11 +18,23 @@ from typing import Any
 
 import numpy as np
 
+from engine.app import build_parts, summarize
+from engine.bundles import load_identity
 from engine.config import Config
-from engine.face_model import FaceModel
+from engine.face_model import FaceModel, LandmarkEmbedding
+from engine.pipeline import Pipeline, PipelineParts
+from engine.render.bench import bench_render
+from engine.solve.bench import bench_solve
+from engine.solve.face_solver import FaceSolver
 from engine.sources.base import FrameSource
+from engine.sources.demo import DemoPerformer
+from engine.stream.bench import bench_stream
+from engine.stream.ifacialmocap import IFacialMocapSender
+from engine.stream.livelink import LiveLinkFaceSender
 from engine.stream.security import free_loopback_ports
-from engine.types import Frame
+from engine.stream.vmc import EXPRESSION_SETS, VmcBridge
+from engine.tracking import FaceTracker
+from engine.types import FaceState, Frame, HeadPose, TrackingState
 
 log = logging.getLogger(__name__)
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
@@ -52,8 +64,6 @@ def bench_face_model(model: FaceModel, repeats: int = 300) -> dict[str, float]:
 
 def demo_frames(config: Config, count: int) -> list[Frame]:
     """`count` consecutive demo-performer frames, rendered once and kept in memory."""
-    from engine.bundles import load_identity
-    from engine.sources.demo import DemoPerformer
 
     model = FaceModel.load()
     identity = load_identity(config.identity, model, config.detail)
@@ -84,11 +94,6 @@ def bench_tracking(config: Config, frames: list[Frame], rounds: int = 3) -> dict
     frame in order, no render or publish); `serial_fps` solves on the tracking thread, one frame after the
     other — the cost of the solve with no second core to hide it on.
     """
-    from engine.bundles import load_identity
-    from engine.face_model import LandmarkEmbedding
-    from engine.pipeline import Pipeline, PipelineParts
-    from engine.solve.face_solver import FaceSolver
-    from engine.tracking import FaceTracker
 
     model = FaceModel.load()
     identity = load_identity(config.identity, model, config.detail)
@@ -136,9 +141,6 @@ def bench_tracking(config: Config, frames: list[Frame], rounds: int = 3) -> dict
 
 def bench_pipeline(config: Config, frames: int) -> dict[str, Any]:
     """The full pipeline on the demo source (render at the configured size, publish on free ports)."""
-    from engine.app import build_parts, summarize
-    from engine.bundles import load_identity
-    from engine.pipeline import Pipeline
 
     config = config.model_copy(deep=True)
     config.render.backend = "egl"  # measured headless, like CI
@@ -161,10 +163,6 @@ def bench_outputs(frames: int = 600) -> dict[str, Any]:
     import threading
 
     from engine.render.vcam import CHROMA_GREEN, camera_frame
-    from engine.stream.ifacialmocap import IFacialMocapSender
-    from engine.stream.livelink import LiveLinkFaceSender
-    from engine.stream.vmc import EXPRESSION_SETS, VmcBridge
-    from engine.types import FaceState, HeadPose, TrackingState
 
     rng = np.random.default_rng(0)
     states = [
@@ -260,9 +258,6 @@ def _bench_vcam_push(image: np.ndarray, frames: int, per_frame: Callable[..., di
 def run_benchmarks(config: Config, quick: bool = False) -> dict[str, Any]:
     """Every benchmark in one run; `quick` shortens each (for smoke tests)."""
     from engine.detail.bench import bench_precompute
-    from engine.render.bench import bench_render
-    from engine.solve.bench import bench_solve
-    from engine.stream.bench import bench_stream
 
     results: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": _cpus()},

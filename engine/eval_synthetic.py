@@ -23,14 +23,18 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engine.bundles import load_identity
 from engine.config import Config, RenderConfig
 from engine.detail.weights import KEY_EXPRESSIONS, key_expression_weights
-from engine.face_model import FaceModel
+from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.render.camera import euler_to_quaternion
 from engine.render.materials import bake_face_albedo
 from engine.render.renderer import AvatarRenderer, Lighting
+from engine.solve.face_solver import FaceSolver
+from engine.solve.performer import Performer
+from engine.tracking import FaceTracker
 from engine.types import FaceState, Frame, HeadPose, Landmarks, TrackingState
 
 log = logging.getLogger(__name__)
@@ -272,7 +276,6 @@ def _degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def track_clip(frames: Iterator[Frame], config: Config) -> tuple[list[Frame], list[Landmarks | None]]:
     """MediaPipe in tracking mode over a clip: the frames (images dropped) and face 0's landmarks or None."""
-    from engine.tracking import FaceTracker
 
     kept: list[Frame] = []
     found: list[Landmarks | None] = []
@@ -330,16 +333,12 @@ def evaluate_synthetic(
     performer estimate (`auto`) and with the true identity and camera: errors per window after the face
     appears, the FOV estimates; then one script (`neutral_start`, 50°) on `spread_identities` identities,
     solved with `auto`: how much the weights differ between identities doing the same thing."""
-    from engine.face_model import LandmarkEmbedding
-    from engine.solve.face_solver import FaceSolver
-    from engine.solve.performer import Performer
 
     model = FaceModel.load()
     embedding = LandmarkEmbedding.load()
     clip_renderer = ClipRenderer(model, config.render)
     # The engine before the performer was its own thing: everyone solved as the default avatar (its shape, the
     # prior trained on its renders, the solver's default camera for files) — kept as the baseline.
-    from engine.bundles import load_identity
 
     default = load_identity(config.identity.model_copy(update={"name": "default"}), model, config.detail)
     avatar = Performer.rendered_avatar(default, None)

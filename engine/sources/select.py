@@ -7,9 +7,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from engine.bundles import load_identity
 from engine.config import Config
 from engine.errors import UserError
+from engine.face_model import FaceModel
 from engine.sources.base import FrameSource, now_ns
+from engine.sources.demo import DemoPerformer, DemoRecording
 from engine.sources.files import IMAGE_SUFFIXES, ImageSource, VideoFileSource
 from engine.sources.webcam import WebcamSource
 from engine.types import Frame
@@ -63,9 +66,6 @@ def parse_webcam_spec(spec: str) -> int | None:
 
 def open_demo(config: Config) -> FrameSource:
     """The built-in demo performer: the default (or configured) identity acting a scripted sequence."""
-    from engine.bundles import load_identity
-    from engine.face_model import FaceModel
-    from engine.sources.demo import DemoPerformer, DemoRecording
 
     model = FaceModel.load()
     identity = load_identity(config.identity, model, config.detail)
