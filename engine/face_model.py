@@ -28,6 +28,19 @@ class ModelFileError(UserError):
     """A model or embedding file is missing, truncated or of the wrong format."""
 
 
+def read_npz(path: Path | str, what: str, made_by: str) -> dict[str, np.ndarray]:
+    """Every array of the model file `path` (no pickles), for the loaders of `models/*.npz`. A missing or unreadable
+    file is one line of ModelFileError naming `what` it is, the file, and the tool `made_by` that makes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{what} not found: {path} (make it with {made_by})")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:  # zip/npy errors come in many types; all mean the same thing here
+        raise ModelFileError(f"{what} {path} is unreadable: {exc} (make it again with {made_by})") from exc
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes (model ids and bundle checksums)."""
     digest = hashlib.sha256()
@@ -209,13 +222,7 @@ class FaceModel:
     def load(path: Path | str = DEFAULT_MODEL_PATH) -> FaceModel:
         """Load the converted ICT model (`tools/convert_ict.py`); needs nothing outside `models/`."""
         path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"face model not found: {path} (build it with tools/convert_ict.py)")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except Exception as exc:  # zip/npy errors come in many types; all mean the same thing here
-            raise ModelFileError(f"face model {path} is unreadable: {exc}") from exc
+        data = read_npz(path, "face model", "tools/convert_ict.py")
         identity = data["identity_codes"].astype(np.float32) * data["identity_scale"][:, None, None]
         expression = data["expression_codes"].astype(np.float32) * data["expression_scale"][:, None, None]
         topology = FaceTopology(
@@ -270,20 +277,13 @@ class LandmarkEmbedding:
     @staticmethod
     def load(path: Path | str = DEFAULT_EMBEDDING_PATH) -> LandmarkEmbedding:
         """Load `models/landmark_embedding.npz` (made by `tools/fit_landmark_embedding.py`)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(
-                f"landmark embedding not found: {path} (build it with tools/fit_landmark_embedding.py)"
-            )
+        z = read_npz(path, "landmark embedding", "tools/fit_landmark_embedding.py")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                names = [str(s) for s in z["residual_regions"]]
-                return LandmarkEmbedding(
-                    vertex_ids=z["vertex_ids"].astype(np.int32),
-                    barycentric=z["barycentric"].astype(np.float32),
-                    residual_mm=dict(zip(names, (float(x) for x in z["residual_mm"]), strict=True)),
-                )
-        except ModelFileError:
-            raise
-        except Exception as exc:
+            names = [str(s) for s in z["residual_regions"]]
+            return LandmarkEmbedding(
+                vertex_ids=z["vertex_ids"].astype(np.int32),
+                barycentric=z["barycentric"].astype(np.float32),
+                residual_mm=dict(zip(names, (float(x) for x in z["residual_mm"]), strict=True)),
+            )
+        except Exception as exc:  # a missing array, a wrong count
             raise ModelFileError(f"landmark embedding {path} is unreadable: {exc}") from exc

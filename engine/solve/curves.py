@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.face_model import MODELS_DIR, ModelFileError
+from engine.face_model import MODELS_DIR, ModelFileError, read_npz
 from engine.names import ICT_EXPRESSIONS
 
 DEFAULT_CURVES_PATH = MODELS_DIR / "solve_curves.npz"
@@ -76,11 +76,11 @@ class ResponseCurves:
 
     @staticmethod
     def load(path: Path | str = DEFAULT_CURVES_PATH) -> ResponseCurves:
-        """The shipped curves; a malformed file is a clear ModelFileError."""
+        """The shipped curves; a missing or malformed file is a clear ModelFileError."""
+        z = read_npz(path, "response curves", "tools/train_solve_prior.py")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                lo, hi = z["lo"].astype(np.float64), z["hi"].astype(np.float64)
-        except Exception as exc:
+            lo, hi = z["lo"].astype(np.float64), z["hi"].astype(np.float64)
+        except Exception as exc:  # a missing array, one that is not numeric
             raise ModelFileError(f"response curves {path} are unreadable: {exc}") from exc
         if lo.shape != (N,) or hi.shape != (N,) or not (np.isfinite(lo).all() and np.isfinite(hi).all()):
             raise ModelFileError(f"response curves {path} hold shapes {lo.shape}, {hi.shape}; expected ({N},)")

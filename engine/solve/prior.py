@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.face_model import MODELS_DIR, ModelFileError
+from engine.face_model import MODELS_DIR, ModelFileError, read_npz
 
 DEFAULT_PRIOR_PATH = MODELS_DIR / "solve_prior.npz"  # trained on renders of the default identity (the demo)
 PEOPLE_PRIOR_PATH = MODELS_DIR / "solve_prior_people.npz"  # trained on many synthetic identities (anyone)
@@ -102,11 +102,8 @@ class LearnedPrior:
     def load(path: Path | str = DEFAULT_PRIOR_PATH) -> LearnedPrior:
         """Read `models/solve_prior.npz`; a missing or malformed file is a clear ModelFileError."""
         path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"solve prior not found: {path} (make it with tools/fit_solve_prior.py)")
+        arrays = read_npz(path, "solve prior", "tools/fit_solve_prior.py")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
             layers = tuple(
                 (np.ascontiguousarray(arrays[f"w{i}"], dtype=np.float64), arrays[f"b{i}"].astype(np.float64))
                 for i in range(int(arrays["n_layers"]))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.face_model import MODELS_DIR, ModelFileError
+from engine.face_model import MODELS_DIR, ModelFileError, read_npz
 
 DEFAULT_RESPONSE_PATH = MODELS_DIR / "landmark_response.npz"
 N_LANDMARKS, N_CHANNELS = 478, 53
@@ -39,13 +39,10 @@ class LandmarkResponse:
     @staticmethod
     def load(path: Path | str = DEFAULT_RESPONSE_PATH) -> LandmarkResponse:
         """Read `models/landmark_response.npz`; a missing or malformed file is a clear ModelFileError."""
-        path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"landmark response not found: {path} (make it with tools/fit_landmark_response.py)")
+        z = read_npz(path, "landmark response", "tools/fit_landmark_response.py")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                neutral, basis = z["neutral_delta"].astype(np.float64), z["basis_delta"].astype(np.float64)
-        except Exception as exc:
+            neutral, basis = z["neutral_delta"].astype(np.float64), z["basis_delta"].astype(np.float64)
+        except Exception as exc:  # a missing array, one that is not numeric
             raise ModelFileError(f"landmark response {path} is unreadable: {exc}") from exc
         expected = ((N_LANDMARKS, 3), (N_LANDMARKS, 3, N_CHANNELS))
         if (neutral.shape, basis.shape) != expected or not (np.isfinite(neutral).all() and np.isfinite(basis).all()):
