@@ -11,28 +11,24 @@ Usage: python tools/fit_landmark_response.py [--train 1200] [--test 240] [--ridg
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _common import argument_parser, start  # before any engine import: puts the repository on sys.path
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from engine.bundles import load_identity  # noqa: E402
-from engine.config import Config, load_config  # noqa: E402
-from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
-from engine.names import ICT_EXPRESSIONS  # noqa: E402
-from engine.render.camera import Camera, euler_to_quaternion  # noqa: E402
-from engine.render.renderer import AvatarRenderer  # noqa: E402
-from engine.solve.expression import EmbeddedFace, side_swap, symmetrize_landmarks  # noqa: E402
-from engine.solve.pose import focal_length_px, umeyama  # noqa: E402
-from engine.solve.response import DEFAULT_RESPONSE_PATH, LandmarkResponse, fit_affine_response  # noqa: E402
-from engine.solve.solver import FrameFitter, perspective_corrected, valid_observation  # noqa: E402
-from engine.tracking import FaceTracker  # noqa: E402
-from engine.types import FaceState, Frame, TrackingState  # noqa: E402
+from engine.bundles import load_identity
+from engine.config import Config
+from engine.face_model import FaceModel, LandmarkEmbedding
+from engine.names import ICT_EXPRESSIONS
+from engine.render.camera import Camera, euler_to_quaternion
+from engine.render.renderer import AvatarRenderer
+from engine.solve.expression import EmbeddedFace, side_swap, symmetrize_landmarks
+from engine.solve.pose import focal_length_px, umeyama
+from engine.solve.response import DEFAULT_RESPONSE_PATH, LandmarkResponse, fit_affine_response
+from engine.solve.solver import FrameFitter, perspective_corrected, valid_observation
+from engine.tracking import FaceTracker
+from engine.types import FaceState, Frame, TrackingState
 
 N = len(ICT_EXPRESSIONS)
 JAW_OPEN, MOUTH_CLOSE = ICT_EXPRESSIONS.index("jawOpen"), ICT_EXPRESSIONS.index("mouthClose")
@@ -133,22 +129,14 @@ def evaluate(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argument_parser(__doc__)
     ap.add_argument("--train", type=int, default=1200)
     ap.add_argument("--test", type=int, default=240)
     ap.add_argument("--ridge", type=float, default=2.0)
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_RESPONSE_PATH)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override section.key=value")
-    args = ap.parse_args()
-    started = time.monotonic()
-    config = load_config(overrides=args.overrides)
-    model = FaceModel.load()
-    embedding = LandmarkEmbedding.load()
-    identity = load_identity(config.identity, model, config.detail)
-    rng = np.random.default_rng(args.seed)
-    weights, euler = random_samples(args.train + args.test, rng)
+    run = start(ap)
+    args, config, model, embedding, identity = run.args, run.config, run.model, run.embedding, run.identity
+    weights, euler = random_samples(args.train + args.test, run.rng)
     observations = render_and_track(config, model, weights, euler, args.size, args.seed)
     tracked = sum(o is not None for o in observations)
     print(f"tracked {tracked}/{len(observations)} renders")
@@ -170,7 +158,7 @@ def main() -> None:
     )  # fmt: skip
     print(f"held-out ({after['frames']} renders, raw fits): driven MAE {before['driven_mae']:.3f} → "
           f"{after['driven_mae']:.3f}, all-channel MAE {before['all_mae']:.3f} → {after['all_mae']:.3f}")  # fmt: skip
-    print(f"wrote {args.out} in {time.monotonic() - started:.0f} s")
+    print(f"wrote {args.out} in {run.elapsed_s():.0f} s")
 
 
 if __name__ == "__main__":

@@ -22,34 +22,25 @@ Usage: python tools/fit_solve_prior.py [--train 2400] [--test 400] [--sequence 3
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
+from _common import ROOT, argument_parser, start  # before any engine import: puts the repository on sys.path
+from fit_landmark_response import fit_response, random_samples, render_and_track
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
-sys.path.insert(0, str(ROOT / "tools"))
-
-from fit_landmark_response import fit_response, random_samples, render_and_track  # noqa: E402
-
-from engine.bundles import load_identity  # noqa: E402
-from engine.config import Config, load_config  # noqa: E402
-from engine.detail.weights import KEY_EXPRESSIONS, key_expression_weights  # noqa: E402
-from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
-from engine.identity import Identity  # noqa: E402
-from engine.metrics import closed_loop_metrics  # noqa: E402
-from engine.names import ICT_EXPRESSIONS  # noqa: E402
-from engine.solve.face_solver import FaceSolver  # noqa: E402
-from engine.solve.prior import DEFAULT_PRIOR_PATH, fit_mlp_prior, fit_ridge_prior  # noqa: E402
-from engine.solve.response import DEFAULT_RESPONSE_PATH  # noqa: E402
-from engine.solve.solver import FrameFitter, valid_observation  # noqa: E402
-from engine.tracking import FaceTracker  # noqa: E402
-from engine.types import Landmarks  # noqa: E402
+from engine.config import Config
+from engine.detail.weights import KEY_EXPRESSIONS, key_expression_weights
+from engine.face_model import FaceModel, LandmarkEmbedding
+from engine.identity import Identity
+from engine.metrics import closed_loop_metrics
+from engine.names import ICT_EXPRESSIONS
+from engine.solve.face_solver import FaceSolver
+from engine.solve.prior import DEFAULT_PRIOR_PATH, fit_mlp_prior, fit_ridge_prior
+from engine.solve.response import DEFAULT_RESPONSE_PATH
+from engine.solve.solver import FrameFitter, valid_observation
+from engine.tracking import FaceTracker
+from engine.types import Landmarks
 
 N = len(ICT_EXPRESSIONS)
 CACHE_DIR = ROOT / "out" / "solve_cache"
@@ -265,13 +256,11 @@ def report(name: str, metrics: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argument_parser(__doc__)
     ap.add_argument("--train", type=int, default=2400)
     ap.add_argument("--test", type=int, default=400)
     ap.add_argument("--sequence", type=int, default=3000, help="frames of a continuous performance (video mode)")
     ap.add_argument("--response-ridge", type=float, default=2.0)
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--demo-frames", type=int, default=600)
     ap.add_argument("--no-demo", action="store_true", help="skip the closed-loop check on the demo performer")
     ap.add_argument("--no-cache", action="store_true", help="re-render even when out/solve_cache has the renders")
@@ -283,14 +272,9 @@ def main() -> None:
                     help="MLP loss weight of driven entries (true > 0.1); several: one MLP each")  # fmt: skip
     ap.add_argument("--no-mlp", action="store_true", help="ridge regression only (no torch needed)")
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override section.key=value")
-    args = ap.parse_args()
-    started = time.monotonic()
-    config = load_config(overrides=args.overrides)
-    model = FaceModel.load()
-    embedding = LandmarkEmbedding.load()
-    identity = load_identity(config.identity, model, config.detail)
-    rng = np.random.default_rng(args.seed)
+    run = start(ap)
+    args, config, model, embedding, identity = run.args, run.config, run.model, run.embedding, run.identity
+    rng = run.rng
     weights, euler = performance_samples(args.train + args.test, rng)
     observations = cached_renders(config, model, weights, euler, args.size, args.seed, not args.no_cache)
     is_test = np.arange(len(weights)) >= args.train
@@ -376,7 +360,7 @@ def main() -> None:
         if not args.dry_run:
             report("demo closed loop (shipped files)", closed_loop(config, model, embedding, identity, landmarks,
                                                                  truth, config.source.fps))  # fmt: skip
-    print(f"done in {time.monotonic() - started:.0f} s")
+    print(f"done in {run.elapsed_s():.0f} s")
 
 
 if __name__ == "__main__":
