@@ -15,12 +15,14 @@ import pytest
 
 from engine.config import SolveConfig
 from engine.face_model import FaceModel, LandmarkEmbedding
+from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.solve import compiled
 from engine.solve.bounded_lsq import solve_box_qp as solve_box_qp_numpy
 from engine.solve.bounded_lsq import solve_box_qp_reference
 from engine.solve.eyes import eyeball_centers
 from engine.solve.face_solver import FaceSolver
+from engine.solve.kernels import COMPILED, select_kernels
 from engine.solve.pose import euler_to_rotation
 from engine.solve.solver import FrameFitter, shipped_prior, shipped_response, valid_observation
 from engine.solve.synthetic import random_box_qp, random_expression, synthetic_landmarks
@@ -170,7 +172,6 @@ def test_collapsed_landmarks_give_a_lost_state(
 ) -> None:
     """All landmarks on one point but two (a collapsed detection that passes validation): the fit divides by
     zero (scale 0, eye width 0); no exception may escape either path, and the state is lost."""
-    from engine.identity import Identity
     from engine.types import Landmarks, TrackingState
 
     neutral = np.zeros(len(ICT_EXPRESSIONS))
@@ -188,13 +189,55 @@ def test_collapsed_landmarks_give_a_lost_state(
 def test_disabled_or_unavailable_numba_uses_the_numpy_fit(
     face_model: FaceModel, embedding: LandmarkEmbedding, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert FrameFitter(face_model, embedding, None, SolveConfig(compiled=False)).compiled_tables is None
+    """`select_kernels` is the one switch: off in the config or without numba, the fitter and everything a
+    `FaceSolver` builds on it (checks, filter) run the numpy reference."""
+    assert select_kernels(SolveConfig()) is COMPILED
+    assert select_kernels(SolveConfig(compiled=False)) is None
+    assert FrameFitter(face_model, embedding, None, SolveConfig(compiled=False)).kernels is None
     monkeypatch.setattr(compiled, "AVAILABLE", False)
+    assert select_kernels(SolveConfig()) is None
     fitter = FrameFitter(face_model, embedding, None, SolveConfig())
-    assert fitter.compiled_tables is None
+    assert fitter.kernels is None and fitter.compiled_tables is None
     observed, has_iris, size = _frames(fitter, face_model, 1, seed=2)[0]
     expected = fitter.fit_numpy(observed, None, has_iris, size).weights
     np.testing.assert_array_equal(fitter.fit(observed, None, has_iris, size).weights, expected)
+    identity = Identity("t", face_model.model_id, face_model.default_identity_weights(), np.zeros(53))
+    solver = FaceSolver(face_model, embedding, identity, SolveConfig())
+    assert solver.fitter.kernels is None and solver._filter._update is None
+
+
+def test_one_specialization_serves_every_configuration(face_model: FaceModel, embedding: LandmarkEmbedding) -> None:
+    """The tables' arrays are C-contiguous of fixed dtypes and their scalars plain Python numbers, so the
+    compiled fit has one machine-code specialization whatever the identity, prior or settings (a second would
+    compile for ~25 s in the middle of a run)."""
+    import numba
+
+    config = SolveConfig()
+    response = shipped_response(config)
+    identity = np.zeros(face_model.n_identity, np.float32)
+    identity[:10] = 0.5
+    fitters = [
+        FrameFitter(face_model, embedding, None, config, response, shipped_prior(config, response)),
+        FrameFitter(face_model, embedding, identity, config, response, shipped_prior(config, response, people=True)),
+        FrameFitter(face_model, embedding, None, SolveConfig(learned_prior=False, eyes_enabled=False)),
+        FrameFitter(face_model, embedding, None, SolveConfig(pose_iterations=3, prior_strength=0.0)),
+    ]
+    types = {str(numba.typeof(fitter.fit_tables())) for fitter in fitters}
+    assert len(types) == 1, types
+    (only,) = types
+    assert "array(float64, 2d, C)" in only and ", A)" not in only  # C-contiguous throughout
+
+
+def test_the_numpy_reference_reads_the_tables_the_kernels_read(
+    face_model: FaceModel, embedding: LandmarkEmbedding
+) -> None:
+    """The compiled fit's tables are the numpy objects' own (not copies that could drift from them)."""
+    fitter = FrameFitter(face_model, embedding, None, SolveConfig())
+    tables = fitter.compiled_tables
+    assert tables is not None
+    assert tables.eyes is fitter.eyes.tables and tables.expression is fitter.expression.tables
+    assert tables.expression.gram is fitter.expression.gram
+    assert tables.expression.quadratic_prior is fitter.expression.quadratic_prior
 
 
 def test_compiled_observation_checks_match_numpy(face_model: FaceModel, embedding: LandmarkEmbedding) -> None:
@@ -215,14 +258,14 @@ def test_compiled_observation_checks_match_numpy(face_model: FaceModel, embeddin
     cases["zero width"] = flat
     for name, pixels in cases.items():
         lm = Landmarks(pixels / 640.0, pixels, landmarks.image_size, 1.0, 0)
-        fast, slow = valid_observation(lm, compiled_checks=True), valid_observation(lm)
+        fast, slow = valid_observation(lm, COMPILED), valid_observation(lm)
         if slow is None:
             assert fast is None, name
             continue
         assert fast is not None, name
         np.testing.assert_array_equal(fast[0], slow[0], err_msg=name)
         assert fast[1] == slow[1], name
-    assert valid_observation(Landmarks(good / 640.0, good, landmarks.image_size, 1.0, 0), True) is not None
+    assert valid_observation(Landmarks(good / 640.0, good, landmarks.image_size, 1.0, 0), COMPILED) is not None
 
 
 def test_compiled_one_euro_step_matches_numpy() -> None:
@@ -232,7 +275,7 @@ def test_compiled_one_euro_step_matches_numpy() -> None:
 
     rng = np.random.default_rng(4)
     for params in ((rng.uniform(0.5, 3, 61), rng.uniform(0, 1, 61), rng.uniform(0.5, 2, 61)), (1.0, 0.3, 1.0)):
-        fast, slow = OneEuroFilter(*params, compiled=True), OneEuroFilter(*params)
+        fast, slow = OneEuroFilter(*params, step=COMPILED.one_euro_update), OneEuroFilter(*params)
         assert fast._update is not None and slow._update is None
         t_ns = 0
         signal = np.cumsum(rng.normal(size=(200, 61)), axis=0)

@@ -9,19 +9,20 @@ matrix with identity rows, cheaper in numpy); the 3 × 3 SVD comes from numba's 
 function releases the GIL, so the tracking thread's MediaPipe keeps running while a frame is solved.
 tests/test_solve_compiled.py holds both paths to the same results.
 
-numba compiles on first use and caches the machine code beside this file (`__pycache__`); without numba
-(`AVAILABLE` False) the solver runs the numpy reference.
+The kernels read nothing of the numpy side but its public tables (`engine/solve/tables.py`: `FitTables`, built by
+`FrameFitter.fit_tables`). Which path runs is decided in one place, `engine/solve/kernels.py`. numba compiles on
+first use and caches the machine code beside this file (`__pycache__`); without numba (`AVAILABLE` False) the
+solver runs the numpy reference.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from engine.solve.eyes import GAZE_CHANNELS
 from engine.solve.landmark_sets import N_MESH_LANDMARKS
+from engine.solve.tables import ExpressionTables, EyeTables, FitTables, PriorTables
 
 # error_model "numpy": a division by zero gives inf/NaN as in the reference (which the solver's finiteness checks
 # catch) instead of raising ZeroDivisionError from inside a frame.
@@ -38,131 +39,6 @@ except ImportError:  # a platform without numba wheels: the numpy reference path
 
     def njit(*_args, **_kwargs):  # type: ignore[no-redef]
         return lambda function: function
-
-
-if TYPE_CHECKING:
-    from engine.solve.solver import FrameFitter
-
-
-class FitTables(NamedTuple):
-    """Everything per identity and configuration that the compiled fit reads (built by `FrameFitter`).
-
-    Shapes: L = 478 landmarks, K = 53 channels, R rigid landmarks, F = 1413 prior features, P prior components.
-    """
-
-    neutral: np.ndarray  # (L, 3) cm
-    basis_flat_t: np.ndarray  # (K, 3L)
-    gram: np.ndarray  # (9, K²) `coordinate_gram` of the ω-weighted basis
-    quadratic_prior: np.ndarray  # (K, K) Λ plus the symmetry pairs
-    regularization: np.ndarray  # (K,) λ
-    landmark_weights: np.ndarray  # (L,) ω
-    rigid_ids: np.ndarray  # (R,) int64
-    pose_weights_refine: np.ndarray  # (L,)
-    gaze_channels: np.ndarray  # (8,) int64
-    # eyes (`EyeModel`)
-    corner_ids: np.ndarray  # (2 kinds, 2 eyes) int64: outer, inner
-    iris_ids: np.ndarray  # (2 eyes, 5) int64
-    upper_lid_ids: np.ndarray  # (2 eyes, 5) int64
-    blink_channels: np.ndarray  # (2,) int64
-    corner0_flat: np.ndarray  # (12,)
-    corner_basis_flat: np.ndarray  # (12, K)
-    corner_gaze_flat: np.ndarray  # (12, 8)
-    angles_to_gaze: np.ndarray  # (8, 4)
-    mid0: np.ndarray  # (2, 3)
-    iris_rest: np.ndarray  # (2, 2)
-    gap0: np.ndarray  # (2,)
-    gap_basis: np.ndarray  # (2, K)
-    width0: np.ndarray  # (2,)
-    blink_gain: np.ndarray  # (2,)
-    eye_radius: float
-    # learned prior (`LearnedPrior`; unused when prior_strength is 0)
-    prior_neutral: np.ndarray  # (L, 3) cm: the face its features are posed on and relative to
-    prior_mean: np.ndarray  # (F,)
-    prior_basis: np.ndarray  # (F, P) float32 (as stored: half the memory traffic of float64, same values)
-    prior_scale: np.ndarray  # (P,)
-    # The layers flattened (one argument type for any depth: numba compiles once per type): weights (in, out)
-    # row-major one after another, float32; biases (out,) one after another; (n_layers, 2) their (in, out).
-    prior_layer_weights: np.ndarray
-    prior_layer_biases: np.ndarray
-    prior_layer_shapes: np.ndarray
-    prior_residual_limit: float
-    prior_strength: float
-    prior_channel_mask: np.ndarray  # (K,) the share of μ each channel gets
-    # configuration
-    pose_iterations: int
-    max_iterations: int
-    depth_weight: float
-    gaze_anchor: float
-    eyes_active: bool
-    jaw_open: int
-    mouth_close: int
-    mouth_close_slack: float
-
-
-def build_fit_tables(fitter: FrameFitter) -> FitTables:
-    """The compiled fit's inputs for one `FrameFitter` (its identity, landmark map, prior and configuration).
-
-    Reads the precomputations of the fitter's `ExpressionSolver` and `EyeModel` (the same arrays their numpy
-    methods use), so both paths start from identical numbers."""
-    from engine.solve import solver as reference  # the reference's constants; a cycle at import time otherwise
-
-    def contiguous(array: np.ndarray, dtype: type = np.float64) -> np.ndarray:
-        return np.ascontiguousarray(array, dtype=dtype)
-
-    face, expression, eyes, prior, config = fitter.face, fitter.expression, fitter.eyes, fitter.prior, fitter.config
-    n_channels = face.basis.shape[-1]
-    if prior is not None and fitter.prior_strength > 0:
-        prior_arrays = (prior.mean, prior.basis, prior.scale)
-        layers = prior.layers
-        limit, strength = prior.residual_limit, fitter.prior_strength
-    else:  # never read (prior_strength 0)
-        prior_arrays = (np.zeros(3 * N_MESH_LANDMARKS + 9), np.zeros((3 * N_MESH_LANDMARKS + 9, 1)), np.ones(1))
-        layers = ((np.zeros((1, n_channels)), np.zeros(n_channels)),)
-        limit, strength = 0.0, 0.0
-    return FitTables(
-        neutral=contiguous(face.neutral),
-        basis_flat_t=contiguous(expression.basis_flat_t),
-        gram=contiguous(expression.gram),
-        quadratic_prior=contiguous(expression.quadratic_prior),
-        regularization=contiguous(expression.regularization),
-        landmark_weights=contiguous(expression.landmark_weights),
-        rigid_ids=contiguous(fitter.rigid_ids, np.int64),
-        pose_weights_refine=contiguous(fitter.pose_weights_refine),
-        gaze_channels=contiguous(GAZE_CHANNELS, np.int64),
-        corner_ids=contiguous(eyes._corners, np.int64),
-        iris_ids=contiguous(eyes._iris, np.int64),
-        upper_lid_ids=contiguous(eyes._upper, np.int64),
-        blink_channels=contiguous(reference.BLINK_CHANNELS, np.int64),
-        corner0_flat=contiguous(eyes._corner0_flat),
-        corner_basis_flat=contiguous(eyes._corner_basis_flat),
-        corner_gaze_flat=contiguous(eyes._corner_gaze_flat),
-        angles_to_gaze=contiguous(eyes._angles_to_gaze),
-        mid0=contiguous(eyes._mid0),
-        iris_rest=contiguous(eyes._iris_rest),
-        gap0=contiguous(eyes._gap0),
-        gap_basis=contiguous(eyes._gap_basis),
-        width0=contiguous(eyes._width0),
-        blink_gain=contiguous(eyes._blink_gain),
-        eye_radius=float(eyes.radius),
-        prior_mean=contiguous(prior_arrays[0]),
-        prior_basis=contiguous(prior_arrays[1], np.float32),
-        prior_scale=contiguous(prior_arrays[2]),
-        prior_layer_weights=np.concatenate([np.ravel(weight) for weight, _ in layers]).astype(np.float32),
-        prior_layer_biases=np.concatenate([np.ravel(bias) for _, bias in layers]).astype(np.float64),
-        prior_layer_shapes=np.array([np.shape(weight) for weight, _ in layers], dtype=np.int64),
-        prior_residual_limit=float(limit),
-        prior_strength=float(strength),
-        prior_channel_mask=contiguous(prior.mask if prior is not None else np.ones(n_channels)),
-        prior_neutral=contiguous(fitter.prior_neutral),
-        pose_iterations=int(config.pose_iterations),
-        max_iterations=int(config.max_iterations),
-        depth_weight=float(fitter.depth_weight),
-        gaze_anchor=float(config.gaze_anchor),
-        eyes_active=bool(fitter.eyes_active),
-        jaw_open=int(reference.JAW_OPEN),
-        mouth_close=int(reference.MOUTH_CLOSE),
-        mouth_close_slack=float(reference.MOUTH_CLOSE_SLACK),
-    )
 
 
 @njit(cache=True, error_model="numpy")
@@ -262,10 +138,10 @@ def _matrix_vector(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, error_model="numpy")
-def _landmarks(tables: FitTables, weights: np.ndarray) -> np.ndarray:
+def _landmarks(expression: ExpressionTables, weights: np.ndarray) -> np.ndarray:
     """`EmbeddedFace.landmarks`: (K,) → (L, 3)."""
-    flat = _vector_matrix(weights, tables.basis_flat_t, tables.neutral.reshape(-1).copy())
-    return flat.reshape(tables.neutral.shape)
+    flat = _vector_matrix(weights, expression.basis_flat_t, expression.neutral.reshape(-1).copy())
+    return flat.reshape(expression.neutral.shape)
 
 
 @njit(cache=True, error_model="numpy")
@@ -440,128 +316,131 @@ def _solve_expression(
     target_strength: float,
 ) -> tuple[np.ndarray, bool]:
     """`ExpressionSolver.solve` with the depth metric of `rot`, the gaze anchor and the prior's target."""
+    expression = tables.expression
     n_channels = w0.shape[0]
     depth_axis = rot[2]
     metric = np.empty(9)
     for a in range(3):
         for c in range(3):
             metric[3 * a + c] = (1.0 if a == c else 0.0) + (tables.depth_weight - 1.0) * depth_axis[a] * depth_axis[c]
-    H = _vector_matrix(metric, tables.gram, tables.quadratic_prior.reshape(-1).copy()).reshape((n_channels, n_channels))
+    H = _vector_matrix(metric, expression.gram, expression.quadratic_prior.reshape(-1).copy())
+    H = H.reshape((n_channels, n_channels))
     n_points = observed_model.shape[0]
     projected = np.empty(3 * n_points)
     for i in range(n_points):
-        lw = tables.landmark_weights[i]
-        r0 = (observed_model[i, 0] - tables.neutral[i, 0]) * lw
-        r1 = (observed_model[i, 1] - tables.neutral[i, 1]) * lw
-        r2 = (observed_model[i, 2] - tables.neutral[i, 2]) * lw
+        lw = expression.landmark_weights[i]
+        r0 = (observed_model[i, 0] - expression.neutral[i, 0]) * lw
+        r1 = (observed_model[i, 1] - expression.neutral[i, 1]) * lw
+        r2 = (observed_model[i, 2] - expression.neutral[i, 2]) * lw
         for c in range(3):
             projected[3 * i + c] = r0 * metric[c] + r1 * metric[3 + c] + r2 * metric[6 + c]
-    b = _matrix_vector(tables.basis_flat_t, projected)
+    b = _matrix_vector(expression.basis_flat_t, projected)
     if use_anchor:
-        for j in range(tables.gaze_channels.shape[0]):
-            k = tables.gaze_channels[j]
-            H[k, k] += tables.gaze_anchor - tables.regularization[k]
+        gaze_channels = tables.eyes.gaze_channels
+        for j in range(gaze_channels.shape[0]):
+            k = gaze_channels[j]
+            H[k, k] += tables.gaze_anchor - expression.regularization[k]
             b[k] += gaze[j] * tables.gaze_anchor
     if target_strength > 0.0:
         for k in range(n_channels):
-            strength = target_strength * tables.prior_channel_mask[k]
+            strength = target_strength * tables.prior.channel_mask[k]
             H[k, k] += strength
             b[k] += strength * target[k]
     return solve_box_qp(H, b, lo, hi, w0, True, tables.max_iterations)
 
 
 @njit(cache=True, error_model="numpy")
-def _gaze(tables: FitTables, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _gaze(eyes: EyeTables, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """`EyeModel.gaze`: (8,) `eyeLook*` weights in `GAZE_CHANNELS` order."""
-    gaze = weights[tables.gaze_channels]
-    corners_static = tables.corner0_flat + _matrix_vector(tables.corner_basis_flat, weights)
-    corners_static -= _matrix_vector(tables.corner_gaze_flat, gaze)
+    gaze = weights[eyes.gaze_channels]
+    corners_static = eyes.corner0_flat + _matrix_vector(eyes.corner_basis_flat, weights)
+    corners_static -= _matrix_vector(eyes.corner_gaze_flat, gaze)
     width = np.empty(2)
     raw = np.empty((2, 2))
     for eye in range(2):
-        outer = observed_model[tables.corner_ids[0, eye]]
-        inner = observed_model[tables.corner_ids[1, eye]]
+        outer = observed_model[eyes.corner_ids[0, eye]]
+        inner = observed_model[eyes.corner_ids[1, eye]]
         d = outer - inner
         width[eye] = math.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
         for a in range(2):
             iris_sum = 0.0
-            for j in range(tables.iris_ids.shape[1]):
-                iris_sum += observed_model[tables.iris_ids[eye, j], a]
+            for j in range(eyes.iris_ids.shape[1]):
+                iris_sum += observed_model[eyes.iris_ids[eye, j], a]
             raw[eye, a] = iris_sum * 0.2 - (outer[a] + inner[a]) * 0.5
     offsets = np.empty(4)
     for _ in range(2):
-        c = corners_static + _matrix_vector(tables.corner_gaze_flat, gaze)
+        c = corners_static + _matrix_vector(eyes.corner_gaze_flat, gaze)
         for eye in range(2):
             o, i = 3 * eye, 6 + 3 * eye  # outer corner of this eye, inner corner
             dx, dy, dz = c[o] - c[i], c[o + 1] - c[i + 1], c[o + 2] - c[i + 2]
             ratio = math.sqrt(dx * dx + dy * dy + dz * dz) / width[eye]
             for a in range(2):
-                offset = (raw[eye, a] + (c[o + a] + c[i + a]) * 0.5 - tables.mid0[eye, a]) * ratio
-                offsets[2 * eye + a] = offset - tables.iris_rest[eye, a]
-        sines = np.minimum(np.maximum(offsets / tables.eye_radius, -1.0), 1.0)
-        gaze = np.minimum(np.maximum(_matrix_vector(tables.angles_to_gaze, np.degrees(np.arcsin(sines))), 0.0), 1.0)
+                offset = (raw[eye, a] + (c[o + a] + c[i + a]) * 0.5 - eyes.mid0[eye, a]) * ratio
+                offsets[2 * eye + a] = offset - eyes.iris_rest[eye, a]
+        sines = np.minimum(np.maximum(offsets / eyes.radius, -1.0), 1.0)
+        gaze = np.minimum(np.maximum(_matrix_vector(eyes.angles_to_gaze, np.degrees(np.arcsin(sines))), 0.0), 1.0)
     return gaze
 
 
 @njit(cache=True, error_model="numpy")
-def _blink(tables: FitTables, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _blink(eyes: EyeTables, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """`EyeModel.blink`: (2,) blink (left, right) in [0, 1]."""
     others = weights.copy()
-    others[tables.blink_channels] = 0.0
-    ratio_open = (tables.gap0 + _matrix_vector(tables.gap_basis, others)) / tables.width0
+    others[eyes.blink_channels] = 0.0
+    ratio_open = (eyes.gap0 + _matrix_vector(eyes.gap_basis, others)) / eyes.width0
     out = np.empty(2)
     for eye in range(2):
-        outer = observed_model[tables.corner_ids[0, eye]]
-        inner = observed_model[tables.corner_ids[1, eye]]
+        outer = observed_model[eyes.corner_ids[0, eye]]
+        inner = observed_model[eyes.corner_ids[1, eye]]
         upper = 0.0
-        count = tables.upper_lid_ids.shape[1]
+        count = eyes.upper_lid_ids.shape[1]
         for j in range(count):
-            upper += observed_model[tables.upper_lid_ids[eye, j], 1]
+            upper += observed_model[eyes.upper_lid_ids[eye, j], 1]
         gap = upper / count - (outer[1] + inner[1]) / 2
         d = outer - inner
         ratio_obs = gap / math.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
-        out[eye] = min(max((ratio_obs - ratio_open[eye]) / tables.blink_gain[eye], 0.0), 1.0)
+        out[eye] = min(max((ratio_obs - ratio_open[eye]) / eyes.blink_gain[eye], 0.0), 1.0)
     return out
 
 
 @njit(cache=True, error_model="numpy")
 def _prior(
-    tables: FitTables, observed: np.ndarray, use_camera: bool, center: np.ndarray, focal: float
+    prior: PriorTables, rigid: np.ndarray, observed: np.ndarray, use_camera: bool, center: np.ndarray, focal: float
 ) -> tuple[np.ndarray, float]:
-    """`FrameFitter.prior_features` then `LearnedPrior.predict_with_trust`: (53,) prediction and trust."""
-    rigid = tables.rigid_ids
-    neutral_rigid = _take_rows(tables.prior_neutral, rigid)
+    """`FrameFitter.prior_features` (posed on the `rigid` landmarks) then `LearnedPrior.predict_with_trust`:
+    (53,) prediction and trust."""
+    neutral_rigid = _take_rows(prior.neutral, rigid)
     weights = _uniform(rigid.shape[0])
     rot, trans, scale = _umeyama(neutral_rigid, _take_rows(observed, rigid), weights)
     corrected = observed
     if use_camera:
-        corrected = _perspective_corrected(observed, tables.prior_neutral, rot[2], scale, center, focal)
+        corrected = _perspective_corrected(observed, prior.neutral, rot[2], scale, center, focal)
         rot, trans, scale = _umeyama(neutral_rigid, _take_rows(corrected, rigid), weights)
     observed_model = _to_model_frame(corrected, rot, trans, scale)
     n_mesh_values = 3 * N_MESH_LANDMARKS
-    centred = np.empty(tables.prior_mean.shape[0])
+    centred = np.empty(prior.mean.shape[0])
     flat_model = observed_model.reshape(-1)
-    flat_neutral = tables.prior_neutral.reshape(-1)
+    flat_neutral = prior.neutral.reshape(-1)
     for j in range(n_mesh_values):
-        centred[j] = flat_model[j] - flat_neutral[j] - tables.prior_mean[j]
+        centred[j] = flat_model[j] - flat_neutral[j] - prior.mean[j]
     flat_rot = rot.reshape(-1)
     for j in range(9):
-        centred[n_mesh_values + j] = flat_rot[j] - tables.prior_mean[n_mesh_values + j]
-    z = _vector_matrix(centred, tables.prior_basis, np.zeros(tables.prior_basis.shape[1]))
-    h = z * tables.prior_scale
+        centred[n_mesh_values + j] = flat_rot[j] - prior.mean[n_mesh_values + j]
+    z = _vector_matrix(centred, prior.basis, np.zeros(prior.basis.shape[1]))
+    h = z * prior.scale
     weight_start = bias_start = 0
-    for layer in range(tables.prior_layer_shapes.shape[0]):
-        n_in, n_out = tables.prior_layer_shapes[layer, 0], tables.prior_layer_shapes[layer, 1]
+    for layer in range(prior.layer_shapes.shape[0]):
+        n_in, n_out = prior.layer_shapes[layer, 0], prior.layer_shapes[layer, 1]
         if layer:
             h = np.maximum(h, 0.0)
-        weight = tables.prior_layer_weights[weight_start : weight_start + n_in * n_out].reshape((n_in, n_out))
-        h = _vector_matrix(h, weight, tables.prior_layer_biases[bias_start : bias_start + n_out].copy())
+        weight = prior.layer_weights[weight_start : weight_start + n_in * n_out].reshape((n_in, n_out))
+        h = _vector_matrix(h, weight, prior.layer_biases[bias_start : bias_start + n_out].copy())
         weight_start += n_in * n_out
         bias_start += n_out
-    if tables.prior_residual_limit <= 0:
+    if prior.residual_limit <= 0:
         return h, 1.0
     outside = math.sqrt(max(centred @ centred - z @ z, 0.0))
-    return h, min(max(2.0 - outside / tables.prior_residual_limit, 0.0), 1.0)
+    return h, min(max(2.0 - outside / prior.residual_limit, 0.0), 1.0)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -580,18 +459,19 @@ def fit_frame(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, float, bool]:
     """`FrameFitter.fit` (see there): (weights, rotation, translation, scale, observed_model, residual, ok);
     ok False where a subspace matrix was not positive definite (the reference raises LinAlgError)."""
-    n_channels = tables.quadratic_prior.shape[0]
+    n_channels = tables.expression.quadratic_prior.shape[0]
     w = warm_start.copy() if has_warm_start else np.zeros(n_channels)
     lo = np.zeros(n_channels)
     hi = np.ones(n_channels)
     target = np.zeros(n_channels)
     trust = 0.0
     target_strength = 0.0
-    if tables.prior_strength > 0:
-        target, trust = _prior(tables, observed, use_camera, center, focal)
-        target_strength = tables.prior_strength * trust
+    if tables.prior.strength > 0:
+        target, trust = _prior(tables.prior, tables.rigid_ids, observed, use_camera, center, focal)
+        target_strength = tables.prior.strength * trust
     rigid = tables.rigid_ids
-    model = _landmarks(tables, w)
+    gaze_channels = tables.eyes.gaze_channels
+    model = _landmarks(tables.expression, w)
     model_rigid = _take_rows(model, rigid)
     uniform = _uniform(rigid.shape[0])
     corrected = observed
@@ -608,20 +488,20 @@ def fit_frame(
         observed_model = _to_model_frame(corrected, rot, trans, scale)
         lo[:] = 0.0
         hi[:] = 1.0
-        gaze = np.zeros(tables.gaze_channels.shape[0])
+        gaze = np.zeros(gaze_channels.shape[0])
         use_anchor = False
         if tables.eyes_active and has_iris:
             last_pass = iteration + 1 == tables.pose_iterations
             if last_pass or not has_warm_start:
-                gaze = _gaze(tables, observed_model, w)
+                gaze = _gaze(tables.eyes, observed_model, w)
             else:
-                gaze = w[tables.gaze_channels]
+                gaze = w[gaze_channels]
             if tables.gaze_anchor > 0:
                 use_anchor = True
             else:
                 for j in range(gaze.shape[0]):
-                    lo[tables.gaze_channels[j]] = gaze[j]
-                    hi[tables.gaze_channels[j]] = gaze[j]
+                    lo[gaze_channels[j]] = gaze[j]
+                    hi[gaze_channels[j]] = gaze[j]
         w, ok = _solve_expression(tables, observed_model, rot, lo, hi, w, gaze, use_anchor, target, target_strength)
         if not ok:
             return w, rot, trans, scale, observed_model, 0.0, False
@@ -633,17 +513,17 @@ def fit_frame(
         w[tables.mouth_close] = min(w[tables.mouth_close], w[tables.jaw_open])
         if iteration + 1 == tables.pose_iterations:
             break
-        model = _landmarks(tables, w)
+        model = _landmarks(tables.expression, w)
         if use_camera:
             corrected = _perspective_corrected(observed, model, rot[2], scale, center, focal)
         rot, trans, scale = _umeyama(model, corrected, refine_weights)
     if tables.eyes_active:
-        blink = _blink(tables, observed_model, w)
+        blink = _blink(tables.eyes, observed_model, w)
         for eye in range(2):
-            k = tables.blink_channels[eye]
-            blink_trust = trust * tables.prior_channel_mask[k]
+            k = tables.eyes.blink_channels[eye]
+            blink_trust = trust * tables.prior.channel_mask[k]
             w[k] = blink_trust * w[k] + (1.0 - blink_trust) * blink[eye]
-    model = _landmarks(tables, w)
+    model = _landmarks(tables.expression, w)
     total = 0.0
     for i in range(N_MESH_LANDMARKS):
         for a in range(3):
@@ -696,26 +576,7 @@ def one_euro_update(
     return new_x, new_dx
 
 
-def warm_up() -> float:
-    """Compile (or load from the cache) every kernel with the shipped model, as a solver does on its first
-    construction; returns the seconds it took. `make setup` runs it, so the first `make run` starts at once."""
-    import time
+if __name__ == "__main__":  # `make setup` runs `python -m engine.solve.compiled`: engine/solve/warm_up.py does it
+    from engine.solve.warm_up import main
 
-    from engine.config import SolveConfig
-    from engine.face_model import FaceModel, LandmarkEmbedding
-    from engine.identity import Identity
-    from engine.names import ICT_EXPRESSIONS
-    from engine.solve.face_solver import FaceSolver
-
-    start = time.perf_counter()
-    model = FaceModel.load()
-    identity = Identity("warm-up", model.model_id, model.default_identity_weights(), np.zeros(len(ICT_EXPRESSIONS)))
-    FaceSolver(model, LandmarkEmbedding.load(), identity, SolveConfig())
-    return time.perf_counter() - start
-
-
-if __name__ == "__main__":
-    if AVAILABLE:
-        print(f"scapecast: compiled the per-frame solve (numba) in {warm_up():.1f} s")
-    else:
-        print("scapecast: numba is not installed; the solver runs its numpy path")
+    main()

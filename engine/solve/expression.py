@@ -25,6 +25,7 @@ from engine.names import ICT_EXPRESSIONS
 from engine.solve.bounded_lsq import BoxQPResult, solve_box_qp
 from engine.solve.landmark_sets import MIRROR
 from engine.solve.response import LandmarkResponse
+from engine.solve.tables import ExpressionTables, contiguous
 
 N_EXPRESSIONS = len(ICT_EXPRESSIONS)
 
@@ -145,6 +146,15 @@ class ExpressionSolver:
             prior[i, j] -= symmetry
             prior[j, i] -= symmetry
         self.quadratic_prior = prior
+        # The same arrays as the compiled fit reads them (`engine/solve/tables.py`).
+        self.tables = ExpressionTables(
+            neutral=contiguous(face.neutral),
+            basis_flat_t=contiguous(self.basis_flat_t),
+            gram=contiguous(self.gram),
+            quadratic_prior=contiguous(self.quadratic_prior),
+            regularization=contiguous(self.regularization),
+            landmark_weights=contiguous(self.landmark_weights),
+        )
 
     def normal_equations(self, observed_model: np.ndarray, metric: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """observed_model: (478, 3) cm in the model frame; metric: (3, 3) M. Returns H (53, 53), b (53,)."""

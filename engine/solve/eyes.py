@@ -31,6 +31,7 @@ from engine.face_model import FaceModel
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.expression import EmbeddedFace
 from engine.solve.landmark_sets import INNER_CORNER, IRIS, OUTER_CORNER, UPPER_LID
+from engine.solve.tables import EyeTables, contiguous
 
 _INDEX = {name: i for i, name in enumerate(ICT_EXPRESSIONS)}
 BLINK = (_INDEX["eyeBlink_L"], _INDEX["eyeBlink_R"])
@@ -84,16 +85,12 @@ def eyeball_centers(model: FaceModel, identity_weights: np.ndarray | None = None
     return np.stack([neutral[model.topology.region_vertices(r)].mean(axis=0) for r in regions])
 
 
-def _row_norm(v: np.ndarray) -> np.ndarray:
-    """Euclidean norm along the last axis: what `np.linalg.norm(v, axis=-1)` computes, without its wrapper."""
-    return np.sqrt(np.add.reduce(v * v, axis=-1))
-
-
 class EyeModel:
     """Blink and gaze read from model-frame landmarks (cm), calibrated on one identity's embedded face.
 
     eyeball_centers: (2, 3) cm (`eyeball_centers`); the embedded iris centre's distance from them is the
-    radius that turns iris offsets into angles. `valid` is False when the embedding's eye landmarks do not
+    radius that turns iris offsets into angles. The calibration is `tables` (`EyeTables`), which `gaze` and
+    `blink` read and the compiled fit reads too. `valid` is False when the embedding's eye landmarks do not
     behave like eyes (width outside 1.5–5 cm, a blink that barely closes the lids, irises not on the
     eyeballs); the solver then keeps its least-squares eye channels.
     """
@@ -103,43 +100,47 @@ class EyeModel:
     ) -> None:
         self.face = face
         self.ranges = ranges
-        radii = np.linalg.norm(face.neutral[np.array(IRIS)].mean(axis=1) - eyeball_centers, axis=1)
-        self.radius = float(radii.mean())
-        up = self._upper = np.array(UPPER_LID)
-        self._blink = np.array(BLINK)
-        # Upper-lid height above the corners along model y, affine in w: gap(w) = gap0 + gap_basis @ w, per eye.
-        corners = np.array([OUTER_CORNER, INNER_CORNER])
-        self._gap0 = face.neutral[up, 1].mean(axis=1) - face.neutral[corners, 1].mean(axis=0)  # (2,)
-        self._gap_basis = face.basis[up, 1, :].mean(axis=1) - face.basis[corners, 1, :].mean(axis=0)  # (2, 53)
-        width0 = self._width(face.neutral)
-        self._width0 = width0
+        iris = np.array(IRIS)  # (2 eyes, 5)
+        radii = np.linalg.norm(face.neutral[iris].mean(axis=1) - eyeball_centers, axis=1)
+        upper = np.array(UPPER_LID)  # (2 eyes, 5)
         # Gaze reference: per eye the outer and inner corner. (Lid points would average more noise away, but
         # they move with blink and eyeWide, which are solved from the same lids: the coupling is unstable.)
-        self._corners = np.array([OUTER_CORNER, INNER_CORNER])  # (2 kinds, 2 eyes)
-        self._iris = np.array(IRIS)  # (2, 5)
-        self._corner0 = face.neutral[self._corners]  # (2, 2, 3)
-        # Flattened (12, …) copies: the per-frame corner motion is two small matrix-vector products.
-        self._corner0_flat = self._corner0.reshape(-1)
-        self._corner_basis_flat = np.ascontiguousarray(face.basis[self._corners].reshape(12, -1))  # (12, 53)
-        self._corner_gaze_flat = np.ascontiguousarray(self._corner_basis_flat[:, GAZE_CHANNELS])  # (12, 8)
+        corners = np.array([OUTER_CORNER, INNER_CORNER])  # (2 kinds, 2 eyes)
+        # Upper-lid height above the corners along model y, affine in w: gap(w) = gap0 + gap_basis @ w, per eye.
+        gap0 = face.neutral[upper, 1].mean(axis=1) - face.neutral[corners, 1].mean(axis=0)  # (2,)
+        gap_basis = face.basis[upper, 1, :].mean(axis=1) - face.basis[corners, 1, :].mean(axis=0)  # (2, 53)
+        corner0 = face.neutral[corners]  # (2 kinds, 2 eyes, 3)
+        width0 = np.linalg.norm(corner0[0] - corner0[1], axis=1)
+        blink_gain = np.array([gap_basis[e, BLINK[e]] for e in range(2)]) / width0
+        # Flattened (12, …) corners: their motion under the weights is two small matrix-vector products.
+        corner_basis_flat = face.basis[corners].reshape(12, -1)  # (12, 53)
+        mid0 = corner0.mean(axis=0)  # (2, 3)
         # Angles → the eight channels: [out, in, up, down] × (left, right), one (8, 4) product.
         h, u, d = ranges.horizontal_deg, ranges.up_deg, ranges.down_deg
-        self._angles_to_gaze = np.array(
+        angles_to_gaze = np.array(
             [[1 / h, 0, 0, 0], [0, 0, -1 / h, 0], [-1 / h, 0, 0, 0], [0, 0, 1 / h, 0],
              [0, 1 / u, 0, 0], [0, 0, 0, 1 / u], [0, -1 / d, 0, 0], [0, 0, 0, -1 / d]]
         )  # fmt: skip
-        self._mid0 = self._corner0.mean(axis=0)  # (2, 3)
-        self._iris_rest = (face.neutral[self._iris].mean(axis=1) - self._mid0)[:, :2]  # (2, 2) cm
-        self._mid0_list = self._mid0.tolist()
-        self._iris_rest_list = self._iris_rest.tolist()
-        blink_gain = np.array([self._gap_basis[e, BLINK[e]] for e in range(2)]) / width0
-        self._blink_gain = blink_gain
+        self.tables = EyeTables(
+            corner_ids=contiguous(corners, np.int64),
+            iris_ids=contiguous(iris, np.int64),
+            upper_lid_ids=contiguous(upper, np.int64),
+            blink_channels=contiguous(BLINK, np.int64),
+            gaze_channels=contiguous(GAZE_CHANNELS, np.int64),
+            corner0_flat=contiguous(corner0.reshape(-1)),
+            corner_basis_flat=contiguous(corner_basis_flat),
+            corner_gaze_flat=contiguous(corner_basis_flat[:, GAZE_CHANNELS]),
+            angles_to_gaze=contiguous(angles_to_gaze),
+            mid0=contiguous(mid0),
+            iris_rest=contiguous((face.neutral[iris].mean(axis=1) - mid0)[:, :2]),  # (2, 2) cm
+            gap0=contiguous(gap0),
+            gap_basis=contiguous(gap_basis),
+            width0=contiguous(width0),
+            blink_gain=contiguous(blink_gain),
+            radius=float(radii.mean()),
+        )
         eyes_like = (width0 > 1.5) & (width0 < 5.0) & (blink_gain < -0.05) & (radii > 0.6) & (radii < 2.0)
         self.valid = bool(eyes_like.all())
-
-    @staticmethod
-    def _width(points: np.ndarray) -> np.ndarray:
-        return np.linalg.norm(points[list(OUTER_CORNER)] - points[list(INNER_CORNER)], axis=1)
 
     def gaze(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """(478, 3) model-frame landmarks (cm), (53,) current weight estimate → (8,) `eyeLook*` weights in
@@ -151,36 +152,26 @@ class EyeModel:
         The offset is scaled by the model's eye width over the observed one, so any face size reads the same
         angle.
         """
+        t = self.tables
         weights = np.asarray(weights, dtype=np.float64)
-        gaze = weights[GAZE_CHANNELS]
-        # The corners under every channel but gaze (flattened (2 kinds, 2 eyes, 3)).
-        corners_static = self._corner0_flat + self._corner_basis_flat @ weights - self._corner_gaze_flat @ gaze
-        observed_corners = observed_model[self._corners]
-        width = _row_norm(observed_corners[0] - observed_corners[1])
-        raw = observed_model[self._iris].sum(axis=1) * 0.2 - (observed_corners[0] + observed_corners[1]) * 0.5
-        # The per-eye scalar arithmetic below on Python floats (the same operations in the same order as the
-        # (2, 3) array expressions they replace: numpy's per-call cost dwarfs the arithmetic here).
-        (raw_lx, raw_ly, _), (raw_rx, raw_ry, _) = raw.tolist()
-        width_l, width_r = width.tolist()
-        (mid_lx, mid_ly, _), (mid_rx, mid_ry, _) = self._mid0_list
-        (rest_lx, rest_ly), (rest_rx, rest_ry) = self._iris_rest_list
-        radius = self.radius
+        gaze = weights[t.gaze_channels]
+        # The model's corners under every channel but gaze, (2 kinds, 2 eyes, 3) flattened.
+        corners_static = t.corner0_flat + t.corner_basis_flat @ weights - t.corner_gaze_flat @ gaze
+        outer, inner = observed_model[t.corner_ids]  # (2 eyes, 3) each
+        observed_width = _row_norm(outer - inner)  # (2,)
+        if not observed_width.all():  # collapsed corners: `FaceSolver` counts the frame as no face
+            raise ZeroDivisionError("an observed eye has zero width")
+        iris = observed_model[t.iris_ids].sum(axis=1) / 5  # (2, 3) the iris centres
+        raw = iris - (outer + inner) / 2  # (2, 3) relative to the observed corners' midpoint
         for _ in range(2):
-            # Flattened corners: outer (left eye 0:3, right 3:6), inner (left 6:9, right 9:12).
-            c = (corners_static + self._corner_gaze_flat @ gaze).tolist()
-            dx, dy, dz = c[0] - c[6], c[1] - c[7], c[2] - c[8]
-            ratio_l = math.sqrt(dx * dx + dy * dy + dz * dz) / width_l
-            dx, dy, dz = c[3] - c[9], c[4] - c[10], c[5] - c[11]
-            ratio_r = math.sqrt(dx * dx + dy * dy + dz * dz) / width_r
-            offsets = (
-                (raw_lx + (c[0] + c[6]) * 0.5 - mid_lx) * ratio_l - rest_lx,
-                (raw_ly + (c[1] + c[7]) * 0.5 - mid_ly) * ratio_l - rest_ly,
-                (raw_rx + (c[3] + c[9]) * 0.5 - mid_rx) * ratio_r - rest_rx,
-                (raw_ry + (c[4] + c[10]) * 0.5 - mid_ry) * ratio_r - rest_ry,
-            )
-            sines = np.minimum(np.maximum(np.array(offsets) / radius, -1.0), 1.0)
+            model_outer, model_inner = (corners_static + t.corner_gaze_flat @ gaze).reshape(2, 2, 3)  # this gaze
+            ratio = _row_norm(model_outer - model_inner) / observed_width  # (2,) model width / observed width
+            # The iris relative to the model corners' rest midpoint, in model cm, minus its rest offset.
+            midpoint = (model_outer + model_inner) / 2
+            offsets = ((raw + midpoint - t.mid0) * ratio[:, None])[:, :2] - t.iris_rest  # (2 eyes, 2)
+            sines = _clip(offsets.reshape(-1) / t.radius, -1.0, 1.0)
             # (2 eyes, 2) yaw towards +x, pitch towards +y, in degrees → the eight channels.
-            gaze = np.minimum(np.maximum(self._angles_to_gaze @ np.degrees(np.arcsin(sines)), 0.0), 1.0)
+            gaze = _clip(t.angles_to_gaze @ np.degrees(np.arcsin(sines)), 0.0, 1.0)
         return gaze
 
     def blink(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -188,12 +179,26 @@ class EyeModel:
 
         Solves ratio_model(w with blink = b) = ratio_obs for b, every other channel held at `weights`.
         """
-        corners = observed_model[self._corners]
-        # The means as sum / count (what ndarray.mean computes, without its wrapper).
-        upper = observed_model[self._upper, 1]
-        gap = upper.sum(axis=1) / upper.shape[1] - corners[..., 1].sum(axis=0) / 2
-        ratio_obs = gap / _row_norm(corners[0] - corners[1])
+        t = self.tables
+        outer, inner = observed_model[t.corner_ids]  # (2 eyes, 3) each
+        upper_lid = observed_model[t.upper_lid_ids, 1]  # (2 eyes, 5) heights
+        gap = upper_lid.sum(axis=1) / upper_lid.shape[1] - (outer[:, 1] + inner[:, 1]) / 2
+        ratio_obs = gap / _row_norm(outer - inner)
         others = np.array(weights, dtype=np.float64)
-        others[self._blink] = 0.0
-        ratio_open = (self._gap0 + self._gap_basis @ others) / self._width0
-        return np.minimum(np.maximum((ratio_obs - ratio_open) / self._blink_gain, 0.0), 1.0)
+        others[t.blink_channels] = 0.0
+        ratio_open = (t.gap0 + t.gap_basis @ others) / t.width0
+        return _clip((ratio_obs - ratio_open) / t.blink_gain, 0.0, 1.0)
+
+
+# Two numpy conveniences without their wrappers' per-call cost (several µs each, more than the arithmetic on
+# these (2,)–(8,) arrays; the numpy path runs them a few times a frame where numba is not installed).
+
+
+def _row_norm(v: np.ndarray) -> np.ndarray:
+    """`np.linalg.norm(v, axis=-1)`."""
+    return np.sqrt(np.add.reduce(v * v, axis=-1))
+
+
+def _clip(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """`np.clip(v, lo, hi)`."""
+    return np.minimum(np.maximum(v, lo), hi)

@@ -18,9 +18,9 @@ from engine.config import FilterConfig, PerformerConfig, SolveConfig
 from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
-from engine.solve import compiled
 from engine.solve.curves import DEFAULT_CURVES_PATH, ResponseCurves
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
+from engine.solve.kernels import Kernels
 from engine.solve.performer import Performer, PerformerEstimator, RestOffset
 from engine.solve.pose import head_pose_from_fit
 from engine.solve.solver import (
@@ -49,8 +49,9 @@ def channel_groups() -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in groups.items()}
 
 
-def _state_filter(config: SolveConfig, compiled_step: bool = False) -> OneEuroFilter:
-    """One filter over the 53 weights (per-group parameters) and the 8 pose numbers (pose parameters)."""
+def _state_filter(config: SolveConfig, kernels: Kernels | None = None) -> OneEuroFilter:
+    """One filter over the 53 weights (per-group parameters) and the 8 pose numbers (pose parameters); its step
+    compiled when `kernels` are given."""
     params = np.empty((3, N_EXPRESSIONS + 8))
     by_group: dict[str, FilterConfig] = {
         "eyes": config.filter_eyes, "brows": config.filter_brows, "mouth": config.filter_mouth,
@@ -59,7 +60,7 @@ def _state_filter(config: SolveConfig, compiled_step: bool = False) -> OneEuroFi
     for group, idx in groups.items():
         f = by_group.get(group, config.filter_pose)
         params[:, idx] = np.array([[f.min_cutoff], [f.beta], [f.d_cutoff]])
-    return OneEuroFilter(params[0], params[1], params[2], compiled=compiled_step)
+    return OneEuroFilter(params[0], params[1], params[2], None if kernels is None else kernels.one_euro_update)
 
 
 def shipped_curves(config: SolveConfig, with_prior: bool) -> ResponseCurves:
@@ -136,14 +137,12 @@ class FaceSolver:
         if offset.shape != (N_EXPRESSIONS,):
             offset = np.zeros(N_EXPRESSIONS)
         self.neutral_offset = np.clip(offset, 0.0, 0.95)
-        compiled_path = self.fitter.compiled_tables is not None
-        self._compiled_checks = compiled_path
+        # The per-frame path its fitter chose (`engine/solve/kernels.py`) serves the checks and the filter too.
+        self._kernels = self.fitter.kernels
         # 53 weights, then quaternion (4), translation (3) and scale
-        self._filter = _state_filter(config, compiled_step=compiled_path)
-        if compiled_path and not compiled.one_euro_update.signatures:
-            # Load (or compile) the two small kernels now as well, not on the first frame.
-            compiled.observed_from_pixels(np.ones((478, 3)), 480.0)
-            compiled.one_euro_update(*(np.zeros(1),) * 3, 0.033, *(np.ones(1),) * 3)
+        self._filter = _state_filter(config, self._kernels)
+        if self._kernels is not None:
+            self._kernels.load_helpers()
         self._last_quat: np.ndarray | None = None
         self._warm: np.ndarray | None = None
         self._last: FaceState | None = None
@@ -216,7 +215,7 @@ class FaceSolver:
 
     def solve(self, landmarks: Landmarks | None, t_capture_ns: int, frame_index: int) -> FaceState:
         """One frame → FaceState. `landmarks` None or unusable → coasting / lost."""
-        obs = valid_observation(landmarks, self._compiled_checks)
+        obs = valid_observation(landmarks, self._kernels)
         if obs is None:
             return self._no_face(t_capture_ns, frame_index)
         observed, has_iris = obs

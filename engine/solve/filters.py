@@ -10,10 +10,12 @@ adequate for the small per-frame rotations of a head.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
-from engine.solve import compiled as compiled_kernels
+# (x, previous x, previous ẋ, dt s, min cutoff, beta, d cutoff), each (n,) but dt → (filtered x, filtered ẋ)
+Step = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 def _alpha(cutoff_hz: np.ndarray, dt_s: float) -> np.ndarray:
@@ -29,14 +31,14 @@ class OneEuroFilter:
         min_cutoff_hz: np.ndarray | float,
         beta: np.ndarray | float,
         d_cutoff_hz: np.ndarray | float,
-        compiled: bool = False,
+        step: Step | None = None,
     ) -> None:
-        """`compiled`: run each step through `engine.solve.compiled.one_euro_update` (the same arithmetic in
-        one call instead of ~12 numpy calls) when numba is available; this class's numpy step is its reference."""
+        """`step`: run each step of a (n,) vector through it (`Kernels.one_euro_update`, the same arithmetic in
+        one compiled call instead of ~12 numpy calls); None: this class's numpy step, its reference."""
         self.min_cutoff = np.asarray(min_cutoff_hz, dtype=np.float64)
         self.beta = np.asarray(beta, dtype=np.float64)
         self.d_cutoff = np.asarray(d_cutoff_hz, dtype=np.float64)
-        self._update = compiled_kernels.one_euro_update if compiled and compiled_kernels.AVAILABLE else None
+        self._update = step
         self._parameters: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.reset()
 

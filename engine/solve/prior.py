@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.face_model import MODELS_DIR, ModelFileError, read_npz
+from engine.solve.tables import PriorTables, contiguous
 
 DEFAULT_PRIOR_PATH = MODELS_DIR / "solve_prior.npz"  # trained on renders of the default identity (the demo)
 PEOPLE_PRIOR_PATH = MODELS_DIR / "solve_prior_people.npz"  # trained on many synthetic identities (anyone)
@@ -159,6 +160,31 @@ class LearnedPrior:
 
     def with_mask(self, mask: np.ndarray) -> LearnedPrior:
         return replace(self, channel_mask=np.asarray(mask, dtype=np.float64))
+
+
+def prior_tables(prior: LearnedPrior | None, strength: float, neutral: np.ndarray) -> PriorTables:
+    """The compiled fit's view of `prior` at μ = `strength`, its features measured from `neutral` (478, 3).
+
+    Without a prior, or at strength 0, placeholder arrays of the right types (the fit never reads them)."""
+    if prior is not None and strength > 0:
+        mean, basis, scale, layers = prior.mean, prior.basis, prior.scale, prior.layers
+        limit = prior.residual_limit
+    else:
+        mean, basis, scale = np.zeros(N_FEATURES), np.zeros((N_FEATURES, 1)), np.ones(1)
+        layers = ((np.zeros((1, N_CHANNELS)), np.zeros(N_CHANNELS)),)
+        limit, strength = 0.0, 0.0
+    return PriorTables(
+        neutral=contiguous(neutral),
+        mean=contiguous(mean),
+        basis=contiguous(basis, np.float32),
+        scale=contiguous(scale),
+        layer_weights=np.concatenate([np.ravel(weight) for weight, _ in layers]).astype(np.float32),
+        layer_biases=np.concatenate([np.ravel(bias) for _, bias in layers]).astype(np.float64),
+        layer_shapes=np.array([np.shape(weight) for weight, _ in layers], dtype=np.int64),
+        residual_limit=float(limit),
+        strength=float(strength),
+        channel_mask=contiguous(np.ones(N_CHANNELS) if prior is None else prior.mask),
+    )
 
 
 def fit_ridge_prior(

@@ -17,9 +17,9 @@ import numpy as np
 from engine.config import SolveConfig
 from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.names import ICT_EXPRESSIONS
-from engine.solve import compiled
 from engine.solve.expression import EmbeddedFace, ExpressionSolver, depth_metric
 from engine.solve.eyes import GAZE_CHANNELS, EyeModel, GazeRanges, eyeball_centers
+from engine.solve.kernels import Kernels, select_kernels
 from engine.solve.landmark_sets import FACE_OVAL, N_MESH_LANDMARKS
 from engine.solve.pose import (
     focal_length_px,
@@ -28,8 +28,9 @@ from engine.solve.pose import (
     umeyama_from_source,
     umeyama_source,
 )
-from engine.solve.prior import DEFAULT_PRIOR_PATH, PEOPLE_PRIOR_PATH, LearnedPrior
+from engine.solve.prior import DEFAULT_PRIOR_PATH, PEOPLE_PRIOR_PATH, LearnedPrior, prior_tables
 from engine.solve.response import DEFAULT_RESPONSE_PATH, LandmarkResponse
+from engine.solve.tables import FitTables, contiguous
 from engine.types import Landmarks
 
 log = logging.getLogger(__name__)
@@ -146,14 +147,36 @@ class FrameFitter:
         self.eyes = EyeModel(self.face, eyeball_centers(model, identity_weights), ranges)
         self.eyes_active = config.eyes_enabled and self.eyes.valid
         self.depth_weight = config.depth_weight if config.use_depth else 0.0
-        self.compiled_tables = compiled.build_fit_tables(self) if config.compiled and compiled.AVAILABLE else None
-        if self.compiled_tables is not None and not compiled.fit_frame.signatures:
+        # The per-frame path (`engine/solve/kernels.py`): the compiled kernels and their tables, or None (numpy).
+        self.kernels = select_kernels(config)
+        self.compiled_tables = self.fit_tables() if self.kernels is not None else None
+        if self.kernels is not None and not self.kernels.fit_loaded():
             # Compile (the first run on a machine, ~30 s on 2 cores) or load the cached machine code (~1 s) now,
             # not on the first frame.
             log.info("solver: loading the compiled per-frame fit (the first run on a machine compiles it, ~30 s)")
             start = time.perf_counter()
             self.fit(self.face.neutral * 10.0 + np.array([320.0, 240.0, 0.0]), image_size=(640, 480))
             log.info("solver: compiled fit ready in %.1f s", time.perf_counter() - start)
+
+    def fit_tables(self) -> FitTables:
+        """The compiled fit's input for this fitter (`engine/solve/tables.py`): its parts' public tables, its pose
+        arrays and settings; the numbers `fit_numpy` reads, so both paths start from the same ones."""
+        config = self.config
+        return FitTables(
+            expression=self.expression.tables,
+            eyes=self.eyes.tables,
+            prior=prior_tables(self.prior, self.prior_strength, self.prior_neutral),
+            rigid_ids=contiguous(self.rigid_ids, np.int64),
+            pose_weights_refine=contiguous(self.pose_weights_refine),
+            pose_iterations=int(config.pose_iterations),
+            max_iterations=int(config.max_iterations),
+            depth_weight=float(self.depth_weight),
+            gaze_anchor=float(config.gaze_anchor),
+            eyes_active=bool(self.eyes_active),
+            jaw_open=JAW_OPEN,
+            mouth_close=MOUTH_CLOSE,
+            mouth_close_slack=MOUTH_CLOSE_SLACK,
+        )
 
     def prior_features(self, observed: np.ndarray, camera: tuple[np.ndarray, float] | None) -> np.ndarray:
         """The learned prior's input (`LearnedPrior.features`) for observed (478, 3) y-up landmarks.
@@ -189,15 +212,14 @@ class FrameFitter:
         field of view `camera_fov_y_deg` centred on the image; None fits weak perspective only. `previous`,
         last frame's fit, seeds that correction (else a first weak-perspective pose does).
 
-        Runs the numba-compiled fit (`engine/solve/compiled.py`) when it is enabled and available, else
-        `fit_numpy`, the reference it reproduces. Raises np.linalg.LinAlgError on a degenerate frame.
+        Runs the compiled fit (`engine/solve/compiled.py`) when `engine/solve/kernels.py` chose it for this
+        fitter, else `fit_numpy`, the reference it reproduces. Raises np.linalg.LinAlgError on a degenerate frame.
         """
-        tables = self.compiled_tables
-        if tables is None:
+        if self.kernels is None or self.compiled_tables is None:
             return self.fit_numpy(observed, warm_start, has_iris, image_size, previous)
         center, focal = (np.zeros(2), 1.0) if image_size is None else self._camera(image_size)
-        weights, rot, trans, scale, observed_model, residual, ok = compiled.fit_frame(
-            tables,
+        weights, rot, trans, scale, observed_model, residual, ok = self.kernels.fit_frame(
+            self.compiled_tables,
             np.ascontiguousarray(observed, dtype=np.float64),
             np.zeros(N_EXPRESSIONS) if warm_start is None else np.ascontiguousarray(warm_start, dtype=np.float64),
             warm_start is not None,
@@ -300,12 +322,12 @@ def shipped_prior(config: SolveConfig, response: LandmarkResponse | None, people
     return prior if prior.with_response == (response is not None) else None
 
 
-def valid_observation(landmarks: Landmarks | None, compiled_checks: bool = False) -> tuple[np.ndarray, bool] | None:
+def valid_observation(landmarks: Landmarks | None, kernels: Kernels | None = None) -> tuple[np.ndarray, bool] | None:
     """(478, 3) y-up pixel-frame landmarks and whether irises are present, or None for anything unusable:
     None, a wrong shape (468 without irises is accepted), non-finite values, an empty image.
 
-    `compiled_checks`: the conversion and the numeric checks in one compiled call
-    (`compiled.observed_from_pixels`) when numba is available; this function's numpy code is its reference."""
+    `kernels` (`FrameFitter.kernels`): the conversion and the numeric checks of 478 landmarks in one compiled
+    call (`observed_from_pixels`); this function's numpy code is its reference."""
     if landmarks is None:
         return None
     try:
@@ -317,8 +339,8 @@ def valid_observation(landmarks: Landmarks | None, compiled_checks: bool = False
         return None
     if width <= 0 or height <= 0:
         return None
-    if compiled_checks and compiled.AVAILABLE and pixels.shape[0] == 478:
-        observed, usable = compiled.observed_from_pixels(np.ascontiguousarray(pixels), float(height))
+    if kernels is not None and pixels.shape[0] == 478:
+        observed, usable = kernels.observed_from_pixels(np.ascontiguousarray(pixels), float(height))
         return (observed, True) if usable else None
     if not math.isfinite(float(pixels.sum())):  # any NaN/inf makes the sum so
         return None
