@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from engine.names import ICT_EXPRESSIONS
 from engine.paths import CONFIGS_DIR
 
 DEFAULT_CONFIG_PATH = CONFIGS_DIR / "default.yaml"
@@ -100,8 +101,6 @@ class SolveConfig(_Section):
     @field_validator("channel_curves")
     @classmethod
     def _valid_curves(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
-        from engine.names import ICT_EXPRESSIONS
-
         unknown = sorted(set(value) - set(ICT_EXPRESSIONS))
         if unknown:
             raise ValueError(f"unknown ICT channel(s) {unknown}; known: {', '.join(ICT_EXPRESSIONS)}")
@@ -113,8 +112,6 @@ class SolveConfig(_Section):
     @field_validator("channel_regularization")
     @classmethod
     def _known_channels(cls, value: dict[str, float]) -> dict[str, float]:
-        from engine.names import ICT_EXPRESSIONS
-
         unknown = sorted(set(value) - set(ICT_EXPRESSIONS))
         if unknown:
             raise ValueError(f"unknown ICT channel(s) {unknown}; known: {', '.join(ICT_EXPRESSIONS)}")

@@ -20,12 +20,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from engine.config import Config
+from engine.config import Config, SolveConfig
 from engine.detail.uv_raster import UVRasterizer, face_rasterizer
 from engine.errors import UserError
 from engine.face_model import FaceModel, LandmarkEmbedding, vertex_normals
 from engine.identity import Identity, save_bundle
+from engine.solve.identity_fit import fit_identity
 from engine.solve.landmark_sets import FACE_OVAL
+from engine.solve.solver import FrameFitter, valid_observation
+from engine.sources.files import VideoFileSource
+from engine.tracking import FaceTracker, InvalidFrameError
 from engine.types import Frame, Landmarks
 
 log = logging.getLogger(__name__)
@@ -227,8 +231,6 @@ def unwrap_texture(
     Each frame is fitted (pose and expression) with the solver's per-frame fit, so a smiling photo maps its
     lips and cheeks onto the smiling mesh rather than smearing them over the neutral one.
     """
-    from engine.config import SolveConfig
-    from engine.solve.solver import FrameFitter, valid_observation
 
     raster = face_rasterizer(model, size)
     face = model.personalize(identity_weights)
@@ -273,7 +275,6 @@ def track_frames(
     """Run FaceMesh on each frame; keep those with a face (progress bar). Every frame is tracked (video mode
     follows the face from frame to frame), but only every `keep_every`-th is kept with its image, so a long
     video never sits in memory whole. Frames the tracker cannot take (too small, say) count as faceless."""
-    from engine.tracking import FaceTracker, InvalidFrameError
 
     kept: list[TrackedFrame] = []
     with FaceTracker(config.tracking, static=static) as tracker:
@@ -303,8 +304,7 @@ def enroll(
     `calibrate=False` stores a zero neutral calibration: for bundles that drive other people's faces (the
     shipped default identity), where the enrolled person's resting expression means nothing.
     """
-    from engine.detail.precompute import precompute_bases
-    from engine.solve.identity_fit import fit_identity
+    from engine.detail.precompute import precompute_bases  # torch / ONNX Runtime: only when enrolling
 
     model = FaceModel.load()
     embedding = LandmarkEmbedding.load()
@@ -341,8 +341,6 @@ class VideoFrames:
     container's frame count (an estimate some containers get wrong; it only spaces the kept frames)."""
 
     def __init__(self, path: Path) -> None:
-        from engine.sources.files import VideoFileSource
-
         with VideoFileSource(path) as video:  # opens and reads one frame: a bad file fails here, in one line
             self._count = max(1, video.frame_count)
         self.path = path
@@ -351,7 +349,5 @@ class VideoFrames:
         return self._count
 
     def __iter__(self) -> Iterator[Frame]:
-        from engine.sources.files import VideoFileSource
-
         with VideoFileSource(self.path) as video:
             yield from video

@@ -28,9 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from engine.app import build_parts
+from engine.bundles import load_identity
 from engine.config import Config
 from engine.errors import UserError
+from engine.eval_synthetic import synthetic_markdown
+from engine.face_model import FaceModel
 from engine.names import ARKIT_BLENDSHAPES
+from engine.pipeline import FrameResult, Pipeline
+from engine.types import TrackingState
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +169,6 @@ def rest_frames(ours: Track, reference: Track) -> dict[str, Any]:
 def solve_video(path: Path, config: Config) -> Track:
     """Our ARKit weights for every frame of a video, solved as `run --no-render` solves it (frame by frame,
     on the video's own clock). Frames in which no face is tracked have face False."""
-    from engine.app import build_parts
-    from engine.bundles import load_identity
-    from engine.face_model import FaceModel
-    from engine.pipeline import FrameResult, Pipeline
-    from engine.types import TrackingState
 
     config = config.model_copy(deep=True)
     config.stream.enabled = False
@@ -269,7 +270,5 @@ def markdown(report: dict[str, Any]) -> str:
         ]
     synthetic = report.get("synthetic")
     if synthetic:
-        from engine.eval_synthetic import synthetic_markdown
-
         lines += synthetic_markdown(synthetic)
     return "\n".join(lines) + "\n"
