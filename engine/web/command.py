@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import threading
 import time
 import webbrowser
 from pathlib import Path
@@ -69,6 +71,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from engine.web.server import WebServerThread
 
     settings = _settings(args, config)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it like Ctrl-C: pages closed, summary printed
     with WebServerThread(settings, config.render, config.detail) as server:
         print(f"scapecast: the avatar of {server.server.params_address} at {server.url} (Ctrl-C stops)", flush=True)
         if args.open:
@@ -81,6 +85,10 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         stats = server.call(server.server.stats)
     print(f"served {stats['frames']} frames")
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def add_serve_command(sub: argparse._SubParsersAction) -> None:

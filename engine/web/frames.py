@@ -4,7 +4,8 @@ The page renders a frame from this message alone, with the desktop renderer's ow
 that `AvatarRenderer.upload` does per frame runs here, in the same Python functions, and the page only applies
 it (one source of truth; nothing of it is ported to JavaScript):
 
-- ARKit blendshapes → the 53 ICT weights (`engine.names.arkit_to_ict`, via `params_to_face_state`), float32;
+- ARKit blendshapes → the 53 ICT weights (`engine.names.arkit_to_ict`'s mapping), float32, and the pose as
+  `params_to_face_state` reads it;
 - the model-view matrix (`engine.render.camera.Camera.model_view`, framed or following the pose translation);
 - the active key expressions and their packed coefficients c_kj (`engine.render.renderer.key_weight_uniforms`
   with `render.detail_key_threshold`);
@@ -40,15 +41,29 @@ import numpy as np
 
 from engine.config import RenderConfig
 from engine.detail.weights import N_KEY_EXPRESSIONS
+from engine.names import ARKIT_BLENDSHAPES, ICT_EXPRESSIONS, arkit_to_ict_names
 from engine.render.camera import Camera
 from engine.render.mesh import mask_channels
 from engine.render.renderer import key_weight_uniforms
 from engine.solve.eyes import GAZE_CHANNELS, eye_rotations
-from engine.stream.client import params_to_face_state
 from engine.stream.schema import Message
+from engine.types import HeadPose
 
-N_WEIGHTS = 53
+N_WEIGHTS = len(ICT_EXPRESSIONS)
 _IDENTITY_EYES = np.tile(np.eye(3, dtype=np.float32).reshape(-1), 2)
+# engine.names.arkit_to_ict's mapping, tabulated once: it derives each channel's ICT indices from the names on
+# every call (~0.6 ms a frame, most of serve's per-frame cost); a test holds the two equal.
+_ARKIT_TO_ICT = {name: [ICT_EXPRESSIONS.index(n) for n in arkit_to_ict_names(name)] for name in ARKIT_BLENDSHAPES}
+
+
+def ict_weights(blendshapes: dict[str, float]) -> np.ndarray:
+    """{ARKit name: weight} → (53,) float32 ICT weights, as `engine.names.arkit_to_ict` (merged pairs drive both
+    sides; the message was validated, so every name is known)."""
+    out = np.zeros(N_WEIGHTS, np.float64)
+    for name, value in blendshapes.items():
+        for index in _ARKIT_TO_ICT[name]:
+            out[index] = value
+    return out.astype(np.float32)
 
 
 class FramePreparer:
@@ -67,9 +82,10 @@ class FramePreparer:
     def prepare(self, message: Message, now_ns: int | None = None) -> bytes:
         """The binary WebSocket message for one validated `params` Message."""
         header = message.header
-        state = params_to_face_state(message)
-        weights = np.asarray(state.weights, dtype=np.float32)
-        model_view = self.camera.model_view(state.pose, self.render.follow_pose_translation).T
+        pose = header["pose"]
+        weights = ict_weights(header["blendshapes"])
+        head = HeadPose(np.asarray(pose["quaternion"], float), np.asarray(pose["translation"], float), pose["scale"])
+        model_view = self.camera.model_view(head, self.render.follow_pose_translation).T
         uniforms = key_weight_uniforms(weights, self.channels, self.mask_texels, self.render.detail_key_threshold)
         n_active = len(uniforms.active)
         coefficients = uniforms.coefficients[: n_active * 4 * self.mask_texels]

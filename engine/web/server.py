@@ -123,17 +123,25 @@ class _Client:
     remote: str
     sent: int = 0
     dropped: int = 0
+    max_buffered: int = 0  # the most bytes of ours seen waiting in this process for the page (latest-value bound)
+
+    def summary(self) -> dict[str, Any]:
+        buffered = self.transport.get_write_buffer_size() if not self.transport.is_closing() else 0
+        return {"remote": self.remote, "sent": self.sent, "dropped": self.dropped, "buffered_bytes": buffered,
+                "max_buffered_bytes": self.max_buffered}  # fmt: skip
 
 
 @dataclass
 class FrameCost:
-    """One frame in serve: received (ZeroMQ, monotonic ns), preparing took (ns), broadcast start and end (monotonic
-    ns), pages connected and written to."""
+    """One frame in serve: received (ZeroMQ, monotonic ns), preparing took (wall and thread CPU ns), the broadcast's
+    start and end (monotonic ns) and CPU (ns), pages connected and written to."""
 
     received: int
     prepare_ns: int
+    prepare_cpu_ns: int
     broadcast_start: int
     broadcast_end: int
+    broadcast_cpu_ns: int
     clients: int
     written: int
 
@@ -164,6 +172,8 @@ class WebServer:
         self.cache_root = Path(settings.cache_dir) if settings.cache_dir else default_cache_root().parent
         self.costs: deque[FrameCost] = deque(maxlen=100_000)
         self.frames = 0
+        self.intake_cpu_s = 0.0
+        self.closed_pages: deque[dict[str, Any]] = deque(maxlen=1000)  # what each page got, once it has gone
         self._clients: set[_Client] = set()
         self._state = _State()
         self._hello_static = {"config": page_config(render, detail), "shaders": shader_bundle()}
@@ -249,14 +259,15 @@ class WebServer:
                 previous, last_params = message, now
                 if self._state.engine != "live":
                     self._set_engine("live", self.params_address)
-                start = time.monotonic_ns()
+                start, start_cpu = time.monotonic_ns(), time.thread_time_ns()
                 try:
                     frame = ws_frame(self.preparer.prepare(message, start))
                 except (ValueError, KeyError) as exc:  # validated already; a pose the camera refuses, say
                     log.warning("params %d not forwarded: %s", message.seq, exc)
                     continue
-                prepared = time.monotonic_ns()
-                self._call(self._broadcast, frame, message.t_receive_ns, prepared - start)
+                prepared, prepared_cpu = time.monotonic_ns(), time.thread_time_ns()
+                self._call(self._broadcast, frame, message.t_receive_ns, prepared - start, prepared_cpu - start_cpu)
+                self.intake_cpu_s = time.thread_time()  # this thread's CPU time so far (bench_web)
 
     def _call(self, fn: Any, *args: Any) -> None:
         loop = self._loop
@@ -316,23 +327,28 @@ class WebServer:
             if not client.transport.is_closing():
                 client.transport.write(frame)
 
-    def _broadcast(self, frame: bytes, received_ns: int, prepare_ns: int) -> None:
+    def _broadcast(self, frame: bytes, received_ns: int, prepare_ns: int, prepare_cpu_ns: int) -> None:
         """Write one per-frame message to every page that has nothing of ours still waiting; skip the others."""
-        start = time.monotonic_ns()
+        start, start_cpu = time.monotonic_ns(), time.thread_time_ns()
         written = 0
         for client in self._clients:
             transport = client.transport
             if transport.is_closing():
                 continue
-            if transport.get_write_buffer_size() > 0:
+            buffered = transport.get_write_buffer_size()
+            if buffered > 0:
                 client.dropped += 1  # still draining an older frame: this one is stale before it could leave
+                if buffered > client.max_buffered:
+                    client.max_buffered = buffered
                 continue
             transport.write(frame)
             client.sent += 1
             written += 1
-        end = time.monotonic_ns()
+        end, end_cpu = time.monotonic_ns(), time.thread_time_ns()
         self.frames += 1
-        self.costs.append(FrameCost(received_ns, prepare_ns, start, end, len(self._clients), written))
+        cost = FrameCost(received_ns, prepare_ns, prepare_cpu_ns, start, end, end_cpu - start_cpu, len(self._clients),
+                         written)  # fmt: skip
+        self.costs.append(cost)
 
     # -- HTTP ---------------------------------------------------------------------------------------------
 
@@ -430,6 +446,7 @@ class WebServer:
                     await ws.send_str(json.dumps({"type": "pong", "t": data.get("t")}))
         finally:
             self._clients.discard(client)
+            self.closed_pages.append(client.summary())
         return ws
 
     # -- numbers ------------------------------------------------------------------------------------------
@@ -440,7 +457,8 @@ class WebServer:
             "frames": self.frames,
             "engine": self._state.engine,
             "manifest": self._state.manifest,
-            "pages": [{"remote": c.remote, "sent": c.sent, "dropped": c.dropped} for c in self._clients],
+            "pages": [c.summary() for c in self._clients],
+            "closed_pages": list(self.closed_pages),
         }
 
 

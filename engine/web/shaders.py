@@ -61,13 +61,14 @@ class ShaderConversionError(ValueError):
     """A desktop shader uses something GLSL ES 3.00 lacks (the message names the shader, line and reason)."""
 
 
-def convert_body(text: str, name: str = "<shader>") -> str:
+def convert_body(text: str, name: str = "<shader>", first_line: int = 1) -> str:
     """The part of a shader after its version line, checked for constructs ES lacks (returned unchanged: the
-    shaders are written in the common subset, and anything outside it is refused, not rewritten)."""
+    shaders are written in the common subset, and anything outside it is refused, not rewritten). `first_line`:
+    the line number of the text's first line, for the message."""
     for pattern, why in REFUSED:
         match = pattern.search(text)
         if match:
-            line = text.count("\n", 0, match.start()) + 1
+            line = text.count("\n", 0, match.start()) + first_line
             raise ShaderConversionError(f"{name}, line {line}: {match.group(0).strip()!r}: {why}")
     return text
 
@@ -77,7 +78,7 @@ def to_es(source: str, name: str = "<shader>") -> str:
     first, sep, rest = source.partition("\n")
     if first.strip() != GLSL_VERSION:
         raise ShaderConversionError(f"{name}: expected {GLSL_VERSION!r} on the first line, found {first!r}")
-    return ES_HEADER + sep + convert_body(rest, name)
+    return ES_HEADER + sep + convert_body(rest, name, first_line=2)
 
 
 def es_source(name: str, defines: dict[str, object] | None = None) -> str:

@@ -31,7 +31,7 @@
     ready: false, connected: false, engine: "connecting", detail: "", identity: null, manifest: null,
     received: 0, rendered: 0, receiveHz: 0, renderFps: 0, latencyMs: null, latencyP50Ms: null, rttMs: null,
     frameMs: null, morphMs: null, drawMs: null, seq: null, tracking: null, confidence: null, reconnects: 0,
-    errors: [], renderer: "", compiled: 0,
+    errors: [], renderer: "", compiled: 0, source: null, sources: 0,
   };
   const fail = (where, error) => {
     const text = `${where}: ${error && error.message ? error.message : error}`;
@@ -611,7 +611,9 @@
       if (typeof event.data === "string") return control(JSON.parse(event.data));
       const frame = parseFrame(event.data);
       frame.received = performance.now();
-      if (frame.meta.source !== source) { source = frame.meta.source; latencies.length = 0; } // engine restarted
+      if (frame.meta.source !== source) { // another engine run (a restart): its latencies start afresh
+        source = frame.meta.source; latencies.length = 0; stats.source = source; stats.sources += 1;
+      }
       latest = frame;
       recent.push(frame);
       if (recent.length > 60) recent.shift();

@@ -1,0 +1,252 @@
+"""serve's cost per frame with many pages, and what a slow page does to the others (`bench_web`).
+
+Set-up, all on loopback: a fake engine (a `Publisher` in this process, sending `params` of a moving, fully
+tracked face — every channel a little weight, like a real one — at `hz`), `serve` (a `WebServerThread` in this
+process: what is measured), and the pages in a child process (`python -m engine.web.bench --child …`, asyncio +
+aiohttp WebSocket clients; a separate process so that they do not share serve's CPU time or GIL). A slow page is a
+raw WebSocket that completes the handshake and then reads 1 KB a second through a 4 KB receive buffer.
+
+Measured in serve, per forwarded frame (median, p95, p99):
+
+- `work_ms`: preparing the frame (the per-frame maths, JSON + floats) plus writing it to every page — the CPU
+  time serve spends on a frame, on its two threads;
+- `receive_to_written_ms`: ZeroMQ receipt → the last page written (includes the hop from the intake thread to
+  the event loop);
+- `cpu_ms_per_frame`: the intake and event-loop threads' CPU time over the run / frames (their heartbeats, pings
+  and accepts included; ZeroMQ's own receiver thread, which validates each message, is not);
+
+and in the pages: the fraction of frames each missed between its first and last (`page_missed_fraction`), latency
+capture → received (one clock: same machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": math.nan, "p95": math.nan, "p99": math.nan}
+    a = np.asarray(values, dtype=np.float64)
+    return {f"p{q}": round(float(np.percentile(a, q)), 4) for q in (50, 95, 99)}
+
+
+# ---- the pages (child process) --------------------------------------------------------------------------------
+
+
+async def _page(session: Any, url: str, duration_s: float) -> dict[str, Any]:
+    import aiohttp
+
+    latencies, seqs = [], []
+    loop = asyncio.get_running_loop()
+    async with session.ws_connect(url, max_msg_size=0) as ws:
+        end = loop.time() + duration_s
+        while (left := end - loop.time()) > 0:
+            try:
+                msg = await asyncio.wait_for(ws.receive(), left)
+            except TimeoutError:
+                break
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                now = time.monotonic_ns()
+                (n,) = struct.unpack_from("<I", msg.data, 0)
+                meta = json.loads(msg.data[4 : 4 + n])
+                latencies.append((now - meta["t_capture_ns"]) / 1e6)
+                seqs.append(meta["seq"])
+            elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                break
+    return {"received": len(seqs), "first_seq": seqs[0] if seqs else None, "last_seq": seqs[-1] if seqs else None,
+            "latency_ms": _percentiles(latencies)}  # fmt: skip
+
+
+async def _slow_page(host: str, port: int, path: str, duration_s: float) -> dict[str, Any]:
+    """A WebSocket client that completes the handshake, then reads 1 KB a second through a 4 KB receive buffer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    status = await reader.readuntil(b"\r\n\r\n")
+    read = 0
+    end = time.monotonic() + duration_s
+    while time.monotonic() < end:
+        await asyncio.sleep(1.0)
+        try:
+            read += len(await asyncio.wait_for(reader.read(1024), 0.5))
+        except TimeoutError:
+            pass
+    writer.close()
+    return {"handshake": status.split(b"\r\n")[0].decode(), "bytes_read": read}
+
+
+async def _pages_main(url: str, clients: int, slow: int, duration_s: float) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    import aiohttp
+
+    parts = urlsplit(url)
+    ws_url = f"ws://{parts.netloc}/ws" + (f"?{parts.query}" if parts.query else "")
+    path = "/ws" + (f"?{parts.query}" if parts.query else "")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        tasks = [_page(session, ws_url, duration_s) for _ in range(clients)]
+        tasks += [_slow_page(parts.hostname or "127.0.0.1", parts.port or 80, path, duration_s) for _ in range(slow)]
+        results = await asyncio.gather(*tasks)
+    return {"pages": results[:clients], "slow": results[clients:]}
+
+
+def _run_pages(url: str, clients: int, slow: int, duration_s: float) -> dict[str, Any]:
+    """Run the pages in a child process and return what they measured."""
+    command = [sys.executable, "-m", "engine.web.bench", "--child", url, str(clients), str(slow), str(duration_s)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench pages failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+# ---- the fake engine --------------------------------------------------------------------------------------------
+
+
+def _fake_engine(publisher: Any, hz: float, stop: threading.Event, counter: list[int]) -> None:
+    """Publish a moving, fully tracked face at `hz` until `stop` (every channel non-zero, gaze and head moving)."""
+    from engine.render.camera import euler_to_quaternion
+    from engine.types import FaceState, HeadPose, TrackingState
+
+    rng = np.random.default_rng(0)
+    phase = rng.uniform(0, 2 * np.pi, 53)
+    period = 1.0 / hz
+    next_t = time.monotonic()
+    i = 0
+    while not stop.is_set():
+        t = i * period
+        weights = np.clip(0.05 + 0.25 * (1 + np.sin(0.7 * t + phase)) * (np.arange(53) % 5 == 0), 0, 1)
+        quaternion = euler_to_quaternion(np.array(12 * math.sin(0.5 * t)), np.array(6 * math.sin(0.3 * t)),
+                                         np.array(3.0))  # fmt: skip
+        state = FaceState(HeadPose(quaternion, np.array([0.0, 0.0, -60.0])), weights, TrackingState.TRACKING, 0.9,
+                          time.monotonic_ns(), i)  # fmt: skip
+        publisher.publish_params(state)
+        i += 1
+        counter[0] = i
+        next_t += period
+        delay = next_t - time.monotonic()
+        if delay > 0:
+            stop.wait(delay)
+
+
+# ---- the benchmark ----------------------------------------------------------------------------------------------
+
+
+def bench_web(clients: int = 50, hz: float = 30.0, duration_s: float = 10.0, slow_clients: int = 0) -> dict[str, Any]:
+    """serve with `clients` pages (and `slow_clients` slow ones) on loopback at `hz`: the numbers above."""
+    from engine.config import load_config
+    from engine.identity import DEFAULT_IDENTITY_DIR
+    from engine.stream.publisher import Publisher
+    from engine.stream.security import free_loopback_ports
+    from engine.web.server import ServeSettings, WebServerThread
+
+    config = load_config()
+    params_port, frame_port, asset_port = free_loopback_ports(3)
+    stream = config.stream.model_copy(update={"params_port": params_port, "frame_port": frame_port,
+                                              "asset_port": asset_port})  # fmt: skip
+    stop = threading.Event()
+    with Publisher(stream, "bench", {"id": "default", "model_id": ""}, DEFAULT_IDENTITY_DIR) as publisher:
+        published = [0]
+        engine = threading.Thread(target=_fake_engine, args=(publisher, hz, stop, published), daemon=True)
+        engine.start()
+        settings = ServeSettings(connect=f"tcp://127.0.0.1:{params_port}", assets=f"tcp://127.0.0.1:{asset_port}",
+                                 port=0)  # fmt: skip
+        try:
+            with WebServerThread(settings, config.render, config.detail) as server:
+                web = server.server
+                deadline = time.monotonic() + 60
+                while web.frames == 0 and time.monotonic() < deadline:  # the engine is live
+                    time.sleep(0.05)
+                start_frames, start_published = web.frames, published[0]
+                loop_cpu0 = server.call(time.thread_time)
+                intake_cpu0 = web.intake_cpu_s
+                process_cpu0 = time.process_time()
+                t0 = time.monotonic_ns()
+                pages = _run_pages(server.url, clients, slow_clients, duration_s)
+                t1 = time.monotonic_ns()
+                loop_cpu = server.call(time.thread_time) - loop_cpu0
+                intake_cpu = web.intake_cpu_s - intake_cpu0
+                process_cpu = time.process_time() - process_cpu0
+                frames = web.frames - start_frames
+                sent = published[0] - start_published
+                costs = [c for c in list(web.costs) if t0 <= c.broadcast_start <= t1 and c.clients >= clients]
+                slow_stats = server.call(web.stats)
+        finally:
+            stop.set()
+            engine.join(timeout=5)
+    forwarded = len(costs)
+    # Per page, the frames it missed between its first and its last (it connects after serve started forwarding).
+    spans = [p["last_seq"] - p["first_seq"] + 1 for p in pages["pages"] if p["received"]]
+    missed = sum(spans) - sum(p["received"] for p in pages["pages"] if p["received"])
+    return {
+        "clients": clients,
+        "slow_clients": slow_clients,
+        "hz": hz,
+        "duration_s": duration_s,
+        "published": sent,
+        "frames": frames,
+        "frames_with_all_pages": forwarded,
+        "work_ms": _percentiles([(c.prepare_ns + c.broadcast_end - c.broadcast_start) / 1e6 for c in costs]),
+        "work_cpu_ms": _percentiles([(c.prepare_cpu_ns + c.broadcast_cpu_ns) / 1e6 for c in costs]),
+        "prepare_cpu_ms": _percentiles([c.prepare_cpu_ns / 1e6 for c in costs]),
+        "broadcast_cpu_ms": _percentiles([c.broadcast_cpu_ns / 1e6 for c in costs]),
+        "prepare_ms": _percentiles([c.prepare_ns / 1e6 for c in costs]),
+        "broadcast_ms": _percentiles([(c.broadcast_end - c.broadcast_start) / 1e6 for c in costs]),
+        "receive_to_written_ms": _percentiles([(c.broadcast_end - c.received) / 1e6 for c in costs]),
+        "cpu_ms_per_frame": round(1000 * (loop_cpu + intake_cpu) / max(frames, 1), 4),
+        "process_cpu_ms_per_frame": round(1000 * process_cpu / max(frames, 1), 4),
+        "pages_receiving": len(spans),
+        "page_missed_fraction": round(missed / max(sum(spans), 1), 4),
+        "page_latency_ms_p50": _percentiles([p["latency_ms"]["p50"] for p in pages["pages"]]),
+        "page_latency_ms_p99_worst": max((p["latency_ms"]["p99"] for p in pages["pages"]), default=math.nan),
+        "slow_pages": [
+            {**s, **{k: v for k, v in page.items() if k != "remote"}}
+            for s, page in zip(pages["slow"], _slowest(slow_stats["closed_pages"], slow_clients), strict=False)
+        ],
+    }
+
+
+def _slowest(pages: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The `n` pages serve dropped most for (the slow ones), as serve saw them."""
+    return sorted(pages, key=lambda p: p["dropped"], reverse=True)[:n]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--child", nargs=4, metavar=("URL", "CLIENTS", "SLOW", "SECONDS"), help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--slow", type=int, default=0)
+    parser.add_argument("--hz", type=float, default=30.0)
+    parser.add_argument("--duration", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    if args.child:
+        url, clients, slow, seconds = args.child
+        print(json.dumps(asyncio.run(_pages_main(url, int(clients), int(slow), float(seconds)))))
+        return 0
+    print(json.dumps(bench_web(args.clients, args.hz, args.duration, args.slow), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
