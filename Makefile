@@ -6,8 +6,11 @@ STAMP   := $(VENV)/.setup-stamp
 ARGS    ?=
 # System libraries for headless OpenGL (EGL on Mesa llvmpipe without a GPU).
 GL_PKGS := libegl1 libgl1 libgl1-mesa-dri libegl-mesa0
+# The browser the web viewer's tests drive headless over its DevTools protocol (WebGL2 on its own SwiftShader);
+# no chromedriver: tests/test_web.py talks to Chromium directly.
+BROWSER_PKGS := chromium
 
-.PHONY: setup run test bench lint gl-libs clean
+.PHONY: setup run test bench lint gl-libs browser clean
 
 setup: $(STAMP) gl-libs
 
@@ -31,10 +34,21 @@ gl-libs:
 	  echo "  sudo apt-get install -y $(GL_PKGS)"; exit 1; \
 	fi
 
+# Installed only when missing (once per machine); without root the browser tests skip and say how to install it.
+browser:
+	@if [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = "0" ]; then \
+	  echo "installing $(BROWSER_PKGS) (tests/test_web.py)"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PKGS); \
+	else \
+	  echo "The web viewer's tests need Chromium and skip without it. Run:"; \
+	  echo "  sudo apt-get install -y --no-install-recommends $(BROWSER_PKGS)"; \
+	fi
+
 run: setup
 	$(PY) run_engine.py run $(ARGS)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q $(ARGS)
 
 bench: setup
