@@ -1,4 +1,4 @@
-"""The per-frame box QP against scipy's BVLS on random bounded problems (DESIGN §3.2)."""
+"""The per-frame box QP against scipy's BVLS on random bounded problems (design §3.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The numba-compiled per-frame fit against its numpy reference (engine/solve/compiled.py, DESIGN §9).
+"""The numba-compiled per-frame fit against its numpy reference (engine/solve/compiled.py, design §9).
 
 Every configuration branch of `FrameFitter.fit` (perspective or weak perspective, warm start and previous
 pose or none, irises or none, gaze anchored or pinned, learned prior or none, eyes off, more pose iterations)

@@ -1,4 +1,4 @@
-"""Eyes (gaze convention, blink), the enrollment fit, and the solve benchmark (DESIGN §3.3–3.5, §9)."""
+"""Eyes (gaze convention, blink), the enrollment fit, and the solve benchmark (design §3.3–3.5, §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pose math: Umeyama alignment, quaternion conversions, the camera-frame convention (DESIGN §3.1)."""
+"""Pose math: Umeyama alignment, quaternion conversions, the camera-frame convention (design §3.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The solver on real photos tracked by MediaPipe, against MediaPipe's own blendshape goldens (DESIGN §3).
+"""The solver on real photos tracked by MediaPipe, against MediaPipe's own blendshape goldens (design §3).
 
 The mean ICT identity, no enrollment, no calibration: what a first-time user sees, with the perspective
 correction for the camera MediaPipe's goldens assume. MediaPipe's blendshape model is an anchor, not ground

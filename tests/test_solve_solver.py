@@ -1,4 +1,4 @@
-"""FaceSolver: tracking states with explicit time stamps, bad input, calibration, filters (DESIGN §3.4, §3.6–3.7)."""
+"""FaceSolver: tracking states with explicit time stamps, bad input, calibration, filters (design §3.4, §3.6–3.7)."""
 
 from __future__ import annotations
 

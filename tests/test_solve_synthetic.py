@@ -1,4 +1,4 @@
-"""Pose + expression recovery on landmarks made from the model itself (DESIGN §3.1–3.2, §3.5).
+"""Pose + expression recovery on landmarks made from the model itself (design §3.1–3.2, §3.5).
 
 Random identities, a few active channels each (values in [0.2, 1]), head rotations up to ±30° about every
 axis, isotropic Gaussian noise of 0.5 mm on every landmark. Gaze turns the iris points about the eyeball

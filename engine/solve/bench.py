@@ -1,4 +1,4 @@
-"""Benchmark of the regression stage (DESIGN §9: pose + 53 weights ≤ 0.5 ms per frame), called by `bench`.
+"""Benchmark of the regression stage (design §9: pose + 53 weights ≤ 0.5 ms per frame), called by `bench`.
 
 A smooth synthetic performance (random keyframed expressions and head motion up to ±25°, 0.5 mm landmark
 noise, 30 fps time stamps) from the shipped embedding (a constructed one when it is absent) is fed through

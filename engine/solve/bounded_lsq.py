@@ -1,4 +1,4 @@
-"""Box-constrained convex quadratic programs: the per-frame expression solve (DESIGN §3.2).
+"""Box-constrained convex quadratic programs: the per-frame expression solve (design §3.2).
 
     minimize  ½ wᵀ H w − bᵀ w     subject to  lo ≤ w ≤ hi
 

@@ -1,4 +1,4 @@
-"""The per-frame fit compiled with numba: the fast path of `FrameFitter.fit` (DESIGN §9: solve ≤ 0.5 ms a frame).
+"""The per-frame fit compiled with numba: the fast path of `FrameFitter.fit` (design §9: solve ≤ 0.5 ms a frame).
 
 The numpy code in `solver.py`, `expression.py`, `bounded_lsq.py`, `pose.py`, `eyes.py` and `prior.py` is the
 reference: it reads like the maths and documents the method. This module repeats the same arithmetic as one

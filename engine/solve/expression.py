@@ -1,4 +1,4 @@
-"""Expression weights from posed landmarks: the regularized bounded least squares of DESIGN §3.2.
+"""Expression weights from posed landmarks: the regularized bounded least squares of design §3.2.
 
 With the pose (R, s, t) known, observed landmarks y (camera frame, pixels) are brought into the model frame,
 y' = Rᵀ(y − t)/s (cm), and

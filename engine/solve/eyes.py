@@ -1,4 +1,4 @@
-"""Eyes: blink from eyelid landmarks, gaze (`eyeLook*`) from the iris centres (DESIGN §3.5).
+"""Eyes: blink from eyelid landmarks, gaze (`eyeLook*`) from the iris centres (design §3.5).
 
 Left/right are the subject's. MediaPipe's canonical mesh numbers the subject's right eye 33 (outer corner) /
 133 (inner) with iris centre 468, the subject's left eye 263 / 362 with iris centre 473 (checked on the golden

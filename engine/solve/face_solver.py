@@ -1,4 +1,4 @@
-"""The stateful per-frame solver of one face track: `FaceSolver` (DESIGN §3).
+"""The stateful per-frame solver of one face track: `FaceSolver` (design §3).
 
 It wraps `FrameFitter` (`solver.py`, the stateless fit of one frame) with the performer estimate
 (`performer.py`), the neutral calibration, the One Euro filters and the tracking-state machine:
@@ -82,7 +82,7 @@ def _presence(landmarks: Landmarks) -> float:
 
 
 class FaceSolver:
-    """Stateful per-frame solver of one face track (DESIGN §3): the performer estimate, calibration, filters,
+    """Stateful per-frame solver of one face track (design §3): the performer estimate, calibration, filters,
     tracking states.
 
     `performer` is who is tracked (`engine/solve/performer.py`): `Performer.auto()` reads any face with the

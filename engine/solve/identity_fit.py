@@ -1,4 +1,4 @@
-"""Enrollment fit: identity coefficients w_id and the neutral calibration from one or more frames (DESIGN §3.3–4).
+"""Enrollment fit: identity coefficients w_id and the neutral calibration from one or more frames (design §3.3–4).
 
 Block-coordinate descent over (per-frame pose and expression) and (shared identity):
 

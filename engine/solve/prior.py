@@ -1,4 +1,4 @@
-"""A learned prior for the expression solve: weights regressed from the model-frame landmarks (DESIGN §3.2).
+"""A learned prior for the expression solve: weights regressed from the model-frame landmarks (design §3.2).
 
 The bounded least squares explains the landmarks with the embedded blendshape map; where MediaPipe follows a
 shape only partly (brow and lid details, cheekPuff, mouthPress) or mixes shapes up, it under-reads or confuses

@@ -1,4 +1,4 @@
-"""The per-frame regression of one frame: landmarks → head pose + 53 weights (DESIGN §3).
+"""The per-frame regression of one frame: landmarks → head pose + 53 weights (design §3).
 
 `FrameFitter` is the stateless fit of one frame for one identity and camera (pose ↔ expression alternation,
 eyes); `valid_observation` turns tracker output into its input or refuses it. The stateful solver of a face
