@@ -81,8 +81,9 @@ class SolveConfig(_Section):
     gaze_horizontal_deg: float = Field(30.0, gt=0, le=90)  # eyeball turn that eyeLookIn/Out = 1 stands for
     gaze_up_deg: float = Field(25.0, gt=0, le=90)
     gaze_down_deg: float = Field(25.0, gt=0, le=90)
-    # The source camera's vertical field of view (perspective correction, distance). null: the source's own —
-    # the demo performer's render camera, 45° for a webcam (typical at 4:3), 25° for files (portrait lenses).
+    # The source camera's vertical field of view (perspective correction, distance). null: the source's own when
+    # it knows it (the demo performer's render camera), else performer.fov_prior_deg with `performer: auto` and
+    # 25° with an enrolled performer (docs/engine.md, "camera").
     camera_fov_y_deg: float | None = Field(None, gt=1, lt=120)
     filter_enabled: bool = True
     filter_eyes: FilterConfig = FilterConfig(min_cutoff=3.0, beta=0.5)
