@@ -1,15 +1,17 @@
-"""serve's cost per frame with many pages, and what a slow page does to the others (`bench_web`).
+"""serve's cost per frame with many pages, what a slow page does to the others (`bench_web`), and the page's own
+frame time in headless Chromium (`bench_page`).
 
-Set-up, all on loopback: a fake engine (a `Publisher` in this process, sending `params` of a moving, fully
-tracked face — every channel a little weight, like a real one — at `hz`), `serve` (a `WebServerThread` in this
-process: what is measured), and the pages in a child process (`python -m engine.web.bench --child …`, asyncio +
-aiohttp WebSocket clients; a separate process so that they do not share serve's CPU time or GIL). A slow page is a
-raw WebSocket that completes the handshake and then reads 1 KB a second through a 4 KB receive buffer.
+Set-up, all on loopback: a fake engine (a `Publisher` in this process, sending `params` of a talking, blinking
+face with a turning head — every channel a little weight, as tracking gives — at `hz`), `serve` (a
+`WebServerThread` in this process: what is measured), and the pages in a child process (`python -m
+engine.web.bench --child …`, asyncio + aiohttp WebSocket clients; a separate process so that they do not share
+serve's CPU time or GIL). A slow page is a raw WebSocket that completes the handshake and then reads 1 KB a second
+through a 4 KB receive buffer.
 
 Measured in serve, per forwarded frame (median, p95, p99):
 
-- `work_ms`: preparing the frame (the per-frame maths, JSON + floats) plus writing it to every page — the CPU
-  time serve spends on a frame, on its two threads;
+- `work_ms` (wall) and `work_cpu_ms` (the threads' CPU time): preparing the frame (the per-frame maths, JSON +
+  floats) plus writing it to every page — what serve spends on a frame, on its two threads;
 - `receive_to_written_ms`: ZeroMQ receipt → the last page written (includes the hop from the intake thread to
   the event loop);
 - `cpu_ms_per_frame`: the intake and event-loop threads' CPU time over the run / frames (their heartbeats, pings
@@ -124,19 +126,36 @@ def _run_pages(url: str, clients: int, slow: int, duration_s: float) -> dict[str
 # ---- the fake engine --------------------------------------------------------------------------------------------
 
 
+def fake_face(t: float, phase: np.ndarray) -> np.ndarray:
+    """(53,) weights of a talking, smiling, blinking, glancing face at time `t` (s) — with the small weight a tracked
+    face gives every other channel (≈ 0.02), which lights 3.2 key expressions on average at the default threshold,
+    like the demo performer's tracked frames."""
+    from engine.names import ICT_EXPRESSIONS
+
+    def bump(*names: str, value: float) -> None:
+        for name in names:
+            w[ICT_EXPRESSIONS.index(name)] += value
+
+    w = 0.02 + 0.015 * np.sin(0.9 * t + phase)
+    bump("jawOpen", value=0.15 * (1 + math.sin(2 * math.pi * 1.5 * t)))  # syllables
+    bump("mouthSmile_L", "mouthSmile_R", value=0.175 * (1 + math.sin(0.4 * t)))
+    bump("eyeBlink_L", "eyeBlink_R", value=max(0.0, 1 - abs((t % 3.0) - 0.15) / 0.15))  # every 3 s
+    bump("eyeLookOut_L", "eyeLookIn_R", value=0.15 * (1 + math.sin(0.5 * t)))
+    return np.clip(w, 0.0, 1.0)
+
+
 def _fake_engine(publisher: Any, hz: float, stop: threading.Event, counter: list[int]) -> None:
-    """Publish a moving, fully tracked face at `hz` until `stop` (every channel non-zero, gaze and head moving)."""
+    """Publish `fake_face` with a turning head at `hz` until `stop`; `counter[0]`: messages sent."""
     from engine.render.camera import euler_to_quaternion
     from engine.types import FaceState, HeadPose, TrackingState
 
-    rng = np.random.default_rng(0)
-    phase = rng.uniform(0, 2 * np.pi, 53)
+    phase = np.random.default_rng(0).uniform(0, 2 * np.pi, 53)
     period = 1.0 / hz
     next_t = time.monotonic()
     i = 0
     while not stop.is_set():
         t = i * period
-        weights = np.clip(0.05 + 0.25 * (1 + np.sin(0.7 * t + phase)) * (np.arange(53) % 5 == 0), 0, 1)
+        weights = fake_face(t, phase)
         quaternion = euler_to_quaternion(np.array(12 * math.sin(0.5 * t)), np.array(6 * math.sin(0.3 * t)),
                                          np.array(3.0))  # fmt: skip
         state = FaceState(HeadPose(quaternion, np.array([0.0, 0.0, -60.0])), weights, TrackingState.TRACKING, 0.9,
@@ -227,6 +246,50 @@ def bench_web(clients: int = 50, hz: float = 30.0, duration_s: float = 10.0, slo
     }
 
 
+def bench_page(sizes: tuple[int, ...] = (512,), rounds: int = 2, hz: float = 30.0) -> dict[str, Any]:
+    """The page's frame time in headless Chromium (SwiftShader WebGL2 on this machine's CPU): the fake engine feeds
+    serve, the page keeps the last 60 frames it received, then draws each `rounds` times offscreen at every size in
+    `sizes`, finished (`scapecast.benchmark`), with the detail blend on and off; plus the live page's own numbers
+    (render fps, blendshape time, GPU time where the browser reports it) at its 800 × 800 viewport."""
+    from engine.config import load_config
+    from engine.identity import DEFAULT_IDENTITY_DIR
+    from engine.stream.publisher import Publisher
+    from engine.stream.security import free_loopback_ports
+    from engine.web.browser import Chromium
+    from engine.web.server import ServeSettings, WebServerThread
+
+    config = load_config()
+    params_port, frame_port, asset_port = free_loopback_ports(3)
+    stream = config.stream.model_copy(update={"params_port": params_port, "frame_port": frame_port,
+                                              "asset_port": asset_port})  # fmt: skip
+    stop = threading.Event()
+    out: dict[str, Any] = {"sizes": {}}
+    with Publisher(stream, "bench", {"id": "default", "model_id": ""}, DEFAULT_IDENTITY_DIR) as publisher:
+        engine = threading.Thread(target=_fake_engine, args=(publisher, hz, stop, [0]), daemon=True)
+        engine.start()
+        settings = ServeSettings(connect=f"tcp://127.0.0.1:{params_port}", assets=f"tcp://127.0.0.1:{asset_port}",
+                                 port=0)  # fmt: skip
+        try:
+            with WebServerThread(settings, config.render, config.detail) as server, Chromium() as browser:
+                started = time.monotonic()
+                page = browser.open(server.url, 800, 800)
+                page.wait_for("window.scapecast && scapecast.stats.ready && scapecast.stats.received >= 60", 120)
+                out["page_ready_s"] = round(time.monotonic() - started, 2)
+                time.sleep(5.0)  # the live page at its own pace
+                live = page.evaluate("scapecast.stats")
+                out["live"] = {k: live[k] for k in ("renderFps", "receiveHz", "morphMs", "gpuMs", "latencyP50Ms")}
+                out["renderer"] = live["renderer"]
+                stop.set()  # frames stop arriving: the benchmark has the machine to itself (but for the browser)
+                for size in sizes:
+                    on = page.evaluate(f"scapecast.benchmark({size}, {size}, {rounds})", timeout_s=600)
+                    off = page.evaluate(f"scapecast.benchmark({size}, {size}, {rounds}, {{detail: false}})", 600)
+                    out["sizes"][size] = {"detail_on": on, "detail_off": off}
+        finally:
+            stop.set()
+            engine.join(timeout=5)
+    return out
+
+
 def _slowest(pages: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """The `n` pages serve dropped most for (the slow ones), as serve saw them."""
     return sorted(pages, key=lambda p: p["dropped"], reverse=True)[:n]
@@ -239,10 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow", type=int, default=0)
     parser.add_argument("--hz", type=float, default=30.0)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--page", type=int, nargs="*", metavar="SIZE", help="the page's frame time at these sizes")
     args = parser.parse_args(argv)
     if args.child:
         url, clients, slow, seconds = args.child
         print(json.dumps(asyncio.run(_pages_main(url, int(clients), int(slow), float(seconds)))))
+        return 0
+    if args.page is not None:
+        print(json.dumps(bench_page(tuple(args.page) or (512,)), indent=1))
         return 0
     print(json.dumps(bench_web(args.clients, args.hz, args.duration, args.slow), indent=1))
     return 0

@@ -160,12 +160,16 @@ class Page:
         return result.get("result", {}).get("value")
 
     def wait_for(self, expression: str, timeout_s: float = 30.0, interval_s: float = 0.1) -> Any:
-        """Poll `expression` until it is truthy; its value, or BrowserError after `timeout_s`."""
+        """Poll `expression` until it is truthy; its value, or BrowserError after `timeout_s` — or at once when the
+        page throws an uncaught exception (a broken script never becomes ready)."""
         deadline = time.monotonic() + timeout_s
         while True:
             value = self.evaluate(expression)
             if value:
                 return value
+            thrown = [line for line in self.console if line.startswith("exception:")]
+            if thrown:
+                raise BrowserError(f"the page threw while waiting for {expression!r}: {thrown[0]}")
             if time.monotonic() > deadline:
                 raise BrowserError(f"timed out after {timeout_s:g} s waiting for {expression!r}; console: "
                                    f"{self.console[-10:]}")  # fmt: skip

@@ -30,7 +30,7 @@
   const stats = {
     ready: false, connected: false, engine: "connecting", detail: "", identity: null, manifest: null,
     received: 0, rendered: 0, receiveHz: 0, renderFps: 0, latencyMs: null, latencyP50Ms: null, rttMs: null,
-    frameMs: null, morphMs: null, drawMs: null, seq: null, tracking: null, confidence: null, reconnects: 0,
+    frameMs: null, morphMs: null, drawMs: null, gpuMs: null, seq: null, tracking: null, confidence: null, reconnects: 0,
     errors: [], renderer: "", compiled: 0, source: null, sources: 0,
   };
   const fail = (where, error) => {
@@ -111,6 +111,7 @@
   const debugInfo = gl.getExtension("WEBGL_debug_renderer_info");
   stats.renderer = debugInfo ? gl.getParameter(debugInfo.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER);
   const floatTargets = gl.getExtension("EXT_color_buffer_float"); // only renderUV (a test of the blend) needs it
+  const timer = gl.getExtension("EXT_disjoint_timer_query_webgl2"); // the draws' GPU time, where the browser tells
   gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
 
   const ATTRIBUTES = ["in_position", "in_normal", "in_uv", "in_class", "in_albedo", "in_rest"];
@@ -544,8 +545,17 @@
     if (canvas.width !== width || canvas.height !== height) { canvas.width = width; canvas.height = height; }
   }
 
+  let timerQuery = null; // one GPU timer query in flight at a time
+  function readTimer() {
+    if (!timerQuery || !gl.getQueryParameter(timerQuery, gl.QUERY_RESULT_AVAILABLE)) return;
+    if (!gl.getParameter(timer.GPU_DISJOINT_EXT)) stats.gpuMs = gl.getQueryParameter(timerQuery, gl.QUERY_RESULT) / 1e6;
+    gl.deleteQuery(timerQuery);
+    timerQuery = null;
+  }
+
   function frameLoop() {
     requestAnimationFrame(frameLoop);
+    if (timer) readTimer();
     if (!avatar || !stats.ready || !latest || latest === drawn) return;
     try {
       resize();
@@ -553,7 +563,10 @@
       morph(latest);
       const t1 = performance.now();
       gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+      const timed = timer && !timerQuery;
+      if (timed) { timerQuery = gl.createQuery(); gl.beginQuery(timer.TIME_ELAPSED_EXT, timerQuery); }
       draw(latest, canvas.width, canvas.height);
+      if (timed) gl.endQuery(timer.TIME_ELAPSED_EXT);
       const t2 = performance.now();
       drawn = latest;
       stats.rendered += 1;
@@ -582,7 +595,7 @@
       `tracking ${stats.tracking || "–"}  confidence ${f(stats.confidence, 2)}`,
       `params   ${f(stats.receiveHz)} Hz   render ${f(stats.renderFps)} fps`,
       `latency  ${f(stats.latencyMs)} ms (p50 ${f(stats.latencyP50Ms)})  capture → display`,
-      `frame    ${f(stats.frameMs)} ms (blendshapes ${f(stats.morphMs)}, draw ${f(stats.drawMs)})`,
+      `frame    blendshapes ${f(stats.morphMs)} ms, draw calls ${f(stats.drawMs)} ms, GPU ${f(stats.gpuMs)} ms`,
       `avatar   ${stats.identity || (loadingManifest ? "loading…" : "–")}`,
     ];
     if (stats.errors.length) lines.push(`error    ${stats.errors[stats.errors.length - 1]}`);
