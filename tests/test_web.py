@@ -678,3 +678,22 @@ def test_serve_without_an_engine_waits_and_says_so(tmp_path) -> None:
     with WebServerThread(settings, RenderConfig(), DetailConfig()) as server:
         assert server.call(server.server.stats)["engine"] == "waiting"
         assert _http(server.url) == 200
+
+
+def test_run_web_starts_serve_beside_the_engine_and_refuses_what_it_cannot_serve(tmp_path) -> None:
+    from engine.errors import UserError
+    from engine.web.command import start_web_server
+
+    for overrides, message in ((["stream.params_port=0"], "fixed stream.params_port"),
+                               (["stream.enabled=false"], "stream.enabled=true")):  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            start_web_server(load_config(None, overrides), port=0)
+    params, _, assets = free_loopback_ports(3)
+    config = load_config(None, [f"stream.params_port={params}", f"stream.asset_port={assets}"])
+    server = start_web_server(config, port=0)
+    try:
+        assert server.server.params_address == f"tcp://127.0.0.1:{params}"
+        assert server.server.asset_address == f"tcp://127.0.0.1:{assets}"
+        assert server.url.startswith("http://127.0.0.1:") and "token" not in server.url and _http(server.url) == 200
+    finally:
+        server.stop()

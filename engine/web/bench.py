@@ -290,6 +290,49 @@ def bench_page(sizes: tuple[int, ...] = (512,), rounds: int = 2, hz: float = 30.
     return out
 
 
+def page_screenshot(path: str, width: int = 720, height: int = 540, settle_s: float = 6.0) -> dict[str, Any]:
+    """A PNG of the live page (overlay included) fed by the fake engine, as docs/renders/web_viewer.png was made."""
+    import io
+
+    from PIL import Image
+
+    from engine.config import load_config
+    from engine.identity import DEFAULT_IDENTITY_DIR
+    from engine.names import ICT_EXPRESSIONS
+    from engine.stream.publisher import Publisher
+    from engine.stream.security import free_loopback_ports
+    from engine.web.browser import Chromium
+    from engine.web.server import ServeSettings, WebServerThread
+
+    config = load_config()
+    params_port, frame_port, asset_port = free_loopback_ports(3)
+    stream = config.stream.model_copy(update={"params_port": params_port, "frame_port": frame_port,
+                                              "asset_port": asset_port})  # fmt: skip
+    stop = threading.Event()
+    with Publisher(stream, "bench", {"id": "default", "model_id": ""}, DEFAULT_IDENTITY_DIR) as publisher:
+        engine = threading.Thread(target=_fake_engine, args=(publisher, 30.0, stop, [0]), daemon=True)
+        engine.start()
+        settings = ServeSettings(connect=f"tcp://127.0.0.1:{params_port}", assets=f"tcp://127.0.0.1:{asset_port}",
+                                 port=0)  # fmt: skip
+        try:
+            with WebServerThread(settings, config.render, config.detail) as server, Chromium() as browser:
+                page = browser.open(server.url, width, height)
+                page.wait_for("window.scapecast && scapecast.stats.ready && scapecast.stats.rendered > 2", 120)
+                time.sleep(settle_s)  # the overlay's rates and the latency settle
+                blink = f"scapecast.capture(8, 8).weights[{ICT_EXPRESSIONS.index('eyeBlink_L')}]"
+                for _ in range(50):  # not mid-blink (the fake face blinks every 3 s)
+                    before = page.evaluate(blink)
+                    shot = page.screenshot()
+                    if max(before, page.evaluate(blink)) < 0.05:
+                        break
+                    time.sleep(0.2)
+                Image.open(io.BytesIO(shot)).convert("RGB").save(path, optimize=True)
+                return page.evaluate("scapecast.stats")
+        finally:
+            stop.set()
+            engine.join(timeout=5)
+
+
 def _slowest(pages: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """The `n` pages serve dropped most for (the slow ones), as serve saw them."""
     return sorted(pages, key=lambda p: p["dropped"], reverse=True)[:n]
@@ -303,7 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hz", type=float, default=30.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--page", type=int, nargs="*", metavar="SIZE", help="the page's frame time at these sizes")
+    parser.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the live page")
     args = parser.parse_args(argv)
+    if args.screenshot:
+        stats = page_screenshot(args.screenshot)
+        print(json.dumps({k: stats[k] for k in ("renderFps", "receiveHz", "latencyP50Ms", "gpuMs", "renderer")}))
+        return 0
     if args.child:
         url, clients, slow, seconds = args.child
         print(json.dumps(asyncio.run(_pages_main(url, int(clients), int(slow), float(seconds)))))

@@ -259,6 +259,8 @@ class WebServer:
                 previous, last_params = message, now
                 if self._state.engine != "live":
                     self._set_engine("live", self.params_address)
+                if not self._clients:
+                    continue  # nobody is watching: no frame to make (the set is the loop's; its size is read safely)
                 start, start_cpu = time.monotonic_ns(), time.thread_time_ns()
                 try:
                     frame = ws_frame(self.preparer.prepare(message, start))
