@@ -646,7 +646,7 @@ def test_a_slow_page_slows_neither_serve_nor_the_other_pages() -> None:
     base = bench_web(clients=8, hz=30.0, duration_s=3.0, slow_clients=0)
     slow = bench_web(clients=8, hz=30.0, duration_s=3.0, slow_clients=1)
     for run in (base, slow):
-        assert run["frames"] >= 0.95 * run["published"] - 2  # the intake forwards what the engine sends
+        assert run["received"] >= run["published"] - 2  # the intake takes every frame the engine sends
         assert run["pages_receiving"] == 8 and run["page_missed_fraction"] <= 0.02
     assert slow["page_latency_ms_p50"]["p50"] <= max(
         2 * base["page_latency_ms_p50"]["p50"], base["page_latency_ms_p50"]["p50"] + 5

@@ -195,9 +195,9 @@ def bench_web(clients: int = 50, hz: float = 30.0, duration_s: float = 10.0, slo
             with WebServerThread(settings, config.render, config.detail) as server:
                 web = server.server
                 deadline = time.monotonic() + 60
-                while web.frames == 0 and time.monotonic() < deadline:  # the engine is live
+                while web.received == 0 and time.monotonic() < deadline:  # the engine is live
                     time.sleep(0.05)
-                start_frames, start_published = web.frames, published[0]
+                start_frames, start_received, start_published = web.frames, web.received, published[0]
                 loop_cpu0 = server.call(time.thread_time)
                 intake_cpu0 = web.intake_cpu_s
                 process_cpu0 = time.process_time()
@@ -208,6 +208,7 @@ def bench_web(clients: int = 50, hz: float = 30.0, duration_s: float = 10.0, slo
                 intake_cpu = web.intake_cpu_s - intake_cpu0
                 process_cpu = time.process_time() - process_cpu0
                 frames = web.frames - start_frames
+                received = web.received - start_received
                 sent = published[0] - start_published
                 costs = [c for c in list(web.costs) if t0 <= c.broadcast_start <= t1 and c.clients >= clients]
                 slow_stats = server.call(web.stats)
@@ -224,6 +225,7 @@ def bench_web(clients: int = 50, hz: float = 30.0, duration_s: float = 10.0, slo
         "hz": hz,
         "duration_s": duration_s,
         "published": sent,
+        "received": received,
         "frames": frames,
         "frames_with_all_pages": forwarded,
         "work_ms": _percentiles([(c.prepare_ns + c.broadcast_end - c.broadcast_start) / 1e6 for c in costs]),
@@ -233,8 +235,8 @@ def bench_web(clients: int = 50, hz: float = 30.0, duration_s: float = 10.0, slo
         "prepare_ms": _percentiles([c.prepare_ns / 1e6 for c in costs]),
         "broadcast_ms": _percentiles([(c.broadcast_end - c.broadcast_start) / 1e6 for c in costs]),
         "receive_to_written_ms": _percentiles([(c.broadcast_end - c.received) / 1e6 for c in costs]),
-        "cpu_ms_per_frame": round(1000 * (loop_cpu + intake_cpu) / max(frames, 1), 4),
-        "process_cpu_ms_per_frame": round(1000 * process_cpu / max(frames, 1), 4),
+        "cpu_ms_per_frame": round(1000 * (loop_cpu + intake_cpu) / max(received, 1), 4),
+        "process_cpu_ms_per_frame": round(1000 * process_cpu / max(received, 1), 4),
         "pages_receiving": len(spans),
         "page_missed_fraction": round(missed / max(sum(spans), 1), 4),
         "page_latency_ms_p50": _percentiles([p["latency_ms"]["p50"] for p in pages["pages"]]),

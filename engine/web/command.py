@@ -17,27 +17,12 @@ import threading
 import time
 import webbrowser
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from engine.config import Config
 from engine.errors import UserError
+from engine.web.config import WebConfig
 
 log = logging.getLogger(__name__)
-
-
-class WebConfig(BaseModel):
-    """The `web` section: where `serve` / `run --web` listen and who may watch (docs/web.md)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)  # 0: any free port
-    token: str | None = None  # required by pages when set; generated when binding off loopback without `insecure`
-    insecure: bool = False  # allow a non-loopback bind without a token
-    tile_bits: Literal[8, 16] = 8  # detail-basis tiles for browsers: 8-bit (4 MB, within 1/255) or 16-bit (21 MB)
-    cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/scapecast (fetched bundles, built asset sets)
 
 
 def web_config(config: Config) -> WebConfig:
@@ -46,8 +31,16 @@ def web_config(config: Config) -> WebConfig:
     return section if isinstance(section, WebConfig) else WebConfig.model_validate(section or {})
 
 
+def _client_keys(args: argparse.Namespace):
+    """ClientKeys from --server-key/--client-key, or None; both or neither (as `view`)."""
+    from engine.stream.security import ClientKeys
+
+    if (args.server_key is None) != (args.client_key is None):
+        raise UserError("CURVE needs both --server-key (the server's .key) and --client-key (your .key_secret)")
+    return ClientKeys.load(Path(args.server_key), Path(args.client_key)) if args.server_key else None
+
+
 def _settings(args: argparse.Namespace, config: Config):
-    from engine.stream.commands import _client_keys
     from engine.web.server import ServeSettings
 
     web = web_config(config)

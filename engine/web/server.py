@@ -42,6 +42,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import socket
 import struct
@@ -72,6 +73,11 @@ _STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/c
 SEND_BUFFER_BYTES = 16 * 1024
 SILENT_AFTER_S = 2.0  # no params this long: the pages are told the engine is silent
 IMMUTABLE = "private, max-age=31536000, immutable"
+
+
+def remote_bundle_dir(root: Path, identity_id: str) -> Path:
+    """Where a fetched bundle is kept: `root/<id>`, the id made safe as a folder name (the layout `view` uses)."""
+    return Path(root) / (re.sub(r"[^A-Za-z0-9_.-]", "_", identity_id).strip(".") or "_")
 
 
 def ws_frame(payload: bytes, text: bool = False) -> bytes:
@@ -171,7 +177,8 @@ class WebServer:
         self.preparer = FramePreparer(render, same_clock=is_loopback(engine_host))
         self.cache_root = Path(settings.cache_dir) if settings.cache_dir else default_cache_root().parent
         self.costs: deque[FrameCost] = deque(maxlen=100_000)
-        self.frames = 0
+        self.frames = 0  # frames written to pages (prepared only while some page watches)
+        self.received = 0  # params taken from the engine by the intake
         self.intake_cpu_s = 0.0
         self.closed_pages: deque[dict[str, Any]] = deque(maxlen=1000)  # what each page got, once it has gone
         self._clients: set[_Client] = set()
@@ -257,6 +264,7 @@ class WebServer:
                         self._set_engine("silent", f"no params from {self.params_address} for {SILENT_AFTER_S:g} s")
                     continue
                 previous, last_params = message, now
+                self.received += 1
                 if self._state.engine != "live":
                     self._set_engine("live", self.params_address)
                 if not self._clients:
@@ -283,7 +291,6 @@ class WebServer:
         """Fetch the announced bundle and build its web assets (seconds, the first time); then tell the pages."""
         from engine.face_model import FaceModel
         from engine.identity import DEFAULT_IDENTITY_DIR
-        from engine.stream.commands import _remote_cache_dir
 
         header = message.header
         try:
@@ -292,7 +299,7 @@ class WebServer:
                 raise UserError(f"the engine renders face model {header['model_id']!r}; this server has "
                                 f"{model.model_id!r}")  # fmt: skip
             if header["assets"]:
-                directory = _remote_cache_dir(header["id"], str(self.cache_root / "remote"))
+                directory = remote_bundle_dir(self.cache_root / "remote", header["id"])
                 client.fetch_assets(directory)
             else:
                 log.warning("the engine serves no identity bundle: showing the shipped default identity")
@@ -457,6 +464,7 @@ class WebServer:
         """Pages connected, frames forwarded, and per page what was sent and dropped."""
         return {
             "frames": self.frames,
+            "received": self.received,
             "engine": self._state.engine,
             "manifest": self._state.manifest,
             "pages": [c.summary() for c in self._clients],
