@@ -697,3 +697,52 @@ def test_run_web_starts_serve_beside_the_engine_and_refuses_what_it_cannot_serve
         assert server.url.startswith("http://127.0.0.1:") and "token" not in server.url and _http(server.url) == 200
     finally:
         server.stop()
+
+
+@needs_chromium
+def test_a_new_identity_reaches_an_open_page(browser, face_model, tmp_path, web_cache, asset_set) -> None:
+    """The engine behind serve changes avatar (a bundle without detail bases, a small texture): serve fetches and
+    builds it, the open page loads it by itself and draws it like the desktop does."""
+    from engine.identity import Identity, save_bundle
+    from engine.render.renderer import AvatarRenderer
+    from engine.stream.publisher import Publisher
+    from engine.web.server import ServeSettings, WebServerThread
+
+    rng = np.random.default_rng(5)
+    texture = rng.integers(90, 200, (64, 64, 3), dtype=np.uint8)
+    ada = Identity(name="ada", model_id=face_model.model_id, model_hash=face_model.model_hash,
+                   identity_weights=rng.normal(0, 0.6, face_model.n_identity).astype(np.float32),
+                   neutral_offset=np.zeros(53, np.float32), texture=texture)  # fmt: skip
+    bundle = save_bundle(ada, tmp_path / "ada")
+    params, frame, assets = free_loopback_ports(3)
+    stream = load_config().stream.model_copy(update={"params_port": params, "frame_port": frame,
+                                                     "asset_port": assets})  # fmt: skip
+    message = _params(_weights(jawOpen=0.4, mouthSmile_L=0.5), _yaw_pitch(-10, 0))
+    state = _state(message)
+    settings = ServeSettings(connect=f"tcp://127.0.0.1:{params}", assets=f"tcp://127.0.0.1:{assets}", port=0,
+                             cache_dir=web_cache)  # fmt: skip  # the default identity's set is built there
+
+    def publish(publisher: Publisher, stop: threading.Event) -> None:
+        while not stop.is_set():
+            publisher.publish_params(replace(state, t_capture_ns=time.monotonic_ns()))
+            stop.wait(1 / 30)
+
+    with WebServerThread(settings, load_config().render, DetailConfig()) as server:
+        tab = None
+        for name, directory in (("default", DEFAULT_IDENTITY_DIR), ("ada", bundle)):
+            stop = threading.Event()
+            with Publisher(stream, f"engine-{name}", {"id": name, "model_id": face_model.model_id}, directory) as pub:
+                thread = threading.Thread(target=publish, args=(pub, stop), daemon=True)
+                thread.start()
+                try:
+                    tab = tab or browser.open(server.url, 256, 256)
+                    tab.wait_for(
+                        f"window.scapecast && scapecast.stats.ready && scapecast.stats.identity === '{name}'", 90
+                    )
+                    capture = tab.evaluate(f"scapecast.capture({SIZE}, {SIZE})", timeout_s=120)
+                finally:
+                    stop.set()
+                    thread.join()
+        tab.close()
+    with AvatarRenderer(face_model, ada, load_config().render) as renderer:
+        assert _foreground_psnr(_pixels(capture["pixels"]), renderer.render(state).image) >= 30.0

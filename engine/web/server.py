@@ -72,6 +72,8 @@ _STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/c
 # Kernel send buffer of each WebSocket (Linux doubles it): bounds what a stalled reader can have queued there.
 SEND_BUFFER_BYTES = 16 * 1024
 SILENT_AFTER_S = 2.0  # no params this long: the pages are told the engine is silent
+IDENTITY_RETRY_S = 5.0  # a bundle that could not be fetched or built is tried again this much later
+FETCH_TIMEOUT_S = 120.0  # a whole bundle (~30 MB with its bases) over a slow link
 IMMUTABLE = "private, max-age=31536000, immutable"
 
 
@@ -180,6 +182,8 @@ class WebServer:
         self.frames = 0  # frames written to pages (prepared only while some page watches)
         self.received = 0  # params taken from the engine by the intake
         self.intake_cpu_s = 0.0
+        self._identity_key: tuple[str, str] | None = None  # (id, assets) announced and loaded or loading
+        self._identity_retry_at = 0.0
         self.closed_pages: deque[dict[str, Any]] = deque(maxlen=1000)  # what each page got, once it has gone
         self._clients: set[_Client] = set()
         self._state = _State()
@@ -248,17 +252,16 @@ class WebServer:
         with client:
             previous = None
             last_params = time.monotonic()
-            loading: tuple[str, str] | None = None
             while not self._stop.is_set():
                 message = client.wait(PARAMS, 0.25, newer_than=previous, face=self.settings.face)
                 identity = client.latest(IDENTITY)
+                now = time.monotonic()
                 if identity is not None:
                     key = (identity.header["id"], json.dumps(identity.header["assets"], sort_keys=True))
-                    if key != loading:
-                        loading = key
-                        threading.Thread(target=self._load_identity, args=(client, identity), daemon=True,
+                    if key != self._identity_key and now >= self._identity_retry_at:
+                        self._identity_key = key  # loaded or loading; a failed load clears it to try again later
+                        threading.Thread(target=self._load_identity, args=(client, identity, key), daemon=True,
                                          name="scapecast-web-identity").start()  # fmt: skip
-                now = time.monotonic()
                 if message is None:
                     if now - last_params > SILENT_AFTER_S and self._state.engine == "live":
                         self._set_engine("silent", f"no params from {self.params_address} for {SILENT_AFTER_S:g} s")
@@ -287,8 +290,9 @@ class WebServer:
             except RuntimeError:  # the loop closed between the check and the call (shutting down)
                 pass
 
-    def _load_identity(self, client: Any, message: Any) -> None:
-        """Fetch the announced bundle and build its web assets (seconds, the first time); then tell the pages."""
+    def _load_identity(self, client: Any, message: Any, key: tuple[str, str]) -> None:
+        """Fetch the announced bundle and build its web assets (seconds, the first time); then tell the pages. A
+        failure is retried `IDENTITY_RETRY_S` later (the engine announces its identity every second)."""
         from engine.face_model import FaceModel
         from engine.identity import DEFAULT_IDENTITY_DIR
 
@@ -300,21 +304,28 @@ class WebServer:
                                 f"{model.model_id!r}")  # fmt: skip
             if header["assets"]:
                 directory = remote_bundle_dir(self.cache_root / "remote", header["id"])
-                client.fetch_assets(directory)
+                client.fetch_assets(directory, timeout_s=FETCH_TIMEOUT_S)
             else:
                 log.warning("the engine serves no identity bundle: showing the shipped default identity")
                 directory = DEFAULT_IDENTITY_DIR
             assets = WebAssets.load_or_build(directory, model, self.cache_root / "web", self.settings.tile_bits)
-        except UserError as exc:
-            log.error("identity %r: %s", header.get("id"), exc)
+        except Exception as exc:  # a thread of its own: whatever failed is said, and the load tried again later
+            if not isinstance(exc, UserError):
+                log.exception("identity %r could not be prepared for browsers", header.get("id"))
+            log.error("identity %r: %s (retrying in %g s)", header.get("id"), exc, IDENTITY_RETRY_S)
             self._set_engine(self._state.engine, f"identity {header.get('id')!r} unavailable: {exc}")
+            if self._identity_key == key:
+                self._identity_retry_at = time.monotonic() + IDENTITY_RETRY_S
+                self._identity_key = None
             return
         log.info("identity %r ready for browsers (%s)", header["id"], assets.manifest_name)
-        self._call(self._set_assets, assets)
+        self._call(self._set_assets, assets, key)
 
     # -- on the loop --------------------------------------------------------------------------------------
 
-    def _set_assets(self, assets: WebAssets) -> None:
+    def _set_assets(self, assets: WebAssets, key: tuple[str, str]) -> None:
+        if key != self._identity_key:
+            return  # a newer identity was announced while this one loaded: that one is shown when ready
         self._state.assets[assets.manifest_name] = assets
         self._state.manifest = assets.manifest_name
         self._send_all({"type": "identity", "manifest": assets.manifest_name})

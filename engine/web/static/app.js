@@ -298,10 +298,11 @@
     for (const { program } of resources.programs.values()) gl.deleteProgram(program);
   }
 
+  let wantedManifest = null; // the identity serve announced last
   async function switchIdentity(manifestName) {
+    if (manifestName) wantedManifest = manifestName;
     if (!manifestName || (avatar && avatar.name === manifestName) || loadingManifest === manifestName) return;
-    loadingManifest = manifestName;
-    stats.ready = false;
+    loadingManifest = manifestName; // the current avatar (if any) is drawn until the new one is ready
     try {
       const loaded = await loadIdentity(manifestName);
       if (loadingManifest !== manifestName) { release(loaded); return; } // a newer identity was announced meanwhile
@@ -312,6 +313,7 @@
       stats.ready = true;
     } catch (error) {
       fail("identity", error);
+      setTimeout(() => wantedManifest === manifestName && switchIdentity(manifestName), 3000); // try again
     } finally {
       if (loadingManifest === manifestName) loadingManifest = null;
     }
