@@ -68,6 +68,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it like Ctrl-C: pages closed, summary printed
     with WebServerThread(settings, config.render, config.detail) as server:
         print(f"scapecast: the avatar of {server.server.params_address} at {server.url} (Ctrl-C stops)", flush=True)
+        if server.server.public_url:
+            print(f"scapecast: from other machines: {server.server.public_url}", flush=True)
         if args.open:
             webbrowser.open(server.url)
         try:

@@ -30,9 +30,10 @@ ZeroMQ's own queue is drained by the intake thread whatever the pages do.
 Security (engine/stream/security.py's rules for the HTTP side): bound to 127.0.0.1 by default; another address
 needs a token (`--token`, or one is generated and printed in the page URL) unless `--insecure`. With a token,
 `/ws` and `/assets/*` answer 403 without `?token=<it>` (compared in constant time). The WebSocket also refuses a
-cross-site page (its Origin must be this server), and without a token the Host header must be this server's
-own address, so that a web site the user visits cannot read the stream through a rebound DNS name. Asset names
-are looked up in the built sets' file lists — a request never reaches the file system with a path of its own.
+cross-site page (its Origin must be this server), and on loopback without a token the Host header must be a
+loopback name, so that a web site the user visits cannot read the stream through a DNS name rebound to
+127.0.0.1. Asset names are looked up in the built sets' file lists — a request never reaches the file system with
+a path of its own.
 """
 
 from __future__ import annotations
@@ -213,17 +214,20 @@ class WebServer:
         except OSError as exc:
             await self._runner.cleanup()
             raise UserError(f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}") from None
-        server = site._server  # the bound port (port 0 picks a free one): aiohttp exposes it only here
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+        if self._runner.addresses:  # the bound port (port 0 picks a free one)
+            self.port = self._runner.addresses[0][1]
         self._intake = threading.Thread(target=self._intake_loop, name="scapecast-web-intake", daemon=True)
         self._intake.start()
 
     async def stop(self) -> None:
         """Close every page's WebSocket, stop the intake thread and the HTTP server."""
         self._stop.set()
-        for client in list(self._clients):
-            await client.ws.close()
+        if self._clients:  # all at once, and not waiting long for pages that do not answer the closing handshake
+            closing = asyncio.gather(*(client.ws.close() for client in list(self._clients)), return_exceptions=True)
+            try:
+                await asyncio.wait_for(closing, 3.0)
+            except TimeoutError:
+                pass
         if self._runner is not None:
             await self._runner.cleanup()
         if self._intake is not None:
@@ -231,11 +235,19 @@ class WebServer:
 
     @property
     def url(self) -> str:
-        """The page's address (with `?token=` when one is required)."""
+        """The page's address on this machine (with `?token=` when one is required)."""
         host = self.settings.host
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
-        shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
-        return f"http://{shown}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+        return self._url(shown)
+
+    @property
+    def public_url(self) -> str | None:
+        """The address for other machines when listening on every interface (by this machine's name), else None."""
+        return self._url(socket.gethostname()) if self.settings.host in ("0.0.0.0", "", "::") else None
+
+    def _url(self, host: str) -> str:
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
     # -- intake: ZeroMQ → prepared frames ------------------------------------------------------------------
 
@@ -386,8 +398,9 @@ class WebServer:
         return hmac.compare_digest(given.encode(), self.token.encode())
 
     def _host_allowed(self, request: web.Request) -> bool:
-        """Without a token only this server's own names may be in Host (a rebound DNS name is refused)."""
-        if self.token is not None:
+        """Listening on loopback without a token, only loopback names may be in Host (a DNS name rebound to
+        127.0.0.1 is refused). With a token, or off loopback with --insecure, any name reaches this check's end."""
+        if self.token is not None or not is_loopback(self.settings.host):
             return True
         host = urlsplit(f"http://{request.host}").hostname or ""
         return is_loopback(host) or host == self.settings.host
