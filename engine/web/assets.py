@@ -29,7 +29,8 @@ per shape, the largest |Δ| is 32767 steps (jawOpen: 1.2·10⁻⁴ cm a step).
 
 The cache key hashes everything the output depends on: this format's version, the face model's hash, the bundle's
 `identity.json` (which holds the sha256 of its texture and bases), the tile depth, and the source of the modules
-that shape the mesh (mesh, materials, detail weights, this file) — a change to any of them builds afresh. Each
+that shape the mesh (mesh, materials, face model, eyes, detail weights, names, this file) — a change to any of
+them builds afresh. Each
 served file's name carries the first 16 hex digits of its own sha256, so browsers may cache it forever.
 """
 
@@ -66,12 +67,15 @@ def default_cache_root() -> Path:
 
 
 def _source_hash() -> str:
-    """sha256 of the code that decides what the mesh and its uniforms are (a change rebuilds cached sets)."""
+    """sha256 of the code that decides what the mesh and its uniforms are (a change rebuilds cached sets): the mesh
+    layout, materials, the face model's personalization and normals, eyeball centres, masks, channel names."""
+    from engine import face_model, names
     from engine.detail import weights
     from engine.render import materials, mesh
+    from engine.solve import eyes
 
     digest = hashlib.sha256()
-    for module in (mesh, materials, weights):
+    for module in (mesh, materials, weights, face_model, eyes, names):
         digest.update(inspect.getsource(module).encode())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()
