@@ -15,13 +15,15 @@ from collections.abc import Callable
 from engine.commands.bench import add_bench_command
 from engine.commands.enroll import add_enroll_command
 from engine.commands.evaluate import add_eval_command
+from engine.commands.keys import add_keys_command
 from engine.commands.model_info import add_model_info_command
+from engine.commands.relay import add_relay_command
 from engine.commands.render import add_render_command
 from engine.commands.report import add_report_command
 from engine.commands.run import add_run_command
+from engine.commands.view import add_view_command
 from engine.config import ConfigError, load_config
 from engine.errors import UserError
-from engine.stream.commands import add_keys_command, add_relay_command, add_view_command
 
 log = logging.getLogger("scapecast")
 

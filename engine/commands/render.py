@@ -15,7 +15,7 @@ from engine.render.stills import DEFAULT_STILLS, KEY_EXPRESSION_NAMES, render_st
 
 
 def cmd_render(args: argparse.Namespace, config: Config) -> int:
-
+    """`render`: still PNGs of the named key expressions, detail on and off, and the debug views."""
     model = FaceModel.load()
     identity = load_identity(config.identity, model, config.detail)
     if args.synthetic_bases:
