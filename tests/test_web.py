@@ -746,3 +746,63 @@ def test_a_new_identity_reaches_an_open_page(browser, face_model, tmp_path, web_
         tab.close()
     with AvatarRenderer(face_model, ada, load_config().render) as renderer:
         assert _foreground_psnr(_pixels(capture["pixels"]), renderer.render(state).image) >= 30.0
+
+
+def _consecutive_free_ports(count: int) -> int:
+    """A first port with `count` free consecutive ports on loopback (the engine layout a relay connects to)."""
+    import socket
+
+    for _ in range(50):
+        base = free_loopback_ports(1)[0]
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no consecutive free ports")
+
+
+def test_serve_works_behind_a_relay(face_model, web_cache, asset_set) -> None:
+    """engine → relay → serve: params and the identity bundle both come through the relay's own ports."""
+    from engine.config import StreamConfig
+    from engine.stream.publisher import Publisher
+    from engine.stream.relay import Relay
+    from engine.web.server import ServeSettings, WebServerThread
+
+    base = _consecutive_free_ports(3)
+    stream = StreamConfig(params_port=base, frame_port=base + 1, asset_port=base + 2)
+    state = _state(_params(_weights(jawOpen=0.3), _yaw_pitch(0, 0)))
+    stop = threading.Event()
+    identity = {"id": "default", "model_id": face_model.model_id}
+    with (
+        Publisher(stream, "engine", identity, DEFAULT_IDENTITY_DIR) as publisher,
+        Relay(f"tcp://127.0.0.1:{base}", StreamConfig(params_port=0, frame_port=0, asset_port=0)) as relay,
+    ):
+
+        def engine() -> None:
+            while not stop.wait(1 / 30):
+                publisher.publish_params(state)
+
+        thread = threading.Thread(target=engine, daemon=True)
+        thread.start()
+        settings = ServeSettings(connect=relay.endpoints["params"], assets=relay.endpoints["assets"], port=0,
+                                 cache_dir=web_cache)  # fmt: skip
+        try:
+            with WebServerThread(settings, RenderConfig(), DetailConfig()) as server:
+                ws = server.url.replace("http://", "ws://") + "ws"
+                assert _websocket(ws) == "data"
+                deadline = time.monotonic() + 60
+                while server.call(lambda: server.server.stats()["manifest"]) is None:
+                    assert time.monotonic() < deadline, "the bundle never came through the relay"
+                    time.sleep(0.2)
+                assert _http(f"{server.url}assets/{asset_set.manifest_name}") == 200
+        finally:
+            stop.set()
+            thread.join()
