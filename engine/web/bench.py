@@ -53,7 +53,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 async def _page(session: Any, url: str, duration_s: float) -> dict[str, Any]:
     import aiohttp
 
-    latencies, seqs = [], []
+    frames: list[tuple[int, bytes]] = []  # (received ns, message); decoded after the run, not on serve's CPUs
     loop = asyncio.get_running_loop()
     async with session.ws_connect(url, max_msg_size=0) as ws:
         end = loop.time() + duration_s
@@ -63,13 +63,15 @@ async def _page(session: Any, url: str, duration_s: float) -> dict[str, Any]:
             except TimeoutError:
                 break
             if msg.type == aiohttp.WSMsgType.BINARY:
-                now = time.monotonic_ns()
-                (n,) = struct.unpack_from("<I", msg.data, 0)
-                meta = json.loads(msg.data[4 : 4 + n])
-                latencies.append((now - meta["t_capture_ns"]) / 1e6)
-                seqs.append(meta["seq"])
+                frames.append((time.monotonic_ns(), msg.data))
             elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                 break
+    latencies, seqs = [], []
+    for received, data in frames:
+        (n,) = struct.unpack_from("<I", data, 0)
+        meta = json.loads(data[4 : 4 + n])
+        latencies.append((received - meta["t_capture_ns"]) / 1e6)
+        seqs.append(meta["seq"])
     return {"received": len(seqs), "first_seq": seqs[0] if seqs else None, "last_seq": seqs[-1] if seqs else None,
             "latency_ms": _percentiles(latencies)}  # fmt: skip
 
