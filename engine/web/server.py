@@ -43,7 +43,6 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import secrets
 import socket
 import struct
@@ -76,11 +75,6 @@ SILENT_AFTER_S = 2.0  # no params this long: the pages are told the engine is si
 IDENTITY_RETRY_S = 5.0  # a bundle that could not be fetched or built is tried again this much later
 FETCH_TIMEOUT_S = 120.0  # a whole bundle (~30 MB with its bases) over a slow link
 IMMUTABLE = "private, max-age=31536000, immutable"
-
-
-def remote_bundle_dir(root: Path, identity_id: str) -> Path:
-    """Where a fetched bundle is kept: `root/<id>`, the id made safe as a folder name (the layout `view` uses)."""
-    return Path(root) / (re.sub(r"[^A-Za-z0-9_.-]", "_", identity_id).strip(".") or "_")
 
 
 def ws_frame(payload: bytes, text: bool = False) -> bytes:
@@ -307,6 +301,7 @@ class WebServer:
         failure is retried `IDENTITY_RETRY_S` later (the engine announces its identity every second)."""
         from engine.face_model import FaceModel
         from engine.identity import DEFAULT_IDENTITY_DIR
+        from engine.stream.viewer import remote_cache_dir  # the folder `view` keeps fetched bundles in
 
         header = message.header
         try:
@@ -315,7 +310,7 @@ class WebServer:
                 raise UserError(f"the engine renders face model {header['model_id']!r}; this server has "
                                 f"{model.model_id!r}")  # fmt: skip
             if header["assets"]:
-                directory = remote_bundle_dir(self.cache_root / "remote", header["id"])
+                directory = remote_cache_dir(header["id"], str(self.cache_root / "remote"))
                 client.fetch_assets(directory, timeout_s=FETCH_TIMEOUT_S)
             else:
                 log.warning("the engine serves no identity bundle: showing the shipped default identity")
