@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	  || $(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev,vcam]'
 	# Compile the solver's numba kernels now (~25 s once; cached), not on the first `make run`.
-	$(PY) -m engine.solve.compiled
+	$(PY) -m engine.solve.warm_up
 	touch $(STAMP)
 
 gl-libs:

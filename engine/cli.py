@@ -21,6 +21,7 @@ from engine.commands.relay import add_relay_command
 from engine.commands.render import add_render_command
 from engine.commands.report import add_report_command
 from engine.commands.run import add_run_command
+from engine.commands.serve import add_serve_command
 from engine.commands.view import add_view_command
 from engine.config import ConfigError, load_config
 from engine.errors import UserError
@@ -39,6 +40,7 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_view_command,
     add_relay_command,
     add_keys_command,
+    add_serve_command,
     add_render_command,
 ]
 

@@ -265,6 +265,17 @@ class PipelineConfig(_Section):
     render_process: bool = True
 
 
+class WebConfig(_Section):
+    """Where `serve` / `run --web` listen and who may watch."""
+
+    host: str = "127.0.0.1"  # another address needs a token (generated when unset) or `insecure`
+    port: int = Field(8080, ge=0, le=65535)  # 0: any free port
+    token: str | None = None  # pages must present ?token=…; generated when listening off loopback without `insecure`
+    insecure: bool = False  # listen off loopback without a token, knowingly
+    tile_bits: Literal[8, 16] = 8  # detail-basis tiles for browsers: 8-bit (4.3 MB, within 1/255) or 16-bit (21 MB)
+    cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/scapecast (fetched bundles, built asset sets)
+
+
 class Config(_Section):
     """The whole engine configuration."""
 
@@ -277,6 +288,7 @@ class Config(_Section):
     identity: IdentityConfig = IdentityConfig()
     performer: PerformerConfig = PerformerConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    web: WebConfig = WebConfig()  # `serve` and `run --web` (docs/web.md)
 
 
 def _format_validation_error(error: ValidationError, origin: str) -> str:

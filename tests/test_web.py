@@ -338,13 +338,7 @@ class _Engine:
 
 
 def _serve_command() -> list[str]:
-    """`run_engine.py serve` once engine/cli.py registers it, else `python -m engine.web serve` (the same code)."""
-    from engine.cli import build_parser
-
-    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    if "serve" in commands:
-        return [sys.executable, str(REPO_ROOT / "run_engine.py"), "serve"]
-    return [sys.executable, "-m", "engine.web", "serve"]
+    return [sys.executable, str(REPO_ROOT / "run_engine.py"), "serve"]
 
 
 class _Serve:
@@ -682,7 +676,7 @@ def test_serve_without_an_engine_waits_and_says_so(tmp_path) -> None:
 
 def test_run_web_starts_serve_beside_the_engine_and_refuses_what_it_cannot_serve(tmp_path) -> None:
     from engine.errors import UserError
-    from engine.web.command import start_web_server
+    from engine.web.server import start_web_server
 
     for overrides, message in ((["stream.params_port=0"], "fixed stream.params_port"),
                                (["stream.enabled=false"], "stream.enabled=true")):  # fmt: skip

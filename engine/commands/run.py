@@ -22,6 +22,7 @@ from engine.files import check_output_path, write_atomic
 from engine.pipeline import Pipeline
 from engine.render.vcam import INSTALL_HINT
 from engine.sources.select import check_source_spec
+from engine.web.server import start_web_server
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
@@ -67,6 +68,9 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     )
     if args.calibrate:
         pipeline.request_calibration()  # from the first tracked frames: the user starts with a relaxed face
+    web = start_web_server(config) if args.web else None
+    if web is not None:
+        print(f"scapecast: the avatar in a browser at {web.url}", flush=True)
     status = StatusLine() if config.pipeline.status_line and not args.quiet else None
     # Ctrl-C and SIGTERM only ask the stage threads to finish: the main thread is never interrupted mid-call,
     # and every stage closes its own resources (MediaPipe's graph aborts the process if torn down half-way).
@@ -81,6 +85,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
             status.finish()
         if jsonl is not None:
             jsonl.close()
+        if web is not None:
+            web.stop()
     summary = summarize(pipeline)
     if args.summary_json:
         try:
@@ -129,6 +135,7 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
         "--vcam", action="store_true",
         help="show the avatar as a system camera for video calls (pip install 'scapecast[vcam]'; docs/apps.md)",
     )  # fmt: skip
+    p.add_argument("--web", action="store_true", help="also show the avatar to web browsers at web.host:web.port")
     p.add_argument("--realtime", action="store_true", help="file sources: keep wall-clock pace, drop stale frames")
     p.add_argument("--summary-json", help="write the run summary (fps, latency, accuracy) to PATH")
     p.add_argument("--params-jsonl", help="write one JSON line per processed frame to PATH")

@@ -56,7 +56,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from engine.config import DetailConfig, RenderConfig
+from engine.config import Config, DetailConfig, RenderConfig
 from engine.errors import UserError
 from engine.stream.security import ClientKeys, is_loopback
 from engine.web.assets import WebAssets, default_cache_root, is_served_name
@@ -92,7 +92,7 @@ def ws_frame(payload: bytes, text: bool = False) -> bytes:
 
 @dataclass
 class ServeSettings:
-    """What `serve` connects to and how it listens (see `engine/web/command.py` for the flags)."""
+    """What `serve` connects to and how it listens (the flags: engine/commands/serve.py)."""
 
     connect: str = "tcp://127.0.0.1:5555"
     assets: str | None = None  # the asset service; None: the params port + 2
@@ -543,3 +543,30 @@ class WebServerThread:
 
 async def _call_async(fn: Any) -> Any:
     return fn()
+
+
+def start_web_server(config: Config, host: str | None = None, port: int | None = None):
+    """`run --web`: serve this process's own engine (its params over loopback) from a thread; returns a
+    WebServerThread (`.url`, `.stop()`). Call it before the pipeline starts; stop it after the run."""
+    stream = config.stream
+    if not stream.enabled:
+        raise UserError("run --web shows the engine's params: it needs stream.enabled=true")
+    if stream.params_port == 0:
+        raise UserError("run --web needs a fixed stream.params_port (0 binds a port only known later)")
+    if stream.curve_server_secret is not None:
+        raise UserError("run --web cannot subscribe to a CURVE engine from inside it; run `scapecast serve "
+                        "--server-key … --client-key …` beside it instead")  # fmt: skip
+    web = config.web
+    settings = ServeSettings(
+        connect=f"tcp://127.0.0.1:{stream.params_port}",
+        assets=f"tcp://127.0.0.1:{stream.asset_port}",
+        host=host if host is not None else web.host,
+        port=port if port is not None else web.port,
+        token=web.token,
+        insecure=web.insecure,
+        cache_dir=web.cache_dir,
+        tile_bits=web.tile_bits,
+    )
+    server = WebServerThread(settings, config.render, config.detail)
+    log.info("the avatar in a browser: %s", server.url)
+    return server
