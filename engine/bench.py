@@ -255,6 +255,18 @@ def _bench_vcam_push(image: np.ndarray, frames: int, per_frame: Callable[..., di
         return per_frame(camera.push, [image] * frames) | {"sent_at_30fps": camera.sent}
 
 
+def bench_web_serve(quick: bool = False) -> dict[str, Any]:
+    """`serve` with 50 pages at 30 Hz (its cost per frame, what the pages miss), and the page's own frame time in
+    headless Chromium at 512² where Chromium is installed (SwiftShader: the CPU stands in for a GPU)."""
+    from engine.web.bench import bench_page, bench_web  # aiohttp and a browser: only when benchmarking them
+    from engine.web.browser import find_chromium
+
+    results: dict[str, Any] = {"serve_50": bench_web(clients=50, hz=30.0, duration_s=3.0 if quick else 10.0)}
+    if find_chromium() is not None and not quick:
+        results["page"] = bench_page((512,))
+    return results
+
+
 def run_benchmarks(config: Config, quick: bool = False) -> dict[str, Any]:
     """Every benchmark in one run; `quick` shortens each (for smoke tests)."""
     from engine.detail.bench import bench_precompute
@@ -270,6 +282,7 @@ def run_benchmarks(config: Config, quick: bool = False) -> dict[str, Any]:
         ("render", lambda: bench_render(size=config.render.width, frames=20 if quick else 100)),
         ("stream", bench_stream),
         ("outputs", lambda: bench_outputs(100 if quick else 600)),
+        ("web", lambda: bench_web_serve(quick)),
         ("precompute", lambda: bench_precompute(resolution=128 if quick else config.detail.resolution)),
         ("pipeline", lambda: bench_pipeline(config, 60 if quick else 600)),
     ]
@@ -315,6 +328,12 @@ def benchmark_tables(results: dict[str, Any]) -> str:
         f"{_get(results['precompute'], 'backend')}) | {_get(results['precompute'], 'seconds')} | ≤ 30 |",
         f"| closed-loop mean weight error, driven channels | {_get(pipeline, 'closed_loop_mae')} | ≤ 0.05 |",
         *_output_rows(results.get("outputs", {})),
+        f"| serve, 50 browser pages at 30 Hz: engine-side CPU per frame (ms, median) | "
+        f"{_get(results, 'web', 'serve_50', 'work_cpu_ms', 'p50')} | ≤ 1 |",
+        f"| serve, 50 pages: frames a page missed (fraction) | "
+        f"{_get(results, 'web', 'serve_50', 'page_missed_fraction')} | 0 |",
+        f"| browser page 512², detail on, SwiftShader on the CPU (ms per frame) | "
+        f"{_get(results, 'web', 'page', 'sizes', '512', 'detail_on', 'frame_ms')} | — |",
         "",
         "Pipeline stages, p50 (ms): " + ", ".join(f"{k} {v}" for k, v in pipeline["stages_ms"].items()) + ".",
     ]
