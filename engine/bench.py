@@ -24,6 +24,7 @@ from engine.config import Config
 from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.pipeline import Pipeline, PipelineParts
 from engine.render.bench import bench_render
+from engine.render.vcam import CHROMA_GREEN, VirtualCamera, camera_frame
 from engine.solve.bench import bench_solve
 from engine.solve.face_solver import FaceSolver
 from engine.sources.base import FrameSource
@@ -162,8 +163,6 @@ def bench_outputs(frames: int = 600) -> dict[str, Any]:
     import socket
     import threading
 
-    from engine.render.vcam import CHROMA_GREEN, camera_frame
-
     rng = np.random.default_rng(0)
     states = [
         FaceState(
@@ -232,7 +231,6 @@ def _bench_vcam_push(image: np.ndarray, frames: int, per_frame: Callable[..., di
         import pyvirtualcam
     except ImportError:
         return "n/a (pip install 'scapecast[vcam]')"
-    from engine.render.vcam import VirtualCamera
 
     class Discard:
         def __init__(self, **kw: Any) -> None:
@@ -269,7 +267,7 @@ def bench_web_serve(quick: bool = False) -> dict[str, Any]:
 
 def run_benchmarks(config: Config, quick: bool = False) -> dict[str, Any]:
     """Every benchmark in one run; `quick` shortens each (for smoke tests)."""
-    from engine.detail.bench import bench_precompute
+    from engine.detail.bench import bench_precompute  # torch: only when benchmarking the precompute
 
     results: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": _cpus()},

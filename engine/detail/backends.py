@@ -125,7 +125,7 @@ class TorchBackend:
     def __init__(self, weights: Path, device: str = "cpu", threads: int | None = None) -> None:
         import torch
 
-        from engine.detail.net import load_network
+        from engine.detail.net import load_network  # with torch, only for the torch backend
 
         if threads is not None:
             torch.set_num_threads(threads)

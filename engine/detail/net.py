@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.errors import UserError
 from engine.face_model import MODELS_DIR
 
 IN_CHANNELS = 10
@@ -98,7 +99,6 @@ class DetailUNet(nn.Module):
 
 def load_network(path: Path | str = DEFAULT_WEIGHTS, device: str = "cpu") -> DetailUNet:
     """Load a state dict saved by `tools/train_detail.py` (it stores width and scale with the weights)."""
-    from engine.errors import UserError
 
     path = Path(path)
     if not path.is_file():

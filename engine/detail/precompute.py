@@ -122,7 +122,7 @@ def onnx_path_for(weights: Path, cache_dir: Path) -> Path:
     sibling = weights.with_suffix(".onnx")
     if sibling.is_file():
         return sibling
-    from engine.detail.net import export_onnx, load_network
+    from engine.detail.net import export_onnx, load_network  # torch: only to export a missing ONNX file
 
     target = cache_dir / f"detail_net_{file_sha256(weights)[:16]}.onnx"
     if not target.is_file():

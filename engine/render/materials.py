@@ -13,6 +13,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from engine.detail.uv_raster import face_rasterizer
 from engine.face_model import FaceModel, FaceTopology
 
 
@@ -164,7 +165,6 @@ def bake_face_albedo(model: FaceModel, resolution: int, identity_weights: np.nda
     For identity builders that synthesize skin: multiplying a plain skin texture by this (÷ SKIN) adds the
     lips, brows and cheek colour the renderer paints when an identity has no texture.
     """
-    from engine.detail.uv_raster import face_rasterizer
 
     topology = model.topology
     rest = model.identity_neutral(model.default_identity_weights() if identity_weights is None else identity_weights)

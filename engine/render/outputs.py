@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import UserError
+from engine.render.context import display_available
 
 
 def _check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
@@ -118,8 +119,6 @@ class PreviewWindow:
     neutral face: `FaceSolver.calibrate_neutral`) until `take_calibration_request` reads it."""
 
     def __init__(self, title: str = "scapecast", mirror: bool = True) -> None:
-        from engine.render.context import display_available
-
         if not display_available():
             raise UserError("no display for a preview window (DISPLAY/WAYLAND_DISPLAY unset); run with --no-window")
         import cv2

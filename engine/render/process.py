@@ -56,7 +56,7 @@ def _serve(
     renderer = None
     target: np.ndarray | None = None
     try:
-        from engine.render.renderer import AvatarRenderer
+        from engine.render.renderer import AvatarRenderer  # in the child only: the parent never loads GL
 
         try:
             renderer = AvatarRenderer(model, identity, config, detail_gain=options["detail_gain"])

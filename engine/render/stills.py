@@ -15,6 +15,7 @@ from engine.detail.weights import KEY_EXPRESSION_NAMES, key_expression_weights
 from engine.face_model import FaceModel
 from engine.identity import Identity
 from engine.render.outputs import side_by_side, write_png
+from engine.render.renderer import AvatarRenderer
 from engine.types import FaceState
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ def render_stills(
 ) -> list[Path]:
     """Write `<name>_detail_on.png` / `_detail_off.png` (RGBA) and a `<name>_compare.png` sheet per key
     expression, plus `<first non-neutral>_{displacement,weights,normals}.png`. Returns the files written."""
-    from engine.render.renderer import AvatarRenderer
 
     states = {name: key_expression_state(name) for name in names}
     written: list[Path] = []

@@ -49,8 +49,15 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import face_model, names
+from engine.detail import weights
 from engine.face_model import FaceModel
 from engine.identity import Identity, load_bundle, read_bundle_meta
+from engine.render import materials, mesh
+from engine.render.materials import ShadeClass
+from engine.render.mesh import AvatarMesh
+from engine.solve import eyes
+from engine.web.png import encode_png
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +76,6 @@ def default_cache_root() -> Path:
 def _source_hash() -> str:
     """sha256 of the code that decides what the mesh and its uniforms are (a change rebuilds cached sets): the mesh
     layout, materials, the face model's personalization and normals, eyeball centres, masks, channel names."""
-    from engine import face_model, names
-    from engine.detail import weights
-    from engine.render import materials, mesh
-    from engine.solve import eyes
 
     digest = hashlib.sha256()
     for module in (mesh, materials, weights, face_model, eyes, names):
@@ -211,9 +214,6 @@ def _pack(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict[str, dict]]:
 
 def write_asset_set(identity: Identity, model: FaceModel, directory: Path, bits: int = 8, origin: str = "") -> dict:
     """Write the browser asset set of `identity` into `directory`; returns the manifest."""
-    from engine.render.materials import ShadeClass
-    from engine.render.mesh import AvatarMesh
-    from engine.web.png import encode_png
 
     if bits not in (8, 16):
         raise ValueError(f"detail tiles are 8 or 16 bits, not {bits}")

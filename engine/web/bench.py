@@ -39,6 +39,16 @@ from typing import Any
 
 import numpy as np
 
+from engine.config import load_config
+from engine.identity import DEFAULT_IDENTITY_DIR
+from engine.names import ICT_EXPRESSIONS
+from engine.render.camera import euler_to_quaternion
+from engine.stream.publisher import Publisher
+from engine.stream.security import free_loopback_ports
+from engine.types import FaceState, HeadPose, TrackingState
+from engine.web.browser import Chromium
+from engine.web.server import ServeSettings, WebServerThread
+
 
 def _percentiles(values: list[float]) -> dict[str, float]:
     if not values:
@@ -132,7 +142,6 @@ def fake_face(t: float, phase: np.ndarray) -> np.ndarray:
     """(53,) weights of a talking, smiling, blinking, glancing face at time `t` (s) — with the small weight a tracked
     face gives every other channel (≈ 0.02), which lights 3.2 key expressions on average at the default threshold,
     like the demo performer's tracked frames."""
-    from engine.names import ICT_EXPRESSIONS
 
     def bump(*names: str, value: float) -> None:
         for name in names:
@@ -148,8 +157,6 @@ def fake_face(t: float, phase: np.ndarray) -> np.ndarray:
 
 def _fake_engine(publisher: Any, hz: float, stop: threading.Event, counter: list[int]) -> None:
     """Publish `fake_face` with a turning head at `hz` until `stop`; `counter[0]`: messages sent."""
-    from engine.render.camera import euler_to_quaternion
-    from engine.types import FaceState, HeadPose, TrackingState
 
     phase = np.random.default_rng(0).uniform(0, 2 * np.pi, 53)
     period = 1.0 / hz
@@ -176,11 +183,6 @@ def _fake_engine(publisher: Any, hz: float, stop: threading.Event, counter: list
 
 def bench_web(clients: int = 50, hz: float = 30.0, duration_s: float = 10.0, slow_clients: int = 0) -> dict[str, Any]:
     """serve with `clients` pages (and `slow_clients` slow ones) on loopback at `hz`: the numbers above."""
-    from engine.config import load_config
-    from engine.identity import DEFAULT_IDENTITY_DIR
-    from engine.stream.publisher import Publisher
-    from engine.stream.security import free_loopback_ports
-    from engine.web.server import ServeSettings, WebServerThread
 
     config = load_config()
     params_port, frame_port, asset_port = free_loopback_ports(3)
@@ -255,12 +257,6 @@ def bench_page(sizes: tuple[int, ...] = (512,), rounds: int = 2, hz: float = 30.
     serve, the page keeps the last 60 frames it received, then draws each `rounds` times offscreen at every size in
     `sizes`, finished (`scapecast.benchmark`), with the detail blend on and off; plus the live page's own numbers
     (render fps, blendshape time, GPU time where the browser reports it) at its 800 × 800 viewport."""
-    from engine.config import load_config
-    from engine.identity import DEFAULT_IDENTITY_DIR
-    from engine.stream.publisher import Publisher
-    from engine.stream.security import free_loopback_ports
-    from engine.web.browser import Chromium
-    from engine.web.server import ServeSettings, WebServerThread
 
     config = load_config()
     params_port, frame_port, asset_port = free_loopback_ports(3)
@@ -299,14 +295,6 @@ def page_screenshot(path: str, width: int = 720, height: int = 540, settle_s: fl
     import io
 
     from PIL import Image
-
-    from engine.config import load_config
-    from engine.identity import DEFAULT_IDENTITY_DIR
-    from engine.names import ICT_EXPRESSIONS
-    from engine.stream.publisher import Publisher
-    from engine.stream.security import free_loopback_ports
-    from engine.web.browser import Chromium
-    from engine.web.server import ServeSettings, WebServerThread
 
     config = load_config()
     params_port, frame_port, asset_port = free_loopback_ports(3)

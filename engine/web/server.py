@@ -58,6 +58,10 @@ from aiohttp import WSMsgType, web
 
 from engine.config import Config, DetailConfig, RenderConfig
 from engine.errors import UserError
+from engine.face_model import FaceModel
+from engine.identity import DEFAULT_IDENTITY_DIR
+from engine.stream.client import StreamClient, engine_addresses
+from engine.stream.schema import IDENTITY, PARAMS
 from engine.stream.security import ClientKeys, is_loopback
 from engine.web.assets import WebAssets, default_cache_root, is_served_name
 from engine.web.frames import FramePreparer
@@ -161,8 +165,6 @@ class WebServer:
     """The server; `start()`/`stop()` on an asyncio loop (or `WebServerThread` for a thread of its own)."""
 
     def __init__(self, settings: ServeSettings, render: RenderConfig, detail: DetailConfig) -> None:
-        from engine.stream.client import engine_addresses
-
         self.settings = settings
         self.render = render
         self.detail = detail
@@ -246,9 +248,6 @@ class WebServer:
     # -- intake: ZeroMQ → prepared frames ------------------------------------------------------------------
 
     def _intake_loop(self) -> None:
-        from engine.stream.client import StreamClient
-        from engine.stream.schema import IDENTITY, PARAMS
-
         try:
             client = StreamClient(self.params_address, asset_address=self.asset_address, topics=(PARAMS, IDENTITY),
                                   keys=self.settings.keys)  # fmt: skip
@@ -299,8 +298,6 @@ class WebServer:
     def _load_identity(self, client: Any, message: Any, key: tuple[str, str]) -> None:
         """Fetch the announced bundle and build its web assets (seconds, the first time); then tell the pages. A
         failure is retried `IDENTITY_RETRY_S` later (the engine announces its identity every second)."""
-        from engine.face_model import FaceModel
-        from engine.identity import DEFAULT_IDENTITY_DIR
         from engine.stream.viewer import remote_cache_dir  # the folder `view` keeps fetched bundles in
 
         header = message.header
