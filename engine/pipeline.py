@@ -229,6 +229,7 @@ class Pipeline:
         self._solvers: list[Solver] = []
         self._renderer: Renderer | None = None
         self.render_skipped = 0  # solved frames not rendered because the renderer was down
+        self._render_state: str | None = None  # the renderer's state as last announced on `status`
         self._lock = threading.Lock()
         self.t_start_ns = 0
         self.t_end_ns = 0
@@ -428,12 +429,21 @@ class Pipeline:
                 self.stop()
 
     def _publish_state(self, publisher: Publisher | None, result: FrameResult) -> None:
-        """`status` on a tracking-state change, then `params` for this frame."""
+        """`status` on a tracking-state change and on a render-state change (`render_restarting` while a render
+        process is down, `render_running` once it is back), then `params` for this frame. On this (the solve)
+        thread: the params socket belongs to it; the render thread only changes the renderer's `state`."""
         if result.state.tracking != self.tracking_state:
             self.tracking_state = result.state.tracking
             if publisher is not None:
                 publisher.publish_status(self.tracking_state.value, {"frame": result.frame.index})
                 self.published["status"] += 1
+        render_state = getattr(self._renderer, "state", None)
+        if render_state is not None and render_state != self._render_state:
+            if publisher is not None and self._render_state is not None:
+                restarts = getattr(self._renderer, "restarts", 0)
+                publisher.publish_status(f"render_{render_state}", {"frame": result.frame.index, "restarts": restarts})
+                self.published["status"] += 1
+            self._render_state = render_state
         if publisher is not None:
             publisher.publish_params(result.state)
             self.published["params"] += 1

@@ -410,3 +410,57 @@ def test_the_demo_performer_is_solved_as_who_it_renders_and_a_file_as_anyone(tmp
         assert solver.performer.name == "default" and not solver.performer.online and not solver.performer.rendered
     finally:
         source.close()
+
+
+class RecordingPublisher:
+    """Keeps every `status` message (state, detail) and counts the rest."""
+
+    def __init__(self) -> None:
+        self.statuses: list[tuple[str, dict]] = []
+        self.params = 0
+
+    def publish_params(self, state: FaceState) -> None:
+        self.params += 1
+
+    def publish_frame(self, frame: RenderedFrame) -> None:
+        pass
+
+    def publish_status(self, state: str, detail: dict) -> None:
+        self.statuses.append((state, detail))
+
+    def publish_stats(self, stats: dict) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_status_says_when_the_render_process_goes_down_and_comes_back() -> None:
+    """A supervised renderer that is down for frames 10-19: `status` announces render_restarting then
+    render_running (with the restart count), from the solve thread, once each; params never pause."""
+
+    class FlakyRenderer(RecordingRenderer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.state, self.restarts = "running", 0
+
+        def render(self, state: FaceState) -> RenderedFrame | None:
+            down = 10 <= state.frame_index < 20
+            if self.state == "restarting" and not down:
+                self.restarts += 1
+            self.state = "restarting" if down else "running"
+            return None if down else super().render(state)
+
+    publisher = RecordingPublisher()
+    parts = PipelineParts(lambda: CountingSource(40, live=False), SlowTracker, EchoSolver, FlakyRenderer,
+                          lambda: publisher)  # fmt: skip
+    pipeline = Pipeline(parts)
+    pipeline.run()
+    render_statuses = [
+        (state, detail["restarts"]) for state, detail in publisher.statuses if state.startswith("render")
+    ]
+    assert render_statuses == [("render_restarting", 0), ("render_running", 1)]
+    assert publisher.params == 40 and pipeline.render_skipped == 10
