@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from engine.errors import UserError
 from engine.stream.client import StreamClient
 from engine.stream.publisher import Publisher
 from engine.stream.relay import Relay
-from engine.stream.security import ClientKeys, is_loopback, make_keys
+from engine.stream.security import ClientKeys, consecutive_free_loopback_ports, is_loopback, make_keys
 from engine.types import FaceState, RenderedFrame
 
 
@@ -89,31 +88,11 @@ def test_non_loopback_bind_needs_curve_or_insecure(keys: dict[str, Path]) -> Non
     assert not any(is_loopback(h) for h in ("0.0.0.0", "*", "192.168.1.4", "example.com", "::"))
 
 
-def _consecutive_free_ports(n: int = 3) -> int:
-    """A base port with `n` free ports after it (the relay derives frame/assets ports as +1, +2)."""
-    rng = np.random.default_rng()
-    for _ in range(50):
-        base = int(rng.integers(20_000, 60_000))
-        sockets = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no free port range found")
-
-
 def test_relay_fans_out_params_frames_and_assets(tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "texture.png").write_bytes(b"\x89PNG fake texture")
-    base = _consecutive_free_ports()
+    base = consecutive_free_loopback_ports()
     engine = StreamConfig(params_port=base, frame_port=base + 1, asset_port=base + 2)
     with (
         Publisher(engine, "upstream", {"id": "ada"}, bundle) as pub,

@@ -27,7 +27,7 @@ from engine.config import DetailConfig, RenderConfig, load_config
 from engine.identity import DEFAULT_IDENTITY_DIR, DetailBases, load_bundle
 from engine.names import ICT_EXPRESSIONS, arkit_to_ict
 from engine.stream.schema import Message
-from engine.stream.security import free_loopback_ports
+from engine.stream.security import consecutive_free_loopback_ports, free_loopback_ports
 from engine.types import FaceState, HeadPose, TrackingState
 from engine.web import shaders as web_shaders
 from engine.web.assets import WebAssets, cache_key, dequantize_tiles, is_served_name, quantize_tiles
@@ -742,27 +742,6 @@ def test_a_new_identity_reaches_an_open_page(browser, face_model, tmp_path, web_
         assert _foreground_psnr(_pixels(capture["pixels"]), renderer.render(state).image) >= 30.0
 
 
-def _consecutive_free_ports(count: int) -> int:
-    """A first port with `count` free consecutive ports on loopback (the engine layout a relay connects to)."""
-    import socket
-
-    for _ in range(50):
-        base = free_loopback_ports(1)[0]
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no consecutive free ports")
-
-
 def test_serve_works_behind_a_relay(face_model, web_cache, asset_set) -> None:
     """engine → relay → serve: params and the identity bundle both come through the relay's own ports."""
     from engine.config import StreamConfig
@@ -770,7 +749,7 @@ def test_serve_works_behind_a_relay(face_model, web_cache, asset_set) -> None:
     from engine.stream.relay import Relay
     from engine.web.server import ServeSettings, WebServerThread
 
-    base = _consecutive_free_ports(3)
+    base = consecutive_free_loopback_ports(3)
     stream = StreamConfig(params_port=base, frame_port=base + 1, asset_port=base + 2)
     state = _state(_params(_weights(jawOpen=0.3), _yaw_pitch(0, 0)))
     stop = threading.Event()

@@ -47,6 +47,26 @@ def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
     return public, secret_key
 
 
+def consecutive_free_loopback_ports(count: int = 3) -> int:
+    """A first port with `count` consecutive TCP ports free on 127.0.0.1 now: the engine's layout (params, frame,
+    assets at +0, +1, +2) that `relay` and `serve` derive from one address."""
+    for _ in range(50):
+        base = free_loopback_ports(1)[0]
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
 def free_loopback_ports(count: int) -> list[int]:
     """`count` distinct TCP ports free on 127.0.0.1 right now (for benchmarks, soak runs and tests that start
     engines side by side; a port can still be taken between this call and the bind)."""

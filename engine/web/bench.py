@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -178,6 +180,26 @@ def _fake_engine(publisher: Any, hz: float, stop: threading.Event, counter: list
             stop.wait(delay)
 
 
+@contextlib.contextmanager
+def _fake_engine_served(config: Any, hz: float, counter: list[int]) -> Iterator[tuple[Any, threading.Event]]:
+    """A publisher on free loopback ports fed by `_fake_engine` at `hz` (with the shipped identity's assets):
+    yields the `ServeSettings` that reach it (any free HTTP port) and the event that stops the fake engine."""
+    params_port, frame_port, asset_port = free_loopback_ports(3)
+    stream = config.stream.model_copy(update={"params_port": params_port, "frame_port": frame_port,
+                                              "asset_port": asset_port})  # fmt: skip
+    stop = threading.Event()
+    with Publisher(stream, "bench", {"id": "default", "model_id": ""}, DEFAULT_IDENTITY_DIR) as publisher:
+        engine = threading.Thread(target=_fake_engine, args=(publisher, hz, stop, counter), daemon=True)
+        engine.start()
+        settings = ServeSettings(connect=f"tcp://127.0.0.1:{params_port}", assets=f"tcp://127.0.0.1:{asset_port}",
+                                 port=0)  # fmt: skip
+        try:
+            yield settings, stop
+        finally:
+            stop.set()
+            engine.join(timeout=5)
+
+
 # ---- the benchmark ----------------------------------------------------------------------------------------------
 
 
@@ -185,16 +207,8 @@ def bench_web(clients: int = 50, hz: float = 30.0, duration_s: float = 10.0, slo
     """serve with `clients` pages (and `slow_clients` slow ones) on loopback at `hz`: the numbers above."""
 
     config = load_config()
-    params_port, frame_port, asset_port = free_loopback_ports(3)
-    stream = config.stream.model_copy(update={"params_port": params_port, "frame_port": frame_port,
-                                              "asset_port": asset_port})  # fmt: skip
-    stop = threading.Event()
-    with Publisher(stream, "bench", {"id": "default", "model_id": ""}, DEFAULT_IDENTITY_DIR) as publisher:
-        published = [0]
-        engine = threading.Thread(target=_fake_engine, args=(publisher, hz, stop, published), daemon=True)
-        engine.start()
-        settings = ServeSettings(connect=f"tcp://127.0.0.1:{params_port}", assets=f"tcp://127.0.0.1:{asset_port}",
-                                 port=0)  # fmt: skip
+    published = [0]
+    with _fake_engine_served(config, hz, published) as (settings, stop):
         try:
             with WebServerThread(settings, config.render, config.detail) as server:
                 web = server.server
@@ -218,7 +232,6 @@ def bench_web(clients: int = 50, hz: float = 30.0, duration_s: float = 10.0, slo
                 slow_stats = server.call(web.stats)
         finally:
             stop.set()
-            engine.join(timeout=5)
     forwarded = len(costs)
     # Per page, the frames it missed between its first and its last (it connects after serve started forwarding).
     spans = [p["last_seq"] - p["first_seq"] + 1 for p in pages["pages"] if p["received"]]
@@ -259,16 +272,8 @@ def bench_page(sizes: tuple[int, ...] = (512,), rounds: int = 2, hz: float = 30.
     (render fps, blendshape time, GPU time where the browser reports it) at its 800 × 800 viewport."""
 
     config = load_config()
-    params_port, frame_port, asset_port = free_loopback_ports(3)
-    stream = config.stream.model_copy(update={"params_port": params_port, "frame_port": frame_port,
-                                              "asset_port": asset_port})  # fmt: skip
-    stop = threading.Event()
     out: dict[str, Any] = {"sizes": {}}
-    with Publisher(stream, "bench", {"id": "default", "model_id": ""}, DEFAULT_IDENTITY_DIR) as publisher:
-        engine = threading.Thread(target=_fake_engine, args=(publisher, hz, stop, [0]), daemon=True)
-        engine.start()
-        settings = ServeSettings(connect=f"tcp://127.0.0.1:{params_port}", assets=f"tcp://127.0.0.1:{asset_port}",
-                                 port=0)  # fmt: skip
+    with _fake_engine_served(config, hz, [0]) as (settings, stop):
         try:
             with WebServerThread(settings, config.render, config.detail) as server, Chromium() as browser:
                 started = time.monotonic()
@@ -286,7 +291,6 @@ def bench_page(sizes: tuple[int, ...] = (512,), rounds: int = 2, hz: float = 30.
                     out["sizes"][size] = {"detail_on": on, "detail_off": off}
         finally:
             stop.set()
-            engine.join(timeout=5)
     return out
 
 
@@ -297,15 +301,7 @@ def page_screenshot(path: str, width: int = 720, height: int = 540, settle_s: fl
     from PIL import Image
 
     config = load_config()
-    params_port, frame_port, asset_port = free_loopback_ports(3)
-    stream = config.stream.model_copy(update={"params_port": params_port, "frame_port": frame_port,
-                                              "asset_port": asset_port})  # fmt: skip
-    stop = threading.Event()
-    with Publisher(stream, "bench", {"id": "default", "model_id": ""}, DEFAULT_IDENTITY_DIR) as publisher:
-        engine = threading.Thread(target=_fake_engine, args=(publisher, 30.0, stop, [0]), daemon=True)
-        engine.start()
-        settings = ServeSettings(connect=f"tcp://127.0.0.1:{params_port}", assets=f"tcp://127.0.0.1:{asset_port}",
-                                 port=0)  # fmt: skip
+    with _fake_engine_served(config, 30.0, [0]) as (settings, stop):
         try:
             with WebServerThread(settings, config.render, config.detail) as server, Chromium() as browser:
                 page = browser.open(server.url, width, height)
@@ -322,7 +318,6 @@ def page_screenshot(path: str, width: int = 720, height: int = 540, settle_s: fl
                 return page.evaluate("scapecast.stats")
         finally:
             stop.set()
-            engine.join(timeout=5)
 
 
 def _slowest(pages: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
