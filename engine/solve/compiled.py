@@ -574,9 +574,3 @@ def one_euro_update(
         new_x[i] = previous_x[i] + alpha * (x[i] - previous_x[i])
         new_dx[i] = dx
     return new_x, new_dx
-
-
-if __name__ == "__main__":  # `make setup` runs `python -m engine.solve.compiled`: engine/solve/warm_up.py does it
-    from engine.solve.warm_up import main
-
-    main()
