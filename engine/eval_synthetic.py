@@ -156,12 +156,54 @@ def _pattern(rng: np.random.Generator, table: np.ndarray) -> np.ndarray:
     return w
 
 
-def performance(kind: str, seconds: float, seed: int, max_yaw_deg: float = 30.0) -> Performance:
+_BROW_UP = ("browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R")
+_BROW_DOWN = ("browDown_L", "browDown_R")
+
+
+def _upper_face(rng: np.random.Generator, table: np.ndarray) -> np.ndarray:
+    """An upper-face expression (brows raised, lowered, one brow, inner brows; wide or squinted eyes), with a
+    lower-face expression over it half the time, so that the brows are seen moving on their own and together
+    with the mouth (the first training clips drew brows rarely: a few clips in a hundred)."""
+    w = np.zeros(N)
+    kind = rng.choice(
+        ["raise", "inner", "one_brow", "lower", "surprise", "squint"], p=[0.25, 0.15, 0.15, 0.2, 0.15, 0.1]
+    )
+    level = rng.uniform(0.3, 1.0)
+    if kind == "raise":
+        w[[_CH[n] for n in _BROW_UP]] = np.clip(level + rng.normal(0, 0.1, 4), 0, 1)
+    elif kind == "inner":
+        w[[_CH["browInnerUp_L"], _CH["browInnerUp_R"]]] = level
+        w[[_CH[n] for n in _BROW_DOWN]] = rng.uniform(0.0, 0.5) * (rng.uniform() < 0.4)  # worry: inner up, outer down
+    elif kind == "one_brow":
+        side = rng.choice(["L", "R"])
+        w[[_CH[f"browInnerUp_{side}"], _CH[f"browOuterUp_{side}"]]] = level
+    elif kind == "lower":
+        w[[_CH[n] for n in _BROW_DOWN]] = np.clip(level + rng.normal(0, 0.1, 2), 0, 1)
+        w[[_CH["eyeSquint_L"], _CH["eyeSquint_R"]]] = rng.uniform(0.0, 0.5) * (rng.uniform() < 0.5)
+    elif kind == "surprise":
+        w[[_CH[n] for n in _BROW_UP]] = level
+        w[[_CH["eyeWide_L"], _CH["eyeWide_R"]]] = rng.uniform(0.3, 1.0)
+        w[_CH["jawOpen"]] = rng.uniform(0.0, 0.5)
+    else:
+        w[[_CH["eyeSquint_L"], _CH["eyeSquint_R"]]] = level
+        w[[_CH["cheekSquint_L"], _CH["cheekSquint_R"]]] = rng.uniform(0.0, 0.5)
+    if rng.uniform() < 0.5:
+        lower = _pattern(rng, table)
+        lower[[i for i, name in enumerate(ICT_EXPRESSIONS) if name.startswith(("brow", "eyeWide", "eyeSquint"))]] = 0
+        w = np.maximum(w, lower)
+    w[_CH["mouthClose"]] = min(w[_CH["mouthClose"]], w[_CH["jawOpen"]])
+    return np.clip(w, 0.0, 1.0)
+
+
+def performance(
+    kind: str, seconds: float, seed: int, max_yaw_deg: float = 30.0, upper_face_share: float = 0.0
+) -> Performance:
     """A scripted performance at FPS.
 
     `neutral_start`: 1.5 s relaxed, then expressions; `expressive_start`: a broad expression from the first
     frame; `smile_hold`: a smile held throughout with speech and blinks over it; `random`: expressions from
-    the first frame on, neutral about a third of the time (training clips). Head turns up to `max_yaw_deg`,
+    the first frame on, neutral about a third of the time (training clips), and with `upper_face_share` that
+    share of its expressions drawn from the upper face (`_upper_face`). Head turns up to `max_yaw_deg`,
     blinks every 2–5 s."""
     rng = np.random.default_rng(seed)
     table = key_expression_weights()
@@ -191,7 +233,12 @@ def performance(kind: str, seconds: float, seed: int, max_yaw_deg: float = 30.0)
     while t < seconds + 1.0:
         # Training clips change expression quickly (more distinct expressions per rendered second).
         hold = rng.uniform(0.25, 0.6) if kind == "random" else rng.uniform(0.4, 1.2)
-        w = np.zeros(N) if kind == "random" and rng.uniform() < 0.33 else _pattern(rng, table)
+        if kind == "random" and rng.uniform() < 0.33:
+            w = np.zeros(N)
+        elif upper_face_share > 0 and rng.uniform() < upper_face_share:
+            w = _upper_face(rng, table)
+        else:
+            w = _pattern(rng, table)
         if kind == "smile_hold":
             w = np.maximum(smile, np.where(np.arange(N) == _CH["jawOpen"], w, 0.0))
         euler, offset = pose()
@@ -294,6 +341,14 @@ KINDS = ("neutral_start", "expressive_start", "smile_hold")
 WINDOWS_S = ((0.0, 0.5), (0.5, 1.0), (1.0, 3.0), (3.0, 10.0))
 FOVS = (35.0, 50.0, 70.0)
 DRIVEN = 0.1  # a channel is driven in a clip where its truth exceeds this somewhere
+# Channel groups the learned regression is reported on (issue #13: better than the geometric fit on each).
+GROUPS = {
+    "brows": ("brow",),
+    "eyes": ("eye",),
+    "jaw": ("jaw",),
+    "mouth": ("mouth", "cheek", "nose"),
+}
+GROUP_CHANNELS = {g: np.array([i for i, n in enumerate(ICT_EXPRESSIONS) if n.startswith(p)]) for g, p in GROUPS.items()}
 
 
 def clip_errors(truth: np.ndarray, solved: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
@@ -311,6 +366,10 @@ def clip_errors(truth: np.ndarray, solved: np.ndarray, valid: np.ndarray) -> dic
             "driven": round(float(err[:, driven].mean()), 4) if driven.any() else None,
             "all": round(float(err.mean()), 4),
         }
+        # Per channel group: the error on that group's driven channels (None where the clip drives none).
+        for group, ids in GROUP_CHANNELS.items():
+            ids = ids[driven[ids]]
+            out[f"{lo:g}-{hi:g}s"][group] = round(float(err[:, ids].mean()), 4) if len(ids) else None
     return out
 
 
@@ -359,8 +418,12 @@ def evaluate_synthetic(
                     ("auto", Performer.auto()),
                     ("told", Performer.told(face.identity_weights, face.fov_y_deg)),
                     ("avatar", avatar),
+                    ("geometric", Performer.auto()),
                 ):
-                    solver = FaceSolver(model, embedding, performer, config.solve, config.performer)
+                    solve = config.solve
+                    if label == "geometric":  # the plain geometric fit: `auto` without the learned prior
+                        solve = solve.model_copy(update={"learned_prior": False})
+                    solver = FaceSolver(model, embedding, performer, solve, config.performer)
                     solved, valid, status = solve_clip(found, frames, solver)
                     entry[label] = clip_errors(truth, solved, valid)
                     if label == "auto":
@@ -384,7 +447,11 @@ def evaluate_synthetic(
 
 def _synthetic_summary(rows: list[dict[str, Any]], spread: dict[str, list[np.ndarray]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for label in ("auto", "told", "avatar"):
+    for label in ("auto", "told", "avatar", "geometric"):
+        last = f"{WINDOWS_S[-1][0]:g}-{WINDOWS_S[-1][1]:g}s"
+        for group in GROUPS:
+            values = [r[label][last][group] for r in rows if r[label].get(last, {}).get(group) is not None]
+            summary[f"{label}_{group}_{last}"] = round(float(np.mean(values)), 4) if values else None
         for window in (f"{lo:g}-{hi:g}s" for lo, hi in WINDOWS_S):
             values = [
                 r[label][window]["driven"]
@@ -422,13 +489,29 @@ def synthetic_markdown(synthetic: dict[str, Any]) -> list[str]:
         ("auto", "`auto` (the default)"),
         ("told", "the true identity and camera"),
         ("avatar", "before: as the default avatar"),
+        ("geometric", "`auto` without the learned prior (the geometric fit)"),
     ):
+        if f"{label}_driven_{WINDOWS_S[0][0]:g}-{WINDOWS_S[0][1]:g}s" not in s:
+            continue  # a report from before that row existed
         cells = [f"{s[f'{label}_driven_{lo:g}-{hi:g}s']} / {s[f'{label}_all_{lo:g}-{hi:g}s']}" for lo, hi in WINDOWS_S]
         lines.append(f"| {text} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Cells: mean |w − w_true| on driven channels / on all 53, over the frames in that window after the face "
         "appears.",
+    ]
+    last = f"{WINDOWS_S[-1][0]:g}-{WINDOWS_S[-1][1]:g}s"
+    if f"auto_brows_{last}" in s:
+        lines += [
+            "",
+            f"Per channel group, driven channels, {last.replace('-', '–').replace('s', ' s')} after the face appears:",
+            "",
+            "| solved with | " + " | ".join(GROUPS) + " |",
+            "| --- |" + " --- |" * len(GROUPS),
+        ]
+        for label in ("auto", "told", "geometric"):
+            lines.append(f"| {label} | " + " | ".join(str(s[f"{label}_{g}_{last}"]) for g in GROUPS) + " |")
+    lines += [
         "",
         "Camera the solver used (`auto`: estimated only with `performer.estimate_camera`, else the prior's "
         "centre), largest error per true FOV (°): "

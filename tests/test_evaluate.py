@@ -92,6 +92,10 @@ def test_synthetic_clip_errors_by_window_after_the_face_appears() -> None:
     errors = clip_errors(truth, solved, valid)
     assert errors["0-0.5s"]["driven"] == pytest.approx(0.5) and errors["0.5-1s"]["driven"] == pytest.approx(0.0)
     assert errors["3-10s"]["all"] == pytest.approx(0.1 / 53, abs=1e-4)  # rounded to 4 places
+    # Channel 26 is jawOpen: the jaw group has the driven error; no brow is driven, so the false browDown_L
+    # reading (channel 0) counts in "all" but not in a group.
+    assert errors["0-0.5s"]["jaw"] == pytest.approx(0.5) and errors["3-10s"]["jaw"] == pytest.approx(0.0)
+    assert errors["3-10s"]["brows"] is None and errors["3-10s"]["mouth"] is None
     valid[:] = False
     assert clip_errors(truth, solved, valid) == {}
 
