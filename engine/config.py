@@ -145,7 +145,7 @@ class RenderConfig(_Section):
     fov_y_deg: float = Field(25.0, gt=1, lt=120)
     camera_distance_cm: float = Field(60.0, gt=1)  # framed camera: model origin this far ahead
     follow_pose_translation: bool = False  # place the head by the pose's translation/scale instead of framing it
-    debug_view: Literal["none", "displacement", "weights", "normals"] = "none"
+    debug_view: Literal["none", "displacement", "weights", "normals", "classes"] = "none"
     background: tuple[float, float, float, float] = Field((0.0, 0.0, 0.0, 0.0))  # RGBA in [0, 1]; alpha 0 or 1
     mirror_preview: bool = True  # the preview window shows a mirror image (the output frames are never mirrored)
     # Dynamic detail: skip key expressions whose weight M_i stays below this everywhere (their basis would add

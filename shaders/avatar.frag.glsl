@@ -1,14 +1,27 @@
 // The avatar fragment stage: the dynamic-detail blend (detail_blend.glsl) on face skin, normal
 // perturbation from the blended UV gradient, and shading: wrapped diffuse from a key and a fill light,
 // a hemisphere ambient, Blinn-Phong specular, per-material albedo (identity texture on face skin,
-// procedural elsewhere), a drawn iris and pupil, and depth darkening inside the mouth.
-// Output: linear shading → display gamma 2.0 (sqrt), alpha 1 (the background is cleared to alpha 0).
+// procedural elsewhere), a drawn iris and pupil, depth darkening inside the mouth, and eyelash strands
+// as analytic coverage.
+// Output: linear shading → display gamma 2.0 (sqrt); alpha 1 (the background is cleared to alpha 0), or
+// on lash cards the strands' coverage, which the renderer blends over the face (depth writes off).
 //
 // Compiled once per draw group (GROUP = GROUP_FACE, GROUP_EYES, GROUP_HEAD, GROUP_INTERIOR, GROUP_LASHES),
 // with DETAIL (face group, detail on), ALBEDO_MAP (the identity has a texture) and DEBUG_VIEW (0 shaded,
-// 1 displacement F, 2 weights M_i, 3 normals) fixed at compile time:
-// llvmpipe runs both sides of every branch, so only the code a pixel needs may be in its shader. Only
-// the lash group discards (cut strands), so every other draw keeps early depth testing.
+// 1 displacement F, 2 weights M_i, 3 normals, 4 shading classes) fixed at compile time:
+// llvmpipe runs both sides of every branch, so only the code a pixel needs may be in its shader. No group
+// discards, so every draw keeps early depth testing.
+
+// ICT's lash cards (M_EyeLashes) carry their strands in an alpha texture it does not ship. Their UVs: u runs
+// along the lid (each eye spans ~0.48 of UDIM tile 6), and v stacks three cards per lid (upper lid v > 0.5),
+// LASH_CARD_PERIOD apart, each LASH_CARD_LENGTH long from the tip (lowest v) to the root in the lid.
+#define LASH_CARD_PERIOD 0.166
+#define LASH_CARD_LENGTH 0.14
+#define LASH_TIP_UPPER 0.516                 // v of the first upper card's tip
+#define LASH_TIP_LOWER 0.014
+#define LASH_STRANDS_UPPER 110.0             // strands per unit u on each card
+#define LASH_STRANDS_LOWER 55.0              // the lower lid's are sparser, thinner and shorter
+#define LASH_OPACITY 0.92
 
 in vec3 v_position;
 in vec3 v_normal;
@@ -73,6 +86,31 @@ vec3 iris_albedo(vec3 rest) {
     return mix(vec3(0.004), color, smoothstep(0.19, 0.215, r));  // pupil
 }
 
+float hash11(float x) {
+    return fract(sin(x * 127.1) * 43758.5453);
+}
+
+// Coverage of a pixel by lash strands, in [0, 1]: each strand a tapered band along v, box-filtered over the
+// pixel's footprint (fwidth) across it. Where strands are narrower than a pixel the coverage tends to their mean
+// density instead of aliasing into stripes; no MSAA needed (llvmpipe renders without it).
+float lash_coverage(vec2 uv, vec3 rest) {
+    bool upper = uv.y > 0.5;
+    float from_tip = mod(uv.y - (upper ? LASH_TIP_UPPER : LASH_TIP_LOWER) + 0.01, LASH_CARD_PERIOD) - 0.01;
+    float card = floor((uv.y - (upper ? LASH_TIP_UPPER : LASH_TIP_LOWER) + 0.01) / LASH_CARD_PERIOD);
+    float t = clamp(1.0 - from_tip / LASH_CARD_LENGTH, 0.0, 1.0);  // 0 at the root, 1 at the tip
+    float s = uv.x * (upper ? LASH_STRANDS_UPPER : LASH_STRANDS_LOWER) + 0.37 * card;
+    float footprint = max(fwidth(s), 1e-4);  // pixel width in strand spacings
+    float id = floor(s);
+    float h = hash11(id + 17.0 * card + (upper ? 0.0 : 331.0));
+    // Longer towards the outer corner (the eye spans |x| ≈ 1.6–5.3 cm), random per strand.
+    float strand_length = (upper ? 1.0 : 0.5) * (0.6 + 0.4 * h) * mix(0.75, 1.0, smoothstep(1.8, 4.5, abs(rest.x)));
+    float half_width = (upper ? 0.28 : 0.15) * pow(clamp(1.0 - t / strand_length, 0.0, 1.0), 0.6);
+    float d = abs(fract(s) - 0.5 - 0.3 * (h - 0.5));
+    float overlap = max(min(half_width, d + 0.5 * footprint) - max(-half_width, d - 0.5 * footprint), 0.0) / footprint;
+    float mean = 2.0 * half_width;  // what a pixel spanning whole strand spacings sees
+    return LASH_OPACITY * mix(min(overlap, 1.0), mean, smoothstep(0.4, 1.0, footprint));
+}
+
 vec3 palette(int i) {
     return 0.5 + 0.5 * cos(6.2831853 * (float(i) / 19.0 + vec3(0.0, 0.33, 0.67)));
 }
@@ -110,12 +148,15 @@ void main() {
     frag = vec4(c, 1.0);
 #elif DEBUG_VIEW == 3
     frag = vec4(n * 0.5 + 0.5, 1.0);
+#elif DEBUG_VIEW == 4
+    frag = vec4(float(v_class) / 8.0, palette(v_class * 5).yz, 1.0);  // red = ShadeClass / 8 (decodable)
 #else
     vec3 albedo = to_linear(v_albedo);
     float specular = 0.06;
     float shininess = 24.0;
     float wrap = 0.3;  // skin: light scattered under the surface reaches past the terminator
     float occlusion = 1.0;
+    float alpha = 1.0;
 #if GROUP == GROUP_FACE
 #if ALBEDO_MAP
     albedo = to_linear(texture(u_albedo_map, v_uv).rgb);
@@ -134,9 +175,7 @@ void main() {
     shininess = 48.0;
     wrap = 0.0;
 #elif GROUP == GROUP_LASHES
-    if (fract(v_uv.x * 90.0) > (v_uv.y > 0.5 ? 0.35 : 0.2)) {
-        discard;  // ICT's lash cards carry strands in an alpha texture it does not ship: cut strands
-    }
+    alpha = lash_coverage(v_uv, v_rest);
     specular = 0.0;
     wrap = 0.0;
 #endif
@@ -150,6 +189,6 @@ void main() {
         float spec = dot(n, l) > 0.0 ? pow(max(dot(n, h), 0.0), shininess) * (shininess + 8.0) / 25.1327 : 0.0;
         color += u_light_color[k] * occlusion * (albedo * diffuse + specular * spec);
     }
-    frag = vec4(sqrt(clamp(color, 0.0, 1.0)), 1.0);
+    frag = vec4(sqrt(clamp(color, 0.0, 1.0)), alpha);
 #endif
 }

@@ -64,7 +64,7 @@ def render_vertex_classes(topology: FaceTopology) -> np.ndarray:
 
 class DrawGroup(IntEnum):
     """Triangles drawn by one shader variant (`#define GROUP`), in this order: near surfaces first, so that
-    early depth testing skips shading what they hide; lashes last (their shader discards)."""
+    early depth testing skips shading what they hide; lashes last (blended over the rest)."""
 
     FACE = 0  # the face UV tile: identity texture and dynamic detail
     EYES = 1  # sclera (corneal surface) and iris

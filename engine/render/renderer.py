@@ -30,13 +30,19 @@ from engine.render.outputs import PreviewWindow
 from engine.types import FaceState, RenderedFrame
 
 # A key expression is skipped when its M_i cannot exceed this anywhere (M_i ≤ Σ_j c_ij since A_j ≤ 1).
-_DEBUG_VIEWS = {"none": 0, "displacement": 1, "weights": 2, "normals": 3}
+_DEBUG_VIEWS = {"none": 0, "displacement": 1, "weights": 2, "normals": 3, "classes": 4}
 
 
 # ICT's closed surfaces wind counter-clockwise seen from outside (the mouth socket from inside, where it is seen):
 # culling their back faces changes ≤ 2 edge pixels of a 512² frame and saves ~20 % of the draw on llvmpipe.
 # Lash cards are seen from both sides and stay unculled.
 _BACKFACE_CULLED = frozenset({DrawGroup.FACE, DrawGroup.EYES, DrawGroup.HEAD, DrawGroup.INTERIOR})
+# Lash strands are coverage (alpha) blended over what is drawn before them, without writing depth: overlapping
+# cards all blend, in any order (one colour, so the result does not depend on it).
+_BLENDED = frozenset({DrawGroup.LASHES})
+# Colour: over; alpha: accumulated coverage, so strands over a transparent background stay premultiplied like
+# resolved MSAA edges (read() divides them out).
+_BLEND_FUNC = (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA, moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA)
 
 
 def _m_slots(n_active: int) -> int:
@@ -248,10 +254,18 @@ class AvatarRenderer:
                     self._ctx.enable(moderngl.CULL_FACE)
                 else:
                     self._ctx.disable(moderngl.CULL_FACE)
+                blended = group in _BLENDED
+                if blended:
+                    self._ctx.enable(moderngl.BLEND)
+                    self._ctx.blend_func = _BLEND_FUNC
+                    self._fbo.depth_mask = False
                 detail = self.detail and group == DrawGroup.FACE
                 program, vao = self._variant(group, detail, self._n_active if detail else 0)
                 _write_uniforms(program, self._frame)
                 vao.render(moderngl.TRIANGLES, vertices=count, first=first)
+                if blended:
+                    self._ctx.disable(moderngl.BLEND)
+                    self._fbo.depth_mask = True
         self._ctx.disable(moderngl.CULL_FACE)
         if self._resolved is not self._fbo:
             self._ctx.copy_framebuffer(self._resolved, self._fbo)

@@ -1,5 +1,5 @@
 """What the page needs besides the identity: camera, lights, constants and shader defines, from the desktop's own
-definitions (`engine.render.renderer.Lighting`, `Camera`, `ShadeClass`, `DrawGroup`, the culled groups).
+definitions (`engine.render.renderer.Lighting`, `Camera`, `ShadeClass`, `DrawGroup`, the culled and blended groups).
 
 Sent once per connection in the WebSocket's `hello` message as `config`:
 
@@ -7,7 +7,7 @@ Sent once per connection in the WebSocket's `hello` message as `config`:
     lighting    {u_light_dir: [key, fill], u_light_color: [key, fill], u_sky, u_ground}
     uniforms    constants of every variant (u_iris_color), and per frame u_detail_gain
     defines     CLASS_*, GROUP_*, DEBUG_VIEW — the values the desktop compiles with
-    groups      [{group, culled}] in draw order
+    groups      [{group, culled, blended}] in draw order (blended: coverage blended over the rest, no depth writes)
     background  RGBA clear colour; detail: whether the dynamic-detail blend is on
 
 Two values are literals inside `AvatarRenderer._bind_program_uniforms` and are repeated here (`IRIS_COLOR`, the
@@ -24,7 +24,7 @@ import numpy as np
 from engine.config import DetailConfig, RenderConfig
 from engine.render.camera import Camera
 from engine.render.materials import DrawGroup, ShadeClass
-from engine.render.renderer import _BACKFACE_CULLED, _DEBUG_VIEWS, Lighting
+from engine.render.renderer import _BACKFACE_CULLED, _BLENDED, _DEBUG_VIEWS, Lighting
 
 IRIS_COLOR = (0.16, 0.09, 0.045)  # linear; AvatarRenderer._bind_program_uniforms
 
@@ -59,7 +59,7 @@ def page_config(render: RenderConfig, detail: DetailConfig) -> dict[str, Any]:
             **{f"CLASS_{c.name}": int(c) for c in ShadeClass},
             **{f"GROUP_{g.name}": int(g) for g in DrawGroup},
         },
-        "groups": [{"group": int(g), "culled": g in _BACKFACE_CULLED} for g in DrawGroup],
+        "groups": [{"group": int(g), "culled": g in _BACKFACE_CULLED, "blended": g in _BLENDED} for g in DrawGroup],
         "background": list(render.background),
         "detail": detail.enabled,
     }

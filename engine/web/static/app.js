@@ -400,7 +400,8 @@
     return entry;
   }
 
-  // The desktop's draw(): clear, depth test, the five groups in order, back faces culled where the desktop culls.
+  // The desktop's draw(): clear, depth test, the five groups in order, back faces culled where the desktop culls,
+  // lash coverage blended without depth writes like the desktop's _BLEND_FUNC.
   function draw(frame, width, height, options = {}) {
     const config = hello.config, light = config.lighting, bg = config.background;
     gl.viewport(0, 0, width, height);
@@ -418,10 +419,15 @@
     const active = new Int32Array(19);
     active.set(frame.meta.active);
     const aspect = `${width}x${height}`;
-    for (const { group, culled } of config.groups) {
+    for (const { group, culled, blended } of config.groups) {
       const [first, count] = avatar.ranges[group];
       if (!count || (options.groups && !options.groups.includes(group))) continue;
       if (culled) gl.enable(gl.CULL_FACE); else gl.disable(gl.CULL_FACE);
+      if (blended) {
+        gl.enable(gl.BLEND);
+        gl.blendFuncSeparate(gl.SRC_ALPHA, gl.ONE_MINUS_SRC_ALPHA, gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
+        gl.depthMask(false);
+      }
       const detail = detailOn && group === GROUP_FACE;
       const entry = variant(group, detail, detail ? nActive : 0), u = entry.uniforms;
       gl.useProgram(entry.program);
@@ -440,6 +446,10 @@
         gl.uniform1iv(u.u_active, active);
       }
       gl.drawElements(gl.TRIANGLES, count, gl.UNSIGNED_SHORT, first * 2);
+      if (blended) {
+        gl.disable(gl.BLEND);
+        gl.depthMask(true);
+      }
     }
     gl.disable(gl.CULL_FACE);
     gl.bindVertexArray(null);
