@@ -36,18 +36,44 @@ log = logging.getLogger(__name__)
 TEXTURE_SIZE = 1024
 # Weight of a texel seen at angle θ to the camera: cos(θ)^k favours frontal views strongly.
 VIEW_WEIGHT_POWER = 3.0
-# Above the brows, a texel darker than this fraction of the median skin luminance is taken for hair.
-HAIR_LUMA_RATIO = 0.6
-# Beside the brows only clearly black texels count as hair (brows measure ≥ 0.75 of skin luminance).
-DARK_HAIR_LUMA_RATIO = 0.35
-# A texel seen with at least this view weight (cos³θ ≈ 0.3: θ ≈ 48°) keeps its own colour; less, it blends
-# towards its mirror texel.
+# Towards the silhouette the view weight also ramps from 0 (cos θ ≤ 0.15, θ ≈ 81°) to 1 (cos θ ≥ 0.35), so the
+# edge of what one frame saw carries no step.
+SILHOUETTE_RAMP = (0.15, 0.35)
+# A texel seen with at least this summed weight (cos³θ ≈ 0.3: θ ≈ 48°) keeps its own colour; less, it leans
+# towards its mirror texel if that was seen better.
 MIRROR_FULL_WEIGHT = 0.3
-# MediaPipe brow landmarks (both sides): the forehead starts this far (cm) above the highest of them.
-BROW_LANDMARKS = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
-FOREHEAD_MARGIN_CM = 0.8
-# Temples (|x| beyond the brow tails, down to eye level) can show hair too.
-TEMPLE_HALF_WIDTH_CM = 6.2
+# Below this summed weight (cos³θ ≈ 0.05: θ ≈ 68°) a texel's colour fades into the fill.
+SEEN_FULL_WEIGHT = 0.05
+# Skin test (per frame, in CIELAB): a pixel within the first distance of the cheek and nose skin is skin,
+# beyond the second it is not (hair, glasses frames, beard, teeth); between, it fades.
+SKIN_DISTANCE = (3.0, 5.0)
+# Lightness counts in units of this fraction of the skin's median L* (shading darkens skin by less than ~30 %;
+# dark hair is 60 % darker); chroma spreads are at least this many a*/b* units.
+SKIN_LIGHTNESS_SPREAD = 0.1
+SKIN_CHROMA_FLOOR = 2.5
+# Brows, lips and eyes belong in the albedo however unlike the cheeks they look: they skip the skin test.
+# MediaPipe's FACEMESH_RIGHT_EYEBROW, _LEFT_EYEBROW, the outer ring of _LIPS, _RIGHT_EYE, _LEFT_EYE.
+FEATURE_LANDMARKS: tuple[tuple[int, ...], ...] = (
+    (46, 52, 53, 55, 63, 65, 66, 70, 105, 107),
+    (276, 282, 283, 285, 293, 295, 296, 300, 334, 336),
+    (0, 17, 37, 39, 40, 61, 84, 91, 146, 181, 185, 267, 269, 270, 291, 314, 321, 375, 405, 409),
+    (7, 33, 133, 144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173, 246),
+    (249, 263, 362, 373, 374, 380, 381, 382, 384, 385, 386, 387, 388, 390, 398, 466),
+)
+# The inner lip ring (the mouth opening): between the lips lie teeth, not lips.
+INNER_LIPS = (13, 14, 78, 80, 81, 82, 87, 88, 95, 178, 191, 308, 310, 311, 312, 317, 318, 324, 402, 415)
+# Where the skin statistics are sampled: cheeks and the nose ridge, never forehead (hair) or chin (beard).
+SKIN_SAMPLE_LANDMARKS = (50, 280, 101, 330, 117, 346, 123, 352, 205, 425, 195, 197, 5)
+# The face-oval region fades in over this fraction of the face height inside its outline.
+REGION_FEATHER = 0.04
+# Seen texels blend into the fill over this many texels (at 1024²) from the edge of what was seen, and the
+# push-pull fill is blurred by this σ (its 2×2 pyramid leaves faint blocks).
+FILL_FEATHER_TEXELS = 8
+FILL_BLUR_TEXELS = 12
+# Baked lighting: the shading field is the luminance of the skin blurred with σ = this fraction of the texture
+# size (about 1 cm on the face), and the correction it asks for is clipped to this range of factors.
+SHADING_SIGMA = 0.02
+SHADING_GAIN = (0.6, 1.6)
 
 
 @dataclass(frozen=True)
@@ -79,20 +105,91 @@ def _depth_buffer(pixels: np.ndarray, depth: np.ndarray, shape: tuple[int, int],
 
 
 def face_region_mask(landmarks: Landmarks, shape: tuple[int, int], grow: float = -0.015) -> np.ndarray:
-    """(H, W) bool: inside the convex hull of the face-oval landmarks, grown (or, negative, shrunk) by
-    `grow` × face height.
+    """(H, W) float32 in [0, 1]: the convex hull of the face-oval landmarks, grown (or, negative, shrunk) by
+    `grow` × face height, fading in from 0 on its outline to 1 at `REGION_FEATHER` × face height inside.
 
     Texels that project outside it see hair, neck or background, which must not become skin albedo; the
-    default shrinks the outline slightly because MediaPipe's oval sits on the silhouette.
+    default shrinks the outline slightly because MediaPipe's oval sits on the silhouette. The fade keeps the
+    outline, which moves from frame to frame, from printing a step into the albedo.
     """
     outline = landmarks.pixels[list(FACE_OVAL), :2].astype(np.float32)
     hull = cv2.convexHull(outline).astype(np.int32)
     mask = np.zeros(shape, np.uint8)
     cv2.fillConvexPoly(mask, hull, 1)
-    radius = max(1, int(abs(grow) * float(np.ptp(outline[:, 1]))))
+    face_height = float(np.ptp(outline[:, 1]))
+    radius = max(1, int(abs(grow) * face_height))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     mask = cv2.dilate(mask, kernel) if grow > 0 else cv2.erode(mask, kernel)
-    return mask.astype(bool)
+    inside = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+    return _smoothstep(inside / max(REGION_FEATHER * face_height, 1.0))
+
+
+def skin_weight(image: np.ndarray, landmarks: Landmarks, person: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in [0, 1]: how surely each pixel of `image` (H, W, 3) uint8 RGB shows the face's skin,
+    brows, lips or eyes — never hair, glasses, beard or background.
+
+    person: (H, W) float32 person probability (MediaPipe selfie segmentation). Skin colour is measured on the
+    cheeks and the nose ridge, in CIELAB: a robust Gaussian of the chroma (a*, b*) and, for lightness, how much
+    darker than the skin's median a pixel is, in units of `SKIN_LIGHTNESS_SPREAD` of that median — dark hair
+    and frames can share skin's hue, and lighting only darkens skin by so much. Lighter than skin is not a
+    fault (highlights). The combined distance fades the weight from 1 to 0 over `SKIN_DISTANCE`. The result
+    is eroded by 2 % of the face height and blurred by 1 %, so mixed hair/skin pixels at a hairline drop out and the
+    mask has no hard edge; brows, lips and eyes (MediaPipe's outlines, not the mouth opening) are added back
+    untested.
+    """
+    height, width = image.shape[:2]
+    points = landmarks.pixels[:, :2]
+    face_height = float(np.ptp(points[list(FACE_OVAL), 1]))
+    blur = max(1.0, 0.004 * face_height)  # pores and noise must not decide skin by themselves
+    lab = cv2.cvtColor(cv2.GaussianBlur(image, (0, 0), blur).astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    samples = np.zeros((height, width), np.uint8)
+    for x, y in points[list(SKIN_SAMPLE_LANDMARKS)].round().astype(int):
+        cv2.circle(samples, (int(x), int(y)), max(1, int(0.03 * face_height)), 1, -1)
+    pixels = lab[samples.astype(bool)].astype(np.float64)
+    if len(pixels) < 10:
+        return np.zeros((height, width), np.float32)
+    mean, inverse = _robust_gaussian(pixels[:, 1:])
+    chroma = lab[..., 1:].astype(np.float64) - mean
+    lightness = float(np.median(pixels[:, 0]))
+    darker = np.maximum(lightness - lab[..., 0], 0.0) / max(SKIN_LIGHTNESS_SPREAD * lightness, 1.0)
+    distance = np.sqrt(np.einsum("hwi,ij,hwj->hw", chroma, inverse, chroma) + darker**2)
+    lo, hi = SKIN_DISTANCE
+    skin = 1.0 - _smoothstep((distance - lo) / (hi - lo))
+    radius = max(1, int(round(0.01 * face_height)))
+    # Erode twice as far as the blur below spreads, so the blurred edge stays on clean skin.
+    skin = cv2.erode(skin, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (4 * radius + 1, 4 * radius + 1)))
+    features = np.zeros((height, width), np.uint8)
+    for ids in FEATURE_LANDMARKS:
+        cv2.fillConvexPoly(features, cv2.convexHull(points[list(ids)].astype(np.float32)).astype(np.int32), 1)
+    mouth = cv2.convexHull(points[list(INNER_LIPS)].astype(np.float32)).astype(np.int32)
+    cv2.fillConvexPoly(features, mouth, 0)  # teeth and tongue take the skin test (and fail it)
+    features = cv2.dilate(features, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)))
+    skin = np.maximum(skin, features.astype(np.float32))  # dilated by the blur's σ: whole on their outlines
+    return (cv2.GaussianBlur(skin, (0, 0), radius) * person).astype(np.float32)
+
+
+def _robust_gaussian(samples: np.ndarray, rounds: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 2) chroma samples → mean (2,) and inverse covariance (2, 2) of their core: samples beyond
+    Mahalanobis 2.5 (a stray hair or lip in the sample discs) are dropped and the fit repeated. Each axis's
+    spread is at least `SKIN_CHROMA_FLOOR`: a smooth cheek must not make every other skin pixel an outlier."""
+    keep = np.ones(len(samples), bool)
+    floor = np.eye(samples.shape[1]) * SKIN_CHROMA_FLOOR**2
+    for _ in range(rounds):
+        mean = samples[keep].mean(axis=0)
+        # The core of a 2-D Gaussian cut at 2.5σ holds 0.71 of its variance: scale back to the true σ.
+        covariance = np.cov(samples[keep].T) / 0.71 + floor
+        delta = samples - mean
+        inside = np.einsum("ni,ij,nj->n", delta, np.linalg.inv(covariance), delta) < 2.5**2
+        if inside.sum() < 10:
+            break
+        keep = inside
+    return mean, np.linalg.inv(covariance)
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    """Cubic ease 0 → 1 over t ∈ [0, 1] (clamped): zero slope at both ends, so a fade starts without a kink."""
+    t = np.clip(t, 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
 def unwrap_frame(
@@ -109,8 +206,10 @@ def unwrap_frame(
     """One frame's contribution to the UV albedo: (N, N, 3) float32 colour and (N, N) float32 weight.
 
     vertices: (V, 3) the frame's fitted mesh (identity + expression), model cm; `depth_vertices` the vertex ids
-    that may occlude (face and head); `region`: (H, W) bool pixels that show facial skin. A texel counts when
-    its surface faces the camera, no nearer surface covers it and it lands inside `region`.
+    that may occlude (face and head); `region`: (H, W) float32 in [0, 1], how surely each pixel shows facial
+    skin. A texel's weight is cos³ of its angle to the camera (fading out towards the silhouette), times how
+    far it is from being covered by a nearer surface (fading over 3 mm), times `region` where it lands: every
+    factor is continuous, so the edge of what this frame saw leaves no step in the albedo.
     """
     height, width = image.shape[:2]
     normals = vertex_normals(vertices, triangles)
@@ -122,18 +221,22 @@ def unwrap_frame(
     facing = texel_normal[..., 2] / np.maximum(np.linalg.norm(texel_normal, axis=-1), 1e-9)
     cell = max(2, int(round(scale * 0.4)))  # ~4 mm bins: finer than the nose, coarser than vertex spacing
     buffer = _depth_buffer(pixels[depth_vertices], depth[depth_vertices], (height, width), cell)
-    rows = np.clip((texel_px[..., 1] / cell).astype(int), 0, buffer.shape[0] - 1)
-    cols = np.clip((texel_px[..., 0] / cell).astype(int), 0, buffer.shape[1] - 1)
-    unoccluded = texel_depth >= buffer[rows, cols] - 0.8 * scale  # within 8 mm of the nearest surface
+    # The buffer read bilinearly (empty bins as far away), so the occlusion test does not step from bin to bin;
+    # within 8 mm of the nearest surface counts as seen, fading out over the next 3 mm.
+    buffer = np.where(np.isfinite(buffer), buffer, float(depth.min())).astype(np.float32)
+    nearest = cv2.remap(
+        buffer, (texel_px[..., 0] / cell - 0.5).astype(np.float32), (texel_px[..., 1] / cell - 0.5).astype(np.float32),
+        cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
+    )  # fmt: skip
+    unoccluded = _smoothstep((texel_depth - nearest + 1.1 * scale) / (0.3 * scale))
     inside = (texel_px[..., 0] >= 0) & (texel_px[..., 0] < width - 1) & (texel_px[..., 1] >= 0)
     inside &= texel_px[..., 1] < height - 1
-    px = np.clip(texel_px[..., 0].astype(int), 0, width - 1)
-    py = np.clip(texel_px[..., 1].astype(int), 0, height - 1)
-    inside &= region[py, px]
-    weight = np.where(raster.covered & inside & unoccluded & (facing > 0.2), facing**VIEW_WEIGHT_POWER, 0.0)
-    colour = cv2.remap(
-        image, texel_px[..., 0].astype(np.float32), texel_px[..., 1].astype(np.float32), cv2.INTER_LINEAR
-    ).astype(np.float32)
+    map_x, map_y = texel_px[..., 0].astype(np.float32), texel_px[..., 1].astype(np.float32)
+    in_region = cv2.remap(region.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderValue=0.0)
+    lo, hi = SILHOUETTE_RAMP
+    view = np.clip(facing, 0.0, 1.0) ** VIEW_WEIGHT_POWER * _smoothstep((facing - lo) / (hi - lo))
+    weight = np.where(raster.covered & inside, view * unoccluded * in_region, 0.0)
+    colour = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR).astype(np.float32)
     return colour, weight.astype(np.float32)
 
 
@@ -158,12 +261,13 @@ def mirror_u_map(raster: UVRasterizer, model: FaceModel) -> np.ndarray:
 
 
 def push_pull_fill(image: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """(N, N, C) float image with (N, N) bool `known` texels → every texel filled by smooth extrapolation.
+    """(N, N, C) float image with (N, N) `known` (bool, or float confidence in [0, 1]) → every texel filled by
+    smooth extrapolation; fully known texels keep their value.
 
     Pull: average the known texels down a pyramid (normalized convolution); push: fill each level's holes
     from the coarser level. Unlike inpainting along isophotes it never streaks, and it costs O(N²).
     """
-    weight = known.astype(np.float32)
+    weight = np.clip(known.astype(np.float32), 0.0, 1.0)
     levels = [(image * weight[..., None], weight)]
     while min(levels[-1][1].shape) > 1:
         colour, w = levels[-1]
@@ -184,38 +288,63 @@ def push_pull_fill(image: np.ndarray, known: np.ndarray) -> np.ndarray:
     return filled
 
 
+def shading_field(albedo: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """(N, N) float32 low-frequency luminance of the skin in `albedo` (N, N, 3) float, relative to its median
+    (1 = the median skin brightness), from the texels weighted by `confidence` (N, N) in [0, 1].
+
+    A Gaussian of σ = `SHADING_SIGMA` × N (normalized convolution, so the unseen texels do not darken the
+    edges). Brows, eyes, nostrils and highlights are not shading: a second pass leaves out texels more than
+    25 % off the first estimate.
+    """
+    sigma = SHADING_SIGMA * albedo.shape[0]
+    luma = np.maximum(albedo @ np.array([0.299, 0.587, 0.114], np.float32), 1.0)
+    weight = confidence.astype(np.float32)
+    for _ in range(2):
+        field = cv2.GaussianBlur(luma * weight, (0, 0), sigma) / np.maximum(
+            cv2.GaussianBlur(weight, (0, 0), sigma), 1e-6
+        )
+        weight = confidence * ((luma > 0.8 * field) & (luma < 1.25 * field))
+    median = float(np.median(luma[confidence > 0.5])) if (confidence > 0.5).any() else float(luma.mean())
+    return (field / median).astype(np.float32)
+
+
 def fill_texture(
-    colour_sum: np.ndarray,
-    weight_sum: np.ndarray,
-    raster: UVRasterizer,
-    mirror: np.ndarray,
-    hair_ratio: np.ndarray | None = None,
+    colour_sum: np.ndarray, weight_sum: np.ndarray, raster: UVRasterizer, mirror: np.ndarray
 ) -> np.ndarray:
     """Accumulated colour/weight → (N, N, 3) uint8 albedo with every texel filled.
 
-    `hair_ratio` (N, N): a texel darker than that fraction of the median skin luminance is hair and dropped
-    (0 where no hair can be). Texels seen only obliquely blend towards their mirror texel on the other side
-    of the face (fully below `MIRROR_FULL_WEIGHT`), so the seam between seen and mirrored skin fades; smooth
-    push-pull extrapolation fills what neither side showed (hairline, ears, under the chin).
+    A texel's confidence in its own colour rises with its summed view weight (full at `SEEN_FULL_WEIGHT`) and
+    with its distance from the nearest unseen texel (full at `FILL_FEATHER_TEXELS`). Its colour leans towards
+    its mirror texel on the other side of the face when that one was seen better (own weight below
+    `MIRROR_FULL_WEIGHT`); what neither side saw comes from a smooth push-pull fill of the rest, blurred, and
+    every one of these blends is a continuous function of the weights, so no seam shows. The baked lighting is
+    divided out first: the skin's low-frequency shading (`shading_field`), keeping its median brightness and hue.
     """
-    weight = weight_sum.copy()
-    if not (weight > 1e-4).any():
+    if not (weight_sum > 1e-4).any():
         raise UserError("no face texel was visible in the enrollment frames")
-    albedo = colour_sum / np.maximum(weight, 1e-6)[..., None]
-    if hair_ratio is not None:
-        luma = albedo @ np.array([0.299, 0.587, 0.114], np.float32)
-        skin_luma = float(np.median(luma[weight > 1e-4]))
-        weight[luma < hair_ratio * skin_luma] = 0.0
-    seen = weight > 1e-4
-    source = mirror.ravel()
-    has_mirror = (source >= 0) & seen.ravel()[np.maximum(source, 0)]
-    mirrored = albedo.reshape(-1, 3)[np.maximum(source, 0)].reshape(albedo.shape)
-    own = np.clip(weight / MIRROR_FULL_WEIGHT, 0.0, 1.0)[..., None]
-    has_mirror = has_mirror.reshape(seen.shape)[..., None]
-    blended = np.where(has_mirror, own * albedo + (1.0 - own) * mirrored, albedo)
-    known = seen | has_mirror[..., 0]
-    filled = push_pull_fill(np.where(known[..., None], blended, 0.0), known)
-    return raster.fill_gutter(np.clip(filled, 0, 255).astype(np.uint8))
+    n = weight_sum.shape[0]
+    albedo = colour_sum / np.maximum(weight_sum, 1e-6)[..., None]
+    # Distance to the nearest unseen face texel (texels off the face tile, like the eye openings, are no edge).
+    seen = ((weight_sum > 1e-4) | ~raster.covered).astype(np.uint8)
+    inward = cv2.distanceTransform(seen, cv2.DIST_L2, 5)
+    own = _smoothstep(weight_sum / SEEN_FULL_WEIGHT) * _smoothstep(inward / (FILL_FEATHER_TEXELS * n / 1024))
+    quality = _smoothstep(weight_sum / MIRROR_FULL_WEIGHT)
+    source = np.maximum(mirror.ravel(), 0)
+    has_mirror = (mirror >= 0).astype(np.float32)
+    mirror_own = own.ravel()[source].reshape(own.shape) * has_mirror
+    mirror_quality = quality.ravel()[source].reshape(own.shape) * has_mirror
+    mirrored = albedo.reshape(-1, 3)[source].reshape(albedo.shape)
+    take_own = own * (quality + 0.05)
+    take_mirror = mirror_own * (1.0 - quality) * (mirror_quality + 0.05)
+    total = np.maximum(take_own + take_mirror, 1e-6)[..., None]
+    value = (take_own[..., None] * albedo + take_mirror[..., None] * mirrored) / total
+    confidence = 1.0 - (1.0 - own) * (1.0 - mirror_own)
+    gain = np.clip(1.0 / np.maximum(shading_field(value, confidence), 1e-3), *SHADING_GAIN)
+    value = value * gain[..., None]
+    fill = push_pull_fill(np.where(confidence[..., None] > 0, value, 0.0), confidence)
+    fill = cv2.GaussianBlur(fill.astype(np.float32), (0, 0), FILL_BLUR_TEXELS * n / 1024)
+    out = confidence[..., None] * value + (1.0 - confidence[..., None]) * fill
+    return raster.fill_gutter(np.clip(out, 0, 255).astype(np.uint8))
 
 
 def unwrap_texture(
@@ -229,39 +358,52 @@ def unwrap_texture(
     """(size, size, 3) uint8 UV albedo of the face tile from tracked frames (row 0 at v = 0).
 
     Each frame is fitted (pose and expression) with the solver's per-frame fit, so a smiling photo maps its
-    lips and cheeks onto the smiling mesh rather than smearing them over the neutral one.
+    lips and cheeks onto the smiling mesh rather than smearing them over the neutral one; its pixels count
+    as far as they show skin (`skin_weight` inside the feathered face oval).
     """
+    colour_sum, weight_sum = accumulate_views(model, identity_weights, frames, embedding, size, progress)
+    raster = face_rasterizer(model, size)
+    return fill_texture(colour_sum, weight_sum, raster, mirror_u_map(raster, model))
+
+
+def accumulate_views(
+    model: FaceModel,
+    identity_weights: np.ndarray,
+    frames: list[TrackedFrame],
+    embedding: LandmarkEmbedding,
+    size: int = TEXTURE_SIZE,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Σ weight·colour (size, size, 3) float32 and Σ weight (size, size) float32 over the frames' `unwrap_frame`."""
+    from mediapipe.python.solutions.selfie_segmentation import SelfieSegmentation  # ~1 s import: when enrolling
 
     raster = face_rasterizer(model, size)
     face = model.personalize(identity_weights)
     fitter = FrameFitter(model, embedding, identity_weights, SolveConfig())
     depth_vertices = model.topology.region_vertices("face", "head")
     n_vertices = int(depth_vertices.max()) + 1  # face and head lead the vertex order: skip teeth and eyes
+    triangles = _triangles_within(model, n_vertices)
     colour_sum = np.zeros((size, size, 3), np.float32)
     weight_sum = np.zeros((size, size), np.float32)
-    for tracked in tqdm(frames, desc="unwrapping texture", unit="frame", disable=not progress):
-        observation = valid_observation(tracked.landmarks)
-        if observation is None:
-            continue
-        observed, has_iris = observation
-        fit = fitter.fit(observed, has_iris=has_iris)
-        vertices = face.evaluate(fit.weights.astype(np.float32), n_vertices)
-        region = face_region_mask(tracked.landmarks, tracked.frame.image.shape[:2])
-        colour, weight = unwrap_frame(
-            tracked.frame.image, vertices, fit.rotation, fit.translation_px, fit.scale_px_per_cm, raster,
-            depth_vertices, region, _triangles_within(model, n_vertices),
-        )  # fmt: skip
-        colour_sum += colour * weight[..., None]
-        weight_sum += weight
-    surface = np.einsum("hwk,hwkc->hwc", raster.barycentric, face.neutral[raster.corners_model])
-    brow_top = float(embedding.apply(face.neutral)[list(BROW_LANDMARKS), 1].max())
-    x, y = np.abs(surface[..., 0]), surface[..., 1]
-    hair_ratio = np.zeros(raster.covered.shape, np.float32)
-    # Black hair can reach the brow tails and temples; brows themselves are much lighter than that.
-    hair_ratio[(y > brow_top - 0.2) & (x > 4.0)] = DARK_HAIR_LUMA_RATIO
-    hair_ratio[(x > TEMPLE_HALF_WIDTH_CM) & (y > brow_top - 2.5)] = DARK_HAIR_LUMA_RATIO
-    hair_ratio[y > brow_top + FOREHEAD_MARGIN_CM] = HAIR_LUMA_RATIO
-    return fill_texture(colour_sum, weight_sum, raster, mirror_u_map(raster, model), hair_ratio)
+    with SelfieSegmentation(model_selection=0) as segmenter:
+        for tracked in tqdm(frames, desc="unwrapping texture", unit="frame", disable=not progress):
+            observation = valid_observation(tracked.landmarks)
+            if observation is None:
+                continue
+            observed, has_iris = observation
+            fit = fitter.fit(observed, has_iris=has_iris)
+            vertices = face.evaluate(fit.weights.astype(np.float32), n_vertices)
+            image = tracked.frame.image
+            person = segmenter.process(image).segmentation_mask
+            region = face_region_mask(tracked.landmarks, image.shape[:2])
+            region *= skin_weight(image, tracked.landmarks, person)
+            colour, weight = unwrap_frame(
+                image, vertices, fit.rotation, fit.translation_px, fit.scale_px_per_cm, raster, depth_vertices,
+                region, triangles,
+            )  # fmt: skip
+            colour_sum += colour * weight[..., None]
+            weight_sum += weight
+    return colour_sum, weight_sum
 
 
 def _triangles_within(model: FaceModel, n_vertices: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Enrollment: texture unwrapping recovers a known albedo from a render; the command builds a loadable bundle."""
+"""Enrollment: texture unwrapping recovers a known albedo from a render and leaves no seams, hair or background in
+it on a real photo; the command builds a loadable bundle."""
 
 from __future__ import annotations
 
@@ -13,9 +14,19 @@ import pytest
 from engine.bundles import load_identity
 from engine.config import Config
 from engine.detail.uv_raster import face_rasterizer
-from engine.enroll import TrackedFrame, push_pull_fill, unwrap_texture
+from engine.enroll import (
+    TrackedFrame,
+    accumulate_views,
+    face_region_mask,
+    fill_texture,
+    mirror_u_map,
+    push_pull_fill,
+    skin_weight,
+    track_frames,
+    unwrap_texture,
+)
 from engine.face_model import LandmarkEmbedding
-from engine.identity import load_bundle
+from engine.identity import DEFAULT_IDENTITY_DIR, load_bundle
 from engine.render.renderer import AvatarRenderer
 from engine.tracking import FaceTracker
 from engine.types import FaceState, Frame, HeadPose, TrackingState
@@ -55,6 +66,108 @@ def test_unwrap_recovers_the_rendered_albedo(face_model) -> None:
     assert correlation > 0.75, correlation
     shuffled = want[np.random.default_rng(0).permutation(len(want))]
     assert np.mean([np.corrcoef(got[:, c], shuffled[:, c])[0, 1] for c in range(3)]) < 0.2
+
+
+@pytest.fixture(scope="module")
+def business_person(face_model, test_data):
+    """MediaPipe's business-person.png (dark hair across one side of the forehead, white background) tracked,
+    and unwrapped at 1024² onto the shipped default identity's shape (which was enrolled from it):
+    (tracked frame, Σ weight (N, N), texture (N, N, 3) uint8)."""
+    from engine.sources.files import ImageSource
+
+    with ImageSource(test_data / "mediapipe/images/business-person.png") as images:
+        tracked = track_frames(list(images), Config(), static=True)
+    assert tracked, "MediaPipe must find the face"
+    weights = load_bundle(DEFAULT_IDENTITY_DIR, face_model).identity_weights
+    colour_sum, weight_sum = accumulate_views(face_model, weights, tracked, LandmarkEmbedding.load(), progress=False)
+    raster = face_rasterizer(face_model, weight_sum.shape[0])
+    texture = fill_texture(colour_sum, weight_sum, raster, mirror_u_map(raster, face_model))
+    return tracked[0], weight_sum, texture
+
+
+def _lab(texture: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(texture.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+
+
+def edge_contrast(texture: np.ndarray, seen: np.ndarray, covered: np.ndarray) -> float:
+    """Mean CIELAB gradient magnitude (ΔE per texel) on a 2-texel band along the edge of `seen` (N, N) bool,
+    over the median gradient inside it (skin texture, pores): ~1 for an invisible edge, > 3 for a pasted one.
+    Texels near the face tile's own border and holes (eye openings) are left out: they are not fill edges."""
+    lab = _lab(texture)
+    gradient = np.sqrt(
+        sum(cv2.Sobel(lab[..., c], cv2.CV_32F, d, 1 - d, ksize=3) ** 2 for c in range(3) for d in (0, 1))
+    )
+    mask = seen.astype(np.uint8)
+    edge = (cv2.dilate(mask, np.ones((3, 3), np.uint8)) - cv2.erode(mask, np.ones((3, 3), np.uint8))).astype(bool)
+    edge &= cv2.erode(covered.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    interior = cv2.erode(mask, np.ones((21, 21), np.uint8)).astype(bool)
+    return float(gradient[edge].mean() / np.median(gradient[interior]))
+
+
+def forehead_distance(texture: np.ndarray, face_model, identity_weights: np.ndarray) -> float:
+    """99th percentile CIELAB ΔE of the forehead (0.8–4 cm above the brows, |x| < 5 cm) from the median cheek
+    colour, texture blurred by 3 texels: skin measures ~14, a patch of dark hair ~30."""
+    n = texture.shape[0]
+    raster = face_rasterizer(face_model, n)
+    rest = face_model.personalize(identity_weights).neutral
+    surface = np.einsum("hwk,hwkc->hwc", raster.barycentric, rest[raster.corners_model])
+    landmarks = LandmarkEmbedding.load().apply(rest)
+    brow = float(landmarks[[70, 63, 105, 66, 107, 336, 296, 334, 293, 300], 1].max())
+    nose = float(landmarks[4, 1])
+    x, y = surface[..., 0], surface[..., 1]
+    forehead = raster.covered & (np.abs(x) < 5.0) & (y > brow + 0.8) & (y < brow + 4.0)
+    cheek = raster.covered & (np.abs(x) > 2.5) & (np.abs(x) < 5.0) & (y > nose - 2.0) & (y < nose + 1.5)
+    lab = _lab(cv2.GaussianBlur(texture, (0, 0), 3 * n / 1024))
+    distance = np.linalg.norm(lab[forehead] - np.median(lab[cheek], axis=0), axis=1)
+    return float(np.percentile(distance, 99))
+
+
+def test_no_step_where_the_photo_ends_and_the_fill_begins(business_person, face_model) -> None:
+    """Across the edge of what the photo showed (hair, silhouette, masked background), the albedo changes no
+    faster than inside the skin. The pasted edges of the old unwrap measured 3.7 here (and 3.5 along its
+    hair mask); this one 1.0."""
+    _, weight_sum, texture = business_person
+    ratio = edge_contrast(texture, weight_sum > 1e-4, face_rasterizer(face_model, texture.shape[0]).covered)
+    print(f"edge contrast {ratio:.2f}")
+    assert ratio < 2.0, ratio
+
+
+def test_no_hair_on_the_forehead(business_person, face_model) -> None:
+    """Her fringe covers one side of the forehead: none of it may reach the albedo (old unwrap: ΔE 31)."""
+    _, _, texture = business_person
+    weights = load_bundle(DEFAULT_IDENTITY_DIR, face_model).identity_weights
+    distance = forehead_distance(texture, face_model, weights)
+    print(f"forehead ΔE p99 {distance:.1f}")
+    assert distance < 20.0, distance
+
+
+def test_the_shipped_default_identity_has_a_clean_forehead(face_model) -> None:
+    identity = load_bundle(DEFAULT_IDENTITY_DIR, face_model)
+    distance = forehead_distance(identity.texture, face_model, identity.identity_weights)
+    assert distance < 20.0, f"forehead ΔE p99 {distance:.1f}: rebuild with tools/build_default_identity.py"
+
+
+def test_skin_weight_keeps_skin_brows_and_lips_and_drops_hair_and_background(business_person) -> None:
+    from mediapipe.python.solutions.selfie_segmentation import SelfieSegmentation
+
+    tracked, _, _ = business_person
+    image, points = tracked.frame.image, tracked.landmarks.pixels[:, :2]
+    with SelfieSegmentation(model_selection=0) as segmenter:
+        person = segmenter.process(image).segmentation_mask
+    weight = skin_weight(image, tracked.landmarks, person) * face_region_mask(tracked.landmarks, image.shape[:2])
+
+    def at(*ids: int) -> np.ndarray:
+        return weight[points[list(ids), 1].round().astype(int), points[list(ids), 0].round().astype(int)]
+
+    assert (at(50, 280, 4, 151) > 0.9).all()  # cheeks, nose tip, forehead centre
+    assert (at(105, 334, 66, 296) > 0.9).all()  # brows
+    assert (at(0, 17, 37, 267, 84, 314) > 0.85).all()  # on the lip line (the corners are a dark crease: not skin)
+    assert weight[:50, :50].max() == 0.0  # background
+    # Hair inside the face outline: dark pixels above the brows.
+    lightness = _lab(image)[..., 0]
+    above_brows = np.arange(image.shape[0])[:, None] < points[[105, 334], 1].min() - 10
+    hair = (face_region_mask(tracked.landmarks, image.shape[:2], grow=0.05) > 0) & above_brows & (lightness < 45)
+    assert hair.sum() > 500 and weight[hair].mean() < 0.05, (hair.sum(), weight[hair].mean())
 
 
 def test_push_pull_fill_extrapolates_smoothly() -> None:
