@@ -440,12 +440,17 @@ def enroll(
     static: bool,
     max_frames: int = 60,
     calibrate: bool = True,
+    identity_weights: np.ndarray | None = None,
 ) -> Identity:
     """Build and save the identity bundle `name` from `frames` (see module docstring).
 
     `calibrate=False` stores a zero neutral calibration: for bundles that drive other people's faces (the
     shipped default identity), where the enrolled person's resting expression means nothing.
+    `identity_weights` (n_id,): keep this shape instead of fitting one (re-texturing a bundle whose geometry
+    other assets depend on); it needs `calibrate=False`, the calibration coming from the same fit.
     """
+    if identity_weights is not None and calibrate:
+        raise ValueError("given identity weights leave no fit to calibrate from: pass calibrate=False")
     from engine.detail.precompute import precompute_bases  # torch / ONNX Runtime: only when enrolling
 
     model = FaceModel.load()
@@ -458,17 +463,24 @@ def enroll(
         raise UserError(f"no face found in {source}: enrollment needs a clearly visible face")
     if len(tracked) > max_frames:  # evenly spaced frames keep fitting and unwrapping fast
         tracked = [tracked[i] for i in np.linspace(0, len(tracked) - 1, max_frames).round().astype(int)]
-    log.info("fitting the identity on %d frame(s)", len(tracked))
+    neutral_offset = np.zeros(len(model.expression_basis), np.float32)
+    if identity_weights is None:
+        log.info("fitting the identity on %d frame(s)", len(tracked))
+        started = time.monotonic()
+        fit = fit_identity(model, embedding, [t.landmarks for t in tracked])
+        log.info("identity fit: residual %.2f px in %.1f s", fit.residual_px, time.monotonic() - started)
+        identity_weights = fit.identity_weights
+        if calibrate:
+            neutral_offset = np.asarray(fit.neutral_offset, np.float32)
     started = time.monotonic()
-    fit = fit_identity(model, embedding, [t.landmarks for t in tracked])
-    log.info("identity fit: residual %.2f px in %.1f s", fit.residual_px, time.monotonic() - started)
-    texture = unwrap_texture(model, fit.identity_weights, tracked, embedding)
-    bases = precompute_bases(model, fit.identity_weights, texture, config.detail, progress=True)
+    texture = unwrap_texture(model, identity_weights, tracked, embedding)
+    log.info("texture unwrapped from %d frame(s) in %.1f s", len(tracked), time.monotonic() - started)
+    bases = precompute_bases(model, identity_weights, texture, config.detail, progress=True)
     identity = Identity(
         name=name,
         model_id=model.model_id,
-        identity_weights=np.asarray(fit.identity_weights, np.float32),
-        neutral_offset=np.asarray(fit.neutral_offset if calibrate else np.zeros_like(fit.neutral_offset), np.float32),
+        identity_weights=np.asarray(identity_weights, np.float32),
+        neutral_offset=neutral_offset,
         texture=texture,
         bases=bases,
         source=source,

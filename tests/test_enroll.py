@@ -258,3 +258,13 @@ def test_a_long_video_is_tracked_whole_but_only_spaced_frames_are_kept(tmp_path)
     assert len(frames) == 60
     kept = track_frames(frames, load_config(), static=False, keep_every=6, total=len(frames))
     assert 8 <= len(kept) <= 10 and all(t.frame.index % 6 == 0 for t in kept)
+
+
+def test_given_identity_weights_need_calibrate_off(tmp_path) -> None:
+    """Re-texturing keeps a bundle's shape (`tools/build_default_identity.py --keep-identity-weights`); a
+    calibration would need the fit that was skipped, so asking for both is refused before any work."""
+    from engine.enroll import enroll
+
+    with pytest.raises(ValueError, match="calibrate=False"):
+        enroll("x", [], "none", Config(), tmp_path / "x", static=True, identity_weights=np.zeros(100, np.float32))
+    assert not (tmp_path / "x").exists()
