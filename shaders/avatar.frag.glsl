@@ -149,7 +149,7 @@ void main() {
 #elif DEBUG_VIEW == 3
     frag = vec4(n * 0.5 + 0.5, 1.0);
 #elif DEBUG_VIEW == 4
-    frag = vec4(float(v_class) / 8.0, palette(v_class * 5).yz, 1.0);  // red = ShadeClass / 8 (decodable)
+    frag = vec4(float(v_class) / 10.0, palette(v_class * 5).yz, 1.0);  // red = ShadeClass / 10 (decodable)
 #else
     vec3 albedo = to_linear(v_albedo);
     float specular = 0.06;
@@ -174,6 +174,11 @@ void main() {
     specular = v_class == CLASS_TEETH ? 0.25 : 0.12;
     shininess = 48.0;
     wrap = 0.0;
+    if (v_class == CLASS_TONGUE) {
+        albedo *= 1.0 - 0.3 * exp(-v_rest.x * v_rest.x * 16.0);  // the median groove, ~5 mm wide
+        specular = 0.3;  // wet
+        shininess = 24.0;
+    }
 #elif GROUP == GROUP_LASHES
     alpha = lash_coverage(v_uv, v_rest);
     specular = 0.0;

@@ -58,3 +58,41 @@ def test_lashes_render_without_aliasing_stripes(face_model, identity, size):
     reference = images[k * size].reshape(size, k, size, k, 3).mean(axis=(1, 3))
     for box in boxes:
         assert _psnr(images[size][box], reference[box]) > MIN_EYE_PSNR_DB
+
+
+def _jaw(value: float) -> FaceState:
+    w = np.zeros(53, np.float32)
+    w[ICT_EXPRESSIONS.index("jawOpen")] = value
+    return replace(FaceState.neutral(), weights=w)
+
+
+MOUTH_SIZE = 256
+# Upper-teeth pixels (of 256²) that must show, lit, in the upper half of an open mouth: ICT's own geometry gives 0.
+MIN_UPPER_TEETH_PX = 30
+
+
+def upper_teeth_pixels(face_model, identity: Identity, state: FaceState) -> int:
+    """Pixels of `state` rendered at MOUTH_SIZE² that show a tooth above the mouth opening's middle row, lit
+    (luminance > 120 of 255): the classes debug view says what each pixel shows, the shaded render how bright."""
+    config = RenderConfig(width=MOUTH_SIZE, height=MOUTH_SIZE, samples=0)
+    with AvatarRenderer(face_model, identity, config.model_copy(update={"debug_view": "classes"})) as renderer:
+        ids = renderer.render(state).image
+    with AvatarRenderer(face_model, identity, config) as renderer:
+        shaded = renderer.render(state).image.astype(np.float64)
+    classes = np.where(ids[..., 3] > 0, np.round(ids[..., 0] / 255.0 * 10.0), -1).astype(int)
+    inside = np.isin(classes, [ShadeClass.MOUTH, ShadeClass.GUMS, ShadeClass.TEETH, ShadeClass.TONGUE])
+    rows = np.nonzero(inside)[0]
+    middle = (rows.min() + rows.max()) // 2
+    luminance = shaded[..., :3] @ np.array([0.299, 0.587, 0.114])
+    teeth = (classes == ShadeClass.TEETH) & (luminance > 120.0)
+    return int(teeth[:middle].sum())
+
+
+@pytest.mark.parametrize("name", ["jaw_0.5", "jaw_1.0", "mouth_stretch"])
+def test_upper_teeth_show_when_the_mouth_opens(face_model, identity, name):
+    state = key_expression_state(name) if name == "mouth_stretch" else _jaw(float(name.split("_")[1]))
+    assert upper_teeth_pixels(face_model, identity, state) >= MIN_UPPER_TEETH_PX
+
+
+def test_closed_lips_hide_the_teeth(face_model, identity):
+    assert upper_teeth_pixels(face_model, identity, key_expression_state("neutral")) == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from engine.detail.uv_raster import face_rasterizer
 from engine.face_model import FaceModel, FaceTopology
@@ -29,6 +30,7 @@ class ShadeClass(IntEnum):
     SCLERA = 6
     IRIS = 7  # ICT's iris sits under the sclera (corneal) surface; both get the drawn iris and pupil
     LASHES = 8
+    TONGUE = 9  # the part of ICT's gums-and-tongue mesh that the jaw carries away from the teeth (split_tongue)
 
 
 _MATERIAL_CLASS = {
@@ -47,7 +49,10 @@ _CLASS_ALBEDO = {
     ShadeClass.MOUTH: (0.35, 0.10, 0.10), ShadeClass.EYE_SOCKET: (0.75, 0.42, 0.40),
     ShadeClass.GUMS: (0.70, 0.30, 0.32), ShadeClass.TEETH: (0.86, 0.83, 0.74),
     ShadeClass.SCLERA: (0.90, 0.87, 0.84), ShadeClass.IRIS: (0.90, 0.87, 0.84), ShadeClass.LASHES: (0.06, 0.05, 0.05),
+    ShadeClass.TONGUE: (0.80, 0.46, 0.46),
 }  # fmt: skip
+# Gum tissue lies within this distance (cm) of a tooth; the rest of the mesh the jaw moves is tongue.
+_GUM_REACH_CM = 0.35
 
 
 def render_vertex_classes(topology: FaceTopology) -> np.ndarray:
@@ -75,8 +80,25 @@ class DrawGroup(IntEnum):
 
 _CLASS_GROUP = np.array(
     [DrawGroup.FACE, DrawGroup.HEAD, DrawGroup.INTERIOR, DrawGroup.INTERIOR, DrawGroup.INTERIOR, DrawGroup.INTERIOR,
-     DrawGroup.EYES, DrawGroup.EYES, DrawGroup.LASHES],
+     DrawGroup.EYES, DrawGroup.EYES, DrawGroup.LASHES, DrawGroup.INTERIOR],
 )  # fmt: skip  # indexed by ShadeClass
+
+
+def split_tongue(classes: np.ndarray, rest: np.ndarray, jaw_open: np.ndarray) -> np.ndarray:
+    """(R,) classes with the tongue told apart from the gums: ICT draws both as one mesh and one material.
+
+    rest: (R, 3) cm. jaw_open: (R, 3) the jawOpen blendshape's position delta per unit weight (cm). Tongue: GUMS
+    vertices the jaw moves (> 3 mm at full weight) farther than _GUM_REACH_CM from every tooth.
+    """
+    out = classes.copy()
+    gums = np.flatnonzero(classes == ShadeClass.GUMS)
+    teeth = classes == ShadeClass.TEETH
+    if not len(gums) or not teeth.any():
+        return out
+    distance, _ = cKDTree(rest[teeth]).query(rest[gums])
+    moved = np.linalg.norm(jaw_open[gums], axis=1) > 0.3
+    out[gums[moved & (distance > _GUM_REACH_CM)]] = ShadeClass.TONGUE
+    return out
 
 
 def draw_groups(topology: FaceTopology, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

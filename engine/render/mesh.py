@@ -20,11 +20,23 @@ import numpy as np
 
 from engine.detail.weights import activation_masks, key_expression_weights
 from engine.face_model import FaceModel, vertex_normals
-from engine.render.materials import DrawGroup, ShadeClass, draw_groups, procedural_albedo, render_vertex_classes
+from engine.names import ICT_EXPRESSIONS
+from engine.render.materials import (
+    DrawGroup,
+    ShadeClass,
+    draw_groups,
+    procedural_albedo,
+    render_vertex_classes,
+    split_tongue,
+)
 from engine.solve.eyes import GAZE_CHANNELS, eye_rotations, eyeball_centers
 
 # Float textures are laid out row-major in this width (below every GL 3.3 implementation's max texture size).
 TEXTURE_WIDTH = 4096
+# ICT's upper incisors end ~0.4 mm above the upper lip's inner rim even with the jaw wide open, so the upper teeth
+# never show. The skull-fixed teeth (those no blendshape moves) are drawn this much lower (cm): about the incisor a
+# relaxed open mouth shows. The closed lips still cover them.
+UPPER_TEETH_DROP_CM = 0.3
 
 
 def mask_channels() -> np.ndarray:
@@ -74,7 +86,9 @@ class AvatarMesh:
         r2m = topo.render_to_model
         rest = np.concatenate([face.neutral[r2m], neutral_normals[r2m]], axis=1).astype(np.float32)
         basis = np.concatenate([face.expression_basis[:, r2m], basis_normals[:, r2m]], axis=2).astype(np.float32)
-        classes = render_vertex_classes(topo)
+        classes = split_tongue(render_vertex_classes(topo), rest[:, :3], basis[ICT_EXPRESSIONS.index("jawOpen"), :, :3])
+        upper_teeth = (classes == ShadeClass.TEETH) & ~np.abs(basis[:, :, :3]).any(axis=(0, 2))
+        rest[upper_teeth, 1] -= UPPER_TEETH_DROP_CM
         channels = mask_channels()
         masks = activation_masks(model.expression_basis[channels], topo.region_vertices("face"))[:, r2m].T
         masks = np.where((classes == ShadeClass.FACE)[:, None], masks, 0.0).astype(np.float32)
