@@ -115,3 +115,26 @@ def test_render_stills_writes_each_expression_with_and_without_detail(face_model
     assert key_expression_state("smile").weights.max() == 1.0
     with pytest.raises(ValueError, match="unknown key expression"):
         key_expression_state("smirk")
+
+
+def test_render_compare_sheet_puts_each_before_beside_its_after(face_model, tmp_path):
+    from PIL import Image
+
+    from engine.config import RenderConfig
+    from engine.identity import Identity
+    from engine.render.stills import render_compare, render_stills
+
+    identity = Identity("stills", face_model.model_id, face_model.default_identity_weights(), np.zeros(53, np.float32))
+    config = RenderConfig(width=64, height=64, samples=0)
+    render_stills(face_model, identity, config, tmp_path / "before", ("neutral", "smile"), debug_views=False)
+    sheet_path = render_compare(
+        face_model, identity, config, tmp_path / "before", tmp_path / "sheet.png", ("neutral", "smile", "brow_raiser"),
+        cell=64,
+    )  # fmt: skip
+    sheet = np.asarray(Image.open(sheet_path))
+    header = sheet.shape[0] - 2 * 64  # brow_raiser has no before picture: two rows
+    assert sheet.shape[1] == 128 and header > 0
+    smile = sheet[header + 64 + 24 :, :, :3].astype(int)  # below the row label
+    assert np.abs(smile[:, :64] - smile[:, 64:]).max() <= 2  # same code before and after: the halves match
+    with pytest.raises(ValueError, match="holds no"):
+        render_compare(face_model, identity, config, tmp_path, tmp_path / "x.png", ("smile",))
