@@ -3,8 +3,9 @@
 1. track every frame (static mode for stills) and keep the frames with a face;
 2. fit the identity (w_id, jointly with pose) and the neutral calibration over those frames;
 3. unwrap a UV albedo of the face tile: each texel's surface point is projected into every frame and its
-   colour averaged with visibility weights (facing the camera, not occluded), unseen texels are filled from
-   the mirrored side, then by inpainting, then by the mean skin tone;
+   colour averaged with smooth weights (facing the camera, not occluded, inside the face oval, showing skin
+   rather than hair, glasses or background); the baked shading is divided out, and what no frame showed is
+   taken from the mirrored side, then from a smooth fill, each blended in by confidence so no edge shows;
 4. precompute the 20 detail bases for that identity and texture; write the bundle atomically.
 """
 
