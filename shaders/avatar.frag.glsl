@@ -22,6 +22,17 @@
 #define LASH_STRANDS_UPPER 110.0             // strands per unit u on each card
 #define LASH_STRANDS_LOWER 55.0              // the lower lid's are sparser, thinner and shorter
 #define LASH_OPACITY 0.92
+// Skin: red light scatters farther under the surface than green and blue, so each channel's diffuse wraps past
+// the terminator by its own amount (a cheap stand-in for pre-integrated skin shading).
+#define SKIN_WRAP vec3(0.45, 0.24, 0.18)
+// The bald scalp greys and darkens from SCALP_START_CM to SCALP_CROWN_CM of height over a plane tilted back
+// (rest y − 0.3 z): from above the forehead to the crown, the back of the head included.
+#define SCALP_START_CM 6.0
+#define SCALP_CROWN_CM 13.0
+// Eyes: the upper lid shades the eyeball from EYE_LID_SHADE_CM above the iris centre; the tear film adds a
+// tight highlight of the key light and a Fresnel reflection of the sky.
+#define EYE_LID_SHADE_CM vec2(0.05, 0.55)
+#define EYE_WET_SHININESS 1200.0
 
 in vec3 v_position;
 in vec3 v_normal;
@@ -154,7 +165,8 @@ void main() {
     vec3 albedo = to_linear(v_albedo);
     float specular = 0.06;
     float shininess = 24.0;
-    float wrap = 0.3;  // skin: light scattered under the surface reaches past the terminator
+    vec3 wrap = SKIN_WRAP;
+    float wet = 0.0;  // weight of the tear film's highlight and reflection
     float occlusion = 1.0;
     float alpha = 1.0;
 #if GROUP == GROUP_FACE
@@ -168,12 +180,15 @@ void main() {
     albedo = iris_albedo(v_rest);  // ICT's sclera is the outer (corneal) surface: the iris shows through it
     specular = 0.7;
     shininess = 180.0;
-    wrap = 0.0;
+    wrap = vec3(0.0);
+    wet = 1.0;
+    float above_iris = v_rest.y - (v_rest.x > 0.0 ? u_eye_pole[0].y : u_eye_pole[1].y);
+    occlusion = 1.0 - 0.45 * smoothstep(EYE_LID_SHADE_CM.x, EYE_LID_SHADE_CM.y, above_iris);
 #elif GROUP == GROUP_INTERIOR
     occlusion = pow(clamp((v_rest.z - u_mouth_depth.y) / (u_mouth_depth.x - u_mouth_depth.y), 0.03, 1.0), 1.5);
     specular = v_class == CLASS_TEETH ? 0.25 : 0.12;
     shininess = 48.0;
-    wrap = 0.0;
+    wrap = vec3(0.0);
     if (v_class == CLASS_TONGUE) {
         albedo *= 1.0 - 0.3 * exp(-v_rest.x * v_rest.x * 16.0);  // the median groove, ~5 mm wide
         specular = 0.3;  // wet
@@ -182,18 +197,26 @@ void main() {
 #elif GROUP == GROUP_LASHES
     alpha = lash_coverage(v_uv, v_rest);
     specular = 0.0;
-    wrap = 0.0;
+    wrap = vec3(0.0);
+#endif
+#if GROUP == GROUP_FACE || GROUP == GROUP_HEAD
+    float scalp = smoothstep(SCALP_START_CM, SCALP_CROWN_CM, v_rest.y - 0.3 * v_rest.z);
+    albedo = mix(albedo, vec3(dot(albedo, vec3(0.3, 0.59, 0.11))) * 0.6, 0.65 * scalp);
 #endif
 
     vec3 view = normalize(-v_position);
     vec3 color = albedo * mix(u_ground, u_sky, 0.5 + 0.5 * n.y) * occlusion;
     for (int k = 0; k < 2; ++k) {
         vec3 l = u_light_dir[k];
-        float diffuse = max((dot(n, l) + wrap) / (1.0 + wrap), 0.0);
+        vec3 diffuse = max((dot(n, l) + wrap) / (1.0 + wrap), 0.0);
         vec3 h = normalize(l + view);
-        float spec = dot(n, l) > 0.0 ? pow(max(dot(n, h), 0.0), shininess) * (shininess + 8.0) / 25.1327 : 0.0;
+        float n_h = max(dot(n, h), 0.0);
+        float spec = dot(n, l) > 0.0 ? pow(n_h, shininess) * (shininess + 8.0) / 25.1327 : 0.0;
+        spec += wet * 2.0 * pow(n_h, EYE_WET_SHININESS);
         color += u_light_color[k] * occlusion * (albedo * diffuse + specular * spec);
     }
+    float grazing = 1.0 - max(dot(n, view), 0.0);
+    color += wet * occlusion * (0.02 + 0.3 * grazing * grazing * grazing) * u_sky;  // Schlick-like sky reflection
     frag = vec4(sqrt(clamp(color, 0.0, 1.0)), alpha);
 #endif
 }
