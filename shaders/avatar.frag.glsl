@@ -166,7 +166,6 @@ void main() {
     float specular = 0.06;
     float shininess = 24.0;
     vec3 wrap = SKIN_WRAP;
-    float wet = 0.0;  // weight of the tear film's highlight and reflection
     float occlusion = 1.0;
     float alpha = 1.0;
 #if GROUP == GROUP_FACE
@@ -181,7 +180,6 @@ void main() {
     specular = 0.7;
     shininess = 180.0;
     wrap = vec3(0.0);
-    wet = 1.0;
     float above_iris = v_rest.y - (v_rest.x > 0.0 ? u_eye_pole[0].y : u_eye_pole[1].y);
     occlusion = 1.0 - 0.45 * smoothstep(EYE_LID_SHADE_CM.x, EYE_LID_SHADE_CM.y, above_iris);
 #elif GROUP == GROUP_INTERIOR
@@ -212,11 +210,15 @@ void main() {
         vec3 h = normalize(l + view);
         float n_h = max(dot(n, h), 0.0);
         float spec = dot(n, l) > 0.0 ? pow(n_h, shininess) * (shininess + 8.0) / 25.1327 : 0.0;
-        spec += wet * 2.0 * pow(n_h, EYE_WET_SHININESS);
+#if GROUP == GROUP_EYES
+        spec += 2.0 * pow(n_h, EYE_WET_SHININESS);  // in the eyes' variant only: pow is an exp/log pair on llvmpipe
+#endif
         color += u_light_color[k] * occlusion * (albedo * diffuse + specular * spec);
     }
+#if GROUP == GROUP_EYES
     float grazing = 1.0 - max(dot(n, view), 0.0);
-    color += wet * occlusion * (0.02 + 0.3 * grazing * grazing * grazing) * u_sky;  // Schlick-like sky reflection
+    color += occlusion * (0.02 + 0.3 * grazing * grazing * grazing) * u_sky;  // Schlick-like sky reflection
+#endif
     frag = vec4(sqrt(clamp(color, 0.0, 1.0)), alpha);
 #endif
 }
