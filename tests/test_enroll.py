@@ -3,6 +3,7 @@ it on a real photo; the command builds a loadable bundle."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -183,10 +184,11 @@ def test_push_pull_fill_extrapolates_smoothly() -> None:
 def test_enroll_command_builds_a_loadable_bundle(face_model, test_data, tmp_path) -> None:
     photo = test_data / "mediapipe/images/portrait.jpg"
     out = tmp_path / "bundle"
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the bars are checked below: not the caller's
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "run_engine.py"), "enroll", "--name", "obama", "--image", str(photo),
          "--resolution", "64", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert str(out) in proc.stdout
