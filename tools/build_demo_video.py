@@ -1,7 +1,7 @@
 """Record the demo performance (`models/demo_performance.mp4` + `.json`) that `run --source demo` plays.
 
 Renders one loop of `DemoPerformer` (the shipped default identity, the default seed, size and camera) and
-encodes it as H.264 (CRF 24, ≈ 2 MiB, ≈ 39 dB PSNR) through an ffmpeg binary: `imageio-ffmpeg`'s bundled one
+encodes it as H.264 (CRF 24, ≈ 1.5 MiB, ≈ 40 dB PSNR) through an ffmpeg binary: `imageio-ffmpeg`'s bundled one
 (`pip install imageio-ffmpeg`, a build-time tool only — OpenCV decodes the result at run time) or `ffmpeg` on
 PATH. Re-run it whenever the renderer, the demo script or the default identity changes: the test
 `tests/test_demo_source.py::test_shipped_recording_is_what_the_performer_renders` says when.
