@@ -307,13 +307,20 @@ def page_screenshot(path: str, width: int = 720, height: int = 540, settle_s: fl
                 page = browser.open(server.url, width, height)
                 page.wait_for("window.scapecast && scapecast.stats.ready && scapecast.stats.rendered > 2", 120)
                 time.sleep(settle_s)  # the overlay's rates and the latency settle
+                # Not mid-blink: the fake face blinks for 0.3 s every 3 s, and the page draws a frame ~0.15 s after
+                # it arrives (more on SwiftShader), so a low weight in the newest frame is not enough. Wait for a
+                # blink to end, then past the page's latency: the next blink is 2.7 s away.
                 blink = f"scapecast.capture(8, 8).weights[{ICT_EXPRESSIONS.index('eyeBlink_L')}]"
-                for _ in range(50):  # not mid-blink (the fake face blinks every 3 s)
-                    before = page.evaluate(blink)
-                    shot = page.screenshot()
-                    if max(before, page.evaluate(blink)) < 0.05:
+                seen, deadline = False, time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    weight = page.evaluate(blink)
+                    if weight > 0.05:
+                        seen = True
+                    elif seen:
                         break
-                    time.sleep(0.2)
+                    time.sleep(0.02)
+                time.sleep(0.6)
+                shot = page.screenshot()
                 Image.open(io.BytesIO(shot)).convert("RGB").save(path, optimize=True)
                 return page.evaluate("scapecast.stats")
         finally:
