@@ -634,21 +634,42 @@ def test_without_a_token_only_this_servers_own_host_names_are_answered(engine, w
     assert _websocket(ws, {"Origin": base.rstrip("/")}) == "data"  # the page's own origin
 
 
+def _slow_page_verdict(base: dict, slow: dict) -> list[str]:
+    """What went wrong in one pair of runs (8 pages, then 8 pages and a slow one); empty when nothing did."""
+    wrong = []
+    for name, run in (("base", base), ("slow", slow)):
+        if run["received"] < run["published"] - 2:  # the intake takes every frame the engine sends
+            wrong.append(f"{name}: serve took {run['received']} of the {run['published']} frames sent")
+        if run["pages_receiving"] != 8 or run["page_missed_fraction"] > 0.02:
+            wrong.append(f"{name}: {run['pages_receiving']} pages receiving, missed {run['page_missed_fraction']}")
+    latency, limit = slow["page_latency_ms_p50"]["p50"], base["page_latency_ms_p50"]["p50"]
+    if latency > max(2 * limit, limit + 5):
+        wrong.append(f"pages' latency p50 {latency} ms beside the slow page, {limit} ms without")
+    (page,) = slow["slow_pages"]
+    if not page["handshake"].startswith("HTTP/1.1 101") or page["dropped"] <= 30:
+        wrong.append(f"the slow page got a backlog, not the newest: {page}")
+    if page["max_buffered_bytes"] > 64 * 1024:
+        wrong.append(f"serve held {page['max_buffered_bytes']} bytes for the slow page")  # must stay bounded
+    if page["sent"] < 2:
+        wrong.append(f"the slow page was sent {page['sent']} frames")  # whenever it drained, the newest
+    return wrong
+
+
 def test_a_slow_page_slows_neither_serve_nor_the_other_pages() -> None:
+    """Every check holds in one pair of runs, of up to three. On this shared 2-core machine a burst of other work
+    can deschedule serve's process for longer than a frame (30 Hz) in either run, with or without the slow page
+    (seen at load 4-9: up to 23 frames of 114 skipped by the intake, and pages missing 4 %, in the run *without*
+    it); a slow page that slowed serve would fail every try."""
     from engine.web.bench import bench_web
 
-    base = bench_web(clients=8, hz=30.0, duration_s=3.0, slow_clients=0)
-    slow = bench_web(clients=8, hz=30.0, duration_s=3.0, slow_clients=1)
-    for run in (base, slow):
-        assert run["received"] >= run["published"] - 2  # the intake takes every frame the engine sends
-        assert run["pages_receiving"] == 8 and run["page_missed_fraction"] <= 0.02
-    assert slow["page_latency_ms_p50"]["p50"] <= max(
-        2 * base["page_latency_ms_p50"]["p50"], base["page_latency_ms_p50"]["p50"] + 5
-    )
-    (page,) = slow["slow_pages"]
-    assert page["handshake"].startswith("HTTP/1.1 101") and page["dropped"] > 30  # it got the newest, not a backlog
-    assert page["max_buffered_bytes"] <= 64 * 1024  # what serve holds for it stays bounded
-    assert page["sent"] >= 2  # whenever it drained, it was sent the newest frame
+    tries = []
+    for _ in range(3):
+        base = bench_web(clients=8, hz=30.0, duration_s=3.0, slow_clients=0)
+        slow = bench_web(clients=8, hz=30.0, duration_s=3.0, slow_clients=1)
+        tries.append(_slow_page_verdict(base, slow))
+        if not tries[-1]:
+            return
+    pytest.fail(f"every try failed: {tries}")
 
 
 @needs_chromium

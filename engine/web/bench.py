@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -128,13 +128,36 @@ async def _pages_main(url: str, clients: int, slow: int, duration_s: float) -> d
     return {"pages": results[:clients], "slow": results[clients:]}
 
 
-def _run_pages(url: str, clients: int, slow: int, duration_s: float) -> dict[str, Any]:
-    """Run the pages in a child process and return what they measured."""
+def _run_pages(url: str, clients: int, slow: int, duration_s: float, ready: Callable[[], None]) -> dict[str, Any]:
+    """Run the pages in a child process and return what they measured. The child starts Python and imports what it
+    needs (seconds of CPU on a busy 2-core machine, none of it serve's), says so, and opens its pages only after
+    `ready()` has returned: the caller starts its measurement window there."""
+    import tempfile
+
     command = [sys.executable, "-m", "engine.web.bench", "--child", url, str(clients), str(slow), str(duration_s)]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench pages failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        watchdog = threading.Timer(duration_s + 120, proc.kill)  # a child that hangs is killed, and fails below
+        watchdog.start()
+        try:
+            line = proc.stdout.readline()
+            if line.strip() == "ready":
+                ready()
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            proc.stdin.close()
+            out = proc.stdout.read()
+            proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        errors.seek(0)
+        if proc.returncode != 0 or line.strip() != "ready":
+            raise RuntimeError(f"bench pages failed (exit {proc.returncode}): {errors.read()[-2000:]}")
+    return json.loads(out)
 
 
 # ---- the fake engine --------------------------------------------------------------------------------------------
@@ -215,19 +238,21 @@ def bench_web(clients: int = 50, hz: float = 30.0, duration_s: float = 10.0, slo
                 deadline = time.monotonic() + 60
                 while web.received == 0 and time.monotonic() < deadline:  # the engine is live
                     time.sleep(0.05)
-                start_frames, start_received, start_published = web.frames, web.received, published[0]
-                loop_cpu0 = server.call(time.thread_time)
-                intake_cpu0 = web.intake_cpu_s
-                process_cpu0 = time.process_time()
-                t0 = time.monotonic_ns()
-                pages = _run_pages(server.url, clients, slow_clients, duration_s)
-                t1 = time.monotonic_ns()
-                loop_cpu = server.call(time.thread_time) - loop_cpu0
-                intake_cpu = web.intake_cpu_s - intake_cpu0
-                process_cpu = time.process_time() - process_cpu0
-                frames = web.frames - start_frames
-                received = web.received - start_received
-                sent = published[0] - start_published
+                start: dict[str, Any] = {}
+
+                def window_starts() -> None:  # the pages' process is up; they connect next
+                    start.update(frames=web.frames, received=web.received, published=published[0],
+                                 loop_cpu=server.call(time.thread_time), intake_cpu=web.intake_cpu_s,
+                                 process_cpu=time.process_time(), t0=time.monotonic_ns())  # fmt: skip
+
+                pages = _run_pages(server.url, clients, slow_clients, duration_s, window_starts)
+                t0, t1 = start["t0"], time.monotonic_ns()
+                loop_cpu = server.call(time.thread_time) - start["loop_cpu"]
+                intake_cpu = web.intake_cpu_s - start["intake_cpu"]
+                process_cpu = time.process_time() - start["process_cpu"]
+                frames = web.frames - start["frames"]
+                received = web.received - start["received"]
+                sent = published[0] - start["published"]
                 costs = [c for c in list(web.costs) if t0 <= c.broadcast_start <= t1 and c.clients >= clients]
                 slow_stats = server.call(web.stats)
         finally:
@@ -348,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.child:
         url, clients, slow, seconds = args.child
+        import aiohttp  # noqa: F401  # imported before the parent's window, like everything else the pages use
+
+        print("ready", flush=True)  # the parent starts its window, then says go
+        if sys.stdin.readline().strip() != "go":
+            return 1
         print(json.dumps(asyncio.run(_pages_main(url, int(clients), int(slow), float(seconds)))))
         return 0
     if args.page is not None:
