@@ -116,6 +116,8 @@ def upper_teeth_pixels(face_model, identity: Identity, state: FaceState) -> int:
     classes = np.where(ids[..., 3] > 0, np.round(ids[..., 0] / 255.0 * 10.0), -1).astype(int)
     inside = np.isin(classes, [ShadeClass.MOUTH, ShadeClass.GUMS, ShadeClass.TEETH, ShadeClass.TONGUE])
     rows = np.nonzero(inside)[0]
+    if not len(rows):
+        return 0  # the lips are closed: no mouth interior shows at all
     middle = (rows.min() + rows.max()) // 2
     luminance = shaded[..., :3] @ np.array([0.299, 0.587, 0.114])
     teeth = (classes == ShadeClass.TEETH) & (luminance > 120.0)
@@ -136,12 +138,6 @@ OPEN_MOUTH_EXPRESSIONS = tuple(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#18 open: the default identity's upper lip hangs over its upper teeth at jawOpen 1 (mouth_stretch: 8 lit "
-    "upper-teeth px of 37 drawn, the mean face 44 of 74); the demo performer shows only a 1–2 px strip. Strict, so "
-    "the fix turns this XPASS into a failure that asks for the marker to go.",
-)
 @pytest.mark.parametrize("name", OPEN_MOUTH_EXPRESSIONS)
 def test_upper_teeth_show_on_the_default_identity(face_model, default_identity, name):
     """The demo performer's avatar, not only the mean face: its own shape decides how far the upper lip hangs
@@ -155,5 +151,8 @@ def test_an_open_mouth_key_expression_exists():
     assert OPEN_MOUTH_EXPRESSIONS, "no key expression opens the jaw to 0.5: the teeth test above checks nothing"
 
 
-def test_closed_lips_hide_the_teeth(face_model, identity):
-    assert upper_teeth_pixels(face_model, identity, key_expression_state("neutral")) == 0
+@pytest.mark.parametrize("which", ["mean", "default"])
+def test_closed_lips_hide_the_teeth(face_model, identity, default_identity, which):
+    """The lowered upper teeth stay behind closed lips, on each face's own shape."""
+    face = identity if which == "mean" else default_identity
+    assert upper_teeth_pixels(face_model, face, key_expression_state("neutral")) == 0

@@ -19,7 +19,7 @@ import moderngl
 import numpy as np
 
 from engine.detail.weights import activation_masks, key_expression_weights
-from engine.face_model import FaceModel, vertex_normals
+from engine.face_model import FaceModel, LandmarkEmbedding, vertex_normals
 from engine.names import ICT_EXPRESSIONS
 from engine.render.materials import (
     DrawGroup,
@@ -33,10 +33,29 @@ from engine.solve.eyes import GAZE_CHANNELS, eye_rotations, eyeball_centers
 
 # Float textures are laid out row-major in this width (below every GL 3.3 implementation's max texture size).
 TEXTURE_WIDTH = 4096
-# ICT's upper incisors end ~0.4 mm above the upper lip's inner rim even with the jaw wide open, so the upper teeth
-# never show. The skull-fixed teeth (those no blendshape moves) are drawn this much lower (cm): about the incisor a
-# relaxed open mouth shows. The closed lips still cover them.
-UPPER_TEETH_DROP_CM = 0.3
+# ICT's upper incisors end at or above the upper lip's inner rim even with the jaw wide open (the lip comes down
+# with the jaw), so the upper teeth never show; on some faces they sit 3 mm above it. The skull-fixed teeth (those
+# no blendshape moves) are drawn lower, per identity, so that their front edge is UPPER_TEETH_SHOW_CM (cm) below
+# that rim (MediaPipe landmark 13 on the jawOpen shape): about the incisor a relaxed open mouth shows. Never by
+# more than UPPER_TEETH_MAX_DROP_CM; the closed lips still cover them.
+UPPER_TEETH_SHOW_CM = 0.35
+UPPER_TEETH_MAX_DROP_CM = 0.8
+UPPER_LIP_INNER_LANDMARK = 13
+
+
+def upper_teeth_drop(model: FaceModel, neutral: np.ndarray, basis: np.ndarray, upper_teeth: np.ndarray) -> float:
+    """How far (cm) to lower the skull-fixed upper teeth of this identity (see UPPER_TEETH_SHOW_CM).
+
+    neutral: (V, 3) the identity's rest shape; basis: (E, V, 3) its expression deltas; upper_teeth: (n, 3) rest
+    positions of the upper teeth (cm). The front edge is the lowest tooth point within 6 mm of the midline."""
+    if not len(upper_teeth):
+        return 0.0
+    embedding = LandmarkEmbedding.load()
+    opened = neutral + basis[ICT_EXPRESSIONS.index("jawOpen")]
+    lip = float(embedding.apply(opened)[UPPER_LIP_INNER_LANDMARK, 1])
+    front = upper_teeth[np.abs(upper_teeth[:, 0]) < 0.6]
+    edge = float((front if len(front) else upper_teeth)[:, 1].min())
+    return float(np.clip(edge - lip + UPPER_TEETH_SHOW_CM, 0.0, UPPER_TEETH_MAX_DROP_CM))
 
 
 def mask_channels() -> np.ndarray:
@@ -88,7 +107,7 @@ class AvatarMesh:
         basis = np.concatenate([face.expression_basis[:, r2m], basis_normals[:, r2m]], axis=2).astype(np.float32)
         classes = split_tongue(render_vertex_classes(topo), rest[:, :3], basis[ICT_EXPRESSIONS.index("jawOpen"), :, :3])
         upper_teeth = (classes == ShadeClass.TEETH) & ~np.abs(basis[:, :, :3]).any(axis=(0, 2))
-        rest[upper_teeth, 1] -= UPPER_TEETH_DROP_CM
+        rest[upper_teeth, 1] -= upper_teeth_drop(model, face.neutral, face.expression_basis, rest[upper_teeth, :3])
         channels = mask_channels()
         masks = activation_masks(model.expression_basis[channels], topo.region_vertices("face"))[:, r2m].T
         masks = np.where((classes == ShadeClass.FACE)[:, None], masks, 0.0).astype(np.float32)
