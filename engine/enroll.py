@@ -67,9 +67,16 @@ INNER_LIPS = (13, 14, 78, 80, 81, 82, 87, 88, 95, 178, 191, 308, 310, 311, 312, 
 SKIN_SAMPLE_LANDMARKS = (50, 280, 101, 330, 117, 346, 123, 352, 205, 425, 195, 197, 5)
 # The face-oval region fades in over this fraction of the face height inside its outline.
 REGION_FEATHER = 0.04
-# Seen texels blend into the fill over this many texels (at 1024²) from the edge of what was seen, and the
-# push-pull fill is blurred by this σ (its 2×2 pyramid leaves faint blocks).
-FILL_FEATHER_TEXELS = 8
+# Seen texels blend into the fill (and poorly seen ones into their mirror texels) over this many texels (at 1024²),
+# measured in UV space inward from where the summed weight falls below `SEEN_FULL_WEIGHT` (`MIRROR_FULL_WEIGHT`):
+# a summed weight can fall from one threshold to the other within a few texels (a fringe's edge in every frame),
+# so a blend driven by the weight alone switched colours there and drew a line (#18). Unseen patches smaller than
+# `FEATURE_HOLE_AREA` of the tile (mouth opening, nostrils, eye slits) keep the narrow blend of
+# `HOLE_FEATHER_TEXELS`, or the lips and lids around them would fade into the fill. The push-pull fill is blurred
+# by σ = `FILL_BLUR_TEXELS` (its 2×2 pyramid leaves faint blocks).
+FILL_FEATHER_TEXELS = 32
+HOLE_FEATHER_TEXELS = 8
+FEATURE_HOLE_AREA = 0.02
 FILL_BLUR_TEXELS = 12
 # Baked lighting: the shading field is the luminance of the skin blurred with σ = this fraction of the texture
 # size (about 1 cm on the face), and the correction it asks for is clipped to this range of factors.
@@ -309,16 +316,31 @@ def shading_field(albedo: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     return (field / median).astype(np.float32)
 
 
+def _feather_inside(good: np.ndarray, texels: float) -> np.ndarray:
+    """(N, N) float32 in [0, 1]: 0 outside `good` (N, N) bool, rising with the UV distance inward from its
+    edge to 1 at `texels`, so a blend driven by it spans at least that many texels however steeply the weight
+    that defined `good` fell. Patches outside `good` smaller than `FEATURE_HOLE_AREA` of the tile (mouth opening,
+    nostrils, eye slits) count as inside: they are left to the narrow per-texel blend."""
+    outside = (~good).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(outside, connectivity=8)
+    large = np.zeros(count, bool)
+    large[1:] = stats[1:, cv2.CC_STAT_AREA] >= FEATURE_HOLE_AREA * good.size
+    inside = cv2.distanceTransform((~large[labels]).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return _smoothstep(inside / max(texels, 1.0))
+
+
 def fill_texture(
     colour_sum: np.ndarray, weight_sum: np.ndarray, raster: UVRasterizer, mirror: np.ndarray
 ) -> np.ndarray:
     """Accumulated colour/weight → (N, N, 3) uint8 albedo with every texel filled.
 
-    A texel's confidence in its own colour rises with its summed view weight (full at `SEEN_FULL_WEIGHT`) and
-    with its distance from the nearest unseen texel (full at `FILL_FEATHER_TEXELS`). Its colour leans towards
-    its mirror texel on the other side of the face when that one was seen better (own weight below
-    `MIRROR_FULL_WEIGHT`); what neither side saw comes from a smooth push-pull fill of the rest, blurred, and
-    every one of these blends is a continuous function of the weights, so no seam shows. The baked lighting is
+    A texel's confidence in its own colour rises with its UV distance inward from where the summed view weight
+    falls below `SEEN_FULL_WEIGHT` (full at `FILL_FEATHER_TEXELS`; small unseen holes keep a per-texel fade over
+    `HOLE_FEATHER_TEXELS`). Its colour leans towards its mirror texel on the other side of the face when that one
+    was seen better (own texel within `FILL_FEATHER_TEXELS` of where its weight falls below
+    `MIRROR_FULL_WEIGHT`); what neither side saw comes from a smooth push-pull fill of the rest, blurred. Every
+    blend is continuous and spans at least `FILL_FEATHER_TEXELS` in UV however steeply the weight falls, so no
+    seam or line shows. The baked lighting is
     divided out first: the skin's low-frequency shading (`shading_field`), keeping its median brightness and hue.
     """
     if not (weight_sum > 1e-4).any():
@@ -328,8 +350,15 @@ def fill_texture(
     # Distance to the nearest unseen face texel (texels off the face tile, like the eye openings, are no edge).
     seen = ((weight_sum > 1e-4) | ~raster.covered).astype(np.uint8)
     inward = cv2.distanceTransform(seen, cv2.DIST_L2, 5)
-    own = _smoothstep(weight_sum / SEEN_FULL_WEIGHT) * _smoothstep(inward / (FILL_FEATHER_TEXELS * n / 1024))
-    quality = _smoothstep(weight_sum / MIRROR_FULL_WEIGHT)
+    hole = _smoothstep(inward / (HOLE_FEATHER_TEXELS * n / 1024))
+    own = (
+        _smoothstep(weight_sum / SEEN_FULL_WEIGHT)
+        * hole
+        * _feather_inside((weight_sum >= SEEN_FULL_WEIGHT) | ~raster.covered, FILL_FEATHER_TEXELS * n / 1024)
+    )
+    quality = _smoothstep(weight_sum / MIRROR_FULL_WEIGHT) * _feather_inside(
+        (weight_sum >= MIRROR_FULL_WEIGHT) | ~raster.covered, FILL_FEATHER_TEXELS * n / 1024
+    )
     source = np.maximum(mirror.ravel(), 0)
     has_mirror = (mirror >= 0).astype(np.float32)
     mirror_own = own.ravel()[source].reshape(own.shape) * has_mirror
