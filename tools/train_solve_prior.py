@@ -106,7 +106,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--components", type=int, default=128)
     ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--driven-weight", type=float, default=3.0)
+    # Samples with a driven channel weigh this much more in the loss: 8 measured better held out than 3 (driven
+    # + all-channel error 0.362 against 0.370), the regression under-reading less of what it is unsure of.
+    ap.add_argument("--driven-weight", type=float, default=8.0)
     ap.add_argument("--strengths", type=float, nargs="+", default=[30.0, 100.0, 300.0, 1000.0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
