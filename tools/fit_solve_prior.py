@@ -36,6 +36,7 @@ from engine.identity import Identity
 from engine.metrics import closed_loop_metrics
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.face_solver import FaceSolver
+from engine.solve.performer import Performer
 from engine.solve.prior import DEFAULT_PRIOR_PATH, fit_mlp_prior, fit_ridge_prior
 from engine.solve.response import DEFAULT_RESPONSE_PATH
 from engine.solve.solver import FrameFitter, valid_observation
@@ -237,7 +238,9 @@ def closed_loop(
     landmarks: list[Landmarks | None], truth: np.ndarray, fps: float,
 ) -> dict:  # fmt: skip
     """FaceSolver (calibration, filters, states) over tracked demo frames → closed_loop_metrics + strict error."""
-    solver = FaceSolver(model, embedding, identity, config.solve)
+    # Solved as `run --source demo` solves it: the identity it renders, with this prior (an Identity alone would be
+    # taken for an enrolled person and solved with the people prior).
+    solver = FaceSolver(model, embedding, Performer.rendered_avatar(identity, None), config.solve)
     solved = np.stack([
         solver.solve(lm, int(i * 1e9 / fps), i).weights for i, lm in enumerate(landmarks)
     ])  # fmt: skip
