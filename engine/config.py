@@ -87,6 +87,9 @@ class SolveConfig(_Section):
     camera_fov_y_deg: float | None = Field(None, gt=1, lt=120)
     filter_enabled: bool = True
     filter_eyes: FilterConfig = FilterConfig(min_cutoff=3.0, beta=0.5)
+    # Blinks are the fastest thing a face does (a real one can close the lids for one or two frames): their own
+    # filter follows a fast change almost at once and still smooths the lids' jitter at rest.
+    filter_blink: FilterConfig = FilterConfig(min_cutoff=3.0, beta=4.0, d_cutoff=5.0)
     filter_brows: FilterConfig = FilterConfig(min_cutoff=1.5, beta=0.3)
     filter_mouth: FilterConfig = FilterConfig(min_cutoff=1.5, beta=0.3)
     filter_pose: FilterConfig = FilterConfig(min_cutoff=1.0, beta=0.2)

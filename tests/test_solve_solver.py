@@ -12,7 +12,7 @@ from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.eyes import eyeball_centers
-from engine.solve.face_solver import FaceSolver, channel_groups
+from engine.solve.face_solver import FaceSolver, _state_filter, channel_groups
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.pose import euler_to_rotation, quaternion_to_rotation, rotation_angle_deg
 from engine.solve.synthetic import constructed_embedding, synthetic_landmarks
@@ -163,6 +163,25 @@ def test_filter_smooths_noise_and_eyes_are_faster_than_mouth(face_model, embeddi
     assert state.weights[SMILE] < raw[SMILE]
     assert state.weights[blink] / raw[blink] > state.weights[SMILE] / raw[SMILE]
     assert set(np.concatenate(list(channel_groups().values()))) == set(range(len(ICT_EXPRESSIONS)))
+
+
+def test_a_one_frame_blink_passes_the_filter_and_lid_jitter_does_not() -> None:
+    # A real blink can close the lids for a single frame at 30 fps; the eye group's filter halved it.
+    config = SolveConfig()
+    filt = _state_filter(config)
+    blink, gaze = ICT_EXPRESSIONS.index("eyeBlink_L"), ICT_EXPRESSIONS.index("eyeLookUp_L")
+    rng = np.random.default_rng(0)
+    x = np.zeros(len(ICT_EXPRESSIONS) + 8)  # the weights and the pose
+    outputs, inputs = [], []
+    for i in range(60):  # 2 s of lid jitter at rest
+        x[[blink, gaze]] = 0.05 + rng.normal(0, 0.01, 2)
+        inputs.append(x[blink])
+        outputs.append(filt(x, i * 33 * MS)[blink])
+    assert np.std(np.diff(outputs)) < 0.6 * np.std(np.diff(inputs))
+    x[[blink, gaze]] = 0.8
+    out = filt(x, 60 * 33 * MS)
+    assert out[blink] > 0.6  # most of the step in the same frame
+    assert out[gaze] < out[blink] - 0.2  # the eye group's filter is slower
 
 
 def test_one_euro_filter_reference_behaviour() -> None:
