@@ -232,6 +232,8 @@ def fit_mlp_prior(
     driven_weight: float = 1.0,
     batch: int = 64,
     augment_basis: np.ndarray | None = None,
+    dropout: float = 0.0,
+    input_noise: float = 0.05,
 ) -> LearnedPrior:
     """A two-hidden-layer ReLU MLP on the PCA-whitened features (`components` of them), trained with mean
     squared error (AdamW, cosine schedule, a little input noise) on (n, F) → (n, 53). Needs torch (training
@@ -241,7 +243,10 @@ def fit_mlp_prior(
     `augment_basis` (F, m): feature-space directions along which every training sample is shifted by a fresh
     N(0, 1) combination in every epoch — the embedded identity basis (scaled by the modes' prior std), so the
     network sees each expression on many more face shapes than were rendered and must read expression from
-    what identity cannot explain (without it, a few hundred rendered identities are memorized)."""
+    what identity cannot explain (without it, a few hundred rendered identities are memorized).
+
+    `dropout` after each hidden layer and `input_noise` (std in whitened units) regularize training only: the
+    stored layers are evaluated as they are."""
     import torch
     from tqdm import tqdm
 
@@ -249,12 +254,19 @@ def fit_mlp_prior(
     mean = features.mean(axis=0)
     centred = features - mean
     rng = np.random.default_rng(seed)
-    if augment_basis is not None:
-        # The principal directions must span the augmented cloud, or the shifted samples leave the subspace.
-        shifted = centred + rng.standard_normal((len(centred), augment_basis.shape[1])) @ augment_basis.T
-        _, sing, vt = np.linalg.svd(shifted, full_matrices=False)
-    else:
-        _, sing, vt = np.linalg.svd(centred, full_matrices=False)
+    # Principal directions from the (F, F) scatter matrix, accumulated in chunks: the same as an SVD of the
+    # samples, without holding an (n, F) factor for a few hundred thousand frames.
+    scatter = np.zeros((features.shape[1], features.shape[1]))
+    for start in range(0, len(centred), 20000):
+        chunk = centred[start : start + 20000]
+        if augment_basis is not None:
+            # The principal directions must span the augmented cloud, or the shifted samples leave the subspace.
+            chunk = chunk + rng.standard_normal((len(chunk), augment_basis.shape[1])) @ augment_basis.T
+        scatter += chunk.T @ chunk
+    eigenvalues, vectors = np.linalg.eigh(scatter)
+    order = np.argsort(eigenvalues)[::-1]
+    sing = np.sqrt(np.maximum(eigenvalues[order], 0.0))
+    vt = vectors[:, order].T
     basis = vt[:components].T
     scale = np.sqrt(len(features)) / np.maximum(sing[:components], 1e-9)
     z = centred @ basis
@@ -265,8 +277,10 @@ def fit_mlp_prior(
     net = torch.nn.Sequential(
         torch.nn.Linear(components, hidden),
         torch.nn.ReLU(),
+        torch.nn.Dropout(dropout),
         torch.nn.Linear(hidden, hidden),
         torch.nn.ReLU(),
+        torch.nn.Dropout(dropout),
         torch.nn.Linear(hidden, weights.shape[1]),
     )
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-4)
@@ -276,7 +290,7 @@ def fit_mlp_prior(
         perm = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch):
             rows = perm[start : start + batch]
-            noisy = x[rows] + 0.05 * torch.randn(len(rows), components, generator=generator)
+            noisy = x[rows] + input_noise * torch.randn(len(rows), components, generator=generator)
             if shift is not None:
                 noisy = noisy + torch.randn(len(rows), len(shift), generator=generator) @ shift
             target = y[rows]
@@ -285,6 +299,7 @@ def fit_mlp_prior(
             loss.backward()
             opt.step()
         sched.step()
+    net.eval()
     linear = [m for m in net if isinstance(m, torch.nn.Linear)]
     params = [
         (m.weight.detach().numpy().T.astype(np.float64), m.bias.detach().numpy().astype(np.float64)) for m in linear
