@@ -22,10 +22,11 @@ Nothing of the estimate runs on the per-frame path but the keyframe bookkeeping 
 the face lost for `new_person_lost_s`, or a sustained jump in the fit residual — restarts it.
 
 The rest offset (`RestOffset`) handles what the identity fit cannot tell apart from expression on a real
-face: a jaw that hangs a little, pressed or rolled lips, brows that sit low or high. For those channels
-only, a slow low percentile of the raw weights (the level the face keeps returning to) is removed like a
-calibration, capped, and approached with a time constant of seconds, so a held smile (not in the set) or a
-short expression is never calibrated away.
+face: a jaw that hangs a little, pressed, rolled, full or pouting lips, round cheeks, brows that sit low or
+high. For those channels only, a slow low percentile of the raw weights (the level the face keeps returning
+to) is removed like a calibration, capped, and approached with a time constant of seconds, so a held smile
+(not in the set) or a short expression is never calibrated away; the cheek squint of a smile held for many
+seconds is.
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ log = logging.getLogger(__name__)
 
 N = len(ICT_EXPRESSIONS)
 _CH = {name: i for i, name in enumerate(ICT_EXPRESSIONS)}
-# Channels that a face's shape and its expression explain alike (the rest offset's set).
+# Channels that a face's shape and its expression explain alike (the rest offset's set). Pucker, funnel and the
+# cheeks joined the set when the 2057-clip people prior read them on relaxed real faces (lip fullness, cheeks).
 REST_CHANNELS = np.array([_CH[n] for n in (
     "jawOpen", "jawForward", "mouthClose", "mouthPress_L", "mouthPress_R", "mouthRollLower", "mouthRollUpper",
     "mouthShrugLower", "mouthShrugUpper", "browDown_L", "browDown_R", "browInnerUp_L", "browInnerUp_R",
-    "browOuterUp_L", "browOuterUp_R",
+    "browOuterUp_L", "browOuterUp_R", "mouthPucker", "mouthFunnel", "cheekSquint_L", "cheekSquint_R",
+    "cheekPuff_L", "cheekPuff_R",
 )])  # fmt: skip
 # Eye channels move on every face all the time (blinks, gaze): they say nothing of how neutral a frame is.
 _NOT_EYES = np.array([i for i, n in enumerate(ICT_EXPRESSIONS) if not n.startswith("eye")])
