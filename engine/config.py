@@ -90,8 +90,8 @@ class SolveConfig(_Section):
     # Blinks are the fastest thing a face does (a real one can close the lids for one or two frames): their own
     # filter follows a fast change almost at once and still smooths the lids' jitter at rest.
     filter_blink: FilterConfig = FilterConfig(min_cutoff=3.0, beta=4.0, d_cutoff=5.0)
-    filter_brows: FilterConfig = FilterConfig(min_cutoff=1.5, beta=0.3)
-    filter_mouth: FilterConfig = FilterConfig(min_cutoff=1.5, beta=0.3)
+    filter_brows: FilterConfig = FilterConfig(min_cutoff=1.5, beta=1.0)
+    filter_mouth: FilterConfig = FilterConfig(min_cutoff=1.5, beta=3.0)
     filter_pose: FilterConfig = FilterConfig(min_cutoff=1.0, beta=0.2)
     calibration_frames: int = Field(30, ge=1, le=900)  # tracked frames a live neutral calibration averages
     coast_seconds: float = Field(0.5, ge=0)
