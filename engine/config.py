@@ -77,10 +77,19 @@ class SolveConfig(_Section):
     depth_weight: float = Field(0.3, ge=0, le=1)  # weight of MediaPipe's z relative to x, y (when use_depth)
     oval_weight: float = Field(0.3, ge=0, le=1)  # weight of the face-outline landmarks (a sliding silhouette)
     eyes_enabled: bool = True  # blink from lid distances and gaze from irises replace the LSQ eye channels
-    gaze_anchor: float = Field(0.3, ge=0)  # pull of the gaze channels to the iris read-out (cm²); 0 pins them
+    # Pull of the gaze channels to the iris read-out (cm²); 0 pins them (docs/solve.md §3.5: the lids pulled the
+    # gaze of rendered faces away from the truth).
+    gaze_anchor: float = Field(0.0, ge=0)
     gaze_horizontal_deg: float = Field(30.0, gt=0, le=90)  # eyeball turn that eyeLookIn/Out = 1 stands for
     gaze_up_deg: float = Field(25.0, gt=0, le=90)
     gaze_down_deg: float = Field(25.0, gt=0, le=90)
+    # Share of each eye's gaze taken from both eyes' mean (eyes turn together; MediaPipe's per-eye irises
+    # disagree far more than eyes do): 1 yoked, 0 each eye on its own (docs/solve.md §3.5).
+    gaze_yoke: float = Field(1.0, ge=0, le=1)
+    # The pitch (degrees, up) MediaPipe's irises read when the eyes look straight ahead; subtracted from every
+    # reading (measured on training renders with `tools/measure_gaze.py`). No yaw: a mirrored face must read
+    # mirrored gaze.
+    gaze_straight_pitch_deg: float = Field(2.1, ge=-15, le=15)
     # The source camera's vertical field of view (perspective correction, distance). null: the source's own when
     # it knows it (the demo performer's render camera), else performer.fov_prior_deg with `performer: auto` and
     # 25° with an enrolled performer (docs/engine.md, "camera").

@@ -11,7 +11,7 @@ from engine.face_model import FaceModel
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.bench import bench_solve
 from engine.solve.expression import EmbeddedFace
-from engine.solve.eyes import GAZE_CHANNELS, eye_rotations, eyeball_centers, gaze_angles
+from engine.solve.eyes import GAZE_CHANNELS, eye_rotations, eyeball_centers, gaze_angles, yoked
 from engine.solve.identity_fit import fit_identity
 from engine.solve.landmark_sets import IRIS
 from engine.solve.pose import euler_to_rotation, umeyama
@@ -43,15 +43,46 @@ def test_gaze_convention_directions() -> None:
     assert (rotations[1] @ forward)[1] > 0.4  # right eye: up
 
 
-def test_gaze_is_read_from_the_irises(face_model, embedding) -> None:
-    fitter = FrameFitter(face_model, embedding, None, SolveConfig())
+@pytest.mark.parametrize(
+    ("yoke", "truth"),
+    [
+        (1.0, _weights(eyeLookIn_L=0.6, eyeLookOut_R=0.6, eyeLookUp_L=0.3, eyeLookUp_R=0.3)),  # both eyes left, up
+        (1.0, _weights(eyeLookOut_L=0.5, eyeLookIn_R=0.5, eyeLookDown_L=0.4, eyeLookDown_R=0.4)),
+        (0.0, _weights(eyeLookIn_L=0.6, eyeLookIn_R=0.6)),  # crossed eyes: only each eye on its own reads them
+        (0.0, _weights(eyeLookOut_L=0.5, eyeLookUp_R=0.7)),
+    ],
+)
+def test_gaze_is_read_from_the_irises(face_model, embedding, yoke: float, truth: np.ndarray) -> None:
+    # Exact projections of the model: its irises look straight when they read straight (no MediaPipe habit).
+    fitter = FrameFitter(face_model, embedding, None, SolveConfig(gaze_yoke=yoke, gaze_straight_pitch_deg=0.0))
     assert fitter.eyes.valid
-    centers = eyeball_centers(face_model)
-    for truth in (_weights(eyeLookIn_L=0.6, eyeLookIn_R=0.6), _weights(eyeLookOut_L=0.5, eyeLookUp_R=0.7)):
-        landmarks = synthetic_landmarks(fitter.face, centers, truth, euler_to_rotation(-20, 10, 0))
-        observed, _ = valid_observation(landmarks)
-        fit = fitter.fit(observed, image_size=landmarks.image_size)
-        np.testing.assert_allclose(fit.weights[GAZE_CHANNELS], truth[GAZE_CHANNELS], atol=0.05)
+    landmarks = synthetic_landmarks(fitter.face, eyeball_centers(face_model), truth, euler_to_rotation(-20, 10, 0))
+    observed, _ = valid_observation(landmarks)
+    fit = fitter.fit(observed, image_size=landmarks.image_size)
+    np.testing.assert_allclose(fit.weights[GAZE_CHANNELS], truth[GAZE_CHANNELS], atol=0.05)
+
+
+def test_yoked_gaze_averages_the_open_eyes_and_ignores_a_closed_one() -> None:
+    """Each eye's noise is halved by the mean of both; a closed eye's iris (it follows the lid) is left out."""
+    angles = np.array([[10.0, -4.0], [2.0, 6.0]])  # (left, right) × (yaw, pitch)
+    both_open = yoked(angles, np.zeros(2), 1.0)
+    np.testing.assert_allclose(both_open, [[6.0, 1.0], [6.0, 1.0]])
+    np.testing.assert_allclose(yoked(angles, np.zeros(2), 0.0), angles)
+    np.testing.assert_allclose(yoked(angles, np.zeros(2), 0.5), [[8.0, -1.5], [4.0, 3.5]])
+    winking = yoked(angles, np.array([0.0, 1.0]), 1.0)  # the right eye closed
+    np.testing.assert_allclose(winking[0], winking[1])
+    assert np.abs(winking[0] - angles[0]).max() < 0.5  # the open left eye's reading, nearly untouched
+
+
+def test_gaze_straight_ahead_is_subtracted(face_model, embedding) -> None:
+    """`gaze_straight_pitch_deg` is what eyes that look straight read: irises that read that look ahead."""
+    up = _weights(eyeLookUp_L=0.2, eyeLookUp_R=0.2)  # 5° up: what the calibration says straight eyes read
+    plain = FrameFitter(face_model, embedding, None, SolveConfig(gaze_straight_pitch_deg=0.0))
+    calibrated = FrameFitter(face_model, embedding, None, SolveConfig(gaze_straight_pitch_deg=5.0))
+    landmarks = synthetic_landmarks(plain.face, eyeball_centers(face_model), up, euler_to_rotation(10, -5, 0))
+    observed, _ = valid_observation(landmarks)
+    assert plain.fit(observed, image_size=landmarks.image_size).weights[GAZE_CHANNELS].max() > 0.15
+    assert calibrated.fit(observed, image_size=landmarks.image_size).weights[GAZE_CHANNELS].max() < 0.05
 
 
 def test_blink_reads_the_upper_lid_and_ignores_a_squint(face_model, embedding) -> None:

@@ -378,7 +378,18 @@ def _gaze(eyes: EyeTables, observed_model: np.ndarray, weights: np.ndarray) -> n
                 offset = (raw[eye, a] + (c[o + a] + c[i + a]) * 0.5 - eyes.mid0[eye, a]) * ratio
                 offsets[2 * eye + a] = offset - eyes.iris_rest[eye, a]
         sines = np.minimum(np.maximum(offsets / eyes.radius, -1.0), 1.0)
-        gaze = np.minimum(np.maximum(_matrix_vector(eyes.angles_to_gaze, np.degrees(np.arcsin(sines))), 0.0), 1.0)
+        angles = np.degrees(np.arcsin(sines))  # (yaw, pitch) of the left eye, then of the right
+        for a in range(2):
+            angles[a] -= eyes.straight_deg[a]
+            angles[2 + a] -= eyes.straight_deg[a]
+        # `eyes.yoked`: each eye moved `yoke` of the way to both eyes' mean, weighted by openness.
+        open_left = min(max(1.0 - weights[eyes.blink_channels[0]], 0.05), 1.0)
+        open_right = min(max(1.0 - weights[eyes.blink_channels[1]], 0.05), 1.0)
+        for a in range(2):
+            mean = (open_left * angles[a] + open_right * angles[2 + a]) / (open_left + open_right)
+            angles[a] += eyes.yoke * (mean - angles[a])
+            angles[2 + a] += eyes.yoke * (mean - angles[2 + a])
+        gaze = np.minimum(np.maximum(_matrix_vector(eyes.angles_to_gaze, angles), 0.0), 1.0)
     return gaze
 
 

@@ -8,10 +8,11 @@ A mirrored image therefore reads as a face with its sides swapped, as it should.
 ICT's `eyeLook*` shapes only move the eyelids; the eyeballs turn in the rig. The gaze convention shared with
 the renderer (`gaze_angles` / `eye_rotations`): `eyeLookOut_L` = 1 turns the left eye `gaze_horizontal_deg`
 towards the subject's left (+x), `eyeLookUp_*` = 1 turns it `gaze_up_deg` up, `eyeLookDown_*` `gaze_down_deg`
-down. The solver inverts that from the iris offset relative to the eye corners (normalized by eye width) and
-anchors those channels in the least-squares solve (`SolveConfig.gaze_anchor`: a pull towards the iris
-read-out instead of towards zero; 0 pins them), so the lid motion they imply is accounted for and the lids can
-still correct a noisy iris.
+down. The solver inverts that from the iris offset relative to the eye corners (normalized by eye width), minus
+what MediaPipe's irises read for eyes that look straight ahead (`SolveConfig.gaze_straight_pitch_deg`), both eyes
+moved towards their mean (`gaze_yoke`: eyes turn together, MediaPipe's per-eye irises disagree far more), and
+pins those channels in the least-squares solve to that read-out, so the lid motion they imply is accounted for
+(`gaze_anchor` > 0 lets the lids pull them instead: better on exact projections, worse on MediaPipe's).
 
 Blink: the upper lid's height above the eye corners (model y, mean of five upper-lid points) over the eye
 width is affine in the weights. With every other channel held at its solved value, the blink that makes the
@@ -96,7 +97,12 @@ class EyeModel:
     """
 
     def __init__(
-        self, face: EmbeddedFace, eyeball_centers: np.ndarray, ranges: GazeRanges = DEFAULT_GAZE_RANGES
+        self,
+        face: EmbeddedFace,
+        eyeball_centers: np.ndarray,
+        ranges: GazeRanges = DEFAULT_GAZE_RANGES,
+        yoke: float = 1.0,
+        straight_deg: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         self.face = face
         self.ranges = ranges
@@ -138,6 +144,8 @@ class EyeModel:
             width0=contiguous(width0),
             blink_gain=contiguous(blink_gain),
             radius=float(radii.mean()),
+            straight_deg=contiguous(np.asarray(straight_deg, dtype=np.float64)),
+            yoke=float(yoke),
         )
         eyes_like = (width0 > 1.5) & (width0 < 5.0) & (blink_gain < -0.05) & (radii > 0.6) & (radii < 2.0)
         self.valid = bool(eyes_like.all())
@@ -171,7 +179,8 @@ class EyeModel:
             offsets = ((raw + midpoint - t.mid0) * ratio[:, None])[:, :2] - t.iris_rest  # (2 eyes, 2)
             sines = _clip(offsets.reshape(-1) / t.radius, -1.0, 1.0)
             # (2 eyes, 2) yaw towards +x, pitch towards +y, in degrees → the eight channels.
-            gaze = _clip(t.angles_to_gaze @ np.degrees(np.arcsin(sines)), 0.0, 1.0)
+            angles = np.degrees(np.arcsin(sines)).reshape(2, 2) - t.straight_deg
+            gaze = _clip(t.angles_to_gaze @ yoked(angles, weights[t.blink_channels], t.yoke).reshape(-1), 0.0, 1.0)
         return gaze
 
     def blink(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -188,6 +197,16 @@ class EyeModel:
         others[t.blink_channels] = 0.0
         ratio_open = (t.gap0 + t.gap_basis @ others) / t.width0
         return _clip((ratio_obs - ratio_open) / t.blink_gain, 0.0, 1.0)
+
+
+def yoked(angles: np.ndarray, blink: np.ndarray, yoke: float) -> np.ndarray:
+    """(2 eyes, 2) gaze angles, (2,) blink weights → the angles moved `yoke` of the way to both eyes' mean.
+
+    The mean weighs each eye by how open it is (1 − blink, at least 0.05): a closed lid hides the iris, and
+    MediaPipe's iris then follows the lid, not the eye."""
+    openness = _clip(1.0 - blink, 0.05, 1.0)
+    mean = (openness[0] * angles[0] + openness[1] * angles[1]) / (openness[0] + openness[1])
+    return angles + yoke * (mean - angles)
 
 
 # Two numpy conveniences without their wrappers' per-call cost (several µs each, more than the arithmetic on

@@ -144,7 +144,13 @@ class FrameFitter:
         self.pose_weights_refine = np.maximum(self.pose_weights_first, _NONRIGID_POSE_WEIGHT)
         self.pose_weights_refine[N_MESH_LANDMARKS:] = 0.0
         ranges = GazeRanges(config.gaze_horizontal_deg, config.gaze_up_deg, config.gaze_down_deg)
-        self.eyes = EyeModel(self.face, eyeball_centers(model, identity_weights), ranges)
+        self.eyes = EyeModel(
+            self.face,
+            eyeball_centers(model, identity_weights),
+            ranges,
+            config.gaze_yoke,
+            (0.0, config.gaze_straight_pitch_deg),
+        )
         self.eyes_active = config.eyes_enabled and self.eyes.valid
         self.depth_weight = config.depth_weight if config.use_depth else 0.0
         # The per-frame path (`engine/solve/kernels.py`): the compiled kernels and their tables, or None (numpy).
