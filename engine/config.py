@@ -101,6 +101,8 @@ class SolveConfig(_Section):
     filter_blink: FilterConfig = FilterConfig(min_cutoff=3.0, beta=4.0, d_cutoff=5.0)
     filter_brows: FilterConfig = FilterConfig(min_cutoff=1.5, beta=1.0)
     filter_mouth: FilterConfig = FilterConfig(min_cutoff=1.5, beta=3.0)
+    # The jaw moves fastest of the mouth (a syllable opens and closes it within a few frames) and jitters least.
+    filter_jaw: FilterConfig = FilterConfig(min_cutoff=1.5, beta=10.0)
     filter_pose: FilterConfig = FilterConfig(min_cutoff=1.0, beta=0.2)
     calibration_frames: int = Field(30, ge=1, le=900)  # tracked frames a live neutral calibration averages
     coast_seconds: float = Field(0.5, ge=0)

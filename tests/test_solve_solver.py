@@ -184,6 +184,27 @@ def test_a_one_frame_blink_passes_the_filter_and_lid_jitter_does_not() -> None:
     assert out[gaze] < out[blink] - 0.2  # the eye group's filter is slower
 
 
+def test_the_jaw_follows_a_syllable_and_its_jitter_at_rest_does_not() -> None:
+    # Speech opens and closes the jaw within a few frames; with the lips' filter it lagged the face by a frame.
+    filt = _state_filter(SolveConfig())
+    jaw, funnel = ICT_EXPRESSIONS.index("jawOpen"), ICT_EXPRESSIONS.index("mouthFunnel")
+    rng = np.random.default_rng(1)
+    x = np.zeros(len(ICT_EXPRESSIONS) + 8)
+    outputs, inputs = [], []
+    for i in range(60):  # 2 s of a relaxed mouth
+        x[[jaw, funnel]] = 0.05 + rng.normal(0, 0.01, 2)
+        inputs.append(x[jaw])
+        outputs.append(filt(x, i * 33 * MS)[jaw])
+    assert np.std(np.diff(outputs)) < 0.7 * np.std(np.diff(inputs))
+    opened = []
+    for i, level in enumerate([0.5, 0.5, 0.5, 0.05, 0.05]):  # a syllable: three frames open
+        x[[jaw, funnel]] = level
+        opened.append(filt(x, (60 + i) * 33 * MS)[[jaw, funnel]])
+    jaw_out, funnel_out = np.array(opened).T
+    assert jaw_out[0] > 0.4 and jaw_out[0] > funnel_out[0] + 0.05  # most of the opening in its first frame
+    assert jaw_out[-1] < 0.15 and jaw_out[-1] < funnel_out[-1] - 0.05  # closed again two frames later
+
+
 def test_one_euro_filter_reference_behaviour() -> None:
     f = OneEuroFilter(1.0, 0.0, 1.0)
     assert f(np.array([2.0]), 0)[0] == 2.0  # the first sample passes through

@@ -41,12 +41,12 @@ _RESIDUAL_SCALE_CM = 0.4
 
 
 def channel_groups() -> dict[str, np.ndarray]:
-    """ICT channel indices per filter group: blink, eyes (gaze, squint, wide), brows, mouth (the rest)."""
-    groups = {"blink": [], "eyes": [], "brows": [], "mouth": []}
+    """ICT channel indices per filter group: blink, eyes (gaze, squint, wide), brows, jaw, mouth (the rest)."""
+    groups = {"blink": [], "eyes": [], "brows": [], "jaw": [], "mouth": []}
     for i, name in enumerate(ICT_EXPRESSIONS):
         key = (
             "blink" if name.startswith("eyeBlink") else "eyes" if name.startswith("eye")
-            else "brows" if name.startswith("brow") else "mouth"
+            else "brows" if name.startswith("brow") else "jaw" if name.startswith("jaw") else "mouth"
         )  # fmt: skip
         groups[key].append(i)
     return {k: np.array(v) for k, v in groups.items()}
@@ -58,7 +58,7 @@ def _state_filter(config: SolveConfig, kernels: Kernels | None = None) -> OneEur
     params = np.empty((3, N_EXPRESSIONS + 8))
     by_group: dict[str, FilterConfig] = {
         "blink": config.filter_blink, "eyes": config.filter_eyes, "brows": config.filter_brows,
-        "mouth": config.filter_mouth,
+        "jaw": config.filter_jaw, "mouth": config.filter_mouth,
     }  # fmt: skip
     groups = channel_groups() | {"pose": np.arange(N_EXPRESSIONS, N_EXPRESSIONS + 8)}
     for group, idx in groups.items():
