@@ -77,9 +77,9 @@ class SolveConfig(_Section):
     depth_weight: float = Field(0.3, ge=0, le=1)  # weight of MediaPipe's z relative to x, y (when use_depth)
     oval_weight: float = Field(0.3, ge=0, le=1)  # weight of the face-outline landmarks (a sliding silhouette)
     eyes_enabled: bool = True  # blink from lid distances and gaze from irises replace the LSQ eye channels
-    # Pull of the gaze channels to the iris read-out (cm²); 0 pins them (docs/solve.md §3.5: the lids pulled the
-    # gaze of rendered faces away from the truth).
-    gaze_anchor: float = Field(0.0, ge=0)
+    # Pull of the gaze channels to the iris read-out (cm²) where a learned prior reads gaze too (the demo
+    # performer's); 0 pins them. Without such a prior (the people prior) they are always pinned (docs/solve.md).
+    gaze_anchor: float = Field(0.3, ge=0)
     gaze_horizontal_deg: float = Field(30.0, gt=0, le=90)  # eyeball turn that eyeLookIn/Out = 1 stands for
     gaze_up_deg: float = Field(25.0, gt=0, le=90)
     gaze_down_deg: float = Field(25.0, gt=0, le=90)

@@ -80,7 +80,6 @@ def _compare_sequence(fitter: FrameFitter, frames: list, *, camera: bool = True,
         ({}, False, True),  # weak perspective (no image size)
         ({}, True, False),  # no irises: gaze keeps the least-squares channels
         ({"gaze_anchor": 0.0}, True, True),  # gaze pinned to the iris read-out
-        ({"gaze_anchor": 0.3}, True, True),  # gaze anchored: the lids may correct it
         ({"gaze_yoke": 0.4, "gaze_straight_pitch_deg": -3.0}, True, True),  # part-yoked, another straight ahead
         ({"learned_prior": False, "landmark_response": False}, True, True),
         ({"eyes_enabled": False, "use_depth": False}, True, True),

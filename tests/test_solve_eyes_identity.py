@@ -85,6 +85,21 @@ def test_gaze_straight_ahead_is_subtracted(face_model, embedding) -> None:
     assert calibrated.fit(observed, image_size=landmarks.image_size).weights[GAZE_CHANNELS].max() < 0.05
 
 
+def test_gaze_is_pinned_unless_a_learned_prior_reads_it(face_model, embedding) -> None:
+    """The people prior leaves gaze to the irises (its mask is 0 there): pinned. The demo performer's prior reads
+    gaze from its own renders: anchored, so it can pull. Without a prior: pinned."""
+    from engine.solve.solver import shipped_prior
+
+    config = SolveConfig(gaze_anchor=0.3)
+    demo, people = shipped_prior(config, None), shipped_prior(config, None, people=True)
+    if demo is None or people is None:
+        pytest.skip("no shipped priors in models/")
+    assert people.mask[GAZE_CHANNELS].max() == 0 and demo.mask[GAZE_CHANNELS].min() > 0
+    assert FrameFitter(face_model, embedding, None, config, prior=demo).gaze_anchor == 0.3
+    assert FrameFitter(face_model, embedding, None, config, prior=people).gaze_anchor == 0.0
+    assert FrameFitter(face_model, embedding, None, config).gaze_anchor == 0.0
+
+
 def test_blink_reads_the_upper_lid_and_ignores_a_squint(face_model, embedding) -> None:
     fitter = FrameFitter(face_model, embedding, None, SolveConfig())
     centers = eyeball_centers(face_model)

@@ -11,8 +11,9 @@ towards the subject's left (+x), `eyeLookUp_*` = 1 turns it `gaze_up_deg` up, `e
 down. The solver inverts that from the iris offset relative to the eye corners (normalized by eye width), minus
 what MediaPipe's irises read for eyes that look straight ahead (`SolveConfig.gaze_straight_pitch_deg`), both eyes
 moved towards their mean (`gaze_yoke`: eyes turn together, MediaPipe's per-eye irises disagree far more), and
-pins those channels in the least-squares solve to that read-out, so the lid motion they imply is accounted for
-(`gaze_anchor` > 0 lets the lids pull them instead: better on exact projections, worse on MediaPipe's).
+pins those channels in the least-squares solve to that read-out, so the lid motion they imply is accounted for.
+Where a learned prior reads gaze too (the demo performer's), they are anchored instead (`gaze_anchor`), so the
+prior can pull them; the lids alone pulled MediaPipe's gaze away from the truth.
 
 Blink: the upper lid's height above the eye corners (model y, mean of five upper-lid points) over the eye
 width is affine in the weights. With every other channel held at its solved value, the blink that makes the

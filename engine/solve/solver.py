@@ -152,6 +152,13 @@ class FrameFitter:
             (0.0, config.gaze_straight_pitch_deg),
         )
         self.eyes_active = config.eyes_enabled and self.eyes.valid
+        # Gaze is pinned to the iris read-out, unless a learned prior reads it (one trained on renders of a known
+        # identity with its gaze, the demo performer's): then anchored, so the prior can pull it. The lids alone
+        # pulled MediaPipe's gaze away from the truth (docs/solve.md §3).
+        prior_reads_gaze = (
+            self.prior is not None and self.prior_strength > 0 and self.prior.mask[GAZE_CHANNELS].max() > 0
+        )
+        self.gaze_anchor = float(config.gaze_anchor) if prior_reads_gaze else 0.0
         self.depth_weight = config.depth_weight if config.use_depth else 0.0
         # The per-frame path (`engine/solve/kernels.py`): the compiled kernels and their tables, or None (numpy).
         self.kernels = select_kernels(config)
@@ -177,7 +184,7 @@ class FrameFitter:
             pose_iterations=int(config.pose_iterations),
             max_iterations=int(config.max_iterations),
             depth_weight=float(self.depth_weight),
-            gaze_anchor=float(config.gaze_anchor),
+            gaze_anchor=self.gaze_anchor,
             eyes_active=bool(self.eyes_active),
             jaw_open=JAW_OPEN,
             mouth_close=MOUTH_CLOSE,
@@ -282,8 +289,8 @@ class FrameFitter:
                 # Tracking: the first pass keeps last frame's gaze (it only steers the pose refinement).
                 last_pass = iteration + 1 == self.config.pose_iterations
                 gaze = self.eyes.gaze(observed_model, w) if last_pass or warm_start is None else w[GAZE_CHANNELS]
-                if self.config.gaze_anchor > 0:
-                    anchor = (GAZE_CHANNELS, gaze, self.config.gaze_anchor)
+                if self.gaze_anchor > 0:
+                    anchor = (GAZE_CHANNELS, gaze, self.gaze_anchor)
                 else:
                     lo[GAZE_CHANNELS] = hi[GAZE_CHANNELS] = gaze
             iterations = self.config.max_iterations
