@@ -28,13 +28,13 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from train_solve_prior import load_clip, solve_clips  # noqa: E402
 
-from engine.config import load_config  # noqa: E402
+from engine.config import Config, load_config  # noqa: E402
 from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
 from engine.solve.eyes import GAZE_CHANNELS, LOOK_DOWN, LOOK_IN, LOOK_OUT, LOOK_UP  # noqa: E402
 from engine.solve.prior import PEOPLE_PRIOR_PATH  # noqa: E402
 
 
-def mean_reading_deg(solved: np.ndarray, still: np.ndarray, config) -> np.ndarray:
+def mean_reading_deg(solved: np.ndarray, still: np.ndarray, config: Config) -> np.ndarray:
     """(2,) the mean (yaw towards +x, pitch up) in degrees both eyes read on the `still` frames."""
     s, ranges = solved[still], config.solve
     # Left eye: out is +x; right eye: in is +x. Both eyes read one gaze when yoked; the mean covers either way.

@@ -51,9 +51,8 @@ class EyeTables(NamedTuple):
     width0: np.ndarray  # (2,) neutral eye widths (cm)
     blink_gain: np.ndarray  # (2,) d(gap / width) / d(blink)
     radius: float  # cm, iris centre to eyeball centre
-    straight_deg: (
-        np.ndarray
-    )  # (2,) yaw, pitch the irises read when the eyes look straight ahead (`gaze_straight_pitch_deg`)
+    # (2,) yaw, pitch (degrees) the irises read when the eyes look straight ahead (`gaze_straight_pitch_deg`)
+    straight_deg: np.ndarray
     yoke: float  # share of each eye's gaze angles taken from both eyes' openness-weighted mean (`gaze_yoke`)
 
 
