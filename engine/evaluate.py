@@ -230,6 +230,19 @@ def evaluate_real(folder: Path, config: Config, only: list[str] | None = None) -
     }
 
 
+# The channel families the accuracy targets name (docs/performer.md), by ARKit name prefix.
+TARGET_FAMILIES = {"jawOpen": "jawOpen", "eyeBlink": "eyeBlink", "mouthSmile": "mouthSmile", "eyeLook*": "eyeLook"}
+
+
+def family_means(channel_mean_r: dict[str, float]) -> dict[str, float | None]:
+    """Mean r of each target family over its channels that moved in some video (None: none did)."""
+    out: dict[str, float | None] = {}
+    for label, prefix in TARGET_FAMILIES.items():
+        values = [r for name, r in channel_mean_r.items() if name.startswith(prefix)]
+        out[label] = round(float(np.mean(values)), 3) if values else None
+    return out
+
+
 def _channel_means(per_video: dict[str, Any]) -> dict[str, float]:
     """Per-channel r averaged over the videos in which the channel counts."""
     values: dict[str, list[float]] = {}
@@ -266,6 +279,9 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "Per-channel r (mean over the videos where the channel moves): "
             + ", ".join(f"{k} {v}" for k, v in real["channel_mean_r"].items()),
+            "",
+            "The families the targets name (mean of the channels above): "
+            + ", ".join(f"{k} {'–' if v is None else v}" for k, v in family_means(real["channel_mean_r"]).items()),
             "",
         ]
     synthetic = report.get("synthetic")

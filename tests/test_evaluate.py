@@ -9,7 +9,16 @@ import pytest
 
 from engine.errors import UserError
 from engine.eval_synthetic import clip_errors
-from engine.evaluate import CHANNEL, REST_CHANNELS, Track, agreement, load_reference, markdown, rest_frames
+from engine.evaluate import (
+    CHANNEL,
+    REST_CHANNELS,
+    Track,
+    agreement,
+    family_means,
+    load_reference,
+    markdown,
+    rest_frames,
+)
 from engine.names import ARKIT_BLENDSHAPES
 
 
@@ -109,6 +118,13 @@ def test_markdown_report_shows_the_means() -> None:
                               "rest_share_above": None, "rest_jaw_open_p95_max": None,
                               "channel_mean_r": {"jawOpen": 0.8}}})  # fmt: skip
     assert "| a | 10 | 1 | 0.8 | 0.1 |" in text and "**0.8**" in text and "jawOpen 0.8" in text
+    assert "eyeLook* –" in text  # no gaze channel moved
+
+
+def test_target_families_average_their_moving_channels() -> None:
+    means = {"eyeLookInLeft": 0.9, "eyeLookOutRight": 0.5, "eyeBlinkLeft": 0.8, "jawOpen": 0.7, "jawLeft": 0.1,
+             "mouthSmileRight": 0.6, "mouthSmileLeft": 0.4}  # fmt: skip
+    assert family_means(means) == {"jawOpen": 0.7, "eyeBlink": 0.8, "mouthSmile": 0.5, "eyeLook*": 0.7}
 
 
 def test_benchmarks_block_is_replaced_in_place(tmp_path) -> None:
