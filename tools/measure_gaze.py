@@ -30,20 +30,14 @@ from train_solve_prior import load_clip, solve_clips  # noqa: E402
 
 from engine.config import Config, load_config  # noqa: E402
 from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
-from engine.solve.eyes import GAZE_CHANNELS, LOOK_DOWN, LOOK_IN, LOOK_OUT, LOOK_UP  # noqa: E402
+from engine.solve.eyes import GAZE_CHANNELS, GazeRanges, gaze_angles  # noqa: E402
 from engine.solve.prior import PEOPLE_PRIOR_PATH  # noqa: E402
 
 
 def mean_reading_deg(solved: np.ndarray, still: np.ndarray, config: Config) -> np.ndarray:
     """(2,) the mean (yaw towards +x, pitch up) in degrees both eyes read on the `still` frames."""
-    s, ranges = solved[still], config.solve
-    # Left eye: out is +x; right eye: in is +x. Both eyes read one gaze when yoked; the mean covers either way.
-    yaw = ((s[:, LOOK_OUT[0]] - s[:, LOOK_IN[0]]) + (s[:, LOOK_IN[1]] - s[:, LOOK_OUT[1]])) / 2
-    up = (s[:, LOOK_UP[0]] + s[:, LOOK_UP[1]]) / 2
-    down = (s[:, LOOK_DOWN[0]] + s[:, LOOK_DOWN[1]]) / 2
-    return np.array(
-        [yaw.mean() * ranges.gaze_horizontal_deg, up.mean() * ranges.gaze_up_deg - down.mean() * ranges.gaze_down_deg]
-    )
+    ranges = GazeRanges(config.solve.gaze_horizontal_deg, config.solve.gaze_up_deg, config.solve.gaze_down_deg)
+    return np.mean([gaze_angles(w, ranges).mean(axis=0) for w in solved[still]], axis=0)
 
 
 def main() -> None:
