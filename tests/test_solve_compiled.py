@@ -317,3 +317,25 @@ def test_people_prior_masked_and_measured_from_the_mean_face_matches(
     b = masked.fit_numpy(observed, None, has_iris, size).weights
     assert np.abs(a - b).max() > 0.01
     np.testing.assert_allclose(masked.fit(observed, None, has_iris, size).weights, b, atol=1e-6)
+
+
+def test_the_people_prior_reads_through_its_own_lens_whatever_camera_is_fitted(
+    face_model: FaceModel, embedding: LandmarkEmbedding
+) -> None:
+    """A fitter at an estimated camera (70°) computes the prior's features through the camera the prior was
+    trained with, in numpy and compiled alike; without that lens they differ."""
+    config = SolveConfig()
+    response = shipped_response(config)
+    prior = shipped_prior(config, response, people=True)
+    if prior is None or prior.camera_fov_y_deg is None:
+        pytest.skip("no shipped people prior with a training camera in models/")
+    wide = FrameFitter(face_model, embedding, None, config, response, prior, camera_fov_y_deg=70.0)
+    at_lens = FrameFitter(face_model, embedding, None, config, response, prior, camera_fov_y_deg=prior.camera_fov_y_deg)
+    no_lens = FrameFitter(face_model, embedding, None, config, response, replace(prior, camera_fov_y_deg=None),
+                          camera_fov_y_deg=70.0)  # fmt: skip
+    frames = _frames(wide, face_model, 8, seed=31)
+    observed, _, size = frames[0]
+    lens_features = at_lens.prior_features(observed, at_lens._camera(size))
+    np.testing.assert_allclose(wide.prior_features(observed, wide._camera(size)), lens_features, atol=1e-9)
+    assert np.abs(no_lens.prior_features(observed, no_lens._camera(size)) - lens_features).max() > 1e-3
+    assert _compare_sequence(wide, frames) < 1e-6

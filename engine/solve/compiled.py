@@ -425,7 +425,7 @@ def _prior(
     rot, trans, scale = _umeyama(neutral_rigid, _take_rows(observed, rigid), weights)
     corrected = observed
     if use_camera:
-        corrected = _perspective_corrected(observed, prior.neutral, rot[2], scale, center, focal)
+        corrected = _perspective_corrected(observed, prior.neutral, rot[2], scale, center, focal * prior.focal_ratio)
         rot, trans, scale = _umeyama(neutral_rigid, _take_rows(corrected, rigid), weights)
     observed_model = _to_model_frame(corrected, rot, trans, scale)
     n_mesh_values = 3 * N_MESH_LANDMARKS

@@ -61,6 +61,10 @@ class LearnedPrior:
     # The neutral the features are measured from: "identity" (the solver's identity: a prior trained on renders
     # of one identity) or "mean" (the model's mean face: a prior trained on many, usable for anyone).
     reference: str = "identity"
+    # The vertical field of view (°) the features were computed with in training (a prior trained on many
+    # cameras read through one assumed lens); None: the solver's own camera. The solver keeps computing them
+    # with it whatever camera it fits, so the regression sees what it was trained on.
+    camera_fov_y_deg: float | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -120,6 +124,7 @@ class LearnedPrior:
                 float(arrays["residual_limit"]),
                 arrays["channel_mask"].astype(np.float64) if "channel_mask" in arrays else None,
                 str(arrays["reference"]) if "reference" in arrays else "identity",
+                float(arrays["camera_fov_y_deg"]) if "camera_fov_y_deg" in arrays else None,
             )
             width = prior.predict(np.zeros(N_FEATURES)).shape
         except Exception as exc:
@@ -128,6 +133,8 @@ class LearnedPrior:
             raise ModelFileError(f"solve prior {path} holds input {prior.mean.shape}, output {width}")
         if prior.reference not in ("identity", "mean"):
             raise ModelFileError(f"solve prior {path} names an unknown reference face {prior.reference!r}")
+        if prior.camera_fov_y_deg is not None and not 1.0 < prior.camera_fov_y_deg < 120.0:
+            raise ModelFileError(f"solve prior {path} names a camera of {prior.camera_fov_y_deg}°")
         if prior.mask.shape != (N_CHANNELS,) or not ((prior.mask >= 0) & (prior.mask <= 1)).all():
             raise ModelFileError(f"solve prior {path} holds a channel mask outside [0, 1] or of the wrong shape")
         finite = [prior.basis, prior.scale, prior.mean, *(a for layer in layers for a in layer)]
@@ -152,6 +159,7 @@ class LearnedPrior:
             kind=np.str_(self.kind),
             channel_mask=self.mask.astype(np.float32),
             reference=np.str_(self.reference),
+            **({} if self.camera_fov_y_deg is None else {"camera_fov_y_deg": np.float32(self.camera_fov_y_deg)}),
             **extras,
         )
 
@@ -162,8 +170,11 @@ class LearnedPrior:
         return replace(self, channel_mask=np.asarray(mask, dtype=np.float64))
 
 
-def prior_tables(prior: LearnedPrior | None, strength: float, neutral: np.ndarray) -> PriorTables:
-    """The compiled fit's view of `prior` at μ = `strength`, its features measured from `neutral` (478, 3).
+def prior_tables(
+    prior: LearnedPrior | None, strength: float, neutral: np.ndarray, focal_ratio: float = 1.0
+) -> PriorTables:
+    """The compiled fit's view of `prior` at μ = `strength`, its features measured from `neutral` (478, 3) and
+    corrected for perspective with the fit's focal length times `focal_ratio` (the prior's own camera).
 
     Without a prior, or at strength 0, placeholder arrays of the right types (the fit never reads them)."""
     if prior is not None and strength > 0:
@@ -184,6 +195,7 @@ def prior_tables(prior: LearnedPrior | None, strength: float, neutral: np.ndarra
         residual_limit=float(limit),
         strength=float(strength),
         channel_mask=contiguous(np.ones(N_CHANNELS) if prior is None else prior.mask),
+        focal_ratio=float(focal_ratio),
     )
 
 

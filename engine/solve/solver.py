@@ -104,6 +104,24 @@ class FrameFit:
     residual_cm: float
 
 
+def posed_features(
+    observed: np.ndarray,
+    neutral: np.ndarray,
+    rigid_ids: np.ndarray,
+    source: tuple[np.ndarray, np.ndarray, np.ndarray, float],
+    camera: tuple[np.ndarray, float] | None,
+) -> np.ndarray:
+    """`LearnedPrior.features` of observed (478, 3) y-up landmarks posed on `neutral`'s `rigid_ids` landmarks
+    (`source`: their `umeyama_source`): weak perspective, then one perspective correction for `camera`
+    (centre (2,), focal length px; None: none)."""
+    rot, trans, scale = umeyama_from_source(source, observed[rigid_ids])
+    corrected = observed
+    if camera is not None:
+        corrected = perspective_corrected(observed, neutral @ rot[2], scale, *camera)
+        rot, trans, scale = umeyama_from_source(source, corrected[rigid_ids])
+    return LearnedPrior.features(((corrected - trans) @ rot) / scale, neutral, rot)
+
+
 class FrameFitter:
     """Pose ↔ expression alternation for one identity (no state between frames but the caller's warm start)."""
 
@@ -141,6 +159,10 @@ class FrameFitter:
             self.prior_neutral = EmbeddedFace.build(model, embedding, None, response=response).neutral
         # The prior's pose always aligns the same source (that neutral's rigid landmarks): its half done once.
         self._neutral_rigid_source = umeyama_source(self.prior_neutral[self.rigid_ids])
+        # Its features keep the camera they were trained with (`LearnedPrior.camera_fov_y_deg`) when this fitter's
+        # is another (a performer estimate's): the focal length's ratio of the two.
+        prior_fov = self.fov_y_deg if prior is None or prior.camera_fov_y_deg is None else prior.camera_fov_y_deg
+        self.prior_focal_ratio = math.tan(math.radians(self.fov_y_deg) / 2) / math.tan(math.radians(prior_fov) / 2)
         self.pose_weights_refine = np.maximum(self.pose_weights_first, _NONRIGID_POSE_WEIGHT)
         self.pose_weights_refine[N_MESH_LANDMARKS:] = 0.0
         ranges = GazeRanges(config.gaze_horizontal_deg, config.gaze_up_deg, config.gaze_down_deg)
@@ -178,7 +200,7 @@ class FrameFitter:
         return FitTables(
             expression=self.expression.tables,
             eyes=self.eyes.tables,
-            prior=prior_tables(self.prior, self.prior_strength, self.prior_neutral),
+            prior=prior_tables(self.prior, self.prior_strength, self.prior_neutral, self.prior_focal_ratio),
             rigid_ids=contiguous(self.rigid_ids, np.int64),
             pose_weights_refine=contiguous(self.pose_weights_refine),
             pose_iterations=int(config.pose_iterations),
@@ -192,19 +214,16 @@ class FrameFitter:
         )
 
     def prior_features(self, observed: np.ndarray, camera: tuple[np.ndarray, float] | None) -> np.ndarray:
-        """The learned prior's input (`LearnedPrior.features`) for observed (478, 3) y-up landmarks.
+        """The learned prior's input (`LearnedPrior.features`) for observed (478, 3) y-up landmarks; `camera` is
+        this fitter's (centre, focal length), read through the prior's own lens (`prior_focal_ratio`).
 
         Posed on the rigid landmarks with the neutral face only (weak perspective, then one perspective
         correction), so it depends on nothing but the observation: not on the warm start, and not on the
         expression solve that the prior feeds (the regression, fitted on exactly these features, would
         otherwise see poses it was not trained on)."""
-        neutral, rigid, source = self.prior_neutral, self.rigid_ids, self._neutral_rigid_source
-        rot, trans, scale = umeyama_from_source(source, observed[rigid])
-        corrected = observed
         if camera is not None:
-            corrected = perspective_corrected(observed, neutral @ rot[2], scale, *camera)
-            rot, trans, scale = umeyama_from_source(source, corrected[rigid])
-        return LearnedPrior.features(((corrected - trans) @ rot) / scale, neutral, rot)
+            camera = (camera[0], camera[1] * self.prior_focal_ratio)
+        return posed_features(observed, self.prior_neutral, self.rigid_ids, self._neutral_rigid_source, camera)
 
     def _camera(self, image_size: tuple[int, int]) -> tuple[np.ndarray, float]:
         """Principal point (2,) in the y-up pixel frame and focal length in pixels."""

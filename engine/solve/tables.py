@@ -72,6 +72,7 @@ class PriorTables(NamedTuple):
     residual_limit: float  # r_limit (cm); 0: no out-of-distribution fade
     strength: float  # μ (cm²); 0: no prior
     channel_mask: np.ndarray  # (K,) the share of μ each channel gets
+    focal_ratio: float  # the prior's camera's focal length over the fit's (its features keep their lens)
 
 
 class FitTables(NamedTuple):
