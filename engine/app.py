@@ -171,7 +171,10 @@ def build_parts(
         performer = configured
         if rendered is not None and configured.online:
             performer = Performer.rendered_avatar(rendered, getattr(source, "camera_fov_y_deg", None))
-        return FaceSolver(model, embedding, performer, solve_configs[0], config.performer)
+        # A recorded video processed frame by frame takes each performer estimate on the frame it is due, so its
+        # weights do not depend on how fast this machine fits; a live source must never wait for a fit.
+        background = source is None or source.live or config.source.realtime
+        return FaceSolver(model, embedding, performer, solve_configs[0], config.performer, background)
 
     return PipelineParts(
         source=make_source,
@@ -230,8 +233,10 @@ def solve_config_for(config: Config, source: Any) -> SolveConfig:
         log.info("solver: camera vertical field of view %.0f° (the source's)", fov)
         return config.solve.model_copy(update={"camera_fov_y_deg": fov})
     auto = config.performer.name == "auto"
-    if auto and config.performer.estimate_camera:
-        log.info("solver: camera field of view unknown: estimated online")
+    if auto and config.performer.camera != "assumed":
+        log.info(
+            "solver: camera field of view unknown: estimated online (performer.camera: %s)", config.performer.camera
+        )
     else:
         assumed = config.performer.fov_prior_deg if auto else DEFAULT_FOV_Y_DEG
         log.info("solver: camera field of view unknown: %.0f° assumed (set solve.camera_fov_y_deg)", assumed)

@@ -27,6 +27,7 @@ from engine.render.bench import bench_render
 from engine.render.vcam import CHROMA_GREEN, VirtualCamera, camera_frame
 from engine.solve.bench import bench_solve
 from engine.solve.face_solver import FaceSolver
+from engine.solve.performer import Performer
 from engine.sources.base import FrameSource
 from engine.sources.demo import DemoPerformer
 from engine.stream.bench import bench_stream
@@ -93,15 +94,19 @@ def bench_tracking(config: Config, frames: list[Frame], rounds: int = 3) -> dict
 
     `tracking_solve_fps` is the engine's own arrangement (`Pipeline`: track and solve on two threads, every
     frame in order, no render or publish); `serial_fps` solves on the tracking thread, one frame after the
-    other — the cost of the solve with no second core to hide it on.
+    other — the cost of the solve with no second core to hide it on. The face is solved as `run` solves a
+    stranger in front of a webcam: `--performer auto`, the camera read from the face, its estimates fitted
+    in the background.
     """
 
     model = FaceModel.load()
-    identity = load_identity(config.identity, model, config.detail)
     embedding = LandmarkEmbedding.load()
 
+    def make_solver() -> FaceSolver:
+        return FaceSolver(model, embedding, Performer.auto(), config.solve, config.performer)
+
     def serial(solve: bool) -> float:
-        solver = FaceSolver(model, embedding, identity, config.solve) if solve else None
+        solver = make_solver() if solve else None
         with FaceTracker(config.tracking) as tracker:
             t0 = time.perf_counter_ns()
             for frame in frames:
@@ -114,7 +119,7 @@ def bench_tracking(config: Config, frames: list[Frame], rounds: int = 3) -> dict
         parts = PipelineParts(
             source=lambda: _FramesSource(frames),
             tracker=lambda: FaceTracker(config.tracking),
-            solver=lambda: FaceSolver(model, embedding, identity, config.solve),
+            solver=make_solver,
         )
         pipeline = Pipeline(parts, realtime=False)
         pipeline.run()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.names import ICT_EXPRESSIONS
 from engine.paths import CONFIGS_DIR
@@ -248,7 +248,10 @@ class PerformerConfig(_Section):
     name: str = "auto"
     # Identity modes estimated online (0: none), and the Gaussian prior's weight (cm², per unit-std mode).
     identity_modes: int = Field(0, ge=0, le=100)
-    estimate_camera: bool = False  # estimate the field of view online (else the prior's centre stands in)
+    # The camera's field of view when neither the config nor the source knows it: "learned" reads it from the
+    # face (`engine/solve/camera.py`), "fit" searches it with the identity fit (unreliable on MediaPipe's mesh),
+    # "assumed" takes `fov_prior_deg`.
+    camera: Literal["learned", "fit", "assumed"] = "learned"
     identity_prior: float = Field(0.3, ge=0)
     keyframes: int = Field(12, ge=3, le=60)  # frames the estimate is fitted to, spread over head poses
     first_estimate_s: float = Field(0.7, gt=0)  # seconds of tracking before the first estimate
@@ -263,6 +266,15 @@ class PerformerConfig(_Section):
     rest_offset_cap: float = Field(0.5, ge=0, le=0.95)
     rest_offset_time_s: float = Field(4.0, gt=0)  # time constant of its approach
     new_person_lost_s: float = Field(2.0, gt=0)  # face lost this long: the next face restarts the estimate
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_estimate_camera(cls, data: Any) -> Any:
+        """`estimate_camera: true|false` (before `camera`) still reads: the residual search, or the assumed one."""
+        if isinstance(data, dict) and "estimate_camera" in data and "camera" not in data:
+            data = dict(data)
+            data["camera"] = "fit" if data.pop("estimate_camera") else "assumed"
+        return data
 
 
 class PipelineConfig(_Section):

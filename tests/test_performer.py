@@ -76,7 +76,7 @@ def test_identity_and_camera_are_recovered_from_exact_landmarks(face_model, embe
     rng = np.random.default_rng(int(true_fov))
     w_id = (rng.standard_normal(face_model.n_identity) * face_model.identity_prior_std).astype(np.float32)
     face = EmbeddedFace.build(face_model, embedding, w_id)
-    config = PerformerConfig(identity_modes=40, estimate_camera=True)
+    config = PerformerConfig(identity_modes=40, camera="fit")
     estimator = PerformerEstimator(face_model, embedding, PLAIN, config, None, lambda w, f: None, background=False)
     observations = _observations(face, face_model, w_id, true_fov, rng)
     identity, fov, _ = estimator.fit(observations, np.ones(len(observations)))
@@ -89,7 +89,7 @@ def test_identity_and_camera_are_recovered_from_exact_landmarks(face_model, embe
 def test_solver_fades_in_the_estimate_and_restarts_for_a_new_person(face_model, embedding) -> None:
     rng = np.random.default_rng(5)
     w_id = (rng.standard_normal(face_model.n_identity) * face_model.identity_prior_std).astype(np.float32)
-    config = PerformerConfig(identity_modes=20, estimate_camera=False, fov_prior_deg=40.0, blend_s=0.3)
+    config = PerformerConfig(identity_modes=20, camera="assumed", fov_prior_deg=40.0, blend_s=0.3)
     solver = FaceSolver(face_model, embedding, Performer.auto(), PLAIN.model_copy(update={"filter_enabled": False}),
                         config, estimate_in_background=False)  # fmt: skip
     face = EmbeddedFace.build(face_model, embedding, w_id)

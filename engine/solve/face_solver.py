@@ -18,6 +18,7 @@ from engine.config import FilterConfig, PerformerConfig, SolveConfig
 from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
+from engine.solve.camera import shipped_fov_reading
 from engine.solve.curves import DEFAULT_CURVES_PATH, ResponseCurves
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.kernels import Kernels
@@ -119,9 +120,12 @@ class FaceSolver:
         self.rest: RestOffset | None = None
         start_fov = known_fov
         pc = self.performer_config
-        if self.performer.online and (pc.identity_modes > 0 or (pc.estimate_camera and known_fov is None)):
+        if self.performer.online and (pc.identity_modes > 0 or (pc.camera != "assumed" and known_fov is None)):
+            reading = (
+                shipped_fov_reading(model, embedding, pc) if pc.camera == "learned" and known_fov is None else None
+            )
             self.estimator = PerformerEstimator(
-                model, embedding, config, self.performer_config, known_fov, make_fitter, estimate_in_background
+                model, embedding, config, pc, known_fov, make_fitter, estimate_in_background, reading
             )
             start_fov = self.estimator.fov_y_deg
         if self.performer.online and pc.rest_offset:

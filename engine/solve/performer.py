@@ -12,13 +12,16 @@ field of view when it is known. It comes from three places:
 Online estimation (after Cao et al. 2014 and Bouaziz et al. 2013, without a depth camera):
 
     every tracked frame ─▶ keyframe bins by head yaw × pitch (the most neutral-looking frame of each kept)
+                       ─▶ `FovReading` (`performer.camera: learned`): the running mean the camera is read from
     after `first_estimate_s`, then at doubling intervals ─▶ background thread:
-        for each candidate field of view: identity fit on the keyframes (Gaussian prior, frames weighted by
-        how neutral they look) ─▶ the residual + the FOV prior picks the camera (parabola between the best
-        candidates) ─▶ a new `FrameFitter` for that identity and camera
+        the camera: known, assumed, read (`engine/solve/camera.py`), or (`camera: fit`) an identity fit per
+        candidate field of view, the residual + the FOV prior choosing (parabola between the best candidates)
+        ─▶ identity fit on the keyframes at that camera (Gaussian prior, frames weighted by how neutral they
+        look; none with `identity_modes: 0`) ─▶ a new `FrameFitter` for that identity and camera
     solve thread ─▶ `poll()` takes the finished estimate; `FaceSolver` fades it in over `blend_s`
 
-Nothing of the estimate runs on the per-frame path but the keyframe bookkeeping (a few µs). A new person —
+Nothing of the estimate runs on the per-frame path but the keyframe bookkeeping (a few µs) and the camera
+reading's samples (`camera.SAMPLE_HZ`). A new person —
 the face lost for `new_person_lost_s`, or a sustained jump in the fit residual — restarts it.
 
 The rest offset (`RestOffset`) handles what the identity fit cannot tell apart from expression on a real
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ from engine.config import PerformerConfig, SolveConfig
 from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
+from engine.solve.camera import FovReading
 from engine.solve.identity_fit import Observation, fit_identity_observed
 
 log = logging.getLogger(__name__)
@@ -65,6 +70,8 @@ _YAW_EDGES = np.array([-22.0, -9.0, 9.0, 22.0])
 _PITCH_EDGES = np.array([-8.0, 8.0])
 # A neutral-looking frame: weight exp(−expression / _NEUTRAL_SCALE), expression = Σ non-eye raw weights.
 _NEUTRAL_SCALE = 0.8
+# Without identity modes, a camera read this close to the one in use is not worth a new fitter.
+_SAME_CAMERA_DEG = 1.0
 
 
 @dataclass(frozen=True)
@@ -104,10 +111,11 @@ class Performer:
 
 @dataclass(frozen=True)
 class Estimate:
-    """One finished online estimate: identity (n_id,), the camera, the keyframes' mean residual (cm), how
-    many keyframes, and the new fitter built for it (a `FrameFitter`, made off the solve thread)."""
+    """One finished online estimate: identity (n_id,) or None (the mean face), the camera, the keyframes' mean
+    residual (cm), how many keyframes, and the new fitter built for it (a `FrameFitter`, made off the solve
+    thread)."""
 
-    identity_weights: np.ndarray
+    identity_weights: np.ndarray | None
     fov_y_deg: float
     residual_cm: float
     keyframes: int
@@ -165,13 +173,18 @@ class PerformerEstimator:
         fov_y_deg: float | None,
         make_fitter: Any,
         background: bool = True,
+        reading: FovReading | None = None,
     ) -> None:
         self.model, self.embedding = model, embedding
         # False fits on the caller's thread, in `observe` (offline use: training data, deterministic tests).
         self.background = background
         self.solve_config, self.config = solve_config, config
-        # The camera when it is known (config or source) or not estimated: then the prior's centre; else estimated.
-        self.fixed_fov = fov_y_deg if fov_y_deg is not None or config.estimate_camera else config.fov_prior_deg
+        # The camera when it is known (config or source) or assumed (the prior's centre); None: estimated, read
+        # from `reading` (`camera: learned`) or fitted (`camera: fit`).
+        self.fixed_fov = fov_y_deg
+        if fov_y_deg is None and (config.camera == "assumed" or (config.camera == "learned" and reading is None)):
+            self.fixed_fov = config.fov_prior_deg
+        self.reading = reading if self.fixed_fov is None and config.camera == "learned" else None
         self._make_fitter = make_fitter  # (identity_weights, fov_y_deg) → FrameFitter
         self._bins: dict[tuple[int, int], list[tuple[float, Observation]]] = {}
         self._tracked_s = 0.0
@@ -207,6 +220,8 @@ class PerformerEstimator:
         self._result = None
         self.current = None
         self._residuals.clear()
+        if self.reading is not None:
+            self.reading.reset()
 
     def observe(self, observation: Observation, raw_weights: np.ndarray, rotation: np.ndarray, residual_cm: float,
                 t_ns: int) -> None:  # fmt: skip
@@ -215,6 +230,9 @@ class PerformerEstimator:
             self._tracked_s += min(max(0.0, (t_ns - self._last_t_ns) * 1e-9), 0.2)
         self._last_t_ns = t_ns
         self._watch_residual(residual_cm)
+        if self.reading is not None:
+            observed, _, image_size = observation
+            self.reading.observe(observed, image_size, t_ns)
         yaw = math.degrees(math.atan2(rotation[0, 2], rotation[2, 2]))
         pitch = math.degrees(math.asin(max(-1.0, min(1.0, -rotation[1, 2]))))
         key = (int(np.searchsorted(_YAW_EDGES, yaw)), int(np.searchsorted(_PITCH_EDGES, pitch)))
@@ -258,7 +276,7 @@ class PerformerEstimator:
             del self._residuals[:30]
         if self.current is None or len(self._residuals) < 30:
             return
-        recent = float(np.median(self._residuals[-15:]))
+        recent = statistics.median(self._residuals[-15:])  # 15 floats: np.median costs 20 µs more a frame
         if recent > max(2.5 * self.current.residual_cm, self.current.residual_cm + 0.25):
             self.reset(f"fit residual {recent:.2f} cm against {self.current.residual_cm:.2f} cm: another face")
 
@@ -269,28 +287,48 @@ class PerformerEstimator:
 
     def _start_fit(self) -> None:
         observations, weights = self._keyframes()
-        if len(observations) < 3:
+        if len(observations) < 3 or (self.reading is not None and self.reading.estimate() is None):
             self._next_estimate_s = self._tracked_s + 0.3
             return
         # Refine at doubling intervals: often while the keyframes still change, rarely once they settle.
         self._next_estimate_s = max(self._next_estimate_s * 2.0, self._tracked_s + 0.5)
+        camera = self._camera_for_fit()
+        if self.config.identity_modes == 0 and self.current is not None and camera is not None:
+            if abs(camera - self.current.fov_y_deg) < _SAME_CAMERA_DEG:
+                return  # the same mean face through the same camera: a new fitter (and its fade) would change nothing
         generation = self._generation
         initial = None if self.current is None else self.current.identity_weights
         if not self.background:
-            self._fit(observations, weights, initial, generation)
+            self._fit(observations, weights, initial, camera, generation)
             return
         thread = threading.Thread(
-            target=self._fit, args=(observations, weights, initial, generation), name="performer", daemon=True
+            target=self._fit, args=(observations, weights, initial, camera, generation), name="performer", daemon=True
         )
         self._thread = thread
         thread.start()
 
+    def _camera_for_fit(self) -> float | None:
+        """The camera the next fit uses: known or assumed, read (the prior's centre until the reading has enough
+        samples), or None: `fit` searches it."""
+        if self.fixed_fov is not None:
+            return self.fixed_fov
+        if self.reading is not None:
+            read = self.reading.estimate()
+            return self.config.fov_prior_deg if read is None else read
+        return None
+
     def _fit(self, observations: list[Observation], weights: np.ndarray, initial: np.ndarray | None,
-             generation: int) -> None:  # fmt: skip
+             camera: float | None, generation: int) -> None:  # fmt: skip
         start = time.perf_counter()
         try:
-            identity, fov, residual = self.fit(observations, weights, initial)
-            fitter = self._make_fitter(identity, fov)
+            if self.config.identity_modes == 0 and camera is not None:
+                # Only the camera changes: the mean face's fitter at it, scored on the keyframes as it is.
+                identity, fov, fitter = None, camera, self._make_fitter(None, camera)
+                fits = [fitter.fit(observed, None, has_iris, size) for observed, has_iris, size in observations]
+                residual = float(np.average([f.residual_cm for f in fits], weights=weights))
+            else:
+                identity, fov, residual = self.fit(observations, weights, initial, camera)
+                fitter = self._make_fitter(identity, fov)
         except (np.linalg.LinAlgError, ValueError, ZeroDivisionError) as exc:  # degenerate keyframes: try later
             log.debug("performer: estimate failed (%s)", exc)
             return
@@ -298,13 +336,17 @@ class PerformerEstimator:
             self._result = Estimate(identity, fov, residual, len(observations), fitter, time.perf_counter() - start)
 
     def fit(
-        self, observations: list[Observation], weights: np.ndarray, initial: np.ndarray | None = None
+        self,
+        observations: list[Observation],
+        weights: np.ndarray,
+        initial: np.ndarray | None = None,
+        camera: float | None = None,
     ) -> tuple[np.ndarray, float, float]:
         """Identity and camera for these keyframes: (identity_weights, fov_y_deg, residual_cm).
 
-        With the camera known, one identity fit. Else one per candidate field of view over the bounds; each
-        is scored by its weighted residual (as a Gaussian likelihood at the residual's own scale) plus the FOV
-        prior, and a parabola through the best candidate and its neighbours refines the choice."""
+        With the camera given (`camera`, °), one identity fit. Else one per candidate field of view over the
+        bounds; each is scored by its weighted residual (as a Gaussian likelihood at the residual's own scale) plus
+        the FOV prior, and a parabola through the best candidate and its neighbours refines the choice."""
         cfg = self.config
 
         def fit_at(fov: float) -> Any:
@@ -313,9 +355,9 @@ class PerformerEstimator:
                 iterations=3, config=self.solve_config, initial=initial,
             )  # fmt: skip
 
-        if self.fixed_fov is not None:
-            result = fit_at(self.fixed_fov)
-            return result.identity_weights, self.fixed_fov, result.residual_cm
+        if camera is not None:
+            result = fit_at(camera)
+            return result.identity_weights, camera, result.residual_cm
         candidates = np.linspace(cfg.fov_min_deg, cfg.fov_max_deg, 6)
         fits = [fit_at(float(fov)) for fov in candidates]
         residuals = np.array([f.residual_cm for f in fits])
