@@ -312,6 +312,8 @@ def summarize(pipeline: Pipeline) -> dict[str, Any]:
             for name, output in pipeline.parts.outputs.items()
         },
         "wall_s": round((pipeline.t_end_ns - pipeline.t_start_ns) / 1e9, 3),
+        # Each face's performer state at the end (the camera in use, whether it was read from the face).
+        "performers": stats["performers"],
     }
     with_truth = [r for r in results if r.frame.true_weights is not None]
     if with_truth:

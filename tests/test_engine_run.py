@@ -81,6 +81,8 @@ def test_video_source_params_jsonl_has_every_frame(tmp_path) -> None:
     assert "jawOpen" in first["blendshapes"] and "mouthSmileLeft" in first["blendshapes"]
     assert "tongueOut" not in first["blendshapes"]
     assert sum(r["tracking"]["state"] == "tracking" for r in records) >= 20
+    # The file names no camera: `auto` reads it from the face, and the run says which one it used.
+    assert "performer auto: camera" in proc.stdout and "(read from the face)" in proc.stdout, proc.stdout
     # A recorded video runs on its own clock: without the avatar render (a faster run) the weights are the same.
     again = tmp_path / "again.jsonl"
     proc = _engine("run", "--source", str(video), "--no-render", "--quiet", "--params-jsonl", str(again),

@@ -110,6 +110,9 @@ def _summary_text(summary: dict[str, Any]) -> str:
     if summary["outputs"]:
         lines.append("  outputs: " + ", ".join(f"{name} {c['sent']} sent, {c['dropped']} dropped"
                                                 for name, c in summary["outputs"].items()))  # fmt: skip
+    for performer in summary.get("performers", []):
+        how = "read from the face" if performer.get("fov_estimated") else "given"
+        lines.append(f"  performer {performer['performer']}: camera {performer['fov_y_deg']}° ({how})")
     if "closed_loop" in summary:
         loop = summary["closed_loop"]
         lines.append(
