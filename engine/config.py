@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from engine.names import ICT_EXPRESSIONS
 from engine.paths import CONFIGS_DIR
@@ -270,11 +270,18 @@ class PerformerConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _legacy_estimate_camera(cls, data: Any) -> Any:
-        """`estimate_camera: true|false` (before `camera`) still reads: the residual search, or the assumed one."""
-        if isinstance(data, dict) and "estimate_camera" in data and "camera" not in data:
+        """`estimate_camera: true|false` (before `camera`) still reads, as the residual search or the assumed
+        camera. It wins over `camera`, which the defaults file always sets."""
+        if isinstance(data, dict) and "estimate_camera" in data:
             data = dict(data)
-            data["camera"] = "fit" if data.pop("estimate_camera") else "assumed"
+            data["camera"] = "fit" if TypeAdapter(bool).validate_python(data.pop("estimate_camera")) else "assumed"
         return data
+
+    @model_validator(mode="after")
+    def _camera_bounds(self) -> PerformerConfig:
+        if not self.fov_min_deg < self.fov_max_deg:
+            raise ValueError(f"fov_min_deg ({self.fov_min_deg}) must be below fov_max_deg ({self.fov_max_deg})")
+        return self
 
 
 class PipelineConfig(_Section):

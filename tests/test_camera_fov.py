@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.config import PerformerConfig, SolveConfig, load_config
+from engine.config import ConfigError, PerformerConfig, SolveConfig, load_config
 from engine.face_model import FaceModel, LandmarkEmbedding, ModelFileError
 from engine.names import ICT_EXPRESSIONS
 from engine.render.camera import euler_to_quaternion, quaternion_to_matrix
@@ -133,30 +133,49 @@ def test_the_performer_estimate_fits_at_the_camera_read(face_model, embedding) -
     rule = _regressor_reading_feature_zero(0.0, 62.0)
     solver.estimator.reading = FovReading(rule, _FirstValue(), (30.0, 75.0))  # type: ignore[arg-type]
     frames = list(_turning_neutral_face(face_model, embedding, 62.0, 300))
-    for i, landmarks in enumerate(frames[:150]):  # 5 s: estimates due at 0.7 (no reading yet), 1, 2, 4 s
+    assert solver.status()["camera"] == "assumed" and solver.status()["fov_y_deg"] == 50.0
+    for i, landmarks in enumerate(frames[:150]):  # 5 s: estimates due at 0.7 (the reading's 8th sample), 1.4, 2.8
         solver.solve(landmarks, i * SECOND // 30, i)
     assert solver.estimator.estimates == 1  # the later ones read the same camera
     assert solver.fitter.fov_y_deg == pytest.approx(62.0)
     status = solver.status()
-    assert status["fov_y_deg"] == 62.0 and status["fov_estimated"] is True
+    assert status["fov_y_deg"] == 62.0 and status["camera"] == "read"
     # The mean face is kept: no identity modes are estimated by default.
     assert solver.fitter.identity_weights is None or not np.any(solver.fitter.identity_weights)
     solver.estimator.reading.regressor = _regressor_reading_feature_zero(0.0, 70.0)
-    for i, landmarks in enumerate(frames[150:], start=150):  # the next estimate is due at 8 s
+    for i, landmarks in enumerate(frames[150:], start=150):  # the next estimate is due at 5.6 s
         solver.solve(landmarks, i * SECOND // 30, i)
     assert solver.estimator.estimates == 2 and solver.fitter.fov_y_deg == pytest.approx(70.0)
+    for i in range(300, 390):  # three seconds without a face: whoever comes back is read afresh
+        solver.solve(None, i * SECOND // 30, i)
+    assert solver.estimator.reading.samples == 0
+    assert solver.status()["camera"] == "assumed" and solver.fitter.fov_y_deg == 50.0
 
     assumed = FaceSolver(face_model, embedding, Performer.auto(), PLAIN, PerformerConfig(camera="assumed"))
-    assert assumed.estimator is None and assumed.fitter.fov_y_deg == 50.0
+    assert assumed.estimator is None and assumed.fitter.fov_y_deg == 50.0 and assumed.status()["camera"] == "assumed"
     known = FaceSolver(face_model, embedding, Performer.auto(), PLAIN.model_copy(update={"camera_fov_y_deg": 40.0}),
                        config)  # fmt: skip
-    assert known.estimator is None and known.fitter.fov_y_deg == 40.0
+    assert known.estimator is None and known.fitter.fov_y_deg == 40.0 and known.status()["camera"] == "given"
 
 
-def test_legacy_estimate_camera_still_reads() -> None:
-    assert PerformerConfig.model_validate({"estimate_camera": True}).camera == "fit"
-    assert PerformerConfig.model_validate({"estimate_camera": False}).camera == "assumed"
-    assert PerformerConfig().camera == "learned"
+def test_legacy_estimate_camera_still_reads_and_bounds_are_checked() -> None:
+    assert load_config().performer.camera == "learned"
+    assert load_config(overrides=["performer.estimate_camera=true"]).performer.camera == "fit"
+    assert load_config(overrides=["performer.estimate_camera=false"]).performer.camera == "assumed"
+    with pytest.raises(ConfigError, match="boolean"):
+        load_config(overrides=["performer.estimate_camera=maybe"])
+    with pytest.raises(ConfigError, match="fov_min_deg"):
+        load_config(overrides=["performer.fov_min_deg=80"])
+
+
+def test_a_degenerate_sample_is_left_out() -> None:
+    lens = _FirstValue()
+    reading = FovReading(_regressor_reading_feature_zero(1.0, 0.0), lens, (30.0, 75.0))  # type: ignore[arg-type]
+    observed = np.zeros((478, 3))
+    for frame in range(30):
+        observed[0, 0] = np.nan if frame == 3 else 40.0
+        reading.observe(observed, (640, 480), frame * SECOND // 30)
+    assert reading.samples == 10 and reading.estimate() == pytest.approx(40.0)  # the next frame took its place
 
 
 def test_shipped_regressor_reads_cameras_on_renders_tracked_by_mediapipe(face_model) -> None:

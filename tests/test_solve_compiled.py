@@ -338,4 +338,16 @@ def test_the_people_prior_reads_through_its_own_lens_whatever_camera_is_fitted(
     lens_features = at_lens.prior_features(observed, at_lens._camera(size))
     np.testing.assert_allclose(wide.prior_features(observed, wide._camera(size)), lens_features, atol=1e-9)
     assert np.abs(no_lens.prior_features(observed, no_lens._camera(size)) - lens_features).max() > 1e-3
+
+    def kernel_prediction(fitter: FrameFitter) -> np.ndarray:
+        # The compiled prior alone: these exact projections get no trust, so the weights would not show it.
+        tables = fitter.compiled_tables
+        assert tables is not None
+        center, focal = fitter._camera(size)
+        return compiled._prior(tables.prior, tables.rigid_ids, observed, True, center, focal)[0]
+
+    at_lens_prediction = kernel_prediction(at_lens)
+    np.testing.assert_allclose(kernel_prediction(wide), at_lens_prediction, atol=1e-6)
+    assert np.abs(kernel_prediction(no_lens) - at_lens_prediction).max() > 1e-3
+    np.testing.assert_allclose(at_lens_prediction, at_lens.prior.predict(lens_features), atol=1e-4)
     assert _compare_sequence(wide, frames) < 1e-6

@@ -28,12 +28,13 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
+from train_solve_prior import load_clip  # noqa: E402
+
 from engine.config import load_config  # noqa: E402
 from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
 from engine.names import ICT_EXPRESSIONS  # noqa: E402
 from engine.solve.camera import CAMERA_FOV_PATH, FovRegressor, LensFeatures  # noqa: E402
 from engine.solve.solver import valid_observation  # noqa: E402
-from engine.types import Landmarks  # noqa: E402
 
 WITHIN_DEG = 8.0  # the performer issue's bar
 WINDOW_FRAMES = 30  # one second of the clips' 30 fps
@@ -43,17 +44,12 @@ NOT_EYES = np.array([not name.startswith("eye") for name in ICT_EXPRESSIONS])
 def clip_features(path: Path, lens: LensFeatures) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(frames, 1404) LensFeatures of the clip's tracked frames, their (frames,) expression (the true weights'
     sum away from the eyes), and the clip's true FOV; None when nothing was tracked."""
+    found, weights, size = load_clip(path)
     with np.load(path) as z:
-        pixels = z["pixels"].astype(np.float64)
-        weights = z["weights"].astype(np.float64)
-        size = (int(z["image_size"][0]), int(z["image_size"][1]))
         fov = float(z["fov_y_deg"])
-    scale = np.array([size[0], size[1], size[0]])
     rows, expression = [], []
-    for p, w in zip(pixels, weights, strict=True):  # as `tools/train_solve_prior.py` reads a clip
-        if np.isnan(p).any():
-            continue
-        observation = valid_observation(Landmarks(p / scale, p, size, 1.0))
+    for landmarks, w in zip(found, weights, strict=True):
+        observation = valid_observation(landmarks)
         if observation is not None:
             rows.append(lens(observation[0], size))
             expression.append(w[NOT_EYES].sum())
@@ -130,26 +126,26 @@ def main() -> None:
         f"{len(held_y)} clips held out, {len(y)} training means; "
         f"true FOV {y.min():.1f}–{y.max():.1f}°, lens {lens_fov:g}°"
     )
-    best: tuple[float, float] | None = None
+    best: tuple[float, float, float] | None = None
     for ridge in args.ridges:
         fitted = FovRegressor.fit(x, y, ridge, lens_fov)
-        spread = 0.0
+        spreads = []
         for label, inputs in (("whole clip", held), ("expressive third", held_expressive)):
             error = fitted.predict(inputs) - held_y
-            spread += float(error.std())
+            spreads.append(float(error.std()))
             print(
                 f"ridge {ridge:g}, {label}: held out error std {error.std():.2f}°, mean {error.mean():+.2f}°, "
                 f"max {np.abs(error).max():.1f}°, within ±{WITHIN_DEG:g}°: {np.mean(np.abs(error) <= WITHIN_DEG):.0%}"
             )
-        if best is None or spread / 2 < best[0]:
-            best = (spread / 2, ridge)
+        if best is None or sum(spreads) < best[0]:
+            best = (sum(spreads), spreads[0], ridge)
     assert best is not None
-    std, ridge = best
+    _, std, ridge = best
     chosen = FovRegressor.fit(x, y, ridge, lens_fov)
     picture = ROOT / "out" / "camera_fov.png"
     picture.parent.mkdir(parents=True, exist_ok=True)
     draw(held_y, chosen.predict(held), picture)
-    print(f"chosen ridge {ridge:g} (held-out std {std:.2f}°, the mean of the two); picture: {picture}")
+    print(f"chosen ridge {ridge:g} (held-out std {std:.2f}° on whole clips); picture: {picture}")
     if args.dry_run:
         return
     shipped = FovRegressor.fit(np.array(all_x), np.array(all_y), ridge, lens_fov)

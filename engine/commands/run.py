@@ -97,6 +97,13 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# `FaceSolver.status()["camera"]` in words.
+CAMERA_SOURCES = {
+    "given": "given", "assumed": "assumed: set solve.camera_fov_y_deg", "read": "read from the face",
+    "fitted": "fitted to the face",
+}  # fmt: skip
+
+
 def _summary_text(summary: dict[str, Any]) -> str:
     lines = [
         f"scapecast: {summary['frames']} frames from {summary['source']} in {summary['wall_s']} s, "
@@ -111,7 +118,7 @@ def _summary_text(summary: dict[str, Any]) -> str:
         lines.append("  outputs: " + ", ".join(f"{name} {c['sent']} sent, {c['dropped']} dropped"
                                                 for name, c in summary["outputs"].items()))  # fmt: skip
     for performer in summary.get("performers", []):
-        how = "read from the face" if performer.get("fov_estimated") else "given"
+        how = CAMERA_SOURCES.get(str(performer.get("camera")), "")
         lines.append(f"  performer {performer['performer']}: camera {performer['fov_y_deg']}° ({how})")
     if "closed_loop" in summary:
         loop = summary["closed_loop"]

@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 
 CAMERA_FOV_PATH = MODELS_DIR / "camera_fov.npz"
 N_INPUTS = 3 * N_MESH_LANDMARKS  # the mesh part of the prior's features (not the rotation)
-# Frames a second the reading samples: the mean settles in seconds, and sampling keeps the per-frame cost small.
+# Samples a second, at most (every third frame at 30 fps, every fourth at 25): the mean settles in seconds, and
+# sampling keeps the per-frame cost small.
 SAMPLE_HZ = 10.0
-# Samples before the reading is used: fewer than a second's worth reads one expression, not the face.
+# Samples before the reading is used (0.7 s at 30 fps): fewer read one expression, not the face.
 MIN_SAMPLES = 8
 
 
@@ -144,12 +145,18 @@ class FovReading:
         self._last_sample_ns = None
 
     def observe(self, observed: np.ndarray, image_size: tuple[int, int], t_ns: int) -> None:
-        """One tracked frame; it counts when a sample is due."""
+        """One tracked frame; it counts when a sample is due (a degenerate pose is left out, not averaged)."""
         # A tenth of a period's slack: at 30 fps every third frame is due, not every fourth.
         if self._last_sample_ns is not None and t_ns - self._last_sample_ns < 0.9e9 / SAMPLE_HZ:
             return
+        try:
+            features = self.features(observed, image_size)
+        except np.linalg.LinAlgError:
+            return
+        if not np.isfinite(features).all():
+            return
         self._last_sample_ns = t_ns
-        self._sum += self.features(observed, image_size)
+        self._sum += features
         self.samples += 1
 
     def estimate(self) -> float | None:

@@ -136,6 +136,9 @@ class FaceSolver:
             start_fov = pc.fov_prior_deg if self.performer.online else fov_y_deg(config)
         self.fitter = make_fitter(self.performer.identity_weights, start_fov)
         self._initial_fitter = self.fitter
+        # Where the camera in use comes from (`status`): given (config or source), assumed, or an estimate's.
+        self._initial_camera = "given" if known_fov is not None else "assumed"
+        self._camera = self._initial_camera
         self._blend_from: FrameFitter | None = None  # the fitter a new estimate fades in from
         self._blend_progress = 1.0
         self._last_clock_ns: int | None = None
@@ -194,8 +197,12 @@ class FaceSolver:
         return np.minimum(np.maximum((raw - offset) / (1.0 - offset), 0.0), 1.0)
 
     def status(self) -> dict[str, object]:
-        """The performer estimate's state (for the `stats` topic and `eval`): converged, camera in use."""
-        base: dict[str, object] = {"performer": self.performer.name, "fov_y_deg": round(self.fitter.fov_y_deg, 1)}
+        """The performer estimate's state (for the `stats` topic and `eval`): the camera in use (`fov_y_deg`)
+        and where it comes from (`camera`: given, assumed, read from the face or fitted to it); with an
+        estimator, whether it has converged and on how many keyframes."""
+        base: dict[str, object] = {
+            "performer": self.performer.name, "fov_y_deg": round(self.fitter.fov_y_deg, 1), "camera": self._camera
+        }  # fmt: skip
         if self.estimator is not None:
             base.update(self.estimator.status())
         return base
@@ -206,6 +213,8 @@ class FaceSolver:
             estimate = self.estimator.poll()
             if estimate is not None:
                 self._blend_from, self.fitter = self.fitter, estimate.fitter
+                if self.estimator.fixed_fov is None:
+                    self._camera = "read" if self.performer_config.camera == "learned" else "fitted"
                 self._blend_progress = 0.0 if self.performer_config.blend_s > 0 and self.last_fit is not None else 1.0
         previous = None if self._warm is None else self.last_fit
         fit = self.fitter.fit(observed, self._warm, has_iris, image_size, previous)
@@ -296,6 +305,7 @@ class FaceSolver:
             if self.rest is not None:
                 self.rest.reset()
             self.fitter, self._blend_from, self._blend_progress = self._initial_fitter, None, 1.0
+            self._camera = self._initial_camera
         ease = self.config.ease_seconds
         progress = min(1.0, (elapsed - coast) / ease) if ease > 0 else 1.0
         keep = 1.0 - progress * progress * (3.0 - 2.0 * progress)  # smoothstep: no velocity jump at either end

@@ -263,8 +263,6 @@ class PerformerEstimator:
     def status(self) -> dict[str, Any]:
         return {
             "converged": self.converged,
-            "fov_y_deg": round(self.fov_y_deg, 1),
-            "fov_estimated": self.fixed_fov is None,
             "keyframes": sum(len(v) for v in self._bins.values()),
             "estimates": self.estimates,
         }
@@ -308,14 +306,9 @@ class PerformerEstimator:
         thread.start()
 
     def _camera_for_fit(self) -> float | None:
-        """The camera the next fit uses: known or assumed, read (the prior's centre until the reading has enough
-        samples), or None: `fit` searches it."""
-        if self.fixed_fov is not None:
-            return self.fixed_fov
-        if self.reading is not None:
-            read = self.reading.estimate()
-            return self.config.fov_prior_deg if read is None else read
-        return None
+        """The camera the next fit uses: known or assumed, read (`_start_fit` waits until there is a reading),
+        or None: `fit` searches it."""
+        return self.fixed_fov if self.reading is None else self.reading.estimate()
 
     def _fit(self, observations: list[Observation], weights: np.ndarray, initial: np.ndarray | None,
              camera: float | None, generation: int) -> None:  # fmt: skip
