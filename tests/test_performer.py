@@ -128,3 +128,35 @@ def test_a_profile_is_used_as_given(face_model, embedding) -> None:
     assert solver.calibrate(raw)[JAW] == pytest.approx(0.5)  # (0.6 − 0.2) / (1 − 0.2)
     told = FaceSolver(face_model, embedding, Performer.told(w_id, 33.0), PLAIN)
     assert told.fitter.fov_y_deg == 33.0 and isinstance(told.fitter, FrameFitter)
+
+
+def test_another_face_taking_the_track_restarts_the_rest_offset_and_the_fitter(face_model, embedding) -> None:
+    """A sustained jump in the fit residual (someone else in front of the camera, no gap in tracking) restarts
+    the estimate and with it the rest offset; the mean face fades back in instead of the last person's."""
+    rng = np.random.default_rng(8)
+    w_a = (rng.standard_normal(face_model.n_identity) * face_model.identity_prior_std).astype(np.float32)
+    config = PerformerConfig(identity_modes=20, camera="assumed", fov_prior_deg=40.0, blend_s=0.3)
+    solver = FaceSolver(face_model, embedding, Performer.auto(), PLAIN.model_copy(update={"filter_enabled": False}),
+                        config, estimate_in_background=False)  # fmt: skip
+
+    def frames(w_id: np.ndarray, start: int, count: int):
+        face = EmbeddedFace.build(face_model, embedding, w_id)
+        centers = eyeball_centers(face_model, w_id)
+        for i in range(start, start + count):
+            rotation = quaternion_to_matrix(euler_to_quaternion(20 * np.sin(i / 9), 6 * np.cos(i / 7), 0.0))
+            yield i, synthetic_landmarks(face, centers, np.zeros(len(ICT_EXPRESSIONS)), rotation, 9.0, (640, 480),
+                                         fov_y_deg=40.0)  # fmt: skip
+
+    for i, landmarks in frames(w_a, 0, 90):
+        solver.solve(landmarks, i * SECOND // 30, i)
+    assert solver.estimator is not None and solver.estimator.current is not None and solver.estimator.restarts == 0
+    assert solver.rest is not None and solver.rest.offset.any()
+    estimated = solver.fitter
+    w_b = (-2.0 * w_a).astype(np.float32)  # a very different face, in view at once
+    for i, landmarks in frames(w_b, 90, 30):
+        solver.solve(landmarks, i * SECOND // 30, i)
+        if solver.estimator.restarts:
+            break
+    assert solver.estimator.restarts == 1
+    assert not solver.rest.offset.any() and solver.fitter is not estimated and solver.fitter.identity_weights is None
+    assert solver._blend_from is estimated  # faded, not popped

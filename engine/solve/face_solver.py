@@ -139,6 +139,7 @@ class FaceSolver:
         # Where the camera in use comes from (`status`): given (config or source), assumed, or an estimate's.
         self._initial_camera = "given" if known_fov is not None else "assumed"
         self._camera = self._initial_camera
+        self._restarts_seen = 0  # the estimator's restarts this solver has followed
         self._blend_from: FrameFitter | None = None  # the fitter a new estimate fades in from
         self._blend_progress = 1.0
         self._last_clock_ns: int | None = None
@@ -251,6 +252,8 @@ class FaceSolver:
         if self.estimator is not None:
             self.estimator.observe((observed, has_iris, image_size), fit.weights, fit.rotation, fit.residual_cm,
                                    t_capture_ns)  # fmt: skip
+            if self.estimator.restarts != self._restarts_seen:
+                self._new_person(fade=True)  # another face took this track (a jump in the fit residual)
         if self.rest is not None:
             self.rest.update(fit.weights, t_capture_ns)
         cfg = self.config
@@ -283,6 +286,18 @@ class FaceSolver:
         assert self.estimator is not None
         return self.estimator.current is not None or self.estimator.status()["keyframes"] > 0
 
+    def _new_person(self, fade: bool) -> None:
+        """The estimator restarted: the rest offset and the fitter restart with it (the initial fitter faded in
+        over `blend_s` while a face is in view, else at once)."""
+        assert self.estimator is not None
+        self._restarts_seen = self.estimator.restarts
+        if self.rest is not None:
+            self.rest.reset()
+        if self.fitter is not self._initial_fitter:
+            self._blend_from, self.fitter = (self.fitter if fade else None), self._initial_fitter
+            self._blend_progress = 0.0 if fade and self.performer_config.blend_s > 0 else 1.0
+        self._camera = self._initial_camera
+
     def _reset_filters(self) -> None:
         self._filter.reset()
         self._last_quat = None
@@ -302,10 +317,7 @@ class FaceSolver:
         if elapsed >= self.performer_config.new_person_lost_s and self.estimator is not None and self._estimated:
             # Whoever comes back may be someone else: start from the mean face again.
             self.estimator.reset(f"no face for {elapsed:.1f} s")
-            if self.rest is not None:
-                self.rest.reset()
-            self.fitter, self._blend_from, self._blend_progress = self._initial_fitter, None, 1.0
-            self._camera = self._initial_camera
+            self._new_person(fade=False)
         ease = self.config.ease_seconds
         progress = min(1.0, (elapsed - coast) / ease) if ease > 0 else 1.0
         keep = 1.0 - progress * progress * (3.0 - 2.0 * progress)  # smoothstep: no velocity jump at either end

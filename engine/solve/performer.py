@@ -193,6 +193,7 @@ class PerformerEstimator:
         self._thread: threading.Thread | None = None
         self._result: Estimate | None = None
         self._generation = 0
+        self.restarts = 0  # `reset` calls: the solver restarts the rest of its per-person state with them
         self.current: Estimate | None = None
         self.estimates = 0
         self._residuals: list[float] = []
@@ -217,6 +218,7 @@ class PerformerEstimator:
         self._last_t_ns = None
         self._next_estimate_s = self.config.first_estimate_s
         self._generation += 1
+        self.restarts += 1
         self._result = None
         self.current = None
         self._residuals.clear()
