@@ -133,6 +133,34 @@ def test_prior_runs_in_the_compiled_fit(face_model: FaceModel, embedding: Landma
     np.testing.assert_allclose(fast, slow, atol=1e-6)
 
 
+def test_lid_asymmetry_runs_in_the_compiled_fit(face_model: FaceModel, embedding: LandmarkEmbedding) -> None:
+    """A wink under a fully trusted prior: both paths move the blinks' difference to the lids' alike, and the
+    move matters (the dead zone off, so any disagreement between prior and lids counts)."""
+    config = SolveConfig(blink_lid_deadzone=0.0)
+    response = shipped_response(config)
+    prior = shipped_prior(config, response)
+    if prior is None:
+        pytest.skip("no shipped solve prior in models/")
+    trusted = replace(prior, residual_limit=0.0)
+    weights = np.zeros(len(ICT_EXPRESSIONS))
+    weights[ICT_EXPRESSIONS.index("eyeBlink_L")] = 0.9
+    rng = np.random.default_rng(4)
+    landmarks = synthetic_landmarks(
+        FrameFitter(face_model, embedding, None, config).face, eyeball_centers(face_model), weights,
+        euler_to_rotation(10.0, -5.0, 0.0), noise_cm=0.02, rng=rng,
+    )  # fmt: skip
+    observed, has_iris = valid_observation(landmarks)
+    fits = {}
+    for share in (0.0, 1.0):
+        fitter = FrameFitter(face_model, embedding, None, config.model_copy(update={"blink_lid_asymmetry": share}),
+                             response, trusted)  # fmt: skip
+        fast = fitter.fit(observed, None, has_iris, landmarks.image_size).weights
+        fits[share] = fitter.fit_numpy(observed, None, has_iris, landmarks.image_size).weights
+        np.testing.assert_allclose(fast, fits[share], atol=1e-6)
+    blinks = [ICT_EXPRESSIONS.index("eyeBlink_L"), ICT_EXPRESSIONS.index("eyeBlink_R")]
+    assert np.abs(fits[1.0][blinks] - fits[0.0][blinks]).max() > 0.01
+
+
 @pytest.mark.parametrize("coupled", [False, True])
 def test_compiled_box_qp_matches_numpy_and_bvls(coupled: bool) -> None:
     """Coupled problems push the primal-dual phase past its 8 iterations into the primal active set."""

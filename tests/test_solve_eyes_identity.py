@@ -11,7 +11,7 @@ from engine.face_model import FaceModel
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.bench import bench_solve
 from engine.solve.expression import EmbeddedFace
-from engine.solve.eyes import GAZE_CHANNELS, eye_rotations, eyeball_centers, gaze_angles, yoked
+from engine.solve.eyes import GAZE_CHANNELS, eye_rotations, eyeball_centers, gaze_angles, with_lid_asymmetry, yoked
 from engine.solve.identity_fit import fit_identity
 from engine.solve.landmark_sets import IRIS
 from engine.solve.pose import euler_to_rotation, umeyama
@@ -30,6 +30,20 @@ def _weights(**channels: float) -> np.ndarray:
     for name, value in channels.items():
         w[ICT_EXPRESSIONS.index(name)] = value
     return w
+
+
+def test_lid_asymmetry_turns_a_symmetric_read_into_the_lids_wink() -> None:
+    """The wink of liveportrait_d6.mp4's frame 50: the lids read 0.72 / 0.29, the prior 0.63 / 0.62."""
+    lids, prior = np.array([0.72, 0.29]), np.array([0.63, 0.62])
+    wink = with_lid_asymmetry(prior, lids, share=1.0, deadzone=0.2)
+    assert wink.mean() == pytest.approx(prior.mean())  # the level both eyes share stays the prior's
+    assert wink[0] - wink[1] == pytest.approx(0.42 - 0.2 + 0.01)  # the difference beyond the dead zone
+    np.testing.assert_allclose(with_lid_asymmetry(prior, lids, share=1.0), [0.84, 0.41], atol=1e-12)
+    np.testing.assert_allclose(with_lid_asymmetry(prior, lids, share=0.0, deadzone=0.0), prior)
+    # Lids differing by less than the dead zone (one person's eye shapes, a turned head) change nothing.
+    np.testing.assert_allclose(with_lid_asymmetry(prior, np.array([0.15, 0.0]), 1.0, 0.2), prior)
+    # A difference the clip bounds cannot hold is clipped, not wrapped.
+    np.testing.assert_allclose(with_lid_asymmetry(np.array([0.1, 0.1]), np.array([1.0, 0.0]), 1.0), [0.6, 0.0])
 
 
 def test_gaze_convention_directions() -> None:

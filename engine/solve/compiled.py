@@ -534,6 +534,12 @@ def fit_frame(
             k = tables.eyes.blink_channels[eye]
             blink_trust = trust * tables.prior.channel_mask[k]
             w[k] = blink_trust * w[k] + (1.0 - blink_trust) * blink[eye]
+        left, right = tables.eyes.blink_channels[0], tables.eyes.blink_channels[1]
+        excess = (blink[0] - blink[1]) - (w[left] - w[right])
+        excess = max(abs(excess) - tables.blink_lid_deadzone, 0.0) * (1.0 if excess > 0 else -1.0)
+        shift = tables.blink_lid_asymmetry * excess / 2.0
+        w[left] = min(max(w[left] + shift, 0.0), 1.0)
+        w[right] = min(max(w[right] - shift, 0.0), 1.0)
     model = _landmarks(tables.expression, w)
     total = 0.0
     for i in range(N_MESH_LANDMARKS):

@@ -200,6 +200,19 @@ class EyeModel:
         return _clip((ratio_obs - ratio_open) / t.blink_gain, 0.0, 1.0)
 
 
+def with_lid_asymmetry(blinks: np.ndarray, lids: np.ndarray, share: float, deadzone: float = 0.0) -> np.ndarray:
+    """(2,) blinks (left, right) as the fit combined them, (2,) the lids' own read-out (`EyeModel.blink`) →
+    (2,) blinks whose left–right difference moves `share` of the way to the lids', their mean kept (then clipped
+    to [0, 1]).
+
+    The people prior reads the level both eyes share well (MediaPipe's blink floor) but its left–right
+    difference poorly on real faces: a wink the lids read 0.72 / 0.29 it read 0.63 / 0.62. The difference of
+    the two lid gaps is free of the floor both share."""
+    excess = (lids[0] - lids[1]) - (blinks[0] - blinks[1])
+    shift = share * math.copysign(max(abs(excess) - deadzone, 0.0), excess) / 2.0
+    return _clip(np.array([blinks[0] + shift, blinks[1] - shift]), 0.0, 1.0)
+
+
 def yoked(angles: np.ndarray, blink: np.ndarray, yoke: float) -> np.ndarray:
     """(2 eyes, 2) gaze angles, (2,) blink weights → the angles moved `yoke` of the way to both eyes' mean.
 

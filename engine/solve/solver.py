@@ -18,7 +18,7 @@ from engine.config import SolveConfig
 from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.expression import EmbeddedFace, ExpressionSolver, depth_metric
-from engine.solve.eyes import GAZE_CHANNELS, EyeModel, GazeRanges, eyeball_centers
+from engine.solve.eyes import GAZE_CHANNELS, EyeModel, GazeRanges, eyeball_centers, with_lid_asymmetry
 from engine.solve.kernels import Kernels, select_kernels
 from engine.solve.landmark_sets import FACE_OVAL, N_MESH_LANDMARKS
 from engine.solve.pose import (
@@ -208,6 +208,8 @@ class FrameFitter:
             depth_weight=float(self.depth_weight),
             gaze_anchor=self.gaze_anchor,
             eyes_active=bool(self.eyes_active),
+            blink_lid_asymmetry=float(config.blink_lid_asymmetry),
+            blink_lid_deadzone=float(config.blink_lid_deadzone),
             jaw_open=JAW_OPEN,
             mouth_close=MOUTH_CLOSE,
             mouth_close_slack=MOUTH_CLOSE_SLACK,
@@ -332,6 +334,9 @@ class FrameFitter:
             blink = self.eyes.blink(observed_model, w)
             blink_trust = trust * (1.0 if self.prior is None else self.prior.mask[BLINK_CHANNELS])
             w[BLINK_CHANNELS] = blink_trust * w[BLINK_CHANNELS] + (1.0 - blink_trust) * blink
+            w[BLINK_CHANNELS] = with_lid_asymmetry(
+                w[BLINK_CHANNELS], blink, self.config.blink_lid_asymmetry, self.config.blink_lid_deadzone
+            )
         diff = observed_model[:N_MESH_LANDMARKS] - self.face.landmarks(w)[:N_MESH_LANDMARKS]
         residual = math.sqrt(float(np.einsum("ij,ij->i", diff, diff).sum()) / N_MESH_LANDMARKS)
         return FrameFit(w, rot, trans, scale, observed_model, residual)

@@ -88,6 +88,8 @@ class FitTables(NamedTuple):
     depth_weight: float
     gaze_anchor: float
     eyes_active: bool
+    blink_lid_asymmetry: float  # share of the blinks' left–right difference taken from the lids (`eyes.py`)
+    blink_lid_deadzone: float
     jaw_open: int
     mouth_close: int
     mouth_close_slack: float
