@@ -349,6 +349,40 @@ GROUPS = {
     "mouth": ("mouth", "cheek", "nose"),
 }
 GROUP_CHANNELS = {g: np.array([i for i, n in enumerate(ICT_EXPRESSIONS) if n.startswith(p)]) for g, p in GROUPS.items()}
+BLINKS = np.array([_CH["eyeBlink_L"], _CH["eyeBlink_R"]])
+# The wink bar (issue: learned regression): the winking eye reads at least WINK_CLOSED, the other at most WINK_OPEN.
+# A true wink here: one eye's truth at least WINK_CLOSED, the other's at most 0.1.
+WINK_CLOSED, WINK_OPEN, WINK_TRUE_OPEN = 0.7, 0.2, 0.1
+
+
+def wink_readings(blinks: np.ndarray, ours: np.ndarray, closed: float, open_at_most: float | None = None,
+                  margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(T, 2) blinks (left, right) a wink is read from (the truth, or a reference track), (T, 2) ours →
+    (W, 2) their and (W, 2) our (winking eye, open eye) readings on the frames where one eye is at least
+    `closed` and the other at most `open_at_most` (None: no limit) and at least `margin` below it."""
+    blinks, ours = np.nan_to_num(np.asarray(blinks, float)), np.asarray(ours, float)
+    winking = np.argmax(blinks, axis=1)
+    rows = np.arange(len(blinks))
+    shut, other = blinks[rows, winking], blinks[rows, 1 - winking]
+    frames = (shut >= closed) & (other <= shut - margin)
+    if open_at_most is not None:
+        frames &= other <= open_at_most
+    pick = rows[frames], winking[frames]
+    return (np.stack([blinks[pick], blinks[pick[0], 1 - pick[1]]], axis=1),
+            np.stack([ours[pick], ours[pick[0], 1 - pick[1]]], axis=1))  # fmt: skip
+
+
+def wink_summary(ours: np.ndarray) -> dict[str, Any]:
+    """(W, 2) our (winking eye, open eye) readings → frames, means and the shares meeting the wink bar."""
+    if not len(ours):
+        return {"frames": 0}
+    return {
+        "frames": len(ours),
+        "closed_mean": round(float(ours[:, 0].mean()), 3),
+        "closed_share_at_least": round(float(np.mean(ours[:, 0] >= WINK_CLOSED)), 3),
+        "open_mean": round(float(ours[:, 1].mean()), 3),
+        "open_share_at_most": round(float(np.mean(ours[:, 1] <= WINK_OPEN)), 3),
+    }
 
 
 def clip_errors(truth: np.ndarray, solved: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
@@ -403,6 +437,7 @@ def evaluate_synthetic(
     avatar = Performer.rendered_avatar(default, None)
     rows: list[dict[str, Any]] = []
     spread: dict[str, list[np.ndarray]] = {}
+    winks: list[np.ndarray] = []  # `auto`'s (winking eye, open eye) readings on the scripts' one-eyed winks
     start = time.perf_counter()
     for k in range(identities):
         for fov in FOVS:
@@ -431,6 +466,8 @@ def evaluate_synthetic(
                     entry[label] = clip_errors(truth, solved, valid)
                     if label == "auto":
                         entry["fov_estimate"] = status.get("fov_y_deg")
+                        winks.append(wink_readings(truth[valid][:, BLINKS], solved[valid][:, BLINKS], WINK_CLOSED,
+                                                   WINK_TRUE_OPEN)[1])  # fmt: skip
                         if fov == 50.0 and kind == "neutral_start":
                             spread.setdefault(kind, []).append(solved)
                 rows.append(entry)
@@ -447,7 +484,9 @@ def evaluate_synthetic(
         )
         spread["neutral_start"].append(solve_clip(found, frames, solver)[0])
         log.info("synthetic spread: identity %d/%d (%.0f s)", k + 1, spread_identities, time.perf_counter() - start)
-    return {"clips": rows, "summary": _synthetic_summary(rows, spread)}
+    summary = _synthetic_summary(rows, spread)
+    summary["auto_winks"] = wink_summary(np.concatenate(winks) if winks else np.zeros((0, 2)))
+    return {"clips": rows, "summary": summary}
 
 
 def _synthetic_summary(rows: list[dict[str, Any]], spread: dict[str, list[np.ndarray]]) -> dict[str, Any]:
@@ -526,4 +565,13 @@ def synthetic_markdown(synthetic: dict[str, Any]) -> list[str]:
         f"between two of them: {s['between_identities_mean_difference']}",
         "",
     ]
+    winks = s.get("auto_winks")
+    if winks and winks["frames"]:
+        lines += [
+            f"One-eyed winks (`auto`, {winks['frames']} frames whose truth shuts one eye ≥ {WINK_CLOSED} with the "
+            f"other ≤ {WINK_TRUE_OPEN}): the winking eye reads {winks['closed_mean']} "
+            f"(≥ {WINK_CLOSED} on {100 * winks['closed_share_at_least']:.0f} %), the open one {winks['open_mean']} "
+            f"(≤ {WINK_OPEN} on {100 * winks['open_share_at_most']:.0f} %).",
+            "",
+        ]
     return lines

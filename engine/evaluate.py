@@ -32,7 +32,7 @@ from engine.app import build_parts
 from engine.bundles import load_identity
 from engine.config import Config
 from engine.errors import UserError
-from engine.eval_synthetic import synthetic_markdown
+from engine.eval_synthetic import synthetic_markdown, wink_readings, wink_summary
 from engine.face_model import FaceModel
 from engine.names import ARKIT_BLENDSHAPES
 from engine.pipeline import FrameResult, Pipeline
@@ -51,6 +51,10 @@ REST_CHANNELS = tuple(
     i for i, name in enumerate(ARKIT_BLENDSHAPES) if name.startswith(REST_GROUPS) and name != "tongueOut"
 )
 CHANNEL = {name: i for i, name in enumerate(ARKIT_BLENDSHAPES)}
+BLINKS = [CHANNEL["eyeBlinkLeft"], CHANNEL["eyeBlinkRight"]]
+# A wink in a reference track: one eye at least REFERENCE_WINK_CLOSED, the other at least REFERENCE_WINK_MARGIN
+# lower (the peer's winks are soft: d6's reads 0.72 / 0.41, then 0.64 / 0.09).
+REFERENCE_WINK_CLOSED, REFERENCE_WINK_MARGIN = 0.6, 0.3
 # BENCHMARKS.md's block that `eval --update-benchmarks` rewrites.
 EVAL_BEGIN, EVAL_END = "<!-- eval:begin -->", "<!-- eval:end -->"
 
@@ -166,6 +170,22 @@ def rest_frames(ours: Track, reference: Track) -> dict[str, Any]:
     }
 
 
+def winks(ours: Track, reference: Track) -> dict[str, Any]:
+    """On the frames where the reference reads a wink: our readings of the winking and the open eye
+    (`wink_summary`), the reference's means, and the share of frames on which our winking eye reads at least
+    0.1 more closed than the open one (the same eye winks)."""
+    n = min(len(ours), len(reference))
+    both = ours.face[:n] & reference.face[:n]
+    theirs, mine = wink_readings(reference.weights[:n][both][:, BLINKS], ours.weights[:n][both][:, BLINKS],
+                                 REFERENCE_WINK_CLOSED, margin=REFERENCE_WINK_MARGIN)  # fmt: skip
+    out = wink_summary(mine)
+    if len(mine):
+        out["reference_closed_mean"] = round(float(theirs[:, 0].mean()), 3)
+        out["reference_open_mean"] = round(float(theirs[:, 1].mean()), 3)
+        out["same_eye_share"] = round(float(np.mean(mine[:, 0] >= mine[:, 1] + 0.1)), 3)
+    return out
+
+
 def solve_video(path: Path, config: Config) -> Track:
     """Our ARKit weights for every frame of a video, solved as `run --no-render` solves it (frame by frame,
     on the video's own clock). Frames in which no face is tracked have face False."""
@@ -208,6 +228,7 @@ def evaluate_real(folder: Path, config: Config, only: list[str] | None = None) -
         per_video[video.stem] = {
             "agreement": agreement(ours, reference),
             "rest": rest_frames(ours, reference),
+            "winks": winks(ours, reference),
             "frames": len(ours),
             "seconds": round(time.perf_counter() - start, 1),
         }
@@ -227,6 +248,7 @@ def evaluate_real(folder: Path, config: Config, only: list[str] | None = None) -
         else None,
         "rest_jaw_open_p95_max": max((r["p95"]["jawOpen"] for r in rest), default=None),
         "channel_mean_r": _channel_means(per_video),
+        "winks": {name: v["winks"] for name, v in per_video.items() if v["winks"]["frames"]},
     }
 
 
@@ -284,6 +306,14 @@ def markdown(report: dict[str, Any]) -> str:
             + ", ".join(f"{k} {'–' if v is None else v}" for k, v in family_means(real["channel_mean_r"]).items()),
             "",
         ]
+        for name, w in real.get("winks", {}).items():
+            lines += [
+                f"Winks in {name} ({w['frames']} frames where the reference shuts one eye ≥ {REFERENCE_WINK_CLOSED} "
+                f"and the other ≥ {REFERENCE_WINK_MARGIN} less; it reads {w['reference_closed_mean']} / "
+                f"{w['reference_open_mean']}): we read {w['closed_mean']} / {w['open_mean']}, the same eye more "
+                f"closed on {100 * w['same_eye_share']:.0f} %.",
+                "",
+            ]
     synthetic = report.get("synthetic")
     if synthetic:
         lines += synthetic_markdown(synthetic)

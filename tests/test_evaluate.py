@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.errors import UserError
-from engine.eval_synthetic import clip_errors
+from engine.eval_synthetic import clip_errors, wink_readings, wink_summary
 from engine.evaluate import (
     CHANNEL,
     REST_CHANNELS,
@@ -18,6 +18,7 @@ from engine.evaluate import (
     load_reference,
     markdown,
     rest_frames,
+    winks,
 )
 from engine.names import ARKIT_BLENDSHAPES
 
@@ -107,6 +108,31 @@ def test_synthetic_clip_errors_by_window_after_the_face_appears() -> None:
     assert errors["3-10s"]["brows"] is None and errors["3-10s"]["mouth"] is None
     valid[:] = False
     assert clip_errors(truth, solved, valid) == {}
+
+
+def test_wink_readings_take_the_winking_eye_from_the_truth() -> None:
+    truth = np.array([[0.9, 0.0], [0.0, 0.8], [0.9, 0.9], [0.75, 0.15], [0.1, 0.0]])  # L wink, R wink, blink, …
+    ours = np.array([[0.8, 0.1], [0.3, 0.6], [1.0, 1.0], [0.9, 0.5], [0.0, 0.0]])
+    theirs, mine = wink_readings(truth, ours, closed=0.7, open_at_most=0.1)
+    np.testing.assert_allclose(theirs, [[0.9, 0.0], [0.8, 0.0]])  # both eyes shut, or the other half open: no wink
+    np.testing.assert_allclose(mine, [[0.8, 0.1], [0.6, 0.3]])  # (winking eye, open eye), whichever side winks
+    summary = wink_summary(mine)
+    assert summary["frames"] == 2 and summary["closed_mean"] == pytest.approx(0.7)
+    assert summary["closed_share_at_least"] == 0.5 and summary["open_share_at_most"] == 0.5
+    assert wink_summary(np.zeros((0, 2))) == {"frames": 0}
+
+
+def test_reference_winks_are_soft_and_ours_must_shut_the_same_eye() -> None:
+    n = 6
+    reference = _track(n, {"eyeBlinkLeft": np.array([0.72, 0.64, 0.0, 0.9, 0.6, 0.0]),
+                           "eyeBlinkRight": np.array([0.41, 0.09, 0.0, 0.9, 0.0, 0.7])})  # fmt: skip
+    ours = _track(n, {"eyeBlinkLeft": np.array([0.77, 0.2, 0.0, 1.0, 0.1, 0.1]),
+                      "eyeBlinkRight": np.array([0.35, 0.2, 0.0, 1.0, 0.5, 0.8])})  # fmt: skip
+    result = winks(ours, reference)
+    # Frames 0, 1 (left), 4 (left) and 5 (right) wink in the reference; 2 is open, 3 a blink.
+    assert result["frames"] == 4
+    assert result["reference_closed_mean"] == pytest.approx(np.mean([0.72, 0.64, 0.6, 0.7]), abs=1e-3)
+    assert result["same_eye_share"] == pytest.approx(0.5)  # frames 0 and 5; 1 reads both alike, 4 the wrong eye
 
 
 def test_markdown_report_shows_the_means() -> None:
