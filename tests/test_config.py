@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from engine.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, parse_override
 
@@ -62,6 +63,22 @@ def test_override_values_are_typed() -> None:
 def test_default_yaml_equals_the_schema_defaults() -> None:
     """configs/default.yaml is what a user reads: it must not drift from the schema's own defaults."""
     assert load_config().model_dump() == Config().model_dump()
+
+
+def test_default_yaml_names_every_setting() -> None:
+    """A user tunes what the file shows: every field of every section (and of nested sections such as the
+    filters) is written out, not left to the schema's default."""
+
+    def missing(model: type[BaseModel], data: dict, prefix: str) -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            if name not in data:
+                out.append(prefix + name)
+            elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                out += missing(field.annotation, data[name] or {}, f"{prefix}{name}.")
+        return out
+
+    assert missing(Config, yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()), "") == []
 
 
 def test_a_folder_or_a_binary_file_as_config_is_a_clear_error(tmp_path) -> None:
