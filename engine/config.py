@@ -92,7 +92,7 @@ class SolveConfig(_Section):
     gaze_straight_pitch_deg: float = Field(2.1, ge=-15, le=15)
     # Share of the blinks' left–right difference taken from the lids' own geometry rather than from the learned
     # prior, which keeps the level both eyes share (it has learnt MediaPipe's blink floor) but reads a real
-    # person's wink as two half-closed eyes (docs/solve.md §3.5). 0: the prior's difference.
+    # person's wink as two half-closed eyes (docs/solve.md §3, "A wink stays a wink"). 0: the prior's difference.
     blink_lid_asymmetry: float = Field(1.0, ge=0, le=1)
     blink_lid_deadzone: float = Field(0.2, ge=0, le=2)  # differences up to this much are left to the prior
     # The source camera's vertical field of view (perspective correction, distance). null: the source's own when
