@@ -67,6 +67,9 @@ class SolveConfig(_Section):
     regularization: float = Field(0.05, ge=0)  # λ in cm² (data term: squared cm summed over landmarks)
     landmark_response: bool = True  # apply models/landmark_response.npz (MediaPipe's measured response)
     learned_prior: bool = True  # add models/solve_prior.npz (weights regressed from landmarks) as a prior
+    # For `performer: auto`, the people prior that also reads how the face moved from the performer's own neutral
+    # (models/solve_prior_people_displaced.npz; docs/performer.md, "displaced"). Off: measured, not yet default.
+    displaced_prior: bool = False
     prior_strength: float | None = Field(None, ge=0)  # μ (cm²) of that prior; None: the value it was tuned with
     channel_regularization: dict[str, float] = {}  # ICT channel name → λ replacing `regularization`
     symmetry_prior: float = Field(0.0, ge=0)  # μ in cm² on (X_L − X_R)²

@@ -15,6 +15,7 @@ from engine.solve.eyes import GAZE_CHANNELS, eyeball_centers
 from engine.solve.face_solver import FaceSolver
 from engine.solve.performer import REST_CHANNELS, Performer, PerformerEstimator, RestOffset
 from engine.solve.pose import umeyama
+from engine.solve.prior import DISPLACED_PRIOR_PATH, N_DISPLACED
 from engine.solve.solver import FrameFitter, valid_observation
 from engine.solve.synthetic import synthetic_landmarks
 
@@ -160,3 +161,45 @@ def test_another_face_taking_the_track_restarts_the_rest_offset_and_the_fitter(f
     assert solver.estimator.restarts == 1
     assert not solver.rest.offset.any() and solver.fitter is not estimated and solver.fitter.identity_weights is None
     assert solver._blend_from is estimated  # faded, not popped
+
+
+@pytest.mark.skipif(not DISPLACED_PRIOR_PATH.is_file(), reason="no shipped displaced people prior")
+def test_the_displaced_prior_reads_against_a_neutral_kept_per_person(face_model, embedding) -> None:
+    """`solve.displaced_prior`: the solver keeps the performer's neutral (sampled at 5 Hz, picked by the plain
+    people prior), passes it to the fit, and forgets it with the person."""
+    config = SolveConfig(displaced_prior=True, compiled=False)
+    solver = FaceSolver(face_model, embedding, Performer.auto(), config, PerformerConfig(camera="assumed"),
+                        estimate_in_background=False)  # fmt: skip
+    assert solver.fitter.prior is not None and solver.fitter.prior.displaced and solver.neutral is not None
+    assert FaceSolver(face_model, embedding, Performer.auto(), SolveConfig()).neutral is None  # off by default
+    solver.neutral.keep = 3
+    face = EmbeddedFace.build(face_model, embedding, None)
+    centers = eyeball_centers(face_model)
+    seen = []
+    original = solver.fitter.fit
+
+    def fit(*args, **kwargs):  # record the neutral each frame is fitted with
+        seen.append(None if args[5] is None else args[5].copy())
+        return original(*args, **kwargs)
+
+    solver.fitter.fit = fit
+
+    def landmarks(smile: float, yaw: float = 0.0):
+        weights = np.zeros(len(ICT_EXPRESSIONS))
+        weights[SMILE] = weights[ICT_EXPRESSIONS.index("mouthSmile_R")] = smile
+        rotation = quaternion_to_matrix(euler_to_quaternion(yaw, 0.0, 0.0))
+        return synthetic_landmarks(face, centers, weights, rotation, 9.0, (640, 480))
+
+    for i in range(60):  # relaxed for a second, then smiling for one: 10 samples at 5 Hz, 5 of each
+        solver.solve(landmarks(0.0 if i < 30 else 0.9, 4 * np.sin(i / 5)), i * SECOND // 30, i)
+    assert seen[0] is None and all(n is not None for n in seen[1:])  # from the frame after the first sample on
+    assert len(solver.neutral._frames) == 3
+
+    def features(smile: float) -> np.ndarray:
+        return solver.fitter.prior_features(valid_observation(landmarks(smile))[0], solver.fitter._camera((640, 480)))
+
+    relaxed, smiling = features(0.0)[:N_DISPLACED], features(0.9)[:N_DISPLACED]
+    assert np.linalg.norm(solver.neutral.value - relaxed) < 0.3 * np.linalg.norm(smiling - relaxed)
+    for i in range(60, 150):  # three seconds without a face: whoever comes back starts without a neutral
+        solver.solve(None, i * SECOND // 30, i)
+    assert solver.neutral.value is None

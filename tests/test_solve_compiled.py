@@ -161,6 +161,33 @@ def test_lid_asymmetry_runs_in_the_compiled_fit(face_model: FaceModel, embedding
     assert np.abs(fits[1.0][blinks] - fits[0.0][blinks]).max() > 0.01
 
 
+def test_a_displaced_prior_reads_the_neutral_alike_in_both_fits(
+    face_model: FaceModel, embedding: LandmarkEmbedding
+) -> None:
+    """The displaced features (mesh part minus the performer's neutral) are built inside the compiled prior as
+    `displaced_features` builds them: same weights with a neutral and without one (zero displacement), and
+    the neutral matters."""
+    from engine.solve.prior import N_DISPLACED, N_FEATURES, LearnedPrior
+
+    rng = np.random.default_rng(8)
+    n_inputs = N_FEATURES + N_DISPLACED
+    basis, _ = np.linalg.qr(rng.normal(size=(n_inputs, 12)))
+    layers = ((rng.normal(0, 0.5, (12, 16)), rng.normal(0, 0.1, 16)), (rng.normal(0, 0.1, (16, 53)), np.full(53, 0.2)))
+    prior = LearnedPrior(np.zeros(n_inputs), basis, np.full(12, 2.0), layers, 300.0, kind="mlp", reference="mean",
+                         displaced=True)  # fmt: skip
+    fitter = FrameFitter(face_model, embedding, None, SolveConfig(), None, prior)
+    frames = _frames(fitter, face_model, 3, seed=13)
+    neutral = fitter.prior_features(frames[0][0], fitter._camera(frames[0][2]))[:N_DISPLACED] + 0.05
+    results = []
+    for given in (None, neutral):
+        for observed, has_iris, size in frames[1:]:
+            fast = fitter.fit(observed, None, has_iris, size, None, given).weights
+            slow = fitter.fit_numpy(observed, None, has_iris, size, None, given).weights
+            np.testing.assert_allclose(fast, slow, atol=1e-6)
+            results.append(slow)
+    assert np.abs(results[0] - results[2]).max() > 0.01
+
+
 @pytest.mark.parametrize("coupled", [False, True])
 def test_compiled_box_qp_matches_numpy_and_bvls(coupled: bool) -> None:
     """Coupled problems push the primal-dual phase past its 8 iterations into the primal active set."""
@@ -372,7 +399,7 @@ def test_the_people_prior_reads_through_its_own_lens_whatever_camera_is_fitted(
         tables = fitter.compiled_tables
         assert tables is not None
         center, focal = fitter._camera(size)
-        return compiled._prior(tables.prior, tables.rigid_ids, observed, True, center, focal)[0]
+        return compiled._prior(tables.prior, tables.rigid_ids, observed, True, center, focal, np.zeros(0))[0]
 
     at_lens_prediction = kernel_prediction(at_lens)
     np.testing.assert_allclose(kernel_prediction(wide), at_lens_prediction, atol=1e-6)

@@ -10,7 +10,16 @@ from engine.face_model import FaceModel, ModelFileError
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.eyes import eyeball_centers
 from engine.solve.pose import euler_to_rotation
-from engine.solve.prior import DEFAULT_PRIOR_PATH, N_FEATURES, LearnedPrior, fit_mlp_prior, fit_ridge_prior
+from engine.solve.prior import (
+    DEFAULT_PRIOR_PATH,
+    N_DISPLACED,
+    N_FEATURES,
+    LearnedPrior,
+    NeutralFeatures,
+    displaced_features,
+    fit_mlp_prior,
+    fit_ridge_prior,
+)
 from engine.solve.solver import FrameFitter, shipped_prior, valid_observation
 from engine.solve.synthetic import constructed_embedding, synthetic_landmarks
 
@@ -129,3 +138,61 @@ def test_shipped_prior_was_trained_on_the_current_default_identity(face_model: F
         assert str(z["identity"]) == identity.name
         trained_on = z["identity_weights"]
     np.testing.assert_allclose(trained_on, np.asarray(identity.identity_weights, np.float32), atol=1e-5)
+
+
+def _random_mlp(n_inputs: int, rng: np.random.Generator, displaced: bool = False) -> LearnedPrior:
+    """A small random network on an orthonormal basis: a stand-in regressor for contract tests."""
+    basis, _ = np.linalg.qr(rng.normal(size=(n_inputs, 6)))
+    layers = ((rng.normal(0, 0.5, (6, 8)), rng.normal(0, 0.1, 8)), (rng.normal(0, 0.5, (8, N)), np.full(N, 0.2)))
+    return LearnedPrior(np.zeros(n_inputs), basis, np.ones(6), layers, 10.0, kind="mlp", displaced=displaced)
+
+
+def test_displaced_features_are_the_mesh_part_minus_the_neutral() -> None:
+    rng = np.random.default_rng(3)
+    plain = rng.normal(size=(2, N_FEATURES))
+    neutral = rng.normal(size=N_DISPLACED)
+    out = displaced_features(plain, neutral)
+    assert out.shape == (2, N_FEATURES + N_DISPLACED)
+    np.testing.assert_array_equal(out[:, :N_FEATURES], plain)
+    np.testing.assert_allclose(out[:, N_FEATURES:], plain[:, :N_DISPLACED] - neutral)
+    assert not displaced_features(plain[0], None)[N_FEATURES:].any()  # no neutral yet: no displacement
+
+
+def test_the_neutral_is_the_frames_read_most_neutral_sampled_at_five_hertz() -> None:
+    """The scorer reads the sum of its non-eye weights; frames closer than 0.2 s to the last sample are
+    skipped; the neutral is the mean of the `keep` best; a new person forgets it."""
+    rng = np.random.default_rng(4)
+    scorer = _random_mlp(N_FEATURES, rng)
+    neutral = NeutralFeatures(scorer, keep=3, sample_hz=5.0)
+    frames = [rng.normal(0, 1, N_FEATURES) for _ in range(12)]
+    for i, frame in enumerate(frames):
+        neutral.observe(frame, int(i * 0.1e9))  # 10 Hz in: every other frame is sampled
+    sampled = frames[::2]
+    eyes = np.array([n.startswith("eye") for n in ICT_EXPRESSIONS])
+    scores = [np.clip(scorer.predict(f), 0, 1)[~eyes].sum() for f in sampled]
+    best = np.argsort(scores)[:3]
+    assert neutral.value is not None
+    np.testing.assert_allclose(neutral.value, np.mean([sampled[k][:N_DISPLACED] for k in best], axis=0))
+    assert not neutral.due(int(10.5 * 0.1e9)) and neutral.due(int(12 * 0.1e9))
+    neutral.reset()
+    assert neutral.value is None and neutral.due(0)
+    with pytest.raises(ValueError, match="plain"):
+        NeutralFeatures(_random_mlp(N_FEATURES + N_DISPLACED, rng, displaced=True))
+
+
+def test_a_displaced_prior_round_trips_and_a_wrong_width_is_refused(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    prior = _random_mlp(N_FEATURES + N_DISPLACED, rng, displaced=True)
+    path = tmp_path / "displaced.npz"
+    prior.save(path)
+    loaded = LearnedPrior.load(path)
+    assert loaded.displaced and loaded.n_inputs == N_FEATURES + N_DISPLACED
+    x = rng.normal(size=N_FEATURES + N_DISPLACED)
+    np.testing.assert_allclose(loaded.predict(x), prior.predict(x), atol=1e-4)
+    # A plain-width network flagged displaced (or the reverse) does not load.
+    plain = _random_mlp(N_FEATURES, rng, displaced=False)
+    from dataclasses import replace
+
+    replace(plain, displaced=True).save(path)
+    with pytest.raises(ModelFileError, match="solve prior"):
+        LearnedPrior.load(path)

@@ -11,8 +11,13 @@ and picks the strength μ from `--strengths` by the held-out driven + all-channe
 response curves (`engine/solve/curves.py`) on a fifth of the training clips solved with that prior and
 reports them held out too → models/solve_curves.npz.
 
+`--displaced` trains the network that also reads each frame's mesh features minus the performer's neutral
+(`solve.displaced_prior`) → models/solve_prior_people_displaced.npz. Each clip's neutral is built frame by
+frame as the solver builds it (`prior.NeutralFeatures`, scored by the shipped plain people prior), from the
+frames before the one it is used on.
+
 Usage: python tools/train_solve_prior.py [--clips out/face_clips] [--epochs 30] [--strengths 30 100 300 1000]
-       [--dropout 0.2] [--input-noise 0.2] [--identity-augment 1.0] [--dry-run]
+       [--dropout 0.2] [--input-noise 0.2] [--identity-augment 1.0] [--displaced] [--dry-run]
 The defaults are the shipped model's recipe.
 """
 
@@ -31,12 +36,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from engine.config import load_config  # noqa: E402
+from engine.eval_synthetic import FPS as CLIP_FPS  # noqa: E402
 from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
 from engine.names import ICT_EXPRESSIONS  # noqa: E402
 from engine.solve.curves import DEFAULT_CURVES_PATH, ResponseCurves  # noqa: E402
 from engine.solve.face_solver import FaceSolver  # noqa: E402
 from engine.solve.performer import Performer  # noqa: E402
-from engine.solve.prior import PEOPLE_PRIOR_PATH, LearnedPrior, fit_mlp_prior  # noqa: E402
+from engine.solve.prior import (  # noqa: E402
+    DISPLACED_PRIOR_PATH,
+    N_DISPLACED,
+    PEOPLE_PRIOR_PATH,
+    LearnedPrior,
+    NeutralFeatures,
+    displaced_features,
+    fit_mlp_prior,
+)
 from engine.solve.solver import FrameFitter, valid_observation  # noqa: E402
 from engine.types import Landmarks  # noqa: E402
 
@@ -94,9 +108,15 @@ def solve_clips(clips: list, model: FaceModel, embedding: LandmarkEmbedding, con
     import engine.solve.face_solver as face_solver_module
     import engine.solve.solver as solver_module
 
-    solve = config.solve.model_copy(update={"learned_prior": prior_path is not None, "prior_strength": None})
-    saved = solver_module.PEOPLE_PRIOR_PATH, face_solver_module.DEFAULT_CURVES_PATH
-    solver_module.PEOPLE_PRIOR_PATH = prior_path or saved[0]
+    displaced = prior_path is not None and LearnedPrior.load(prior_path).displaced
+    solve = config.solve.model_copy(
+        update={"learned_prior": prior_path is not None, "prior_strength": None, "displaced_prior": displaced}
+    )
+    saved = solver_module.PEOPLE_PRIOR_PATH, solver_module.DISPLACED_PRIOR_PATH, face_solver_module.DEFAULT_CURVES_PATH
+    if displaced:  # the plain shipped prior stays: it picks the neutral
+        solver_module.DISPLACED_PRIOR_PATH = prior_path
+    else:
+        solver_module.PEOPLE_PRIOR_PATH = prior_path or saved[0]
     face_solver_module.DEFAULT_CURVES_PATH = curves_path or ROOT / "out" / "no_curves.npz"
     try:
         rows = []
@@ -104,9 +124,11 @@ def solve_clips(clips: list, model: FaceModel, embedding: LandmarkEmbedding, con
             solver = FaceSolver(
                 model, embedding, Performer.auto(), solve, config.performer, estimate_in_background=False
             )
-            rows += [solver.solve(lm, int(i * 1e9 / 30), i).weights for i, lm in enumerate(found)]
+            rows += [solver.solve(lm, int(i * 1e9 / CLIP_FPS), i).weights for i, lm in enumerate(found)]
     finally:
-        solver_module.PEOPLE_PRIOR_PATH, face_solver_module.DEFAULT_CURVES_PATH = saved
+        solver_module.PEOPLE_PRIOR_PATH, solver_module.DISPLACED_PRIOR_PATH, face_solver_module.DEFAULT_CURVES_PATH = (
+            saved
+        )
     return np.array(rows)
 
 
@@ -129,6 +151,7 @@ def main() -> None:
         help="shift every training sample along the embedded identity basis by this many prior std (0: off)",
     )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--displaced", action="store_true", help="also read the displacement from the neutral")
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
     ap.add_argument(
         "--ship-curves", action="store_true",
@@ -149,28 +172,43 @@ def main() -> None:
     targets: list[np.ndarray] = []
     test_rows: list[bool] = []
     test_clips = []
+    neutral = NeutralFeatures(LearnedPrior.load(PEOPLE_PRIOR_PATH)) if args.displaced else None
     for path, test in zip(tqdm(paths, desc="features", unit="clip"), held_out, strict=True):
         found, weights, size = load_clip(path)
         camera = fitter._camera(size)
-        for landmarks, truth in zip(found, weights, strict=True):
+        if neutral is not None:
+            neutral.reset()  # each clip is a new person
+        for frame, (landmarks, truth) in enumerate(zip(found, weights, strict=True)):
             obs = valid_observation(landmarks)
             if obs is None:
                 continue
-            features.append(fitter.prior_features(obs[0], camera))
+            plain = fitter.prior_features(obs[0], camera)
+            if neutral is not None:
+                # The neutral of the frames before this one, as the solver has it when it fits this frame.
+                t_ns = int(frame * 1e9 / CLIP_FPS)
+                features.append(displaced_features(plain, neutral.value).astype(np.float32))
+                neutral.observe(plain, t_ns)
+            else:
+                features.append(plain.astype(np.float32))
             targets.append(truth)
             test_rows.append(test)
         if test:
             test_clips.append((found, weights, size))
+    # float32: a quarter of a million frames of 2817 displaced features are 5 GB in float64, and training holds
+    # several copies (the machine has 24 GB).
     x, y, is_test = np.array(features), np.array(targets), np.array(test_rows)
+    del features
     print(f"{len(paths)} clips, {len(x)} tracked frames ({is_test.sum()} held out, {sum(held_out)} clips)")
     augment = identity_feature_basis(model, embedding, args.identity_augment) if args.identity_augment else None
+    if augment is not None and args.displaced:  # a neutral moves with its face: the displacement does not
+        augment = np.vstack([augment, np.zeros((N_DISPLACED, augment.shape[1]))])
     prior = fit_mlp_prior(
         x[~is_test], y[~is_test], seed=args.seed, components=args.components, hidden=args.hidden,
         epochs=args.epochs, driven_weight=args.driven_weight, batch=256, dropout=args.dropout,
         input_noise=args.input_noise, augment_basis=augment,
     )  # fmt: skip
     # Features were measured from the mean face (the fitter above has no identity): the solver must do the same.
-    prior = dataclasses.replace(prior, reference="mean")
+    prior = dataclasses.replace(prior, reference="mean", displaced=args.displaced)
     alone, trust = prior.predict_with_trust(x[is_test])
     print("prior alone, held out:", {k: round(v, 4) for k, v in group_errors(np.clip(alone, 0, 1), y[is_test]).items()},
           f"trust mean {trust.mean():.3f}")  # fmt: skip
@@ -221,12 +259,13 @@ def main() -> None:
     print("solver with prior and curves:", {k: round(v, 4) for k, v in with_curves.items()})
     if args.dry_run:
         return
+    target = DISPLACED_PRIOR_PATH if args.displaced else PEOPLE_PRIOR_PATH
     prior.with_strength(best[1]).save(
-        PEOPLE_PRIOR_PATH,
+        target,
         trained_on=np.str_(f"{len(paths)} synthetic performer clips (tools/make_face_clips.py)"),
         camera_fov_y_deg=np.float32(config.performer.fov_prior_deg),
     )  # fmt: skip
-    print(f"wrote {PEOPLE_PRIOR_PATH}")
+    print(f"wrote {target}")
     if args.ship_curves:
         curves.save(DEFAULT_CURVES_PATH, fitted_on=np.str_(f"{len(fit_clips)} training clips, prior μ={best[1]:g}"))
         print(f"wrote {DEFAULT_CURVES_PATH}")

@@ -416,10 +416,17 @@ def _blink(eyes: EyeTables, observed_model: np.ndarray, weights: np.ndarray) -> 
 
 @njit(cache=True, error_model="numpy")
 def _prior(
-    prior: PriorTables, rigid: np.ndarray, observed: np.ndarray, use_camera: bool, center: np.ndarray, focal: float
+    prior: PriorTables,
+    rigid: np.ndarray,
+    observed: np.ndarray,
+    use_camera: bool,
+    center: np.ndarray,
+    focal: float,
+    neutral_features: np.ndarray,
 ) -> tuple[np.ndarray, float]:
-    """`FrameFitter.prior_features` (posed on the `rigid` landmarks) then `LearnedPrior.predict_with_trust`:
-    (53,) prediction and trust."""
+    """`FrameFitter.prior_features` (posed on the `rigid` landmarks), made `displaced_features` with
+    `neutral_features` (N_DISPLACED,) for a displaced prior (empty: no neutral yet, a zero displacement), then
+    `LearnedPrior.predict_with_trust`: (53,) prediction and trust."""
     neutral_rigid = _take_rows(prior.neutral, rigid)
     weights = _uniform(rigid.shape[0])
     rot, trans, scale = _umeyama(neutral_rigid, _take_rows(observed, rigid), weights)
@@ -437,6 +444,12 @@ def _prior(
     flat_rot = rot.reshape(-1)
     for j in range(9):
         centred[n_mesh_values + j] = flat_rot[j] - prior.mean[n_mesh_values + j]
+    if prior.displaced:
+        start = n_mesh_values + 9
+        has_neutral = neutral_features.shape[0] > 0
+        for j in range(n_mesh_values):
+            displacement = flat_model[j] - flat_neutral[j] - neutral_features[j] if has_neutral else 0.0
+            centred[start + j] = displacement - prior.mean[start + j]
     z = _vector_matrix(centred, prior.basis, np.zeros(prior.basis.shape[1]))
     h = z * prior.scale
     weight_start = bias_start = 0
@@ -467,9 +480,11 @@ def fit_frame(
     has_previous: bool,
     previous_rotation: np.ndarray,
     previous_scale: float,
+    neutral_features: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, float, bool]:
     """`FrameFitter.fit` (see there): (weights, rotation, translation, scale, observed_model, residual, ok);
-    ok False where a subspace matrix was not positive definite (the reference raises LinAlgError)."""
+    ok False where a subspace matrix was not positive definite (the reference raises LinAlgError).
+    `neutral_features`: the performer's neutral for a displaced prior (empty: none yet; unread otherwise)."""
     n_channels = tables.expression.quadratic_prior.shape[0]
     w = warm_start.copy() if has_warm_start else np.zeros(n_channels)
     lo = np.zeros(n_channels)
@@ -478,7 +493,7 @@ def fit_frame(
     trust = 0.0
     target_strength = 0.0
     if tables.prior.strength > 0:
-        target, trust = _prior(tables.prior, tables.rigid_ids, observed, use_camera, center, focal)
+        target, trust = _prior(tables.prior, tables.rigid_ids, observed, use_camera, center, focal, neutral_features)
         target_strength = tables.prior.strength * trust
     rigid = tables.rigid_ids
     gaze_channels = tables.eyes.gaze_channels

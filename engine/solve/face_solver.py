@@ -24,6 +24,7 @@ from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.kernels import Kernels
 from engine.solve.performer import Performer, PerformerEstimator, RestOffset
 from engine.solve.pose import head_pose_from_fit
+from engine.solve.prior import NeutralFeatures
 from engine.solve.solver import (
     FrameFit,
     FrameFitter,
@@ -163,6 +164,14 @@ class FaceSolver:
         self.last_fit: FrameFit | None = None
         self._calibration: list[np.ndarray] | None = None  # raw weights collected for a live calibration
         self._calibration_frames = 0
+        # A displaced prior reads the face against the performer's own neutral, picked by the plain prior.
+        self.neutral: NeutralFeatures | None = None
+        if prior is not None and prior.displaced:
+            scorer = shipped_prior(config.model_copy(update={"displaced_prior": False}), response, people=True)
+            if scorer is None:
+                log.warning("solver: no plain people prior to pick the neutral with; the displacement stays zero")
+            else:
+                self.neutral = NeutralFeatures(scorer)
 
     def calibrate_neutral(self, frames: int) -> None:
         """Start a live neutral calibration: the mean raw weights of the next `frames` tracked frames become the
@@ -218,11 +227,12 @@ class FaceSolver:
                     self._camera = "read" if self.performer_config.camera == "learned" else "fitted"
                 self._blend_progress = 0.0 if self.performer_config.blend_s > 0 and self.last_fit is not None else 1.0
         previous = None if self._warm is None else self.last_fit
-        fit = self.fitter.fit(observed, self._warm, has_iris, image_size, previous)
+        neutral = None if self.neutral is None else self.neutral.value
+        fit = self.fitter.fit(observed, self._warm, has_iris, image_size, previous, neutral)
         if self._blend_progress < 1.0 and self._blend_from is not None:
             dt = 0.0 if self._last_clock_ns is None else max(0.0, (t_ns - self._last_clock_ns) * 1e-9)
             self._blend_progress = min(1.0, self._blend_progress + dt / self.performer_config.blend_s)
-            old = self._blend_from.fit(observed, self._warm, has_iris, image_size, previous)
+            old = self._blend_from.fit(observed, self._warm, has_iris, image_size, previous, neutral)
             a = self._blend_progress
             fit = FrameFit(a * fit.weights + (1.0 - a) * old.weights, fit.rotation, fit.translation_px,
                            fit.scale_px_per_cm, fit.observed_model, fit.residual_cm)  # fmt: skip
@@ -247,6 +257,8 @@ class FaceSolver:
             return self._no_face(t_capture_ns, frame_index)
         self.last_fit = fit
         self._warm = fit.weights
+        if self.neutral is not None and self.neutral.due(t_capture_ns):
+            self.neutral.observe(self.fitter.prior_features(observed, self.fitter._camera(image_size)), t_capture_ns)
         if self._calibration is not None:
             self._collect_calibration(fit.weights)
         if self.estimator is not None:
@@ -293,6 +305,8 @@ class FaceSolver:
         self._restarts_seen = self.estimator.restarts
         if self.rest is not None:
             self.rest.reset()
+        if self.neutral is not None:
+            self.neutral.reset()
         if self.fitter is not self._initial_fitter:
             self._blend_from, self.fitter = (self.fitter if fade else None), self._initial_fitter
             self._blend_progress = 0.0 if fade and self.performer_config.blend_s > 0 else 1.0
@@ -314,10 +328,13 @@ class FaceSolver:
                 last.pose, last.weights, TrackingState.COASTING, last.confidence * fade, t_ns, frame_index,
                 last.face_index,
             )  # fmt: skip
-        if elapsed >= self.performer_config.new_person_lost_s and self.estimator is not None and self._estimated:
-            # Whoever comes back may be someone else: start from the mean face again.
-            self.estimator.reset(f"no face for {elapsed:.1f} s")
-            self._new_person(fade=False)
+        if elapsed >= self.performer_config.new_person_lost_s:
+            # Whoever comes back may be someone else: start from the mean face (and no neutral) again.
+            if self.estimator is not None and self._estimated:
+                self.estimator.reset(f"no face for {elapsed:.1f} s")
+                self._new_person(fade=False)
+            elif self.neutral is not None:
+                self.neutral.reset()
         ease = self.config.ease_seconds
         progress = min(1.0, (elapsed - coast) / ease) if ease > 0 else 1.0
         keep = 1.0 - progress * progress * (3.0 - 2.0 * progress)  # smoothstep: no velocity jump at either end

@@ -23,6 +23,11 @@ from them (another person's shape, a real camera) must not be overruled by it. F
 x − mean outside the principal subspace, r = ‖(x − mean) − basis zᵀ‖, measures that: the prior's strength is
 μ · clip(2 − r / r_limit, 0, 1), r_limit the 99.5th percentile of r over the training renders: full inside
 the training cloud, fading to zero at twice its edge.
+
+Displaced (`LearnedPrior.displaced`, the displaced dynamic expression regression of Cao et al. 2014): the
+features also hold their mesh part minus the performer's own neutral features, so the network sees how this
+face moved away from its rest, not only where its landmarks lie. The neutral is the mean of the frames a plain
+prior reads most neutral so far (`NeutralFeatures`); before there is one, the displacement is zero.
 """
 
 from __future__ import annotations
@@ -33,12 +38,16 @@ from pathlib import Path
 import numpy as np
 
 from engine.face_model import MODELS_DIR, ModelFileError, read_npz
+from engine.names import ICT_EXPRESSIONS as _CHANNEL_NAMES
 from engine.solve.tables import PriorTables, contiguous
 
 DEFAULT_PRIOR_PATH = MODELS_DIR / "solve_prior.npz"  # trained on renders of the default identity (the demo)
 PEOPLE_PRIOR_PATH = MODELS_DIR / "solve_prior_people.npz"  # trained on many synthetic identities (anyone)
+# The same, reading the performer's displacement from their neutral too (`solve.displaced_prior`).
+DISPLACED_PRIOR_PATH = MODELS_DIR / "solve_prior_people_displaced.npz"
 N_MESH, N_CHANNELS = 468, 53
 N_FEATURES = N_MESH * 3 + 9
+N_DISPLACED = N_MESH * 3  # the displaced features' extra part: the mesh part minus the neutral's
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,13 @@ class LearnedPrior:
     # cameras read through one assumed lens); None: the solver's own camera. The solver keeps computing them
     # with it whatever camera it fits, so the regression sees what it was trained on.
     camera_fov_y_deg: float | None = None
+    # True: the input is `displaced_features` (N_FEATURES + N_DISPLACED values), not the plain features.
+    displaced: bool = False
+
+    @property
+    def n_inputs(self) -> int:
+        """The width of the features this prior reads."""
+        return N_FEATURES + (N_DISPLACED if self.displaced else 0)
 
     @property
     def mask(self) -> np.ndarray:
@@ -125,11 +141,12 @@ class LearnedPrior:
                 arrays["channel_mask"].astype(np.float64) if "channel_mask" in arrays else None,
                 str(arrays["reference"]) if "reference" in arrays else "identity",
                 float(arrays["camera_fov_y_deg"]) if "camera_fov_y_deg" in arrays else None,
+                bool(arrays["displaced"]) if "displaced" in arrays else False,
             )
-            width = prior.predict(np.zeros(N_FEATURES)).shape
+            width = prior.predict(np.zeros(prior.n_inputs)).shape
         except Exception as exc:
             raise ModelFileError(f"solve prior {path} is unreadable: {exc}") from exc
-        if prior.mean.shape != (N_FEATURES,) or width != (N_CHANNELS,) or not prior.strength >= 0:
+        if prior.mean.shape != (prior.n_inputs,) or width != (N_CHANNELS,) or not prior.strength >= 0:
             raise ModelFileError(f"solve prior {path} holds input {prior.mean.shape}, output {width}")
         if prior.reference not in ("identity", "mean"):
             raise ModelFileError(f"solve prior {path} names an unknown reference face {prior.reference!r}")
@@ -160,6 +177,7 @@ class LearnedPrior:
             channel_mask=self.mask.astype(np.float32),
             reference=np.str_(self.reference),
             **({} if self.camera_fov_y_deg is None else {"camera_fov_y_deg": np.float32(self.camera_fov_y_deg)}),
+            displaced=np.bool_(self.displaced),
             **extras,
         )
 
@@ -168,6 +186,49 @@ class LearnedPrior:
 
     def with_mask(self, mask: np.ndarray) -> LearnedPrior:
         return replace(self, channel_mask=np.asarray(mask, dtype=np.float64))
+
+
+def displaced_features(features: np.ndarray, neutral: np.ndarray | None) -> np.ndarray:
+    """(…, N_FEATURES) plain features and the performer's (N_DISPLACED,) neutral mesh features (None: none
+    yet) → (…, N_FEATURES + N_DISPLACED): the plain ones, then their mesh part minus the neutral's."""
+    mesh = features[..., :N_DISPLACED]
+    displacement = np.zeros_like(mesh) if neutral is None else mesh - neutral
+    return np.concatenate([features, displacement], axis=-1)
+
+
+class NeutralFeatures:
+    """The performer's neutral mesh features, for a displaced prior: the mean of the `keep` sampled frames that
+    `scorer` (a plain prior) reads most neutral so far (the sum of its non-eye weights). Frames are sampled at
+    most `sample_hz` a second; `tools/train_solve_prior.py --displaced` builds its training neutrals the same
+    way, so the network sees at run time what it was trained on."""
+
+    def __init__(self, scorer: LearnedPrior, keep: int = 8, sample_hz: float = 5.0) -> None:
+        if scorer.displaced:
+            raise ValueError("the neutral's scorer must read plain features")
+        self.scorer, self.keep, self.period_ns = scorer, keep, int(1e9 / sample_hz)
+        self._scored = ~np.array([name.startswith("eye") for name in _CHANNEL_NAMES])
+        self.reset()
+
+    def reset(self) -> None:
+        """A new person: no neutral until the next sample."""
+        self._frames: list[tuple[float, np.ndarray]] = []
+        self._last_ns: int | None = None
+        self.value: np.ndarray | None = None
+
+    def due(self, t_ns: int) -> bool:
+        """Whether a frame at `t_ns` would be sampled (callers skip computing features otherwise)."""
+        return self._last_ns is None or t_ns - self._last_ns >= self.period_ns or t_ns < self._last_ns
+
+    def observe(self, features: np.ndarray, t_ns: int) -> None:
+        """One frame's plain (N_FEATURES,) features, if due: score it, keep it if among the most neutral."""
+        if not self.due(t_ns):
+            return
+        self._last_ns = t_ns
+        score = float(np.clip(self.scorer.predict(features), 0.0, 1.0)[self._scored].sum())
+        self._frames.append((score, np.array(features[:N_DISPLACED], dtype=np.float64)))
+        self._frames.sort(key=lambda entry: entry[0])
+        del self._frames[self.keep :]
+        self.value = np.mean([f for _, f in self._frames], axis=0)
 
 
 def prior_tables(
@@ -196,6 +257,7 @@ def prior_tables(
         strength=float(strength),
         channel_mask=contiguous(np.ones(N_CHANNELS) if prior is None else prior.mask),
         focal_ratio=float(focal_ratio),
+        displaced=bool(prior is not None and strength > 0 and prior.displaced),
     )
 
 

@@ -28,7 +28,14 @@ from engine.solve.pose import (
     umeyama_from_source,
     umeyama_source,
 )
-from engine.solve.prior import DEFAULT_PRIOR_PATH, PEOPLE_PRIOR_PATH, LearnedPrior, prior_tables
+from engine.solve.prior import (
+    DEFAULT_PRIOR_PATH,
+    DISPLACED_PRIOR_PATH,
+    PEOPLE_PRIOR_PATH,
+    LearnedPrior,
+    displaced_features,
+    prior_tables,
+)
 from engine.solve.response import DEFAULT_RESPONSE_PATH, LandmarkResponse
 from engine.solve.tables import FitTables, contiguous
 from engine.types import Landmarks
@@ -44,6 +51,7 @@ MOUTH_CLOSE = ICT_EXPRESSIONS.index("mouthClose")
 # A mouthClose this far above jawOpen is re-solved with the cap; below it (landmark noise) it is just clipped.
 MOUTH_CLOSE_SLACK = 0.05
 BLINK_CHANNELS = np.array([ICT_EXPRESSIONS.index("eyeBlink_L"), ICT_EXPRESSIONS.index("eyeBlink_R")])
+_NO_NEUTRAL = np.zeros(0)  # the compiled fit's neutral before there is one: the displacement is zero
 # Landmarks that move less than this in every expression anchor the first pose estimate.
 _RIGID_MOTION_CM = 0.15
 # Non-rigid landmarks still count a little once the expression explains them (stabilizes roll/pitch).
@@ -239,18 +247,20 @@ class FrameFitter:
         has_iris: bool = True,
         image_size: tuple[int, int] | None = None,
         previous: FrameFit | None = None,
+        neutral: np.ndarray | None = None,
     ) -> FrameFit:
         """observed: (478, 3) landmarks in the y-up pixel frame (`pixels_to_observed`); warm_start: (53,).
 
         `image_size` (width, height) turns on the perspective correction for a pinhole camera of vertical
         field of view `camera_fov_y_deg` centred on the image; None fits weak perspective only. `previous`,
-        last frame's fit, seeds that correction (else a first weak-perspective pose does).
+        last frame's fit, seeds that correction (else a first weak-perspective pose does). `neutral`: the
+        performer's neutral features for a displaced prior (`prior.NeutralFeatures`; None: none yet).
 
         Runs the compiled fit (`engine/solve/compiled.py`) when `engine/solve/kernels.py` chose it for this
         fitter, else `fit_numpy`, the reference it reproduces. Raises np.linalg.LinAlgError on a degenerate frame.
         """
         if self.kernels is None or self.compiled_tables is None:
-            return self.fit_numpy(observed, warm_start, has_iris, image_size, previous)
+            return self.fit_numpy(observed, warm_start, has_iris, image_size, previous, neutral)
         center, focal = (np.zeros(2), 1.0) if image_size is None else self._camera(image_size)
         weights, rot, trans, scale, observed_model, residual, ok = self.kernels.fit_frame(
             self.compiled_tables,
@@ -264,6 +274,7 @@ class FrameFitter:
             previous is not None,
             np.eye(3) if previous is None else np.ascontiguousarray(previous.rotation, dtype=np.float64),
             1.0 if previous is None else float(previous.scale_px_per_cm),
+            _NO_NEUTRAL if neutral is None else np.ascontiguousarray(neutral, dtype=np.float64),
         )
         if not ok:
             raise np.linalg.LinAlgError("expression solve: subspace matrix not positive definite")
@@ -276,6 +287,7 @@ class FrameFitter:
         has_iris: bool = True,
         image_size: tuple[int, int] | None = None,
         previous: FrameFit | None = None,
+        neutral: np.ndarray | None = None,
     ) -> FrameFit:
         """`fit` in numpy: the reference for the compiled path, and the path where numba is unavailable."""
         w = np.zeros(N_EXPRESSIONS) if warm_start is None else np.asarray(warm_start, dtype=np.float64)
@@ -284,7 +296,10 @@ class FrameFitter:
         camera = None if image_size is None else self._camera(image_size)
         target, trust = None, 0.0
         if self.prior is not None and self.prior_strength > 0:
-            prediction, trust_array = self.prior.predict_with_trust(self.prior_features(observed, camera))
+            features = self.prior_features(observed, camera)
+            if self.prior.displaced:
+                features = displaced_features(features, neutral)
+            prediction, trust_array = self.prior.predict_with_trust(features)
             trust = float(trust_array)
             target = (prediction, self.prior_strength * trust * self.prior.mask) if trust > 0 else None
         # First the landmarks no expression moves much place the head (with last frame's expression), then all
@@ -351,8 +366,10 @@ def shipped_prior(config: SolveConfig, response: LandmarkResponse | None, people
     """The learned prior, when shipped, enabled and trained with the same landmark map (with or without the
     response) as the solver uses; else None. `people`: the one trained on many synthetic identities
     (`tools/train_solve_prior.py`, for anyone in front of a camera); else the one trained on renders of the
-    default identity (`tools/fit_solve_prior.py`, for the demo performer, which is that identity rendered)."""
-    path = PEOPLE_PRIOR_PATH if people else DEFAULT_PRIOR_PATH
+    default identity (`tools/fit_solve_prior.py`, for the demo performer, which is that identity rendered);
+    with `people` and `solve.displaced_prior`, the people prior that reads the performer's displacement from
+    their neutral too."""
+    path = DEFAULT_PRIOR_PATH if not people else DISPLACED_PRIOR_PATH if config.displaced_prior else PEOPLE_PRIOR_PATH
     if not (config.learned_prior and path.is_file()):
         return None
     prior = LearnedPrior.load(path)

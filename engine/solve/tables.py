@@ -73,6 +73,7 @@ class PriorTables(NamedTuple):
     strength: float  # μ (cm²); 0: no prior
     channel_mask: np.ndarray  # (K,) the share of μ each channel gets
     focal_ratio: float  # the prior's camera's focal length over the fit's (its features keep their lens)
+    displaced: bool  # the features go on with their mesh part minus the performer's neutral (`prior.py`)
 
 
 class FitTables(NamedTuple):
