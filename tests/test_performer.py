@@ -170,9 +170,9 @@ def test_the_displaced_prior_reads_against_a_neutral_kept_per_person(face_model,
     config = SolveConfig(displaced_prior=True, compiled=False)
     solver = FaceSolver(face_model, embedding, Performer.auto(), config, PerformerConfig(camera="assumed"),
                         estimate_in_background=False)  # fmt: skip
-    assert solver.fitter.prior is not None and solver.fitter.prior.displaced and solver.neutral is not None
-    assert FaceSolver(face_model, embedding, Performer.auto(), SolveConfig()).neutral is None  # off by default
-    solver.neutral.keep = 3
+    assert solver.fitter.prior is not None and solver.fitter.prior.displaced and solver.neutral_features is not None
+    assert FaceSolver(face_model, embedding, Performer.auto(), SolveConfig()).neutral_features is None  # off by default
+    solver.neutral_features.keep = 3
     face = EmbeddedFace.build(face_model, embedding, None)
     centers = eyeball_centers(face_model)
     seen = []
@@ -193,13 +193,13 @@ def test_the_displaced_prior_reads_against_a_neutral_kept_per_person(face_model,
     for i in range(60):  # relaxed for a second, then smiling for one: 10 samples at 5 Hz, 5 of each
         solver.solve(landmarks(0.0 if i < 30 else 0.9, 4 * np.sin(i / 5)), i * SECOND // 30, i)
     assert seen[0] is None and all(n is not None for n in seen[1:])  # from the frame after the first sample on
-    assert len(solver.neutral._frames) == 3
+    assert len(solver.neutral_features._frames) == 3
 
     def features(smile: float) -> np.ndarray:
         return solver.fitter.prior_features(valid_observation(landmarks(smile))[0], solver.fitter._camera((640, 480)))
 
     relaxed, smiling = features(0.0)[:N_DISPLACED], features(0.9)[:N_DISPLACED]
-    assert np.linalg.norm(solver.neutral.value - relaxed) < 0.3 * np.linalg.norm(smiling - relaxed)
+    assert np.linalg.norm(solver.neutral_features.value - relaxed) < 0.3 * np.linalg.norm(smiling - relaxed)
     for i in range(60, 150):  # three seconds without a face: whoever comes back starts without a neutral
         solver.solve(None, i * SECOND // 30, i)
-    assert solver.neutral.value is None
+    assert solver.neutral_features.value is None

@@ -165,13 +165,13 @@ class FaceSolver:
         self._calibration: list[np.ndarray] | None = None  # raw weights collected for a live calibration
         self._calibration_frames = 0
         # A displaced prior reads the face against the performer's own neutral, picked by the plain prior.
-        self.neutral: NeutralFeatures | None = None
+        self.neutral_features: NeutralFeatures | None = None
         if prior is not None and prior.displaced:
             scorer = shipped_prior(config.model_copy(update={"displaced_prior": False}), response, people=True)
             if scorer is None:
                 log.warning("solver: no plain people prior to pick the neutral with; the displacement stays zero")
             else:
-                self.neutral = NeutralFeatures(scorer)
+                self.neutral_features = NeutralFeatures(scorer)
 
     def calibrate_neutral(self, frames: int) -> None:
         """Start a live neutral calibration: the mean raw weights of the next `frames` tracked frames become the
@@ -227,7 +227,7 @@ class FaceSolver:
                     self._camera = "read" if self.performer_config.camera == "learned" else "fitted"
                 self._blend_progress = 0.0 if self.performer_config.blend_s > 0 and self.last_fit is not None else 1.0
         previous = None if self._warm is None else self.last_fit
-        neutral = None if self.neutral is None else self.neutral.value
+        neutral = None if self.neutral_features is None else self.neutral_features.value
         fit = self.fitter.fit(observed, self._warm, has_iris, image_size, previous, neutral)
         if self._blend_progress < 1.0 and self._blend_from is not None:
             dt = 0.0 if self._last_clock_ns is None else max(0.0, (t_ns - self._last_clock_ns) * 1e-9)
@@ -257,8 +257,10 @@ class FaceSolver:
             return self._no_face(t_capture_ns, frame_index)
         self.last_fit = fit
         self._warm = fit.weights
-        if self.neutral is not None and self.neutral.due(t_capture_ns):
-            self.neutral.observe(self.fitter.prior_features(observed, self.fitter._camera(image_size)), t_capture_ns)
+        if self.neutral_features is not None and self.neutral_features.due(t_capture_ns):
+            self.neutral_features.observe(
+                self.fitter.prior_features(observed, self.fitter._camera(image_size)), t_capture_ns
+            )
         if self._calibration is not None:
             self._collect_calibration(fit.weights)
         if self.estimator is not None:
@@ -305,8 +307,8 @@ class FaceSolver:
         self._restarts_seen = self.estimator.restarts
         if self.rest is not None:
             self.rest.reset()
-        if self.neutral is not None:
-            self.neutral.reset()
+        if self.neutral_features is not None:
+            self.neutral_features.reset()
         if self.fitter is not self._initial_fitter:
             self._blend_from, self.fitter = (self.fitter if fade else None), self._initial_fitter
             self._blend_progress = 0.0 if fade and self.performer_config.blend_s > 0 else 1.0
@@ -333,8 +335,8 @@ class FaceSolver:
             if self.estimator is not None and self._estimated:
                 self.estimator.reset(f"no face for {elapsed:.1f} s")
                 self._new_person(fade=False)
-            elif self.neutral is not None:
-                self.neutral.reset()
+            elif self.neutral_features is not None:
+                self.neutral_features.reset()
         ease = self.config.ease_seconds
         progress = min(1.0, (elapsed - coast) / ease) if ease > 0 else 1.0
         keep = 1.0 - progress * progress * (3.0 - 2.0 * progress)  # smoothstep: no velocity jump at either end
