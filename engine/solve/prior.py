@@ -198,9 +198,11 @@ def displaced_features(features: np.ndarray, neutral: np.ndarray | None) -> np.n
 
 class NeutralFeatures:
     """The performer's neutral mesh features, for a displaced prior: the mean of the `keep` sampled frames that
-    `scorer` (a plain prior) reads most neutral so far (the sum of its non-eye weights). Frames are sampled at
-    most `sample_hz` a second; `tools/train_solve_prior.py --displaced` builds its training neutrals the same
-    way, so the network sees at run time what it was trained on."""
+    `scorer` (a plain prior) reads most neutral so far: the lowest strongest non-eye weight. (On held-out
+    training clips that score told neutral frames from expressive ones with an AUC of 0.76, the sum of the
+    weights 0.73: the sum adds up many small readings.) Frames are sampled at most `sample_hz` a second;
+    `tools/train_solve_prior.py --displaced` builds its training neutrals the same way, so the network sees at
+    run time what it was trained on."""
 
     def __init__(self, scorer: LearnedPrior, keep: int = 8, sample_hz: float = 5.0) -> None:
         if scorer.displaced:
@@ -224,7 +226,7 @@ class NeutralFeatures:
         if not self.due(t_ns):
             return
         self._last_ns = t_ns
-        score = float(np.clip(self.scorer.predict(features), 0.0, 1.0)[self._scored].sum())
+        score = float(np.clip(self.scorer.predict(features), 0.0, 1.0)[self._scored].max())
         self._frames.append((score, np.array(features[:N_DISPLACED], dtype=np.float64)))
         self._frames.sort(key=lambda entry: entry[0])
         del self._frames[self.keep :]
