@@ -117,6 +117,23 @@ def test_solver_fades_in_the_estimate_and_restarts_for_a_new_person(face_model, 
     assert solver.fitter.identity_weights is None
 
 
+def test_a_lost_face_forgets_its_rest_offset_without_an_estimator(face_model, embedding) -> None:
+    """With the camera assumed and no identity modes there is no online estimate, but the rest offset is still
+    learnt per person: whoever comes back after `new_person_lost_s` starts without it."""
+    solver = FaceSolver(face_model, embedding, Performer.auto(), PLAIN, PerformerConfig(camera="assumed"))
+    assert solver.estimator is None and solver.rest is not None
+    face = EmbeddedFace.build(face_model, embedding, None)
+    weights = np.zeros(len(ICT_EXPRESSIONS))
+    weights[JAW] = 0.3  # a resting jaw the offset learns
+    for i in range(90):
+        solver.solve(synthetic_landmarks(face, eyeball_centers(face_model), weights, np.eye(3), 9.0, (640, 480)),
+                     i * SECOND // 30, i)  # fmt: skip
+    assert solver.rest.samples > 0 and solver.rest.offset[JAW] > 0.05
+    for i in range(90, 180):  # three seconds without a face
+        solver.solve(None, i * SECOND // 30, i)
+    assert solver.rest.samples == 0 and not solver.rest.offset.any()
+
+
 def test_a_profile_is_used_as_given(face_model, embedding) -> None:
     w_id = np.full(face_model.n_identity, 0.1, np.float32)
     offset = np.zeros(len(ICT_EXPRESSIONS), np.float32)

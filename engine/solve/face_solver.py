@@ -295,16 +295,19 @@ class FaceSolver:
         return state
 
     @property
-    def _estimated(self) -> bool:
-        """Whether the online estimate holds anything to forget."""
-        assert self.estimator is not None
-        return self.estimator.current is not None or self.estimator.status()["keyframes"] > 0
+    def _person_known(self) -> bool:
+        """Whether anything learnt about the person on this track is held: the online estimate, the rest offset,
+        the neutral of a displaced prior."""
+        estimator = self.estimator
+        estimated = estimator is not None and (estimator.current is not None or estimator.status()["keyframes"] > 0)
+        rested = self.rest is not None and self.rest.samples > 0
+        return estimated or rested or (self.neutral_features is not None and self.neutral_features.value is not None)
 
     def _new_person(self, fade: bool) -> None:
-        """The estimator restarted: the rest offset and the fitter restart with it (the initial fitter faded in
-        over `blend_s` while a face is in view, else at once)."""
-        assert self.estimator is not None
-        self._restarts_seen = self.estimator.restarts
+        """Another person: the rest offset, the neutral and the fitter restart (the initial fitter faded in over
+        `blend_s` while a face is in view, else at once), with the estimator when there is one."""
+        if self.estimator is not None:
+            self._restarts_seen = self.estimator.restarts
         if self.rest is not None:
             self.rest.reset()
         if self.neutral_features is not None:
@@ -330,13 +333,11 @@ class FaceSolver:
                 last.pose, last.weights, TrackingState.COASTING, last.confidence * fade, t_ns, frame_index,
                 last.face_index,
             )  # fmt: skip
-        if elapsed >= self.performer_config.new_person_lost_s:
-            # Whoever comes back may be someone else: start from the mean face (and no neutral) again.
-            if self.estimator is not None and self._estimated:
+        if elapsed >= self.performer_config.new_person_lost_s and self._person_known:
+            # Whoever comes back may be someone else: start from the mean face, no rest offset and no neutral.
+            if self.estimator is not None:
                 self.estimator.reset(f"no face for {elapsed:.1f} s")
-                self._new_person(fade=False)
-            elif self.neutral_features is not None:
-                self.neutral_features.reset()
+            self._new_person(fade=False)
         ease = self.config.ease_seconds
         progress = min(1.0, (elapsed - coast) / ease) if ease > 0 else 1.0
         keep = 1.0 - progress * progress * (3.0 - 2.0 * progress)  # smoothstep: no velocity jump at either end

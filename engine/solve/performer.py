@@ -142,6 +142,11 @@ class RestOffset:
         self._last_sample_ns = self._last_update_ns = None
         self.offset = np.zeros(N)
 
+    @property
+    def samples(self) -> int:
+        """Raw weights sampled since the last reset."""
+        return self._count
+
     def update(self, raw: np.ndarray, t_ns: int) -> None:
         if self._last_sample_ns is None or t_ns - self._last_sample_ns >= self._period_ns:
             self._history[self._count % len(self._history)] = raw[REST_CHANNELS]
