@@ -15,7 +15,7 @@ from engine.solve.eyes import GAZE_CHANNELS, eyeball_centers
 from engine.solve.face_solver import FaceSolver
 from engine.solve.performer import REST_CHANNELS, Performer, PerformerEstimator, RestOffset
 from engine.solve.pose import umeyama
-from engine.solve.prior import DISPLACED_PRIOR_PATH, N_DISPLACED
+from engine.solve.prior import BROW_HEAD_PATH, DISPLACED_PRIOR_PATH, N_DISPLACED
 from engine.solve.solver import FrameFitter, valid_observation
 from engine.solve.synthetic import synthetic_landmarks
 
@@ -180,6 +180,45 @@ def test_another_face_taking_the_track_restarts_the_rest_offset_and_the_fitter(f
     assert solver._blend_from is estimated  # faded, not popped
 
 
+@pytest.mark.skipif(not BROW_HEAD_PATH.is_file(), reason="no shipped brow head")
+def test_brows_read_against_the_performers_neutral_do_not_take_a_face_shape_for_an_expression(
+    face_model, embedding
+) -> None:
+    """`solve.displaced_brows` (the default for auto), on a rendered identity no model was trained on, tracked by
+    MediaPipe: relaxed for two seconds, then inner brows raised, all brows raised, brows lowered. The plain
+    people prior reads this face's relaxed brows as an expression (its shape); read against the face's own
+    neutral, they rest, and the brows' error over the whole clip falls."""
+    from engine.config import load_config
+    from engine.eval_synthetic import EVAL_SEED_BASE, ClipRenderer, Performance, SyntheticFace, track_clip
+
+    config = load_config()
+    seed = EVAL_SEED_BASE + 700_000
+    face = SyntheticFace.draw(face_model, seed, fov_y_deg=50.0, size=(448, 336))
+    channels = {name: ICT_EXPRESSIONS.index(name) for name in ICT_EXPRESSIONS if name.startswith("brow")}
+    brows = list(channels.values())
+    truth = np.zeros((150, len(ICT_EXPRESSIONS)))
+    truth[60:90, [channels["browInnerUp_L"], channels["browInnerUp_R"]]] = 0.4
+    truth[90:120, [channels[n] for n in ("browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R")]] = 0.4
+    truth[120:, [channels["browDown_L"], channels["browDown_R"]]] = 0.5
+    t = np.arange(len(truth))
+    turns = np.stack([4 * np.sin(t / 9), 2 * np.sin(t / 7), np.zeros(len(t))], axis=1)
+    clip = ClipRenderer(face_model, config.render).frames(
+        face, Performance("brows", truth, turns, np.zeros((len(t), 2))), seed
+    )
+    frames, found = track_clip(clip, config)
+    rest, error = {}, {}
+    for head in (False, True):
+        solve = config.solve.model_copy(update={"displaced_brows": head})
+        solver = FaceSolver(face_model, embedding, Performer.auto(), solve, config.performer,
+                            estimate_in_background=False)  # fmt: skip
+        solved = np.array([solver.solve(landmarks, frame.t_media_ns, i).weights
+                           for i, (frame, landmarks) in enumerate(zip(frames, found, strict=True))])  # fmt: skip
+        rest[head] = solved[30:60, brows].mean(axis=0).max()  # the strongest brow reading on the relaxed face
+        error[head] = np.abs(solved[:, brows] - truth[:, brows]).mean()
+    assert rest[False] > 0.3 and rest[True] < 0.2, rest
+    assert error[True] < 0.8 * error[False], error
+
+
 @pytest.mark.skipif(not DISPLACED_PRIOR_PATH.is_file(), reason="no shipped displaced people prior")
 def test_the_displaced_prior_reads_against_a_neutral_kept_per_person(face_model, embedding) -> None:
     """`solve.displaced_prior`: the solver keeps the performer's neutral (sampled at 5 Hz, picked by the plain
@@ -188,7 +227,8 @@ def test_the_displaced_prior_reads_against_a_neutral_kept_per_person(face_model,
     solver = FaceSolver(face_model, embedding, Performer.auto(), config, PerformerConfig(camera="assumed"),
                         estimate_in_background=False)  # fmt: skip
     assert solver.fitter.prior is not None and solver.fitter.prior.displaced and solver.neutral_features is not None
-    assert FaceSolver(face_model, embedding, Performer.auto(), SolveConfig()).neutral_features is None  # off by default
+    plain = SolveConfig(displaced_brows=False)
+    assert FaceSolver(face_model, embedding, Performer.auto(), plain).neutral_features is None  # none to keep
     solver.neutral_features.keep = 3
     face = EmbeddedFace.build(face_model, embedding, None)
     centers = eyeball_centers(face_model)

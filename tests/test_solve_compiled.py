@@ -24,6 +24,7 @@ from engine.solve.eyes import eyeball_centers
 from engine.solve.face_solver import FaceSolver
 from engine.solve.kernels import COMPILED, select_kernels
 from engine.solve.pose import euler_to_rotation
+from engine.solve.prior import displaced_features
 from engine.solve.solver import FrameFitter, shipped_prior, shipped_response, valid_observation
 from engine.solve.synthetic import random_box_qp, random_expression, synthetic_landmarks
 
@@ -186,6 +187,38 @@ def test_a_displaced_prior_reads_the_neutral_alike_in_both_fits(
             np.testing.assert_allclose(fast, slow, atol=1e-6)
             results.append(slow)
     assert np.abs(results[0] - results[2]).max() > 0.01
+
+
+def test_a_displaced_head_reads_its_channels_alike_in_both_fits(
+    face_model: FaceModel, embedding: LandmarkEmbedding
+) -> None:
+    """A plain prior with a `DisplacedHead`: the compiled prior builds the head's input (displacements, posed
+    positions, rotation) as `DisplacedHead.inputs` does and replaces its channels' prediction: same weights
+    with and without a neutral, and the neutral moves the head's channels."""
+    from engine.solve.landmark_sets import UPPER_FACE
+    from engine.solve.prior import N_FEATURES, DisplacedHead, LearnedPrior
+
+    rng = np.random.default_rng(9)
+    basis, _ = np.linalg.qr(rng.normal(size=(N_FEATURES, 12)))
+    layers = ((rng.normal(0, 0.5, (12, 16)), rng.normal(0, 0.1, 16)), (rng.normal(0, 0.1, (16, 53)), np.full(53, 0.2)))
+    landmarks = np.array(UPPER_FACE[:10])
+    channels = np.array([ICT_EXPRESSIONS.index("browInnerUp_L"), ICT_EXPRESSIONS.index("browDown_R")])
+    head_weights = rng.normal(0, 0.1, (6 * len(landmarks) + 9, 2))
+    head_weights[: 3 * len(landmarks)] = np.abs(head_weights[: 3 * len(landmarks)]) * 10  # the displacement leads
+    head = DisplacedHead(landmarks, channels, head_weights, np.full(2, 0.5))
+    prior = LearnedPrior(np.zeros(N_FEATURES), basis, np.full(12, 2.0), layers, 300.0, kind="mlp",
+                         reference="mean").with_head(head)  # fmt: skip
+    fitter = FrameFitter(face_model, embedding, None, SolveConfig(), None, prior)
+    frames = _frames(fitter, face_model, 3, seed=14)
+    neutral = fitter.prior_features(frames[0][0], fitter._camera(frames[0][2]))[: 3 * 468] + 0.05
+    results = []
+    for given in (None, neutral):
+        for observed, has_iris, size in frames[1:]:
+            fast = fitter.fit(observed, None, has_iris, size, None, given).weights
+            slow = fitter.fit_numpy(observed, None, has_iris, size, None, given).weights
+            np.testing.assert_allclose(fast, slow, atol=1e-6)
+            results.append(slow)
+    assert np.abs(results[0][channels] - results[2][channels]).max() > 0.01
 
 
 @pytest.mark.parametrize("coupled", [False, True])
@@ -404,5 +437,7 @@ def test_the_people_prior_reads_through_its_own_lens_whatever_camera_is_fitted(
     at_lens_prediction = kernel_prediction(at_lens)
     np.testing.assert_allclose(kernel_prediction(wide), at_lens_prediction, atol=1e-6)
     assert np.abs(kernel_prediction(no_lens) - at_lens_prediction).max() > 1e-3
-    np.testing.assert_allclose(at_lens_prediction, at_lens.prior.predict(lens_features), atol=1e-4)
+    # With no neutral yet (the kernel's empty one), a brow head reads a zero displacement.
+    read = displaced_features(lens_features, None) if at_lens.prior.reads_displacement else lens_features
+    np.testing.assert_allclose(at_lens_prediction, at_lens.prior.predict(read), atol=1e-4)
     assert _compare_sequence(wide, frames) < 1e-6

@@ -425,8 +425,8 @@ def _prior(
     neutral_features: np.ndarray,
 ) -> tuple[np.ndarray, float]:
     """`FrameFitter.prior_features` (posed on the `rigid` landmarks), made `displaced_features` with
-    `neutral_features` (N_DISPLACED,) for a displaced prior (empty: no neutral yet, a zero displacement), then
-    `LearnedPrior.predict_with_trust`: (53,) prediction and trust."""
+    `neutral_features` (N_DISPLACED,) for a displaced prior or head (empty: no neutral yet, a zero
+    displacement), then `LearnedPrior.predict_with_trust`: (53,) prediction and trust."""
     neutral_rigid = _take_rows(prior.neutral, rigid)
     weights = _uniform(rigid.shape[0])
     rot, trans, scale = _umeyama(neutral_rigid, _take_rows(observed, rigid), weights)
@@ -444,9 +444,9 @@ def _prior(
     flat_rot = rot.reshape(-1)
     for j in range(9):
         centred[n_mesh_values + j] = flat_rot[j] - prior.mean[n_mesh_values + j]
+    has_neutral = neutral_features.shape[0] > 0
     if prior.displaced:
         start = n_mesh_values + 9
-        has_neutral = neutral_features.shape[0] > 0
         for j in range(n_mesh_values):
             displacement = flat_model[j] - flat_neutral[j] - neutral_features[j] if has_neutral else 0.0
             centred[start + j] = displacement - prior.mean[start + j]
@@ -461,6 +461,22 @@ def _prior(
         h = _vector_matrix(h, weight, prior.layer_biases[bias_start : bias_start + n_out].copy())
         weight_start += n_in * n_out
         bias_start += n_out
+    n_columns = prior.head_columns.shape[0]
+    if prior.head_channels.shape[0] > 0:
+        # `DisplacedHead.predict`: displacements, posed positions, rotation, in the order of its weights' rows.
+        head = prior.head_bias.copy()
+        n_head = head.shape[0]
+        for i in range(n_columns):
+            j = prior.head_columns[i]
+            posed = flat_model[j] - flat_neutral[j]
+            displacement = posed - neutral_features[j] if has_neutral else 0.0
+            for k in range(n_head):
+                head[k] += displacement * prior.head_weights[i, k] + posed * prior.head_weights[n_columns + i, k]
+        for j in range(9):
+            for k in range(n_head):
+                head[k] += flat_rot[j] * prior.head_weights[2 * n_columns + j, k]
+        for k in range(n_head):
+            h[prior.head_channels[k]] = head[k]
     if prior.residual_limit <= 0:
         return h, 1.0
     outside = math.sqrt(max(centred @ centred - z @ z, 0.0))
@@ -484,7 +500,7 @@ def fit_frame(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, float, bool]:
     """`FrameFitter.fit` (see there): (weights, rotation, translation, scale, observed_model, residual, ok);
     ok False where a subspace matrix was not positive definite (the reference raises LinAlgError).
-    `neutral_features`: the performer's neutral for a displaced prior (empty: none yet; unread otherwise)."""
+    `neutral_features`: the performer's neutral for a displaced prior or head (empty: none yet; unread otherwise)."""
     n_channels = tables.expression.quadratic_prior.shape[0]
     w = warm_start.copy() if has_warm_start else np.zeros(n_channels)
     lo = np.zeros(n_channels)

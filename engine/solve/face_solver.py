@@ -164,10 +164,11 @@ class FaceSolver:
         self.last_fit: FrameFit | None = None
         self._calibration: list[np.ndarray] | None = None  # raw weights collected for a live calibration
         self._calibration_frames = 0
-        # A displaced prior reads the face against the performer's own neutral, picked by the plain prior.
+        # A displaced prior (or head) reads the face against the performer's own neutral, picked by the plain prior.
         self.neutral_features: NeutralFeatures | None = None
-        if prior is not None and prior.displaced:
-            scorer = shipped_prior(config.model_copy(update={"displaced_prior": False}), response, people=True)
+        if prior is not None and prior.reads_displacement:
+            plain = config.model_copy(update={"displaced_prior": False, "displaced_brows": False})
+            scorer = shipped_prior(plain, response, people=True)
             if scorer is None:
                 log.warning("solver: no plain people prior to pick the neutral with; the displacement stays zero")
             else:
@@ -297,7 +298,7 @@ class FaceSolver:
     @property
     def _person_known(self) -> bool:
         """Whether anything learnt about the person on this track is held: the online estimate, the rest offset,
-        the neutral of a displaced prior."""
+        the neutral of a displaced prior or head."""
         estimator = self.estimator
         estimated = estimator is not None and (estimator.current is not None or estimator.status()["keyframes"] > 0)
         rested = self.rest is not None and self.rest.samples > 0

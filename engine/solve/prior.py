@@ -28,6 +28,11 @@ Displaced (`LearnedPrior.displaced`, the displaced dynamic expression regression
 features also hold their mesh part minus the performer's own neutral features, so the network sees how this
 face moved away from its rest, not only where its landmarks lie. The neutral is the mean of the frames a plain
 prior reads most neutral so far (`NeutralFeatures`); before there is one, the displacement is zero.
+
+Displaced head (`DisplacedHead`, `solve.displaced_brows`): a linear read-out of a few channels (the brows) from
+the displacement of the upper face's landmarks from that neutral, their posed positions and the head rotation.
+It replaces the plain network's reading of those channels: a network that sees one frame cannot tell high brows
+from raised ones (docs/performer.md, "the brows"), a displacement can.
 """
 
 from __future__ import annotations
@@ -45,9 +50,80 @@ DEFAULT_PRIOR_PATH = MODELS_DIR / "solve_prior.npz"  # trained on renders of the
 PEOPLE_PRIOR_PATH = MODELS_DIR / "solve_prior_people.npz"  # trained on many synthetic identities (anyone)
 # The same, reading the performer's displacement from their neutral too (`solve.displaced_prior`).
 DISPLACED_PRIOR_PATH = MODELS_DIR / "solve_prior_people_displaced.npz"
+# The brows read from the performer's displacement (`solve.displaced_brows`; tools/train_solve_prior.py --brow-head).
+BROW_HEAD_PATH = MODELS_DIR / "solve_brows_displaced.npz"
 N_MESH, N_CHANNELS = 468, 53
 N_FEATURES = N_MESH * 3 + 9
 N_DISPLACED = N_MESH * 3  # the displaced features' extra part: the mesh part minus the neutral's
+
+
+@dataclass(frozen=True)
+class DisplacedHead:
+    """A linear read-out of `channels` (k,) from `landmarks` (m,) mesh landmarks: their displacement from the
+    performer's neutral (3m), their posed positions (3m, the plain features' values) and the head rotation (9),
+    in that order, times `weights` (6m + 9, k) plus `bias` (k,). It reads `displaced_features`."""
+
+    landmarks: np.ndarray
+    channels: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray
+
+    @property
+    def columns(self) -> np.ndarray:
+        """(3m,) the landmarks' x, y, z positions in the mesh part of the features."""
+        return (3 * self.landmarks[:, None] + np.arange(3)).reshape(-1)
+
+    def inputs(self, features: np.ndarray) -> np.ndarray:
+        """(…, N_FEATURES + N_DISPLACED) `displaced_features` → (…, 6m + 9) this head's input."""
+        columns = self.columns
+        return np.concatenate(
+            [features[..., N_FEATURES + columns], features[..., columns], features[..., N_DISPLACED:N_FEATURES]],
+            axis=-1,
+        )
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """(…, N_FEATURES + N_DISPLACED) `displaced_features` → (…, k) unclipped weights of `channels`."""
+        return self.inputs(features) @ self.weights + self.bias
+
+    @staticmethod
+    def load(path: Path | str = BROW_HEAD_PATH) -> DisplacedHead:
+        """Read a head file; a missing or malformed one is a clear ModelFileError."""
+        path = Path(path)
+        arrays = read_npz(path, "displaced head", "tools/train_solve_prior.py --brow-head")
+        try:
+            channels = np.array([_CHANNEL_NAMES.index(str(name)) for name in arrays["channels"]], dtype=np.int64)
+            head = DisplacedHead(
+                arrays["landmarks"].astype(np.int64),
+                channels,
+                np.ascontiguousarray(arrays["weights"], dtype=np.float64),
+                arrays["bias"].astype(np.float64),
+            )
+        except Exception as exc:
+            raise ModelFileError(f"displaced head {path} is unreadable: {exc}") from exc
+        m, k = len(head.landmarks), len(head.channels)
+        if (
+            head.weights.shape != (6 * m + 9, k)
+            or head.bias.shape != (k,)
+            or not ((head.landmarks >= 0) & (head.landmarks < N_MESH)).all()
+            or len(set(channels.tolist())) != k
+        ):
+            raise ModelFileError(
+                f"displaced head {path} holds weights {head.weights.shape} for {m} landmarks, {k} channels"
+            )
+        if not (np.isfinite(head.weights).all() and np.isfinite(head.bias).all()):
+            raise ModelFileError(f"displaced head {path} holds non-finite values")
+        return head
+
+    def save(self, path: Path | str, **metadata: object) -> None:
+        """Write the head (channels by name) and metadata arrays for the record."""
+        np.savez_compressed(
+            path,
+            landmarks=self.landmarks.astype(np.int32),
+            channels=np.array([_CHANNEL_NAMES[k] for k in self.channels]),
+            weights=self.weights.astype(np.float32),
+            bias=self.bias.astype(np.float32),
+            **{key: np.asarray(value) for key, value in metadata.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -76,11 +152,18 @@ class LearnedPrior:
     camera_fov_y_deg: float | None = None
     # True: the input is `displaced_features` (N_FEATURES + N_DISPLACED values), not the plain features.
     displaced: bool = False
+    # Channels read from the performer's displacement instead (not part of the prior's file: `with_head`).
+    head: DisplacedHead | None = None
 
     @property
     def n_inputs(self) -> int:
-        """The width of the features this prior reads."""
+        """The width of the features this prior's network reads."""
         return N_FEATURES + (N_DISPLACED if self.displaced else 0)
+
+    @property
+    def reads_displacement(self) -> bool:
+        """Whether it reads `displaced_features` (its network, or its head), so needs the performer's neutral."""
+        return self.displaced or self.head is not None
 
     @property
     def mask(self) -> np.ndarray:
@@ -108,12 +191,15 @@ class LearnedPrior:
 
     def predict_with_trust(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(F,) or (n, F) → weights (53,) or (n, 53), and trust () or (n,) in [0, 1]: the factor on μ
-        (1 inside the training distribution, see the module docstring)."""
-        centred = features - self.mean
+        (1 inside the training distribution, see the module docstring). F: `displaced_features` when the prior
+        `reads_displacement`, else the plain features."""
+        centred = (features[..., : self.n_inputs] if self.head is not None else features) - self.mean
         z = centred @ self.basis
         h = z * self.scale
         for i, (weight, bias) in enumerate(self.layers):
             h = (np.maximum(h, 0.0) if i else h) @ weight + bias
+        if self.head is not None:
+            h[..., self.head.channels] = self.head.predict(features)
         if self.residual_limit <= 0:
             return h, np.ones(np.shape(features)[:-1])
         outside = np.sqrt(np.maximum((centred * centred).sum(axis=-1) - (z * z).sum(axis=-1), 0.0))
@@ -187,6 +273,10 @@ class LearnedPrior:
     def with_mask(self, mask: np.ndarray) -> LearnedPrior:
         return replace(self, channel_mask=np.asarray(mask, dtype=np.float64))
 
+    def with_head(self, head: DisplacedHead | None) -> LearnedPrior:
+        """This prior with some channels read by `head` from the performer's displacement (None: none)."""
+        return replace(self, head=head)
+
 
 def displaced_features(features: np.ndarray, neutral: np.ndarray | None) -> np.ndarray:
     """(…, N_FEATURES) plain features and the performer's (N_DISPLACED,) neutral mesh features (None: none
@@ -205,7 +295,7 @@ class NeutralFeatures:
     run time what it was trained on."""
 
     def __init__(self, scorer: LearnedPrior, keep: int = 8, sample_hz: float = 5.0) -> None:
-        if scorer.displaced:
+        if scorer.reads_displacement:
             raise ValueError("the neutral's scorer must read plain features")
         self.scorer, self.keep, self.period_ns = scorer, keep, int(1e9 / sample_hz)
         self._scored = ~np.array([name.startswith("eye") for name in _CHANNEL_NAMES])
@@ -247,6 +337,7 @@ def prior_tables(
         mean, basis, scale = np.zeros(N_FEATURES), np.zeros((N_FEATURES, 1)), np.ones(1)
         layers = ((np.zeros((1, N_CHANNELS)), np.zeros(N_CHANNELS)),)
         limit, strength = 0.0, 0.0
+    head = prior.head if prior is not None and strength > 0 else None
     return PriorTables(
         neutral=contiguous(neutral),
         mean=contiguous(mean),
@@ -260,6 +351,10 @@ def prior_tables(
         channel_mask=contiguous(np.ones(N_CHANNELS) if prior is None else prior.mask),
         focal_ratio=float(focal_ratio),
         displaced=bool(prior is not None and strength > 0 and prior.displaced),
+        head_columns=contiguous(np.zeros(0) if head is None else head.columns, np.int64),
+        head_weights=contiguous(np.zeros((0, 0)) if head is None else head.weights),
+        head_bias=contiguous(np.zeros(0) if head is None else head.bias),
+        head_channels=contiguous(np.zeros(0) if head is None else head.channels, np.int64),
     )
 
 
@@ -295,6 +390,33 @@ def fit_ridge_prior(
     coef = solve(features, weights, best)
     text = "ridge α (validation MAE): " + ", ".join(f"{a:g} ({s:.4f})" for a, s in zip(alphas, scores, strict=True))
     return LearnedPrior.linear(coef, 0.0, with_response), text + f" → α = {best:g}"
+
+
+def fit_displaced_head(
+    features: np.ndarray,
+    weights: np.ndarray,
+    landmarks: np.ndarray,
+    channels: np.ndarray,
+    driven_weight: float = 2.0,
+    ridge: float = 1.0,
+) -> DisplacedHead:
+    """A `DisplacedHead` for `channels` from (n, N_FEATURES + N_DISPLACED) `displaced_features` and (n, 53) true
+    weights: a ridge regression on standardized inputs (penalty `ridge` per unit variance), frames where any of
+    the channels is driven (> 0.1) weighing `driven_weight` (a least-squares fit alone under-reads what is rare),
+    the standardization folded into the weights."""
+    probe = DisplacedHead(np.asarray(landmarks, dtype=np.int64), np.asarray(channels, dtype=np.int64),
+                          np.zeros((6 * len(landmarks) + 9, len(channels))), np.zeros(len(channels)))  # fmt: skip
+    x = probe.inputs(features).astype(np.float64)
+    y = weights[:, probe.channels].astype(np.float64)
+    sample = np.where((y > 0.1).any(axis=1), driven_weight, 1.0)
+    mean_x, mean_y = np.average(x, axis=0, weights=sample), np.average(y, axis=0, weights=sample)
+    std = x.std(axis=0) + 1e-6
+    x -= mean_x
+    x /= std
+    gram = (x * sample[:, None]).T @ x
+    gram.flat[:: gram.shape[0] + 1] += ridge
+    slope = np.linalg.solve(gram, (x * sample[:, None]).T @ (y - mean_y)) / std[:, None]
+    return DisplacedHead(probe.landmarks, probe.channels, slope, mean_y - mean_x @ slope)
 
 
 def fit_mlp_prior(

@@ -29,9 +29,11 @@ from engine.solve.pose import (
     umeyama_source,
 )
 from engine.solve.prior import (
+    BROW_HEAD_PATH,
     DEFAULT_PRIOR_PATH,
     DISPLACED_PRIOR_PATH,
     PEOPLE_PRIOR_PATH,
+    DisplacedHead,
     LearnedPrior,
     displaced_features,
     prior_tables,
@@ -254,7 +256,7 @@ class FrameFitter:
         `image_size` (width, height) turns on the perspective correction for a pinhole camera of vertical
         field of view `camera_fov_y_deg` centred on the image; None fits weak perspective only. `previous`,
         last frame's fit, seeds that correction (else a first weak-perspective pose does). `neutral`: the
-        performer's neutral features for a displaced prior (`prior.NeutralFeatures`; None: none yet).
+        performer's neutral features for a displaced prior or head (`prior.NeutralFeatures`; None: none yet).
 
         Runs the compiled fit (`engine/solve/compiled.py`) when `engine/solve/kernels.py` chose it for this
         fitter, else `fit_numpy`, the reference it reproduces. Raises np.linalg.LinAlgError on a degenerate frame.
@@ -297,7 +299,7 @@ class FrameFitter:
         target, trust = None, 0.0
         if self.prior is not None and self.prior_strength > 0:
             features = self.prior_features(observed, camera)
-            if self.prior.displaced:
+            if self.prior.reads_displacement:
                 features = displaced_features(features, neutral)
             prediction, trust_array = self.prior.predict_with_trust(features)
             trust = float(trust_array)
@@ -368,12 +370,17 @@ def shipped_prior(config: SolveConfig, response: LandmarkResponse | None, people
     (`tools/train_solve_prior.py`, for anyone in front of a camera); else the one trained on renders of the
     default identity (`tools/fit_solve_prior.py`, for the demo performer, which is that identity rendered);
     with `people` and `solve.displaced_prior`, the people prior that reads the performer's displacement from
-    their neutral too."""
+    their neutral too; with `people` and `solve.displaced_brows` (the plain people prior only), that prior with
+    its brows read from the displacement (`DisplacedHead`, `models/solve_brows_displaced.npz`)."""
     path = DEFAULT_PRIOR_PATH if not people else DISPLACED_PRIOR_PATH if config.displaced_prior else PEOPLE_PRIOR_PATH
     if not (config.learned_prior and path.is_file()):
         return None
     prior = LearnedPrior.load(path)
-    return prior if prior.with_response == (response is not None) else None
+    if prior.with_response != (response is not None):
+        return None
+    if people and not prior.displaced and config.displaced_brows and BROW_HEAD_PATH.is_file():
+        prior = prior.with_head(DisplacedHead.load(BROW_HEAD_PATH))
+    return prior
 
 
 def valid_observation(landmarks: Landmarks | None, kernels: Kernels | None = None) -> tuple[np.ndarray, bool] | None:
