@@ -70,9 +70,9 @@ class SolveConfig(_Section):
     # For `performer: auto`, the people prior that also reads how the face moved from the performer's own neutral
     # (models/solve_prior_people_displaced.npz; docs/performer.md, "displaced"). Off: measured, not yet default.
     displaced_prior: bool = False
-    # For `performer: auto` with the plain people prior: the brows read from how the upper face moved from the
-    # performer's own neutral (models/solve_brows_displaced.npz; docs/performer.md, "the brows").
-    displaced_brows: bool = True
+    # For `performer: auto` with the plain people prior: brows and jaw open read from how the face moved from the
+    # performer's own neutral (models/solve_head_displaced.npz; docs/performer.md, "the head").
+    displaced_head: bool = True
     prior_strength: float | None = Field(None, ge=0)  # μ (cm²) of that prior; None: the value it was tuned with
     channel_regularization: dict[str, float] = {}  # ICT channel name → λ replacing `regularization`
     symmetry_prior: float = Field(0.0, ge=0)  # μ in cm² on (X_L − X_R)²

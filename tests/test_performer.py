@@ -15,7 +15,7 @@ from engine.solve.eyes import GAZE_CHANNELS, eyeball_centers
 from engine.solve.face_solver import FaceSolver
 from engine.solve.performer import REST_CHANNELS, Performer, PerformerEstimator, RestOffset
 from engine.solve.pose import umeyama
-from engine.solve.prior import BROW_HEAD_PATH, DISPLACED_PRIOR_PATH, N_DISPLACED
+from engine.solve.prior import DISPLACED_HEAD_PATH, DISPLACED_PRIOR_PATH, N_DISPLACED
 from engine.solve.solver import FrameFitter, valid_observation
 from engine.solve.synthetic import synthetic_landmarks
 
@@ -180,11 +180,11 @@ def test_another_face_taking_the_track_restarts_the_rest_offset_and_the_fitter(f
     assert solver._blend_from is estimated  # faded, not popped
 
 
-@pytest.mark.skipif(not BROW_HEAD_PATH.is_file(), reason="no shipped brow head")
+@pytest.mark.skipif(not DISPLACED_HEAD_PATH.is_file(), reason="no shipped displaced head")
 def test_brows_read_against_the_performers_neutral_do_not_take_a_face_shape_for_an_expression(
     face_model, embedding
 ) -> None:
-    """`solve.displaced_brows` (the default for auto), on a rendered identity no model was trained on, tracked by
+    """`solve.displaced_head` (the default for auto), on a rendered identity no model was trained on, tracked by
     MediaPipe: relaxed for two seconds, then inner brows raised, all brows raised, brows lowered. The plain
     people prior reads this face's relaxed brows as an expression (its shape); read against the face's own
     neutral, they rest, and the brows' error over the whole clip falls."""
@@ -208,7 +208,7 @@ def test_brows_read_against_the_performers_neutral_do_not_take_a_face_shape_for_
     frames, found = track_clip(clip, config)
     rest, error = {}, {}
     for head in (False, True):
-        solve = config.solve.model_copy(update={"displaced_brows": head})
+        solve = config.solve.model_copy(update={"displaced_head": head})
         solver = FaceSolver(face_model, embedding, Performer.auto(), solve, config.performer,
                             estimate_in_background=False)  # fmt: skip
         solved = np.array([solver.solve(landmarks, frame.t_media_ns, i).weights
@@ -227,7 +227,7 @@ def test_the_displaced_prior_reads_against_a_neutral_kept_per_person(face_model,
     solver = FaceSolver(face_model, embedding, Performer.auto(), config, PerformerConfig(camera="assumed"),
                         estimate_in_background=False)  # fmt: skip
     assert solver.fitter.prior is not None and solver.fitter.prior.displaced and solver.neutral_features is not None
-    plain = SolveConfig(displaced_brows=False)
+    plain = SolveConfig(displaced_head=False)
     assert FaceSolver(face_model, embedding, Performer.auto(), plain).neutral_features is None  # none to keep
     solver.neutral_features.keep = 3
     face = EmbeddedFace.build(face_model, embedding, None)

@@ -192,25 +192,23 @@ def test_a_displaced_prior_reads_the_neutral_alike_in_both_fits(
 def test_a_displaced_head_reads_its_channels_alike_in_both_fits(
     face_model: FaceModel, embedding: LandmarkEmbedding
 ) -> None:
-    """A plain prior with a `DisplacedHead`: the compiled prior builds the head's input (displacements, posed
-    positions, rotation) as `DisplacedHead.inputs` does and replaces its channels' prediction: same weights
-    with and without a neutral, and the neutral moves the head's channels."""
-    from engine.solve.landmark_sets import UPPER_FACE
-    from engine.solve.prior import N_FEATURES, DisplacedHead, LearnedPrior
+    """A plain prior with a `DisplacedHead`: the compiled prior reads the displaced features as
+    `displaced_features` builds them and replaces the head's channels: same weights with and without a
+    neutral, and the neutral moves the head's channels."""
+    from engine.solve.prior import N_DISPLACED, N_FEATURES, DisplacedHead, LearnedPrior
 
     rng = np.random.default_rng(9)
     basis, _ = np.linalg.qr(rng.normal(size=(N_FEATURES, 12)))
     layers = ((rng.normal(0, 0.5, (12, 16)), rng.normal(0, 0.1, 16)), (rng.normal(0, 0.1, (16, 53)), np.full(53, 0.2)))
-    landmarks = np.array(UPPER_FACE[:10])
-    channels = np.array([ICT_EXPRESSIONS.index("browInnerUp_L"), ICT_EXPRESSIONS.index("browDown_R")])
-    head_weights = rng.normal(0, 0.1, (6 * len(landmarks) + 9, 2))
-    head_weights[: 3 * len(landmarks)] = np.abs(head_weights[: 3 * len(landmarks)]) * 10  # the displacement leads
-    head = DisplacedHead(landmarks, channels, head_weights, np.full(2, 0.5))
+    channels = np.array([ICT_EXPRESSIONS.index("browInnerUp_L"), ICT_EXPRESSIONS.index("jawOpen")])
+    head_weights = rng.normal(0, 0.01, (N_FEATURES + N_DISPLACED, 2))
+    head_weights[N_FEATURES:] = np.abs(head_weights[N_FEATURES:])  # the displacement leads
+    head = DisplacedHead(channels, head_weights, np.full(2, 0.5))
     prior = LearnedPrior(np.zeros(N_FEATURES), basis, np.full(12, 2.0), layers, 300.0, kind="mlp",
                          reference="mean").with_head(head)  # fmt: skip
     fitter = FrameFitter(face_model, embedding, None, SolveConfig(), None, prior)
     frames = _frames(fitter, face_model, 3, seed=14)
-    neutral = fitter.prior_features(frames[0][0], fitter._camera(frames[0][2]))[: 3 * 468] + 0.05
+    neutral = fitter.prior_features(frames[0][0], fitter._camera(frames[0][2]))[:N_DISPLACED] + 0.02
     results = []
     for given in (None, neutral):
         for observed, has_iris, size in frames[1:]:

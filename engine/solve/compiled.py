@@ -461,20 +461,19 @@ def _prior(
         h = _vector_matrix(h, weight, prior.layer_biases[bias_start : bias_start + n_out].copy())
         weight_start += n_in * n_out
         bias_start += n_out
-    n_columns = prior.head_columns.shape[0]
     if prior.head_channels.shape[0] > 0:
-        # `DisplacedHead.predict`: displacements, posed positions, rotation, in the order of its weights' rows.
+        # `DisplacedHead.predict` on the displaced features: the posed mesh and rotation, then the displacement.
         head = prior.head_bias.copy()
         n_head = head.shape[0]
-        for i in range(n_columns):
-            j = prior.head_columns[i]
+        start = n_mesh_values + 9
+        for j in range(n_mesh_values):
             posed = flat_model[j] - flat_neutral[j]
             displacement = posed - neutral_features[j] if has_neutral else 0.0
             for k in range(n_head):
-                head[k] += displacement * prior.head_weights[i, k] + posed * prior.head_weights[n_columns + i, k]
+                head[k] += posed * prior.head_weights[j, k] + displacement * prior.head_weights[start + j, k]
         for j in range(9):
             for k in range(n_head):
-                head[k] += flat_rot[j] * prior.head_weights[2 * n_columns + j, k]
+                head[k] += flat_rot[j] * prior.head_weights[n_mesh_values + j, k]
         for k in range(n_head):
             h[prior.head_channels[k]] = head[k]
     if prior.residual_limit <= 0:

@@ -53,13 +53,3 @@ MIRROR: tuple[int, ...] = (
     226, 227, 228, 229, 230, 231, 232, 233, 234, 235, 236, 237, 238, 239, 240, 241, 242, 243, 244, 245, 246,
     247, 473, 476, 475, 474, 477, 468, 471, 470, 469, 472,
 )  # fmt: skip
-
-# The upper face whose motion the brow channels make (`prior.DisplacedHead`): both brows (MediaPipe's
-# `FACEMESH_*_EYEBROW`), the folds between brow and lid, the upper lids and eye corners, the forehead above the
-# brows and the nose bridge between them. Closed under MIRROR.
-UPPER_FACE: tuple[int, ...] = (
-    6, 9, 10, 27, 28, 29, 30, 33, 46, 52, 53, 55, 56, 63, 65, 66, 67, 68, 69, 70, 103, 104, 105, 107, 108, 109,
-    113, 133, 151, 157, 158, 159, 160, 161, 168, 189, 190, 197, 221, 222, 223, 224, 225, 247, 257, 258, 259, 260,
-    263, 276, 282, 283, 285, 286, 293, 295, 296, 297, 298, 299, 300, 332, 333, 334, 336, 337, 338, 342, 362, 384,
-    385, 386, 387, 388, 413, 414, 441, 442, 443, 444, 445, 467,
-)  # fmt: skip

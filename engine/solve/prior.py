@@ -29,10 +29,10 @@ features also hold their mesh part minus the performer's own neutral features, s
 face moved away from its rest, not only where its landmarks lie. The neutral is the mean of the frames a plain
 prior reads most neutral so far (`NeutralFeatures`); before there is one, the displacement is zero.
 
-Displaced head (`DisplacedHead`, `solve.displaced_brows`): a linear read-out of a few channels (the brows) from
-the displacement of the upper face's landmarks from that neutral, their posed positions and the head rotation.
-It replaces the plain network's reading of those channels: a network that sees one frame cannot tell high brows
-from raised ones (docs/performer.md, "the brows"), a displacement can.
+Displaced head (`DisplacedHead`, `solve.displaced_head`): a linear read-out of a few channels (the brows, jaw
+open) from the displaced features, the displacement of every mesh landmark from that neutral included. It
+replaces the plain network's reading of those channels: a network that sees one frame cannot tell high brows
+from raised ones, or full lips from parted ones (docs/performer.md, "the head"), a displacement can.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ DEFAULT_PRIOR_PATH = MODELS_DIR / "solve_prior.npz"  # trained on renders of the
 PEOPLE_PRIOR_PATH = MODELS_DIR / "solve_prior_people.npz"  # trained on many synthetic identities (anyone)
 # The same, reading the performer's displacement from their neutral too (`solve.displaced_prior`).
 DISPLACED_PRIOR_PATH = MODELS_DIR / "solve_prior_people_displaced.npz"
-# The brows read from the performer's displacement (`solve.displaced_brows`; tools/train_solve_prior.py --brow-head).
-BROW_HEAD_PATH = MODELS_DIR / "solve_brows_displaced.npz"
+# Brows and jaw read from the performer's displacement (`solve.displaced_head`; tools/train_solve_prior.py --head).
+DISPLACED_HEAD_PATH = MODELS_DIR / "solve_head_displaced.npz"
 N_MESH, N_CHANNELS = 468, 53
 N_FEATURES = N_MESH * 3 + 9
 N_DISPLACED = N_MESH * 3  # the displaced features' extra part: the mesh part minus the neutral's
@@ -59,57 +59,32 @@ N_DISPLACED = N_MESH * 3  # the displaced features' extra part: the mesh part mi
 
 @dataclass(frozen=True)
 class DisplacedHead:
-    """A linear read-out of `channels` (k,) from `landmarks` (m,) mesh landmarks: their displacement from the
-    performer's neutral (3m), their posed positions (3m, the plain features' values) and the head rotation (9),
-    in that order, times `weights` (6m + 9, k) plus `bias` (k,). It reads `displaced_features`."""
+    """A linear read-out of `channels` (k,) from the `displaced_features` (plain features, then the mesh part's
+    displacement from the performer's neutral): `weights` (N_FEATURES + N_DISPLACED, k), `bias` (k,)."""
 
-    landmarks: np.ndarray
     channels: np.ndarray
     weights: np.ndarray
     bias: np.ndarray
 
-    @property
-    def columns(self) -> np.ndarray:
-        """(3m,) the landmarks' x, y, z positions in the mesh part of the features."""
-        return (3 * self.landmarks[:, None] + np.arange(3)).reshape(-1)
-
-    def inputs(self, features: np.ndarray) -> np.ndarray:
-        """(…, N_FEATURES + N_DISPLACED) `displaced_features` → (…, 6m + 9) this head's input."""
-        columns = self.columns
-        return np.concatenate(
-            [features[..., N_FEATURES + columns], features[..., columns], features[..., N_DISPLACED:N_FEATURES]],
-            axis=-1,
-        )
-
     def predict(self, features: np.ndarray) -> np.ndarray:
         """(…, N_FEATURES + N_DISPLACED) `displaced_features` → (…, k) unclipped weights of `channels`."""
-        return self.inputs(features) @ self.weights + self.bias
+        return features @ self.weights + self.bias
 
     @staticmethod
-    def load(path: Path | str = BROW_HEAD_PATH) -> DisplacedHead:
+    def load(path: Path | str = DISPLACED_HEAD_PATH) -> DisplacedHead:
         """Read a head file; a missing or malformed one is a clear ModelFileError."""
         path = Path(path)
-        arrays = read_npz(path, "displaced head", "tools/train_solve_prior.py --brow-head")
+        arrays = read_npz(path, "displaced head", "tools/train_solve_prior.py --head")
         try:
             channels = np.array([_CHANNEL_NAMES.index(str(name)) for name in arrays["channels"]], dtype=np.int64)
             head = DisplacedHead(
-                arrays["landmarks"].astype(np.int64),
-                channels,
-                np.ascontiguousarray(arrays["weights"], dtype=np.float64),
-                arrays["bias"].astype(np.float64),
+                channels, np.ascontiguousarray(arrays["weights"], dtype=np.float64), arrays["bias"].astype(np.float64)
             )
         except Exception as exc:
             raise ModelFileError(f"displaced head {path} is unreadable: {exc}") from exc
-        m, k = len(head.landmarks), len(head.channels)
-        if (
-            head.weights.shape != (6 * m + 9, k)
-            or head.bias.shape != (k,)
-            or not ((head.landmarks >= 0) & (head.landmarks < N_MESH)).all()
-            or len(set(channels.tolist())) != k
-        ):
-            raise ModelFileError(
-                f"displaced head {path} holds weights {head.weights.shape} for {m} landmarks, {k} channels"
-            )
+        k = len(head.channels)
+        if head.weights.shape != (N_FEATURES + N_DISPLACED, k) or head.bias.shape != (k,) or len(set(channels)) != k:
+            raise ModelFileError(f"displaced head {path} holds weights {head.weights.shape} for {k} channels")
         if not (np.isfinite(head.weights).all() and np.isfinite(head.bias).all()):
             raise ModelFileError(f"displaced head {path} holds non-finite values")
         return head
@@ -118,7 +93,6 @@ class DisplacedHead:
         """Write the head (channels by name) and metadata arrays for the record."""
         np.savez_compressed(
             path,
-            landmarks=self.landmarks.astype(np.int32),
             channels=np.array([_CHANNEL_NAMES[k] for k in self.channels]),
             weights=self.weights.astype(np.float32),
             bias=self.bias.astype(np.float32),
@@ -351,7 +325,6 @@ def prior_tables(
         channel_mask=contiguous(np.ones(N_CHANNELS) if prior is None else prior.mask),
         focal_ratio=float(focal_ratio),
         displaced=bool(prior is not None and strength > 0 and prior.displaced),
-        head_columns=contiguous(np.zeros(0) if head is None else head.columns, np.int64),
         head_weights=contiguous(np.zeros((0, 0)) if head is None else head.weights),
         head_bias=contiguous(np.zeros(0) if head is None else head.bias),
         head_channels=contiguous(np.zeros(0) if head is None else head.channels, np.int64),
@@ -393,30 +366,31 @@ def fit_ridge_prior(
 
 
 def fit_displaced_head(
-    features: np.ndarray,
-    weights: np.ndarray,
-    landmarks: np.ndarray,
-    channels: np.ndarray,
-    driven_weight: float = 2.0,
-    ridge: float = 1.0,
+    features: np.ndarray, weights: np.ndarray, channels: np.ndarray, driven_weight: float = 2.0, ridge: float = 1.0
 ) -> DisplacedHead:
     """A `DisplacedHead` for `channels` from (n, N_FEATURES + N_DISPLACED) `displaced_features` and (n, 53) true
     weights: a ridge regression on standardized inputs (penalty `ridge` per unit variance), frames where any of
     the channels is driven (> 0.1) weighing `driven_weight` (a least-squares fit alone under-reads what is rare),
-    the standardization folded into the weights."""
-    probe = DisplacedHead(np.asarray(landmarks, dtype=np.int64), np.asarray(channels, dtype=np.int64),
-                          np.zeros((6 * len(landmarks) + 9, len(channels))), np.zeros(len(channels)))  # fmt: skip
-    x = probe.inputs(features).astype(np.float64)
-    y = weights[:, probe.channels].astype(np.float64)
+    the standardization folded into the weights. Accumulated in blocks of frames: the features of a quarter of
+    a million frames are 5 GB in float64."""
+    channels = np.asarray(channels, dtype=np.int64)
+    y = weights[:, channels].astype(np.float64)
     sample = np.where((y > 0.1).any(axis=1), driven_weight, 1.0)
-    mean_x, mean_y = np.average(x, axis=0, weights=sample), np.average(y, axis=0, weights=sample)
-    std = x.std(axis=0) + 1e-6
-    x -= mean_x
-    x /= std
-    gram = (x * sample[:, None]).T @ x
+    blocks = [slice(i, i + 20_000) for i in range(0, len(features), 20_000)]
+    mean_x = sum(sample[b] @ features[b].astype(np.float64) for b in blocks) / sample.sum()
+    mean_y = sample @ y / sample.sum()
+    square = sum(((features[b].astype(np.float64) - mean_x) ** 2).sum(axis=0) for b in blocks)
+    std = np.sqrt(square / len(features)) + 1e-6
+    gram = np.zeros((features.shape[1], features.shape[1]))
+    moment = np.zeros((features.shape[1], len(channels)))
+    for b in blocks:
+        x = (features[b].astype(np.float64) - mean_x) / std
+        weighted = x * sample[b, None]
+        gram += weighted.T @ x
+        moment += weighted.T @ (y[b] - mean_y)
     gram.flat[:: gram.shape[0] + 1] += ridge
-    slope = np.linalg.solve(gram, (x * sample[:, None]).T @ (y - mean_y)) / std[:, None]
-    return DisplacedHead(probe.landmarks, probe.channels, slope, mean_y - mean_x @ slope)
+    slope = np.linalg.solve(gram, moment) / std[:, None]
+    return DisplacedHead(channels, slope, mean_y - mean_x @ slope)
 
 
 def fit_mlp_prior(

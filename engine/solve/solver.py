@@ -29,8 +29,8 @@ from engine.solve.pose import (
     umeyama_source,
 )
 from engine.solve.prior import (
-    BROW_HEAD_PATH,
     DEFAULT_PRIOR_PATH,
+    DISPLACED_HEAD_PATH,
     DISPLACED_PRIOR_PATH,
     PEOPLE_PRIOR_PATH,
     DisplacedHead,
@@ -370,16 +370,16 @@ def shipped_prior(config: SolveConfig, response: LandmarkResponse | None, people
     (`tools/train_solve_prior.py`, for anyone in front of a camera); else the one trained on renders of the
     default identity (`tools/fit_solve_prior.py`, for the demo performer, which is that identity rendered);
     with `people` and `solve.displaced_prior`, the people prior that reads the performer's displacement from
-    their neutral too; with `people` and `solve.displaced_brows` (the plain people prior only), that prior with
-    its brows read from the displacement (`DisplacedHead`, `models/solve_brows_displaced.npz`)."""
+    their neutral too; with `people` and `solve.displaced_head` (the plain people prior only), that prior with
+    its brows and jaw open read from the displacement (`DisplacedHead`, `models/solve_head_displaced.npz`)."""
     path = DEFAULT_PRIOR_PATH if not people else DISPLACED_PRIOR_PATH if config.displaced_prior else PEOPLE_PRIOR_PATH
     if not (config.learned_prior and path.is_file()):
         return None
     prior = LearnedPrior.load(path)
     if prior.with_response != (response is not None):
         return None
-    if people and not prior.displaced and config.displaced_brows and BROW_HEAD_PATH.is_file():
-        prior = prior.with_head(DisplacedHead.load(BROW_HEAD_PATH))
+    if people and not prior.displaced and config.displaced_head and DISPLACED_HEAD_PATH.is_file():
+        prior = prior.with_head(DisplacedHead.load(DISPLACED_HEAD_PATH))
     return prior
 
 

@@ -74,9 +74,8 @@ class PriorTables(NamedTuple):
     channel_mask: np.ndarray  # (K,) the share of μ each channel gets
     focal_ratio: float  # the prior's camera's focal length over the fit's (its features keep their lens)
     displaced: bool  # the features go on with their mesh part minus the performer's neutral (`prior.py`)
-    # Its `DisplacedHead` (empty arrays: none): the (3m,) columns it reads, (6m + 9, k) weights, (k,) bias and
-    # the (k,) channels whose prediction it replaces.
-    head_columns: np.ndarray
+    # Its `DisplacedHead` (empty arrays: none): (N_FEATURES + N_DISPLACED, k) weights, (k,) bias and the (k,)
+    # channels whose prediction it replaces.
     head_weights: np.ndarray
     head_bias: np.ndarray
     head_channels: np.ndarray
