@@ -29,8 +29,8 @@ features also hold their mesh part minus the performer's own neutral features, s
 face moved away from its rest, not only where its landmarks lie. The neutral is the mean of the frames a plain
 prior reads most neutral so far (`NeutralFeatures`); before there is one, the displacement is zero.
 
-Displaced head (`DisplacedHead`, `solve.displaced_head`): a linear read-out of a few channels (the brows, jaw
-open) from the displaced features, the displacement of every mesh landmark from that neutral included. It
+Displaced head (`DisplacedHead`, `solve.displaced_head`): a linear read-out of a few channels (brows, jaw
+open, blinks) from the displaced features, the displacement of every mesh landmark from that neutral included. It
 replaces the plain network's reading of those channels: a network that sees one frame cannot tell high brows
 from raised ones, or full lips from parted ones (docs/performer.md, "the head"), a displacement can.
 """
@@ -50,7 +50,7 @@ DEFAULT_PRIOR_PATH = MODELS_DIR / "solve_prior.npz"  # trained on renders of the
 PEOPLE_PRIOR_PATH = MODELS_DIR / "solve_prior_people.npz"  # trained on many synthetic identities (anyone)
 # The same, reading the performer's displacement from their neutral too (`solve.displaced_prior`).
 DISPLACED_PRIOR_PATH = MODELS_DIR / "solve_prior_people_displaced.npz"
-# Brows and jaw read from the performer's displacement (`solve.displaced_head`; tools/train_solve_prior.py --head).
+# Brows, jaw open, blinks read from the performer's displacement (`solve.displaced_head`; tools/train_solve_prior.py --head).
 DISPLACED_HEAD_PATH = MODELS_DIR / "solve_head_displaced.npz"
 N_MESH, N_CHANNELS = 468, 53
 N_FEATURES = N_MESH * 3 + 9
