@@ -16,10 +16,10 @@ reports them held out too → models/solve_curves.npz.
 frame as the solver builds it (`prior.NeutralFeatures`, scored by the shipped plain people prior), from the
 frames before the one it is used on.
 
-`--head` fits, from the same displaced features, the linear head that reads brows, jaw open and blinks from the
-face's displacement (`prior.DisplacedHead`, `solve.displaced_head`) → models/solve_head_displaced.npz, and reports
-per channel, held out, whether it reads better than the shipped plain prior on every measure (driven and
-all-frame error, false readings, r), then both in the whole solver.
+`--head` fits, from the same displaced features, the linear head that reads brows, jaw open, pucker and blinks
+from the face's displacement (`prior.DisplacedHead`, `solve.displaced_head`) → models/solve_head_displaced.npz,
+and reports per channel, held out, whether it reads better than the shipped plain prior on every measure
+(driven and all-frame error, false readings, r), then both in the whole solver.
 
 Usage: python tools/train_solve_prior.py [--clips out/face_clips] [--epochs 30] [--strengths 30 100 300 1000]
        [--dropout 0.2] [--input-noise 0.2] [--identity-augment 1.0] [--displaced | --head] [--dry-run]
@@ -145,11 +145,13 @@ def solve_clips(clips: list, model: FaceModel, embedding: LandmarkEmbedding, con
     return np.array(rows)
 
 
-# The head's channels: the brows (a face's shape reads as raised or lowered brows), jaw open (full lips as parted
-# ones) and the blinks (deep-set eyes as closing ones). Fitted for every channel but gaze, a head (alone, or
-# blended with the network) read better than the plain network on every held-out measure only on these
-# (docs/performer.md, "the head").
-HEAD_CHANNELS = [n for n in ICT_EXPRESSIONS if n.startswith("brow")] + ["jawOpen", "eyeBlink_L", "eyeBlink_R"]
+# The head's channels: the brows (a face's shape reads as raised or lowered brows), jaw open and pucker (full
+# lips as parted or pursed ones) and the blinks (deep-set eyes as closing ones). Fitted for every channel but
+# gaze, a head read better than the plain network on every held-out measure only on these (docs/performer.md,
+# "the head").
+HEAD_CHANNELS = [n for n in ICT_EXPRESSIONS if n.startswith("brow")] + [
+    "jawOpen", "mouthPucker", "eyeBlink_L", "eyeBlink_R",
+]  # fmt: skip
 
 
 def train_head(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, is_test: np.ndarray, test_clips: list,
@@ -210,8 +212,8 @@ def main() -> None:
     ap.add_argument("--displaced", action="store_true", help="also read the displacement from the neutral")
     ap.add_argument("--head", action="store_true", help="fit the displaced head, not a network")
     ap.add_argument("--head-channels", nargs="+", default=HEAD_CHANNELS, choices=ICT_EXPRESSIONS, metavar="CHANNEL")
-    # The head's driven-frame weight: 3 read held out better than the plain network on every measure of every
-    # channel (driven and all-frame error, false readings, r); at 2 browDown_L's driven error was 0.001 worse.
+    # The head's driven-frame weight (per channel, the frames that drive it): 3 read held out better than the
+    # plain network on every measure of every channel (driven and all-frame error, false readings, r).
     ap.add_argument("--head-driven-weight", type=float, default=3.0)
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
     ap.add_argument(

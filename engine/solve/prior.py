@@ -29,10 +29,10 @@ features also hold their mesh part minus the performer's own neutral features, s
 face moved away from its rest, not only where its landmarks lie. The neutral is the mean of the frames a plain
 prior reads most neutral so far (`NeutralFeatures`); before there is one, the displacement is zero.
 
-Displaced head (`DisplacedHead`, `solve.displaced_head`): a linear read-out of a few channels (brows, jaw
-open, blinks) from the displaced features, the displacement of every mesh landmark from that neutral included. It
-replaces the plain network's reading of those channels: a network that sees one frame cannot tell high brows
-from raised ones, or full lips from parted ones (docs/performer.md, "the head"), a displacement can.
+Displaced head (`DisplacedHead`, `solve.displaced_head`): a linear read-out of a few channels (brows, jaw open,
+pucker, blinks) from the displaced features, the displacement of every mesh landmark from that neutral
+included. It replaces the plain network's reading of those channels: a network that sees one frame cannot tell
+high brows from raised ones, or full lips from parted ones (docs/performer.md, "the head"), a displacement can.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ DEFAULT_PRIOR_PATH = MODELS_DIR / "solve_prior.npz"  # trained on renders of the
 PEOPLE_PRIOR_PATH = MODELS_DIR / "solve_prior_people.npz"  # trained on many synthetic identities (anyone)
 # The same, reading the performer's displacement from their neutral too (`solve.displaced_prior`).
 DISPLACED_PRIOR_PATH = MODELS_DIR / "solve_prior_people_displaced.npz"
-# Brows, jaw open, blinks read from the performer's displacement (`solve.displaced_head`; tools/train_solve_prior.py --head).
+# Channels read from the performer's displacement (`solve.displaced_head`; tools/train_solve_prior.py --head).
 DISPLACED_HEAD_PATH = MODELS_DIR / "solve_head_displaced.npz"
 N_MESH, N_CHANNELS = 468, 53
 N_FEATURES = N_MESH * 3 + 9
@@ -366,31 +366,49 @@ def fit_ridge_prior(
 
 
 def fit_displaced_head(
-    features: np.ndarray, weights: np.ndarray, channels: np.ndarray, driven_weight: float = 2.0, ridge: float = 1.0
+    features: np.ndarray, weights: np.ndarray, channels: np.ndarray, driven_weight: float = 3.0, ridge: float = 1.0
 ) -> DisplacedHead:
     """A `DisplacedHead` for `channels` from (n, N_FEATURES + N_DISPLACED) `displaced_features` and (n, 53) true
-    weights: a ridge regression on standardized inputs (penalty `ridge` per unit variance), frames where any of
-    the channels is driven (> 0.1) weighing `driven_weight` (a least-squares fit alone under-reads what is rare),
-    the standardization folded into the weights. Accumulated in blocks of frames: the features of a quarter of
-    a million frames are 5 GB in float64."""
+    weights: per channel, a ridge regression on standardized inputs (penalty `ridge` per unit variance) in which
+    the frames that drive that channel (> 0.1) weigh `driven_weight` (a least-squares fit alone under-reads what
+    is rare), the standardization folded into the weights. Accumulated in blocks of frames (the features of a
+    quarter of a million frames are 5 GB in float64): the unweighted sums once, each channel's driven frames on
+    top."""
     channels = np.asarray(channels, dtype=np.int64)
     y = weights[:, channels].astype(np.float64)
-    sample = np.where((y > 0.1).any(axis=1), driven_weight, 1.0)
+    driven = y > 0.1
     blocks = [slice(i, i + 20_000) for i in range(0, len(features), 20_000)]
-    mean_x = sum(sample[b] @ features[b].astype(np.float64) for b in blocks) / sample.sum()
-    mean_y = sample @ y / sample.sum()
-    square = sum(((features[b].astype(np.float64) - mean_x) ** 2).sum(axis=0) for b in blocks)
-    std = np.sqrt(square / len(features)) + 1e-6
-    gram = np.zeros((features.shape[1], features.shape[1]))
-    moment = np.zeros((features.shape[1], len(channels)))
+    n_inputs = features.shape[1]
+    mean = sum(features[b].astype(np.float64).sum(axis=0) for b in blocks) / len(features)
+    std = np.sqrt(sum(((features[b].astype(np.float64) - mean) ** 2).sum(axis=0) for b in blocks) / len(features))
+    std += 1e-6
+    gram = np.zeros((n_inputs, n_inputs))  # Σ x xᵀ over all frames, then each channel's driven frames
+    driven_gram = np.zeros((len(channels), n_inputs, n_inputs))
+    sums, driven_sums = np.zeros(n_inputs), np.zeros((len(channels), n_inputs))
+    moments, driven_moments = np.zeros((n_inputs, len(channels))), np.zeros((len(channels), n_inputs))
     for b in blocks:
-        x = (features[b].astype(np.float64) - mean_x) / std
-        weighted = x * sample[b, None]
-        gram += weighted.T @ x
-        moment += weighted.T @ (y[b] - mean_y)
-    gram.flat[:: gram.shape[0] + 1] += ridge
-    slope = np.linalg.solve(gram, moment) / std[:, None]
-    return DisplacedHead(channels, slope, mean_y - mean_x @ slope)
+        x = (features[b].astype(np.float64) - mean) / std
+        gram += x.T @ x
+        sums += x.sum(axis=0)
+        moments += x.T @ y[b]
+        for j in range(len(channels)):
+            rows = x[driven[b, j]]
+            driven_gram[j] += rows.T @ rows
+            driven_sums[j] += rows.sum(axis=0)
+            driven_moments[j] += rows.T @ y[b][driven[b, j], j]
+    slope, bias = np.zeros((n_inputs, len(channels))), np.zeros(len(channels))
+    extra = driven_weight - 1.0
+    for j in range(len(channels)):
+        total = len(features) + extra * driven[:, j].sum()  # Σ w
+        x_sum = sums + extra * driven_sums[j]  # Σ w x
+        y_sum = y[:, j].sum() + extra * y[driven[:, j], j].sum()  # Σ w y
+        centred = gram + extra * driven_gram[j] - np.outer(x_sum, x_sum) / total
+        centred.flat[:: n_inputs + 1] += ridge
+        moment = moments[:, j] + extra * driven_moments[j] - x_sum * y_sum / total
+        standardized = np.linalg.solve(centred, moment)
+        slope[:, j] = standardized / std
+        bias[j] = y_sum / total - (x_sum / total) @ standardized - mean @ slope[:, j]
+    return DisplacedHead(channels, slope, bias)
 
 
 def fit_mlp_prior(
