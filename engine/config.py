@@ -70,7 +70,7 @@ class SolveConfig(_Section):
     # For `performer: auto`, the people prior that also reads how the face moved from the performer's own neutral
     # (models/solve_prior_people_displaced.npz; docs/performer.md, "displaced"). Off: measured, not yet default.
     displaced_prior: bool = False
-    # For `performer: auto` with the plain people prior: brows, jaw open, pucker, blinks read from how the face moved
+    # For `performer: auto` with the plain people prior: brows, blinks, jaw, lips read from how the face moved
     # from the performer's own neutral (models/solve_head_displaced.npz; docs/performer.md, "the head").
     displaced_head: bool = True
     prior_strength: float | None = Field(None, ge=0)  # μ (cm²) of that prior; None: the value it was tuned with

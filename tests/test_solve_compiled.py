@@ -176,9 +176,20 @@ def test_a_displaced_prior_reads_the_neutral_alike_in_both_fits(
     layers = ((rng.normal(0, 0.5, (12, 16)), rng.normal(0, 0.1, 16)), (rng.normal(0, 0.1, (16, 53)), np.full(53, 0.2)))
     prior = LearnedPrior(np.zeros(n_inputs), basis, np.full(12, 2.0), layers, 300.0, kind="mlp", reference="mean",
                          displaced=True)  # fmt: skip
-    fitter = FrameFitter(face_model, embedding, None, SolveConfig(), None, prior)
-    frames = _frames(fitter, face_model, 3, seed=13)
-    neutral = fitter.prior_features(frames[0][0], fitter._camera(frames[0][2]))[:N_DISPLACED] + 0.05
+    results = _fits_without_and_with_a_neutral(FrameFitter(face_model, embedding, None, SolveConfig(), None, prior),
+                                               face_model, seed=13, shift_cm=0.05)  # fmt: skip
+    assert np.abs(results[0] - results[2]).max() > 0.01
+
+
+def _fits_without_and_with_a_neutral(
+    fitter: FrameFitter, face_model: FaceModel, seed: int, shift_cm: float
+) -> list[np.ndarray]:
+    """Two frames fitted with no neutral, then with the first frame's mesh features shifted by `shift_cm` as
+    the neutral: the compiled and numpy weights, checked equal; returns the numpy ones."""
+    from engine.solve.prior import N_DISPLACED
+
+    frames = _frames(fitter, face_model, 3, seed=seed)
+    neutral = fitter.prior_features(frames[0][0], fitter._camera(frames[0][2]))[:N_DISPLACED] + shift_cm
     results = []
     for given in (None, neutral):
         for observed, has_iris, size in frames[1:]:
@@ -186,7 +197,7 @@ def test_a_displaced_prior_reads_the_neutral_alike_in_both_fits(
             slow = fitter.fit_numpy(observed, None, has_iris, size, None, given).weights
             np.testing.assert_allclose(fast, slow, atol=1e-6)
             results.append(slow)
-    assert np.abs(results[0] - results[2]).max() > 0.01
+    return results
 
 
 def test_a_displaced_head_reads_its_channels_alike_in_both_fits(
@@ -206,16 +217,8 @@ def test_a_displaced_head_reads_its_channels_alike_in_both_fits(
     head = DisplacedHead(channels, head_weights, np.full(2, 0.5))
     prior = LearnedPrior(np.zeros(N_FEATURES), basis, np.full(12, 2.0), layers, 300.0, kind="mlp",
                          reference="mean").with_head(head)  # fmt: skip
-    fitter = FrameFitter(face_model, embedding, None, SolveConfig(), None, prior)
-    frames = _frames(fitter, face_model, 3, seed=14)
-    neutral = fitter.prior_features(frames[0][0], fitter._camera(frames[0][2]))[:N_DISPLACED] + 0.02
-    results = []
-    for given in (None, neutral):
-        for observed, has_iris, size in frames[1:]:
-            fast = fitter.fit(observed, None, has_iris, size, None, given).weights
-            slow = fitter.fit_numpy(observed, None, has_iris, size, None, given).weights
-            np.testing.assert_allclose(fast, slow, atol=1e-6)
-            results.append(slow)
+    results = _fits_without_and_with_a_neutral(FrameFitter(face_model, embedding, None, SolveConfig(), None, prior),
+                                               face_model, seed=14, shift_cm=0.02)  # fmt: skip
     assert np.abs(results[0][channels] - results[2][channels]).max() > 0.01
 
 

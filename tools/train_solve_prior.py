@@ -16,10 +16,10 @@ reports them held out too → models/solve_curves.npz.
 frame as the solver builds it (`prior.NeutralFeatures`, scored by the shipped plain people prior), from the
 frames before the one it is used on.
 
-`--head` fits, from the same displaced features, the linear head that reads brows, jaw open, pucker and blinks
-from the face's displacement (`prior.DisplacedHead`, `solve.displaced_head`) → models/solve_head_displaced.npz,
-and reports per channel, held out, whether it reads better than the shipped plain prior on every measure
-(driven and all-frame error, false readings, r), then both in the whole solver.
+`--head` fits, from the same displaced features, a linear head for every channel but gaze that reads it from the
+face's displacement (`prior.DisplacedHead`, `solve.displaced_head`), keeps the channels where it reads better
+than the shipped plain prior on every held-out measure (driven and all-frame error, false readings, r), reports
+both in the whole solver → models/solve_head_displaced.npz. A left/right pair is kept only if both sides are.
 
 Usage: python tools/train_solve_prior.py [--clips out/face_clips] [--epochs 30] [--strengths 30 100 300 1000]
        [--dropout 0.2] [--input-noise 0.2] [--identity-augment 1.0] [--displaced | --head] [--dry-run]
@@ -52,6 +52,7 @@ from engine.solve.prior import (  # noqa: E402
     DISPLACED_PRIOR_PATH,
     N_DISPLACED,
     PEOPLE_PRIOR_PATH,
+    DisplacedHead,
     LearnedPrior,
     NeutralFeatures,
     displaced_features,
@@ -145,36 +146,49 @@ def solve_clips(clips: list, model: FaceModel, embedding: LandmarkEmbedding, con
     return np.array(rows)
 
 
-# The head's channels: the brows (a face's shape reads as raised or lowered brows), jaw open and pucker (full
-# lips as parted or pursed ones) and the blinks (deep-set eyes as closing ones). Fitted for every channel but
-# gaze, a head read better than the plain network on every held-out measure only on these (docs/performer.md,
-# "the head").
-HEAD_CHANNELS = [n for n in ICT_EXPRESSIONS if n.startswith("brow")] + [
-    "jawOpen", "mouthPucker", "eyeBlink_L", "eyeBlink_R",
-]  # fmt: skip
+# The head's candidate channels: all but gaze (which comes from the irises). It keeps those where it reads better
+# than the plain network on every held-out measure: where a face's shape and an expression look alike in one
+# frame (high brows and raised ones, full lips and parted or pursed ones, deep-set eyes and closing ones).
+HEAD_CANDIDATES = [n for n in ICT_EXPRESSIONS if not n.startswith("eyeLook")]
+
+
+def _partner(name: str) -> str | None:
+    """The other side's channel of a left/right pair (ICT's `_L` / `_R`), or None for a channel without one."""
+    if name.endswith(("_L", "_R")):
+        return name[:-1] + ("R" if name.endswith("L") else "L")
+    return None
 
 
 def train_head(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, is_test: np.ndarray, test_clips: list,
                config, model: FaceModel, embedding: LandmarkEmbedding) -> None:  # fmt: skip
-    """`--head`: fit the head on the training frames' displaced features, compare it held out with the shipped
-    plain prior, channel by channel and in the whole solver, and write it (unless `--dry-run`)."""
-    channels = np.array([ICT_EXPRESSIONS.index(name) for name in args.head_channels])
-    head = fit_displaced_head(x[~is_test], y[~is_test], channels, args.head_driven_weight)
+    """`--head`: fit the head for every candidate channel on the training frames' displaced features, keep the
+    channels where it reads better than the shipped plain prior on every held-out measure, compare the two in
+    the whole solver, and write the head (unless `--dry-run`)."""
+    candidates = np.array([ICT_EXPRESSIONS.index(name) for name in args.head_channels])
+    fitted = fit_displaced_head(x[~is_test], y[~is_test], candidates, args.head_driven_weight)
     plain = LearnedPrior.load(PEOPLE_PRIOR_PATH)
     held_out, truth = x[is_test], y[is_test]
     readings = {"plain": np.clip(plain.predict(held_out[:, : plain.n_inputs]), 0, 1),
-                "head": np.clip(plain.with_head(head).predict(held_out), 0, 1)}  # fmt: skip
+                "head": np.clip(plain.with_head(fitted).predict(held_out), 0, 1)}  # fmt: skip
     print("held out, alone: driven error / all-frame error / false readings above 0.2 / r")
-    for k in channels:
+    keep = []
+    for j, k in enumerate(candidates):
         scores = {}
         for label, predicted in readings.items():
             error, driven = np.abs(predicted[:, k] - truth[:, k]), truth[:, k] > 0.1
             false = float(np.mean(predicted[truth[:, k] < 0.05, k] > 0.2))
             scores[label] = (error[driven].mean(), error.mean(), false, -(_pearson(predicted[:, k], truth[:, k]) or 0))
         better = all(h <= p for h, p in zip(scores["head"], scores["plain"], strict=True))
-        print(f"  {ICT_EXPRESSIONS[k]:14s} " + "   ".join(
+        keep += [j] if better else []
+        print(f"  {ICT_EXPRESSIONS[k]:16s} " + "   ".join(
             f"{label} {a:.3f} / {b:.3f} / {c:.3f} / {-d:.3f}" for label, (a, b, c, d) in scores.items()
-        ) + ("" if better else "   (not better on every measure)"))  # fmt: skip
+        ) + ("   → head" if better else ""))  # fmt: skip
+    # A left/right pair goes to the head only together: one side read each way would read a symmetric expression
+    # differently on the two sides.
+    kept = {ICT_EXPRESSIONS[candidates[j]] for j in keep}
+    keep = [j for j in keep if _partner(ICT_EXPRESSIONS[candidates[j]]) in kept | {None}]
+    head = DisplacedHead(fitted.channels[keep], fitted.weights[:, keep], fitted.bias[keep])
+    print("the head reads:", ", ".join(ICT_EXPRESSIONS[k] for k in head.channels) or "nothing")
     candidate = ROOT / "out" / "solve_head_candidate.npz"
     head.save(candidate)
     clip_truth = np.concatenate([w for _, w, _ in test_clips])
@@ -211,9 +225,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--displaced", action="store_true", help="also read the displacement from the neutral")
     ap.add_argument("--head", action="store_true", help="fit the displaced head, not a network")
-    ap.add_argument("--head-channels", nargs="+", default=HEAD_CHANNELS, choices=ICT_EXPRESSIONS, metavar="CHANNEL")
-    # The head's driven-frame weight (per channel, the frames that drive it): 3 read held out better than the
-    # plain network on every measure of every channel (driven and all-frame error, false readings, r).
+    ap.add_argument(
+        "--head-channels", nargs="+", default=HEAD_CANDIDATES, choices=ICT_EXPRESSIONS, metavar="CHANNEL",
+        help="the head's candidate channels (it keeps those it reads better held out)",
+    )  # fmt: skip
+    # The head's driven-frame weight (per channel, the frames that drive it): at 3 the brows, jaw open, pucker
+    # and blinks all read better than the plain network on every held-out measure; with the frames where any head
+    # channel was driven weighing alike, pucker's driven error was worse.
     ap.add_argument("--head-driven-weight", type=float, default=3.0)
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
     ap.add_argument(

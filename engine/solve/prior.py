@@ -29,8 +29,8 @@ features also hold their mesh part minus the performer's own neutral features, s
 face moved away from its rest, not only where its landmarks lie. The neutral is the mean of the frames a plain
 prior reads most neutral so far (`NeutralFeatures`); before there is one, the displacement is zero.
 
-Displaced head (`DisplacedHead`, `solve.displaced_head`): a linear read-out of a few channels (brows, jaw open,
-pucker, blinks) from the displaced features, the displacement of every mesh landmark from that neutral
+Displaced head (`DisplacedHead`, `solve.displaced_head`): a linear read-out of a few channels (brows, blinks,
+jaw open, lips) from the displaced features, the displacement of every mesh landmark from that neutral
 included. It replaces the plain network's reading of those channels: a network that sees one frame cannot tell
 high brows from raised ones, or full lips from parted ones (docs/performer.md, "the head"), a displacement can.
 """

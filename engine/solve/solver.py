@@ -371,7 +371,7 @@ def shipped_prior(config: SolveConfig, response: LandmarkResponse | None, people
     default identity (`tools/fit_solve_prior.py`, for the demo performer, which is that identity rendered);
     with `people` and `solve.displaced_prior`, the people prior that reads the performer's displacement from
     their neutral too; with `people` and `solve.displaced_head` (the plain people prior only), that prior with
-    its brows, jaw open, pucker and blinks read from the displacement (`DisplacedHead`,
+    the channels a face's shape confuses read from the displacement (`DisplacedHead`,
     `models/solve_head_displaced.npz`)."""
     path = DEFAULT_PRIOR_PATH if not people else DISPLACED_PRIOR_PATH if config.displaced_prior else PEOPLE_PRIOR_PATH
     if not (config.learned_prior and path.is_file()):
