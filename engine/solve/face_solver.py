@@ -167,8 +167,9 @@ class FaceSolver:
         # A displaced prior (or head) reads the face against the performer's own neutral, picked by the plain prior.
         self.neutral_features: NeutralFeatures | None = None
         if prior is not None and prior.reads_displacement:
+            # A head rides on the plain people prior: that network itself scores. A displaced one needs it loaded.
             plain = config.model_copy(update={"displaced_prior": False, "displaced_head": False})
-            scorer = shipped_prior(plain, response, people=True)
+            scorer = prior.with_head(None) if not prior.displaced else shipped_prior(plain, response, people=True)
             if scorer is None:
                 log.warning("solver: no plain people prior to pick the neutral with; the displacement stays zero")
             else:
