@@ -200,12 +200,13 @@ def _fits_without_and_with_a_neutral(
     return results
 
 
+@pytest.mark.parametrize("mixed", [False, True])
 def test_a_displaced_head_reads_its_channels_alike_in_both_fits(
-    face_model: FaceModel, embedding: LandmarkEmbedding
+    face_model: FaceModel, embedding: LandmarkEmbedding, mixed: bool
 ) -> None:
     """A plain prior with a `DisplacedHead`: the compiled prior reads the displaced features as
-    `displaced_features` builds them and replaces the head's channels: same weights with and without a
-    neutral, and the neutral moves the head's channels."""
+    `displaced_features` builds them and replaces the head's channels (alone, or mixed with the plain reading):
+    same weights with and without a neutral, and the neutral moves the head's channels."""
     from engine.solve.prior import N_DISPLACED, N_FEATURES, DisplacedHead, LearnedPrior
 
     rng = np.random.default_rng(9)
@@ -214,7 +215,8 @@ def test_a_displaced_head_reads_its_channels_alike_in_both_fits(
     channels = np.array([ICT_EXPRESSIONS.index("browInnerUp_L"), ICT_EXPRESSIONS.index("jawOpen")])
     head_weights = rng.normal(0, 0.01, (N_FEATURES + N_DISPLACED, 2))
     head_weights[N_FEATURES:] = np.abs(head_weights[N_FEATURES:])  # the displacement leads
-    head = DisplacedHead(channels, head_weights, np.full(2, 0.5))
+    mix = np.array([[0.6, 0.5, -0.02], [0.7, 0.3, 0.01]]) if mixed else None
+    head = DisplacedHead(channels, head_weights, np.full(2, 0.5), mix)
     prior = LearnedPrior(np.zeros(N_FEATURES), basis, np.full(12, 2.0), layers, 300.0, kind="mlp",
                          reference="mean").with_head(head)  # fmt: skip
     results = _fits_without_and_with_a_neutral(FrameFitter(face_model, embedding, None, SolveConfig(), None, prior),

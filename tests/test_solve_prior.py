@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,7 @@ from engine.solve.prior import (
     NeutralFeatures,
     displaced_features,
     fit_displaced_head,
+    fit_head_mix,
     fit_mlp_prior,
     fit_ridge_prior,
 )
@@ -200,9 +203,11 @@ def test_a_displaced_prior_round_trips_and_a_wrong_width_is_refused(tmp_path) ->
         LearnedPrior.load(path)
 
 
-def _random_head(rng: np.random.Generator) -> DisplacedHead:
-    channels = np.array([ICT_EXPRESSIONS.index("browInnerUp_L"), ICT_EXPRESSIONS.index("jawOpen")])
-    return DisplacedHead(channels, rng.normal(size=(N_FEATURES + N_DISPLACED, 2)), rng.normal(size=2))
+def _random_head(rng: np.random.Generator, channels: np.ndarray | None = None) -> DisplacedHead:
+    if channels is None:
+        channels = np.array([ICT_EXPRESSIONS.index("browInnerUp_L"), ICT_EXPRESSIONS.index("jawOpen")])
+    k = len(channels)
+    return DisplacedHead(channels, rng.normal(size=(N_FEATURES + N_DISPLACED, k)), rng.normal(size=k))
 
 
 def test_a_displaced_head_replaces_its_channels_of_the_prior() -> None:
@@ -248,4 +253,37 @@ def test_a_fitted_head_recovers_a_linear_truth(tmp_path) -> None:
         DisplacedHead.load(path)
     np.savez(path, channels=np.array(["browInnerUp_L", "noSuchChannel"]), weights=loaded.weights, bias=loaded.bias)
     with pytest.raises(ModelFileError, match="unreadable"):
+        DisplacedHead.load(path)
+
+
+def test_a_mixed_head_blends_with_the_plain_reading_and_the_mix_is_recovered(tmp_path) -> None:
+    """`fit_head_mix` finds a · head + b · plain + c where the truth is that, one row shared by a left/right pair
+    (a mirrored face reads mirrored); the prior applies it, the file round-trips it, a wrong shape is refused."""
+    rng = np.random.default_rng(8)
+    channels = np.array([ICT_EXPRESSIONS.index(n) for n in ("eyeBlink_L", "eyeBlink_R", "jawOpen")])
+    head = _random_head(rng, channels)
+    n = 4000
+    head_readings, plain_readings = rng.uniform(0, 1, (n, 3)), rng.uniform(0, 1, (n, N))
+    rows = np.array([[0.6, 0.4, -0.02], [0.6, 0.4, -0.02], [0.8, 0.2, 0.01]])
+    truth = np.zeros((n, N))
+    truth[:, channels] = rows[:, 0] * head_readings + rows[:, 1] * plain_readings[:, channels] + rows[:, 2]
+    truth[:, channels[1]] += rng.normal(0, 0.05, n)  # one side noisier: the pair still shares its row
+    mixed = fit_head_mix(head, head_readings, plain_readings, truth)
+    np.testing.assert_allclose(mixed.mix[0], mixed.mix[1])
+    np.testing.assert_allclose(mixed.mix, rows, atol=0.01)
+    features = displaced_features(rng.normal(size=(3, N_FEATURES)), rng.normal(size=N_DISPLACED))
+    prior = _random_mlp(N_FEATURES, rng)
+    plain = prior.predict(features[:, :N_FEATURES])
+    expected = rows[:, 0] * head.predict(features) + rows[:, 1] * plain[:, channels] + rows[:, 2]
+    with_mix = prior.with_head(replace(mixed, mix=rows)).predict(features)
+    np.testing.assert_allclose(with_mix[:, channels], expected)
+    np.testing.assert_allclose(head.blend(head_readings, plain_readings[:, channels]), head_readings)  # no mix
+    path = tmp_path / "head.npz"
+    mixed.save(path)
+    np.testing.assert_allclose(DisplacedHead.load(path).mix, mixed.mix, atol=1e-6)
+    head.save(path)
+    assert DisplacedHead.load(path).mix is None  # a head file from before the mix reads alone
+    np.savez(path, channels=np.array([ICT_EXPRESSIONS[k] for k in channels]), weights=head.weights, bias=head.bias,
+             mix=rows[:2])  # fmt: skip
+    with pytest.raises(ModelFileError, match="mix"):
         DisplacedHead.load(path)

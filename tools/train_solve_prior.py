@@ -20,6 +20,8 @@ frames before the one it is used on.
 face's displacement (`prior.DisplacedHead`, `solve.displaced_head`), keeps the channels where it reads better
 than the shipped plain prior on every held-out measure (driven and all-frame error, false readings, r), reports
 both in the whole solver → models/solve_head_displaced.npz. A left/right pair is kept only if both sides are.
+`--head-mix` then mixes each kept channel's reading with the plain network's (`prior.fit_head_mix`, fitted on
+the held-out frames, reported as two folds first; measured, not shipped: docs/performer.md).
 
 Usage: python tools/train_solve_prior.py [--clips out/face_clips] [--epochs 30] [--strengths 30 100 300 1000]
        [--dropout 0.2] [--input-noise 0.2] [--identity-augment 1.0] [--displaced | --head] [--dry-run]
@@ -57,6 +59,7 @@ from engine.solve.prior import (  # noqa: E402
     NeutralFeatures,
     displaced_features,
     fit_displaced_head,
+    fit_head_mix,
     fit_mlp_prior,
 )
 from engine.solve.solver import FrameFitter, valid_observation  # noqa: E402
@@ -159,6 +162,39 @@ def _partner(name: str) -> str | None:
     return None
 
 
+def _mixed_head(head: DisplacedHead, plain: LearnedPrior, held_out: np.ndarray, truth: np.ndarray,
+                driven_weight: float) -> DisplacedHead:  # fmt: skip
+    """The head with its mix with the plain network (`prior.fit_head_mix`), fitted on the held-out frames: the
+    plain network's readings of its own training frames are better than it reads anyone else. A channel keeps
+    its mix only where, in two folds of the held-out frames (each half, in clip order, fitted on the other), the
+    mix lowers its driven + all-frame error, the score the strength μ is picked by; a left/right pair decides
+    together. Elsewhere the head reads alone (the row 1, 0, 0)."""
+    readings = (head.predict(held_out), plain.predict(held_out[:, : plain.n_inputs]))
+    halves = np.arange(len(truth)) < len(truth) // 2
+    scores = {"alone": np.zeros((len(head.channels), 4)), "mixed": np.zeros((len(head.channels), 4))}
+    for fit, held in ((halves, ~halves), (~halves, halves)):
+        trial = fit_head_mix(head, readings[0][fit], readings[1][fit], truth[fit], driven_weight)
+        for label, candidate in (("alone", head), ("mixed", trial)):
+            read = np.clip(candidate.blend(readings[0][held], readings[1][held][:, head.channels]), 0, 1)
+            for j, k in enumerate(head.channels):
+                error, driven = np.abs(read[:, j] - truth[held, k]), truth[held, k] > 0.1
+                false = np.mean(read[truth[held, k] < 0.05, j] > 0.2)
+                scores[label][j] += 0.5 * np.array([error[driven].mean(), error.mean(), false,
+                                                    _pearson(read[:, j], truth[held, k]) or 0.0])  # fmt: skip
+    names = [ICT_EXPRESSIONS[k] for k in head.channels]
+    gain = (scores["alone"][:, 0] + scores["alone"][:, 1]) - (scores["mixed"][:, 0] + scores["mixed"][:, 1])
+    sides = [[j] + ([names.index(_partner(name))] if _partner(name) in names else []) for j, name in enumerate(names)]
+    keep = np.array([gain[pair].sum() > 0 for pair in sides])
+    mixed = fit_head_mix(head, readings[0], readings[1], truth, driven_weight)
+    rows = np.where(keep[:, None], mixed.mix, np.array([1.0, 0.0, 0.0]))
+    print("the mix with the plain network, two folds of the held-out frames: driven / all-frame / false / r")
+    for j, name in enumerate(names):
+        measured = "   ".join(f"{label} " + " / ".join(f"{v:.3f}" for v in table[j]) for label, table in scores.items())
+        chosen = f"   → {rows[j, 0]:.3f} · head + {rows[j, 1]:.3f} · plain {rows[j, 2]:+.3f}" if keep[j] else ""
+        print(f"  {name:16s} {measured}{chosen}")
+    return dataclasses.replace(mixed, mix=rows)
+
+
 def train_head(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, is_test: np.ndarray, test_clips: list,
                config, model: FaceModel, embedding: LandmarkEmbedding) -> None:  # fmt: skip
     """`--head`: fit the head for every candidate channel on the training frames' displaced features, keep the
@@ -189,6 +225,8 @@ def train_head(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, is_test: 
     keep = [j for j in keep if _partner(ICT_EXPRESSIONS[candidates[j]]) in kept | {None}]
     head = DisplacedHead(fitted.channels[keep], fitted.weights[:, keep], fitted.bias[keep])
     print("the head reads:", ", ".join(ICT_EXPRESSIONS[k] for k in head.channels) or "nothing")
+    if args.head_mix:
+        head = _mixed_head(head, plain, held_out, truth, args.head_driven_weight)
     candidate = ROOT / "out" / "solve_head_candidate.npz"
     head.save(candidate)
     clip_truth = np.concatenate([w for _, w, _ in test_clips])
@@ -233,6 +271,10 @@ def main() -> None:
     # and blinks all read better than the plain network on every held-out measure; with the frames where any head
     # channel was driven weighing alike, pucker's driven error was worse.
     ap.add_argument("--head-driven-weight", type=float, default=3.0)
+    ap.add_argument(
+        "--head-mix", action="store_true",
+        help="mix the head's readings with the plain network's (measured, not shipped: docs/performer.md)",
+    )  # fmt: skip
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
     ap.add_argument(
         "--ship-curves", action="store_true",

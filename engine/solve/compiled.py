@@ -474,8 +474,9 @@ def _prior(
         for j in range(9):
             for k in range(n_head):
                 head[k] += flat_rot[j] * prior.head_weights[n_mesh_values + j, k]
-        for k in range(n_head):
-            h[prior.head_channels[k]] = head[k]
+        for k in range(n_head):  # `DisplacedHead.blend`: mixed with the plain network's reading
+            channel = prior.head_channels[k]
+            h[channel] = prior.head_mix[k, 0] * head[k] + prior.head_mix[k, 1] * h[channel] + prior.head_mix[k, 2]
     if prior.residual_limit <= 0:
         return h, 1.0
     outside = math.sqrt(max(centred @ centred - z @ z, 0.0))

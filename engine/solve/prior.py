@@ -60,15 +60,24 @@ N_DISPLACED = N_MESH * 3  # the displaced features' extra part: the mesh part mi
 @dataclass(frozen=True)
 class DisplacedHead:
     """A linear read-out of `channels` (k,) from the `displaced_features` (plain features, then the mesh part's
-    displacement from the performer's neutral): `weights` (N_FEATURES + N_DISPLACED, k), `bias` (k,)."""
+    displacement from the performer's neutral): `weights` (N_FEATURES + N_DISPLACED, k), `bias` (k,); and how
+    its reading mixes with the plain network's: `mix` (k, 3) rows (a, b, c), the channel = a · head + b · plain
+    + c (`fit_head_mix`; None: the head's reading alone)."""
 
     channels: np.ndarray
     weights: np.ndarray
     bias: np.ndarray
+    mix: np.ndarray | None = None
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """(…, N_FEATURES + N_DISPLACED) `displaced_features` → (…, k) unclipped weights of `channels`."""
         return features @ self.weights + self.bias
+
+    def blend(self, head: np.ndarray, plain: np.ndarray) -> np.ndarray:
+        """(…, k) head readings and the plain network's readings of the same channels → (…, k) the channels."""
+        if self.mix is None:
+            return head
+        return self.mix[:, 0] * head + self.mix[:, 1] * plain + self.mix[:, 2]
 
     @staticmethod
     def load(path: Path | str = DISPLACED_HEAD_PATH) -> DisplacedHead:
@@ -77,15 +86,19 @@ class DisplacedHead:
         arrays = read_npz(path, "displaced head", "tools/train_solve_prior.py --head")
         try:
             channels = np.array([_CHANNEL_NAMES.index(str(name)) for name in arrays["channels"]], dtype=np.int64)
+            mix = arrays["mix"].astype(np.float64) if "mix" in arrays else None  # heads before the mix: alone
             head = DisplacedHead(
-                channels, np.ascontiguousarray(arrays["weights"], dtype=np.float64), arrays["bias"].astype(np.float64)
-            )
+                channels, np.ascontiguousarray(arrays["weights"], dtype=np.float64), arrays["bias"].astype(np.float64),
+                mix,
+            )  # fmt: skip
         except Exception as exc:
             raise ModelFileError(f"displaced head {path} is unreadable: {exc}") from exc
         k = len(head.channels)
         if head.weights.shape != (N_FEATURES + N_DISPLACED, k) or head.bias.shape != (k,) or len(set(channels)) != k:
             raise ModelFileError(f"displaced head {path} holds weights {head.weights.shape} for {k} channels")
-        if not (np.isfinite(head.weights).all() and np.isfinite(head.bias).all()):
+        if mix is not None and mix.shape != (k, 3):
+            raise ModelFileError(f"displaced head {path} holds a mix of shape {mix.shape} for {k} channels")
+        if not all(np.isfinite(a).all() for a in (head.weights, head.bias, np.zeros(0) if mix is None else mix)):
             raise ModelFileError(f"displaced head {path} holds non-finite values")
         return head
 
@@ -96,6 +109,7 @@ class DisplacedHead:
             channels=np.array([_CHANNEL_NAMES[k] for k in self.channels]),
             weights=self.weights.astype(np.float32),
             bias=self.bias.astype(np.float32),
+            **({} if self.mix is None else {"mix": self.mix.astype(np.float32)}),
             **{key: np.asarray(value) for key, value in metadata.items()},
         )
 
@@ -173,7 +187,7 @@ class LearnedPrior:
         for i, (weight, bias) in enumerate(self.layers):
             h = (np.maximum(h, 0.0) if i else h) @ weight + bias
         if self.head is not None:
-            h[..., self.head.channels] = self.head.predict(features)
+            h[..., self.head.channels] = self.head.blend(self.head.predict(features), h[..., self.head.channels])
         if self.residual_limit <= 0:
             return h, np.ones(np.shape(features)[:-1])
         outside = np.sqrt(np.maximum((centred * centred).sum(axis=-1) - (z * z).sum(axis=-1), 0.0))
@@ -328,6 +342,7 @@ def prior_tables(
         head_weights=contiguous(np.zeros((0, 0)) if head is None else head.weights),
         head_bias=contiguous(np.zeros(0) if head is None else head.bias),
         head_channels=contiguous(np.zeros(0) if head is None else head.channels, np.int64),
+        head_mix=contiguous(np.zeros((0, 3)) if head is None else head_mix(head)),
     )
 
 
@@ -363,6 +378,39 @@ def fit_ridge_prior(
     coef = solve(features, weights, best)
     text = "ridge α (validation MAE): " + ", ".join(f"{a:g} ({s:.4f})" for a, s in zip(alphas, scores, strict=True))
     return LearnedPrior.linear(coef, 0.0, with_response), text + f" → α = {best:g}"
+
+
+def head_mix(head: DisplacedHead) -> np.ndarray:
+    """(k, 3) the head's mix rows (a, b, c); the head alone (1, 0, 0) where it has none."""
+    if head.mix is not None:
+        return head.mix
+    return np.tile(np.array([1.0, 0.0, 0.0]), (len(head.channels), 1))
+
+
+def fit_head_mix(
+    head: DisplacedHead, head_readings: np.ndarray, plain_readings: np.ndarray, truth: np.ndarray,
+    driven_weight: float = 3.0,
+) -> DisplacedHead:  # fmt: skip
+    """`head` with its mix: per channel, a · head + b · plain + c by least squares against the truth, the frames
+    that drive the channel (> 0.1) weighing `driven_weight`. head_readings: (n, k) `head.predict`, unclipped;
+    plain_readings, truth: (n, 53). Fitted on frames the plain network never trained on (its readings of its
+    own training frames are better than it reads anyone else). A left/right pair (`_L`/`_R`) shares one row,
+    fitted on both sides' frames, so that a mirrored face reads mirrored."""
+    names = [_CHANNEL_NAMES[k] for k in head.channels]
+    mix = np.zeros((len(names), 3))
+    for j, name in enumerate(names):
+        partner = name[:-1] + ("R" if name.endswith("L") else "L") if name.endswith(("_L", "_R")) else None
+        sides = [j] + ([names.index(partner)] if partner in names else [])
+        design = np.concatenate(
+            [
+                np.stack([head_readings[:, i], plain_readings[:, head.channels[i]], np.ones(len(truth))], 1)
+                for i in sides
+            ]
+        )
+        target = np.concatenate([truth[:, head.channels[i]] for i in sides])
+        root = np.sqrt(np.where(target > 0.1, driven_weight, 1.0))
+        mix[j] = np.linalg.lstsq(design * root[:, None], target * root, rcond=None)[0]
+    return replace(head, mix=mix)
 
 
 def fit_displaced_head(

@@ -74,11 +74,12 @@ class PriorTables(NamedTuple):
     channel_mask: np.ndarray  # (K,) the share of μ each channel gets
     focal_ratio: float  # the prior's camera's focal length over the fit's (its features keep their lens)
     displaced: bool  # the features go on with their mesh part minus the performer's neutral (`prior.py`)
-    # Its `DisplacedHead` (empty arrays: none): (N_FEATURES + N_DISPLACED, k) weights, (k,) bias and the (k,)
-    # channels whose prediction it replaces.
+    # Its `DisplacedHead` (empty arrays: none): (N_FEATURES + N_DISPLACED, k) weights, (k,) bias, the (k,)
+    # channels whose prediction it replaces and (k, 3) how it mixes with the plain reading (a, b, c).
     head_weights: np.ndarray
     head_bias: np.ndarray
     head_channels: np.ndarray
+    head_mix: np.ndarray
 
 
 class FitTables(NamedTuple):
