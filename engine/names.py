@@ -57,6 +57,13 @@ def ict_to_arkit_name(ict_name: str) -> str:
     return ict_name
 
 
+def ict_partner(ict_name: str) -> str | None:
+    """The other side's channel of a left/right pair (`eyeBlink_L` → `eyeBlink_R`), or None (`jawOpen`)."""
+    if ict_name.endswith(("_L", "_R")):
+        return ict_name[:-1] + ("R" if ict_name.endswith("L") else "L")
+    return None
+
+
 def arkit_to_ict_names(arkit_name: str) -> tuple[str, ...]:
     """The ICT channels one ARKit channel drives (two for the merged pairs, none for `tongueOut`)."""
     return tuple(n for n in ICT_EXPRESSIONS if ict_to_arkit_name(n) == arkit_name)

@@ -14,6 +14,7 @@ from engine.names import (
     UNSUPPORTED_ARKIT,
     arkit_to_ict,
     facescape_to_arkit_name,
+    ict_partner,
     ict_to_arkit,
     ict_to_arkit_name,
     to_vrm_name,
@@ -70,3 +71,10 @@ def test_facescape_table_is_complete_and_sided() -> None:
 
 def test_vrm_casing() -> None:
     assert to_vrm_name("eyeBlinkLeft") == "EyeBlinkLeft"
+
+
+def test_every_sided_ict_channel_has_its_partner() -> None:
+    sided = [n for n in ICT_EXPRESSIONS if ict_partner(n) is not None]
+    assert len(sided) == 40 and ict_partner("jawOpen") is None  # 20 pairs; 13 jaw and mouth channels have no side
+    for name in sided:
+        assert ict_partner(name) in ICT_EXPRESSIONS and ict_partner(ict_partner(name)) == name != ict_partner(name)

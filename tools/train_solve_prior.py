@@ -20,11 +20,11 @@ frames before the one it is used on.
 face's displacement (`prior.DisplacedHead`, `solve.displaced_head`), keeps the channels where it reads better
 than the shipped plain prior on every held-out measure (driven and all-frame error, false readings, r), reports
 both in the whole solver → models/solve_head_displaced.npz. A left/right pair is kept only if both sides are.
-`--head-mix` then mixes each kept channel's reading with the plain network's (`prior.fit_head_mix`, fitted on
-the held-out frames, reported as two folds first; measured, not shipped: docs/performer.md).
+`--head-mix` then mixes a kept channel's reading with the plain network's where that scores better
+(`prior.fit_head_mix`, fitted on the held-out frames, chosen on two folds of them); the shipped head is made so.
 
 Usage: python tools/train_solve_prior.py [--clips out/face_clips] [--epochs 30] [--strengths 30 100 300 1000]
-       [--dropout 0.2] [--input-noise 0.2] [--identity-augment 1.0] [--displaced | --head] [--dry-run]
+       [--dropout 0.2] [--input-noise 0.2] [--identity-augment 1.0] [--displaced | --head [--head-mix]] [--dry-run]
 The defaults are the shipped model's recipe.
 """
 
@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from engine.config import load_config  # noqa: E402
 from engine.eval_synthetic import FPS as CLIP_FPS  # noqa: E402
 from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
-from engine.names import ICT_EXPRESSIONS  # noqa: E402
+from engine.names import ICT_EXPRESSIONS, ict_partner  # noqa: E402
 from engine.solve.curves import DEFAULT_CURVES_PATH, ResponseCurves  # noqa: E402
 from engine.solve.face_solver import FaceSolver  # noqa: E402
 from engine.solve.performer import Performer  # noqa: E402
@@ -155,13 +155,6 @@ def solve_clips(clips: list, model: FaceModel, embedding: LandmarkEmbedding, con
 HEAD_CANDIDATES = [n for n in ICT_EXPRESSIONS if not n.startswith("eyeLook")]
 
 
-def _partner(name: str) -> str | None:
-    """The other side's channel of a left/right pair (ICT's `_L` / `_R`), or None for a channel without one."""
-    if name.endswith(("_L", "_R")):
-        return name[:-1] + ("R" if name.endswith("L") else "L")
-    return None
-
-
 def _mixed_head(head: DisplacedHead, plain: LearnedPrior, held_out: np.ndarray, truth: np.ndarray,
                 driven_weight: float) -> DisplacedHead:  # fmt: skip
     """The head with its mix with the plain network (`prior.fit_head_mix`), fitted on the held-out frames: the
@@ -183,7 +176,9 @@ def _mixed_head(head: DisplacedHead, plain: LearnedPrior, held_out: np.ndarray, 
                                                     _pearson(read[:, j], truth[held, k]) or 0.0])  # fmt: skip
     names = [ICT_EXPRESSIONS[k] for k in head.channels]
     gain = (scores["alone"][:, 0] + scores["alone"][:, 1]) - (scores["mixed"][:, 0] + scores["mixed"][:, 1])
-    sides = [[j] + ([names.index(_partner(name))] if _partner(name) in names else []) for j, name in enumerate(names)]
+    sides = [
+        [j] + ([names.index(ict_partner(name))] if ict_partner(name) in names else []) for j, name in enumerate(names)
+    ]
     keep = np.array([gain[pair].sum() > 0 for pair in sides])
     mixed = fit_head_mix(head, readings[0], readings[1], truth, driven_weight)
     rows = np.where(keep[:, None], mixed.mix, np.array([1.0, 0.0, 0.0]))
@@ -222,7 +217,7 @@ def train_head(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, is_test: 
     # A left/right pair goes to the head only together: one side read each way would read a symmetric expression
     # differently on the two sides.
     kept = {ICT_EXPRESSIONS[candidates[j]] for j in keep}
-    keep = [j for j in keep if _partner(ICT_EXPRESSIONS[candidates[j]]) in kept | {None}]
+    keep = [j for j in keep if ict_partner(ICT_EXPRESSIONS[candidates[j]]) in kept | {None}]
     head = DisplacedHead(fitted.channels[keep], fitted.weights[:, keep], fitted.bias[keep])
     print("the head reads:", ", ".join(ICT_EXPRESSIONS[k] for k in head.channels) or "nothing")
     if args.head_mix:
@@ -273,7 +268,7 @@ def main() -> None:
     ap.add_argument("--head-driven-weight", type=float, default=3.0)
     ap.add_argument(
         "--head-mix", action="store_true",
-        help="mix the head's readings with the plain network's (measured, not shipped: docs/performer.md)",
+        help="mix the head's readings with the plain network's where two folds say so (the shipped head)",
     )  # fmt: skip
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
     ap.add_argument(

@@ -44,6 +44,7 @@ import numpy as np
 
 from engine.face_model import MODELS_DIR, ModelFileError, read_npz
 from engine.names import ICT_EXPRESSIONS as _CHANNEL_NAMES
+from engine.names import ict_partner
 from engine.solve.tables import PriorTables, contiguous
 
 DEFAULT_PRIOR_PATH = MODELS_DIR / "solve_prior.npz"  # trained on renders of the default identity (the demo)
@@ -399,7 +400,7 @@ def fit_head_mix(
     names = [_CHANNEL_NAMES[k] for k in head.channels]
     mix = np.zeros((len(names), 3))
     for j, name in enumerate(names):
-        partner = name[:-1] + ("R" if name.endswith("L") else "L") if name.endswith(("_L", "_R")) else None
+        partner = ict_partner(name)
         sides = [j] + ([names.index(partner)] if partner in names else [])
         design = np.concatenate(
             [
