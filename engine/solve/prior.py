@@ -80,6 +80,12 @@ class DisplacedHead:
             return head
         return self.mix[:, 0] * head + self.mix[:, 1] * plain + self.mix[:, 2]
 
+    def mix_rows(self) -> np.ndarray:
+        """(k, 3) the mix rows (a, b, c) `blend` applies; (1, 0, 0), the head alone, where it has no mix."""
+        if self.mix is not None:
+            return self.mix
+        return np.tile(np.array([1.0, 0.0, 0.0]), (len(self.channels), 1))
+
     @staticmethod
     def load(path: Path | str = DISPLACED_HEAD_PATH) -> DisplacedHead:
         """Read a head file; a missing or malformed one is a clear ModelFileError."""
@@ -343,7 +349,7 @@ def prior_tables(
         head_weights=contiguous(np.zeros((0, 0)) if head is None else head.weights),
         head_bias=contiguous(np.zeros(0) if head is None else head.bias),
         head_channels=contiguous(np.zeros(0) if head is None else head.channels, np.int64),
-        head_mix=contiguous(np.zeros((0, 3)) if head is None else head_mix(head)),
+        head_mix=contiguous(np.zeros((0, 3)) if head is None else head.mix_rows()),
     )
 
 
@@ -379,13 +385,6 @@ def fit_ridge_prior(
     coef = solve(features, weights, best)
     text = "ridge α (validation MAE): " + ", ".join(f"{a:g} ({s:.4f})" for a, s in zip(alphas, scores, strict=True))
     return LearnedPrior.linear(coef, 0.0, with_response), text + f" → α = {best:g}"
-
-
-def head_mix(head: DisplacedHead) -> np.ndarray:
-    """(k, 3) the head's mix rows (a, b, c); the head alone (1, 0, 0) where it has none."""
-    if head.mix is not None:
-        return head.mix
-    return np.tile(np.array([1.0, 0.0, 0.0]), (len(head.channels), 1))
 
 
 def fit_head_mix(
