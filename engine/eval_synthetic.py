@@ -195,15 +195,79 @@ def _upper_face(rng: np.random.Generator, table: np.ndarray) -> np.ndarray:
     return np.clip(w, 0.0, 1.0)
 
 
+def _sides(*names: str) -> list[int]:
+    """Both sides' channel indices of ICT names given without their _L/_R suffix."""
+    return [_CH[f"{name}_{side}"] for name in names for side in ("L", "R")]
+
+
+def _compound(rng: np.random.Generator, table: np.ndarray) -> np.ndarray:
+    """A FACS compound a face makes that the key table lacks, the channels of one action moving together: a
+    broad smile or laugh (cheeks and lower lids raised, upper lip lifted off the teeth, lips parted: AU 6 + 12 +
+    10 + 25/26), a smile while talking, a sneer (AU 9 + 10), a pout or chin raise (AU 15 + 17), lips pressed
+    (AU 24), speech with the lips drawn back, or a blink that raises the lower lids (the orbicularis closes
+    both lids). The first training clips saw these channels only on their own or in random pairs, and a
+    regressor trained on them read a real laugh's lifted upper lip as smile alone."""
+    w = np.zeros(N)
+    kind = rng.choice(
+        ["broad_smile", "talking_smile", "sneer", "pout", "press", "drawn_speech", "squeezed_blink"],
+        p=[0.3, 0.15, 0.1, 0.15, 0.1, 0.1, 0.1],
+    )
+    level = rng.uniform(0.4, 1.0)
+    if kind in ("broad_smile", "talking_smile"):
+        w[_sides("mouthSmile")] = np.clip(level + rng.normal(0, 0.08, 2), 0, 1)
+        w[_sides("cheekSquint")] = rng.uniform(0.0, 0.8) * level
+        w[_sides("eyeSquint")] = rng.uniform(0.0, 0.6) * level
+        if kind == "broad_smile":
+            w[_sides("mouthUpperUp")] = rng.uniform(0.0, 0.9) * (rng.uniform() < 0.7)
+            w[_sides("mouthLowerDown")] = rng.uniform(0.0, 0.6) * (rng.uniform() < 0.5)
+            w[_CH["jawOpen"]] = rng.uniform(0.0, 0.4) * (rng.uniform() < 0.5)
+        else:
+            w[_CH["jawOpen"]] = rng.uniform(0.05, 0.4)
+            w[_sides("mouthUpperUp")] = rng.uniform(0.0, 0.5) * (rng.uniform() < 0.5)
+    elif kind == "sneer":
+        side = rng.choice(["L", "R", "both"])
+        sides = ("L", "R") if side == "both" else (side,)
+        for s in sides:
+            w[_CH[f"noseSneer_{s}"]] = level
+            w[_CH[f"mouthUpperUp_{s}"]] = rng.uniform(0.3, 1.0)
+            w[_CH[f"browDown_{s}"]] = rng.uniform(0.0, 0.6) * (rng.uniform() < 0.5)
+    elif kind == "pout":
+        w[_sides("mouthFrown")] = rng.uniform(0.0, 0.8)
+        w[_CH["mouthShrugLower"]] = level
+        w[_CH["mouthShrugUpper"]] = rng.uniform(0.0, 0.6) * (rng.uniform() < 0.5)
+        w[_CH["mouthPucker"]] = rng.uniform(0.0, 0.4) * (rng.uniform() < 0.3)
+    elif kind == "press":
+        w[_sides("mouthPress")] = np.clip(level + rng.normal(0, 0.08, 2), 0, 1)
+        w[_CH["mouthRollLower"]] = rng.uniform(0.0, 0.4) * (rng.uniform() < 0.4)
+        w[_CH["mouthShrugLower"]] = rng.uniform(0.0, 0.5) * (rng.uniform() < 0.4)
+    elif kind == "drawn_speech":
+        w[_CH["jawOpen"]] = rng.uniform(0.05, 0.5)
+        w[_sides("mouthStretch")] = rng.uniform(0.0, 0.7)
+        w[_sides("mouthUpperUp")] = rng.uniform(0.0, 0.7)
+        w[_sides("mouthLowerDown")] = rng.uniform(0.0, 0.7)
+    else:
+        w[_sides("eyeBlink")] = rng.uniform(0.6, 1.0)
+        w[_sides("eyeSquint")] = rng.uniform(0.2, 0.8)
+        w[_sides("cheekSquint")] = rng.uniform(0.0, 0.5) * (rng.uniform() < 0.5)
+    w[_CH["mouthClose"]] = min(w[_CH["mouthClose"]], w[_CH["jawOpen"]])
+    return np.clip(w, 0.0, 1.0)
+
+
 def performance(
-    kind: str, seconds: float, seed: int, max_yaw_deg: float = 30.0, upper_face_share: float = 0.0
+    kind: str,
+    seconds: float,
+    seed: int,
+    max_yaw_deg: float = 30.0,
+    upper_face_share: float = 0.0,
+    compound_share: float = 0.0,
 ) -> Performance:
     """A scripted performance at FPS.
 
     `neutral_start`: 1.5 s relaxed, then expressions; `expressive_start`: a broad expression from the first
     frame; `smile_hold`: a smile held throughout with speech and blinks over it; `random`: expressions from
     the first frame on, neutral about a third of the time (training clips), and with `upper_face_share` that
-    share of its expressions drawn from the upper face (`_upper_face`). Head turns up to `max_yaw_deg`,
+    share of its expressions drawn from the upper face (`_upper_face`), with `compound_share` that share from
+    FACS compounds (`_compound`). Head turns up to `max_yaw_deg`,
     blinks every 2–5 s."""
     rng = np.random.default_rng(seed)
     table = key_expression_weights()
@@ -235,6 +299,8 @@ def performance(
         hold = rng.uniform(0.25, 0.6) if kind == "random" else rng.uniform(0.4, 1.2)
         if kind == "random" and rng.uniform() < 0.33:
             w = np.zeros(N)
+        elif compound_share > 0 and rng.uniform() < compound_share:
+            w = _compound(rng, table)
         elif upper_face_share > 0 and rng.uniform() < upper_face_share:
             w = _upper_face(rng, table)
         else:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.errors import UserError
-from engine.eval_synthetic import clip_errors, wink_readings, wink_summary
+from engine.eval_synthetic import clip_errors, performance, wink_readings, wink_summary
 from engine.evaluate import (
     CHANNEL,
     REST_CHANNELS,
@@ -20,7 +20,7 @@ from engine.evaluate import (
     rest_frames,
     winks,
 )
-from engine.names import ARKIT_BLENDSHAPES
+from engine.names import ARKIT_BLENDSHAPES, ICT_EXPRESSIONS
 
 
 def _track(n: int, values: dict[str, np.ndarray], face: np.ndarray | None = None) -> Track:
@@ -108,6 +108,25 @@ def test_synthetic_clip_errors_by_window_after_the_face_appears() -> None:
     assert errors["3-10s"]["brows"] is None and errors["3-10s"]["mouth"] is None
     valid[:] = False
     assert clip_errors(truth, solved, valid) == {}
+
+
+def test_training_performances_draw_facs_compounds_only_when_asked() -> None:
+    """Compounds move an action's channels together (a laugh lifts the upper lip with the smile), and a
+    performance without them draws exactly what it drew before they existed (old clips stay reproducible)."""
+    c = {name: i for i, name in enumerate(ICT_EXPRESSIONS)}
+    smile, lip, cheek = c["mouthSmile_L"], c["mouthUpperUp_L"], c["cheekSquint_L"]
+
+    def together(share: float) -> int:
+        frames = 0
+        for seed in range(20):
+            w = performance("random", 3.0, seed, upper_face_share=0.4, compound_share=share).weights
+            frames += int(np.sum((w[:, smile] > 0.3) & (w[:, lip] > 0.2) & (w[:, cheek] > 0.05)))
+        return frames
+
+    assert together(0.0) == 0 and together(1.0) > 100
+    plain = performance("random", 3.0, 7, upper_face_share=0.4)
+    np.testing.assert_array_equal(plain.weights, performance("random", 3.0, 7, 30.0, 0.4, 0.0).weights)
+    assert not np.array_equal(plain.weights, performance("random", 3.0, 7, 30.0, 0.4, 0.3).weights)
 
 
 def test_wink_readings_take_the_winking_eye_from_the_truth() -> None:
