@@ -57,11 +57,15 @@ def ict_to_arkit_name(ict_name: str) -> str:
     return ict_name
 
 
+_MIRRORED_UNSIDED = {"jawLeft": "jawRight", "jawRight": "jawLeft", "mouthLeft": "mouthRight", "mouthRight": "mouthLeft"}
+
+
 def ict_partner(ict_name: str) -> str | None:
-    """The other side's channel of a left/right pair (`eyeBlink_L` → `eyeBlink_R`), or None (`jawOpen`)."""
+    """The channel a mirrored face reads instead: the other side of a left/right pair (`eyeBlink_L` →
+    `eyeBlink_R`), the other direction of a sideways move (`jawLeft` → `jawRight`), or None (`jawOpen`)."""
     if ict_name.endswith(("_L", "_R")):
         return ict_name[:-1] + ("R" if ict_name.endswith("L") else "L")
-    return None
+    return _MIRRORED_UNSIDED.get(ict_name)
 
 
 def arkit_to_ict_names(arkit_name: str) -> tuple[str, ...]:

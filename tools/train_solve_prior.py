@@ -20,8 +20,11 @@ frames before the one it is used on.
 face's displacement (`prior.DisplacedHead`, `solve.displaced_head`), keeps the channels where it reads better
 than the shipped plain prior on every held-out measure (driven and all-frame error, false readings, r), reports
 both in the whole solver → models/solve_head_displaced.npz. A left/right pair is kept only if both sides are.
-`--head-mix` then mixes a kept channel's reading with the plain network's where that scores better
-(`prior.fit_head_mix`, fitted on the held-out frames, chosen on two folds of them); the shipped head is made so.
+`--head-mix` adds a third form to that choice: the head mixed with the plain network's reading
+(`prior.fit_head_mix`, a · head + b · plain + c, fitted on the held-out frames: for the rule, each half of them
+read with the mix fitted on the other; for the head written, on all of them). Of the head's forms that beat the
+plain network on every measure, the one with the lower driven + all-frame error is kept; the shipped head is
+made so.
 
 Usage: python tools/train_solve_prior.py [--clips out/face_clips] [--epochs 30] [--strengths 30 100 300 1000]
        [--dropout 0.2] [--input-noise 0.2] [--identity-augment 1.0] [--displaced | --head [--head-mix]] [--dry-run]
@@ -163,69 +166,62 @@ def solve_clips(clips: list, model: FaceModel, embedding: LandmarkEmbedding, con
 HEAD_CANDIDATES = [n for n in ICT_EXPRESSIONS if not n.startswith("eyeLook")]
 
 
-def _mixed_head(head: DisplacedHead, plain: LearnedPrior, held_out: np.ndarray, truth: np.ndarray,
-                driven_weight: float) -> DisplacedHead:  # fmt: skip
-    """The head with its mix with the plain network (`prior.fit_head_mix`), fitted on the held-out frames: the
-    plain network's readings of its own training frames are better than it reads anyone else. A channel keeps
-    its mix only where, in two folds of the held-out frames (each half, in clip order, fitted on the other), the
-    mix lowers its driven + all-frame error, the score the strength μ is picked by; a left/right pair decides
-    together. Elsewhere the head reads alone (the row 1, 0, 0)."""
-    readings = (head.predict(held_out), plain.predict(held_out[:, : plain.n_inputs]))
+def _cross_fitted_mix(head: DisplacedHead, head_read: np.ndarray, plain_read: np.ndarray, truth: np.ndarray,
+                      driven_weight: float) -> np.ndarray:  # fmt: skip
+    """(n, k) the head's channels mixed with the plain network (`prior.fit_head_mix`) on held-out frames, each half
+    of them (in clip order) read with the mix fitted on the other half: the plain network's readings of its own
+    training frames are better than it reads anyone else, so the mix is fitted, and judged, on frames it never
+    trained on. head_read: (n, k) `head.predict`; plain_read: (n, 53) `plain.predict`, both unclipped."""
     halves = np.arange(len(truth)) < len(truth) // 2
-    scores = {"alone": np.zeros((len(head.channels), 4)), "mixed": np.zeros((len(head.channels), 4))}
+    mixed = np.empty_like(head_read)
     for fit, held in ((halves, ~halves), (~halves, halves)):
-        trial = fit_head_mix(head, readings[0][fit], readings[1][fit], truth[fit], driven_weight)
-        for label, candidate in (("alone", head), ("mixed", trial)):
-            read = np.clip(candidate.blend(readings[0][held], readings[1][held][:, head.channels]), 0, 1)
-            for j, k in enumerate(head.channels):
-                scores[label][j] += 0.5 * _channel_measures(read[:, j], truth[held, k])
-    names = [ICT_EXPRESSIONS[k] for k in head.channels]
-    gain = (scores["alone"][:, 0] + scores["alone"][:, 1]) - (scores["mixed"][:, 0] + scores["mixed"][:, 1])
-    sides = [
-        [j] + ([names.index(ict_partner(name))] if ict_partner(name) in names else []) for j, name in enumerate(names)
-    ]
-    keep = np.array([gain[pair].sum() > 0 for pair in sides])
-    mixed = fit_head_mix(head, readings[0], readings[1], truth, driven_weight)
-    rows = np.where(keep[:, None], mixed.mix, np.array([1.0, 0.0, 0.0]))
-    print("the mix with the plain network, two folds of the held-out frames: driven / all-frame / false / r")
-    for j, name in enumerate(names):
-        measured = "   ".join(f"{label} " + " / ".join(f"{v:.3f}" for v in table[j]) for label, table in scores.items())
-        chosen = f"   → {rows[j, 0]:.3f} · head + {rows[j, 1]:.3f} · plain {rows[j, 2]:+.3f}" if keep[j] else ""
-        print(f"  {name:16s} {measured}{chosen}")
-    return dataclasses.replace(mixed, mix=rows)
+        trial = fit_head_mix(head, head_read[fit], plain_read[fit], truth[fit], driven_weight)
+        mixed[held] = trial.blend(head_read[held], plain_read[held][:, head.channels])
+    return mixed
 
 
 def train_head(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, is_test: np.ndarray, test_clips: list,
                config, model: FaceModel, embedding: LandmarkEmbedding) -> None:  # fmt: skip
     """`--head`: fit the head for every candidate channel on the training frames' displaced features, keep the
-    channels where it reads better than the shipped plain prior on every held-out measure, compare the two in
-    the whole solver, and write the head (unless `--dry-run`)."""
+    channels where it (or, with `--head-mix`, its mix with the plain network) reads better than the shipped plain
+    prior on every held-out measure, compare the two in the whole solver, and write the head (unless
+    `--dry-run`)."""
     candidates = np.array([ICT_EXPRESSIONS.index(name) for name in args.head_channels])
     fitted = fit_displaced_head(x[~is_test], y[~is_test], candidates, args.head_driven_weight)
     plain = LearnedPrior.load(PEOPLE_PRIOR_PATH)
     held_out, truth = x[is_test], y[is_test]
-    readings = {"plain": np.clip(plain.predict(held_out[:, : plain.n_inputs]), 0, 1),
-                "head": np.clip(plain.with_head(fitted).predict(held_out), 0, 1)}  # fmt: skip
-    print("held out, alone: driven error / all-frame error / false readings above 0.2 / r")
-    keep = []
-    for j, k in enumerate(candidates):
-        scores = {}
-        for label, predicted in readings.items():
-            scores[label] = _channel_measures(predicted[:, k], truth[:, k])
-        # Lower errors and false readings, higher r: every measure at least as good as the plain network's.
-        better = bool((scores["head"][:3] <= scores["plain"][:3]).all() and scores["head"][3] >= scores["plain"][3])
-        keep += [j] if better else []
-        print(f"  {ICT_EXPRESSIONS[k]:16s} " + "   ".join(
-            f"{label} " + " / ".join(f"{v:.3f}" for v in measures) for label, measures in scores.items()
-        ) + ("   → head" if better else ""))  # fmt: skip
-    # A left/right pair goes to the head only together: one side read each way would read a symmetric expression
-    # differently on the two sides.
-    kept = {ICT_EXPRESSIONS[candidates[j]] for j in keep}
-    keep = [j for j in keep if ict_partner(ICT_EXPRESSIONS[candidates[j]]) in kept | {None}]
+    plain_read = plain.predict(held_out[:, : plain.n_inputs])
+    alone = fitted.predict(held_out)
+    forms = {"plain": np.clip(plain_read[:, candidates], 0, 1), "head": np.clip(alone, 0, 1)}
+    if args.head_mix:  # the head's reading mixed with the plain network's is a third form
+        forms["mixed"] = np.clip(_cross_fitted_mix(fitted, alone, plain_read, truth, args.head_driven_weight), 0, 1)
+    print("held out, per form: driven error / all-frame error / false readings above 0.2 / r")
+    scores = {form: np.array([_channel_measures(read[:, j], truth[:, k]) for j, k in enumerate(candidates)])
+              for form, read in forms.items()}  # fmt: skip
+    # A form of the head qualifies where every measure is at least as good as the plain network's (lower errors
+    # and false readings, higher r); of two that do, the lower driven + all-frame error (the score μ is picked
+    # by) wins. A mirrored pair (`names.ict_partner`) decides together, on the sum of its two sides: one side read
+    # each way would read a mirrored face differently.
+    names = [ICT_EXPRESSIONS[k] for k in candidates]
+    chosen = []
+    for j, name in enumerate(names):
+        sides = [j] + ([names.index(ict_partner(name))] if ict_partner(name) in names else [])
+        plain_scores = scores["plain"][sides]
+        qualified = [form for form in forms if form != "plain"
+                     and (scores[form][sides, :3] <= plain_scores[:, :3]).all()
+                     and (scores[form][sides, 3] >= plain_scores[:, 3]).all()]  # fmt: skip
+        chosen.append(min(qualified, key=lambda f: scores[f][sides, :2].sum()) if qualified else "plain")
+        print(f"  {name:16s} " + "   ".join(f"{form} " + " / ".join(f"{v:.3f}" for v in scores[form][j])
+                                           for form in forms) + f"   → {chosen[-1]}")  # fmt: skip
+    keep = [j for j, form in enumerate(chosen) if form != "plain"]
     head = DisplacedHead(fitted.channels[keep], fitted.weights[:, keep], fitted.bias[keep])
-    print("the head reads:", ", ".join(ICT_EXPRESSIONS[k] for k in head.channels) or "nothing")
-    if args.head_mix:
-        head = _mixed_head(head, plain, held_out, truth, args.head_driven_weight)
+    print("the head reads:", ", ".join(names[j] for j in keep) or "nothing")
+    if args.head_mix:  # the mixed channels' rows, now fitted on all the held-out frames; the rest read the head alone
+        mixed = fit_head_mix(head, head.predict(held_out), plain_read, truth, args.head_driven_weight)
+        is_mixed = np.array([chosen[j] == "mixed" for j in keep], dtype=bool)
+        head = dataclasses.replace(mixed, mix=np.where(is_mixed[:, None], mixed.mix, np.array([1.0, 0.0, 0.0])))
+        for name, (a, b, c) in zip((names[j] for j in keep), head.mix, strict=True):
+            print(f"  {name:16s} {a:.3f} · head + {b:.3f} · plain {c:+.3f}")
     candidate = ROOT / "out" / "solve_head_candidate.npz"
     head.save(candidate)
     clip_truth = np.concatenate([w for _, w, _ in test_clips])
