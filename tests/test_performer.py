@@ -215,7 +215,7 @@ def test_brows_read_against_the_performers_neutral_do_not_take_a_face_shape_for_
                            for i, (frame, landmarks) in enumerate(zip(frames, found, strict=True))])  # fmt: skip
         rest[head] = solved[30:60, brows].mean(axis=0).max()  # the strongest brow reading on the relaxed face
         error[head] = np.abs(solved[:, brows] - truth[:, brows]).mean()
-    assert rest[False] > 0.3 and rest[True] < 0.2, rest
+    assert rest[False] > 0.2 > rest[True], rest  # a false reading, as `eval` counts one, and none
     assert error[True] < 0.8 * error[False], error
 
 
