@@ -200,7 +200,7 @@ def _sides(*names: str) -> list[int]:
     return [_CH[f"{name}_{side}"] for name in names for side in ("L", "R")]
 
 
-def _compound(rng: np.random.Generator, table: np.ndarray) -> np.ndarray:
+def _compound(rng: np.random.Generator) -> np.ndarray:
     """A FACS compound a face makes that the key table lacks, the channels of one action moving together: a
     broad smile or laugh (cheeks and lower lids raised, upper lip lifted off the teeth, lips parted: AU 6 + 12 +
     10 + 25/26), a smile while talking, a sneer (AU 9 + 10), a pout or chin raise (AU 15 + 17), lips pressed
@@ -300,7 +300,7 @@ def performance(
         if kind == "random" and rng.uniform() < 0.33:
             w = np.zeros(N)
         elif compound_share > 0 and rng.uniform() < compound_share:
-            w = _compound(rng, table)
+            w = _compound(rng)
         elif upper_face_share > 0 and rng.uniform() < upper_face_share:
             w = _upper_face(rng, table)
         else:
