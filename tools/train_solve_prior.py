@@ -19,7 +19,8 @@ frames before the one it is used on.
 `--head` fits, from the same displaced features, a linear head for every channel but gaze that reads it from the
 face's displacement (`prior.DisplacedHead`, `solve.displaced_head`), keeps the channels where it reads better
 than the shipped plain prior on every held-out measure (driven and all-frame error, false readings, r), reports
-both in the whole solver → models/solve_head_displaced.npz. A left/right pair is kept only if both sides are.
+both in the whole solver → models/solve_head_displaced.npz. A mirrored pair (left/right; jaw or mouth
+left/right) is kept only together.
 `--head-mix` adds a third form to that choice: the head mixed with the plain network's reading
 (`prior.fit_head_mix`, a · head + b · plain + c, fitted on the held-out frames: for the rule, each half of them
 read with the mix fitted on the other; for the head written, on all of them). Of the head's forms that beat the

@@ -394,8 +394,9 @@ def fit_head_mix(
     """`head` with its mix: per channel, a · head + b · plain + c by least squares against the truth, the frames
     that drive the channel (> 0.1) weighing `driven_weight`. head_readings: (n, k) `head.predict`, unclipped;
     plain_readings, truth: (n, 53). Fitted on frames the plain network never trained on (its readings of its
-    own training frames are better than it reads anyone else). A left/right pair (`_L`/`_R`) shares one row,
-    fitted on both sides' frames, so that a mirrored face reads mirrored."""
+    own training frames are better than it reads anyone else). A mirrored pair (`names.ict_partner`: `_L`/`_R`,
+    jaw or mouth left/right) shares one row, fitted on both sides' frames, so that a mirrored face reads
+    mirrored."""
     names = [_CHANNEL_NAMES[k] for k in head.channels]
     mix = np.zeros((len(names), 3))
     for j, name in enumerate(names):
