@@ -152,8 +152,10 @@ def agreement(ours: Track, reference: Track, min_std: float = MIN_REFERENCE_STD)
 
 def rest_frames(ours: Track, reference: Track) -> dict[str, Any]:
     """On frames where the reference reads every jaw/mouth/cheek/nose channel below REST_LEVEL: the 95th
-    percentile of each of our channels of those groups, and the share of frames where any exceeds
-    REST_FALSE_LEVEL. Returns {frames, p95: {name: value}, share_above} (None values without rest frames)."""
+    percentile of each of our channels of those groups, the share of frames where any exceeds REST_FALSE_LEVEL,
+    and per channel the share of frames where it does (the channels that do, most first: which expression the
+    face is taken for). Returns {frames, p95: {name: value}, share_above, above: {name: share}} (None / empty
+    without rest frames)."""
     n = min(len(ours), len(reference))
     both = ours.face[:n] & reference.face[:n]
     ids = np.array(REST_CHANNELS)
@@ -161,12 +163,14 @@ def rest_frames(ours: Track, reference: Track) -> dict[str, Any]:
     rest = both & np.all(np.nan_to_num(ref, nan=0.0) < REST_LEVEL, axis=1)
     mine = np.nan_to_num(ours.weights[:n][rest][:, ids], nan=0.0)
     if not len(mine):
-        return {"frames": 0, "p95": {}, "share_above": None}
+        return {"frames": 0, "p95": {}, "share_above": None, "above": {}}
     p95 = np.percentile(mine, 95, axis=0)
+    above = (mine > REST_FALSE_LEVEL).mean(axis=0)
     return {
         "frames": int(rest.sum()),
         "p95": {ARKIT_BLENDSHAPES[j]: round(float(v), 4) for j, v in zip(ids, p95, strict=True)},
         "share_above": round(float(np.mean((mine > REST_FALSE_LEVEL).any(axis=1))), 4),
+        "above": {ARKIT_BLENDSHAPES[ids[i]]: round(float(above[i]), 4) for i in np.argsort(-above) if above[i] > 0},
     }
 
 
@@ -283,21 +287,23 @@ def markdown(report: dict[str, Any]) -> str:
             "## Real videos against the reference tracks (MediaPipe's blendshape model: a peer, not truth)",
             "",
             "| video | frames | channels | mean r | mean abs error | rest frames | jawOpen p95 at rest "
-            "| rest frames > 0.2 |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| rest frames > 0.2 | read above 0.2 there |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, v in real["videos"].items():
             a, r = v["agreement"], v["rest"]
             jaw = r["p95"].get("jawOpen", "–") if r["frames"] else "–"
             share = f"{100 * r['share_above']:.0f} %" if r["frames"] else "–"
+            # The three channels most often above the line: what the relaxed face is taken for.
+            which = ", ".join(f"{k} {100 * f:.0f} %" for k, f in list(r.get("above", {}).items())[:3]) or "–"
             lines.append(
                 f"| {name} | {v['frames']} | {len(a['channels'])} | {a['mean_r']} | {a['mae']} | {r['frames']} "
-                f"| {jaw} | {share} |"
+                f"| {jaw} | {share} | {which} |"
             )
         share = real["rest_share_above"]
         lines += [
             f"| **mean** | | | **{real['mean_r']}** | **{real['mae']}** | {real['rest_frames']} | "
-            f"max {real['rest_jaw_open_p95_max']} | {'–' if share is None else f'{100 * share:.0f} %'} |",
+            f"max {real['rest_jaw_open_p95_max']} | {'–' if share is None else f'{100 * share:.0f} %'} | |",
             "",
             "Per-channel r (mean over the videos where the channel moves): "
             + ", ".join(f"{k} {v}" for k, v in real["channel_mean_r"].items()),

@@ -67,10 +67,12 @@ def test_rest_frames_percentiles_and_false_expression_share() -> None:
     assert result["frames"] == 60
     assert result["share_above"] == pytest.approx(0.1)
     assert result["p95"]["jawOpen"] == pytest.approx(np.percentile(ours_jaw[:60], 95))
+    assert result["above"] == {"jawOpen": pytest.approx(0.1)}  # which channel the relaxed face is taken for
     assert set(result["p95"]) == {ARKIT_BLENDSHAPES[j] for j in REST_CHANNELS}
     assert "eyeBlinkLeft" not in result["p95"] and "tongueOut" not in result["p95"]
     # No rest frame at all: reported as such, not as zeros.
-    assert rest_frames(ours, _track(n, {"jawOpen": np.full(n, 0.5)}))["share_above"] is None
+    none = rest_frames(ours, _track(n, {"jawOpen": np.full(n, 0.5)}))
+    assert none["share_above"] is None and none["above"] == {}
 
 
 def test_reference_tracks_load_and_bad_lines_are_named(tmp_path) -> None:
@@ -158,12 +160,17 @@ def test_markdown_report_shows_the_means() -> None:
     per_video = {
         "a": {"agreement": {"channels": {"jawOpen": {"r": 0.8}}, "mean_r": 0.8, "mae": 0.1},
               "rest": {"frames": 0, "p95": {}, "share_above": None}, "frames": 10},
+        "b": {"agreement": {"channels": {"jawOpen": {"r": 0.8}}, "mean_r": 0.8, "mae": 0.1}, "frames": 10,
+              "rest": {"frames": 10, "p95": {"jawOpen": 0.1}, "share_above": 0.4,
+                       "above": {"mouthFrownLeft": 0.3, "mouthPucker": 0.2, "jawOpen": 0.1, "mouthClose": 0.1}}},
     }  # fmt: skip
     text = markdown({"real": {"videos": per_video, "mean_r": 0.8, "mae": 0.1, "rest_frames": 0,
                               "rest_share_above": None, "rest_jaw_open_p95_max": None,
                               "channel_mean_r": {"jawOpen": 0.8}}})  # fmt: skip
     assert "| a | 10 | 1 | 0.8 | 0.1 |" in text and "**0.8**" in text and "jawOpen 0.8" in text
     assert "eyeLook* –" in text  # no gaze channel moved
+    # What a relaxed face is taken for: the three channels most often above the line, most first.
+    assert "| 40 % | mouthFrownLeft 30 %, mouthPucker 20 %, jawOpen 10 % |" in text and "mouthClose 10" not in text
 
 
 def test_target_families_average_their_moving_channels() -> None:
