@@ -165,11 +165,12 @@ def rest_frames(ours: Track, reference: Track) -> dict[str, Any]:
     if not len(mine):
         return {"frames": 0, "p95": {}, "share_above": None, "above": {}}
     p95 = np.percentile(mine, 95, axis=0)
-    above = (mine > REST_FALSE_LEVEL).mean(axis=0)
+    over = mine > REST_FALSE_LEVEL
+    above = over.mean(axis=0)
     return {
         "frames": int(rest.sum()),
         "p95": {ARKIT_BLENDSHAPES[j]: round(float(v), 4) for j, v in zip(ids, p95, strict=True)},
-        "share_above": round(float(np.mean((mine > REST_FALSE_LEVEL).any(axis=1))), 4),
+        "share_above": round(float(over.any(axis=1).mean()), 4),
         "above": {ARKIT_BLENDSHAPES[ids[i]]: round(float(above[i]), 4) for i in np.argsort(-above) if above[i] > 0},
     }
 
