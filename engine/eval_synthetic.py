@@ -253,6 +253,103 @@ def _compound(rng: np.random.Generator) -> np.ndarray:
     return np.clip(w, 0.0, 1.0)
 
 
+def _viseme(rng: np.random.Generator) -> np.ndarray:
+    """One mouth shape of running speech (a viseme), the lips moving with the jaw as they do when talking: an
+    open vowel (jaw drop with the lower lip pulled further down, AU 26 + 16), a spread vowel (lips stretched,
+    AU 20 + 25), a rounded vowel (AU 18 + 22), a lip closure of m/b/p (AU 24, the chin raised or the lips
+    rolled in), f/v (the lower lip under the upper teeth, AU 28 + 10) or a mid vowel. The key table's speech
+    moved the jaw with funnel or pucker only, and talking faces read stretch, press, roll and shrug badly."""
+    w = np.zeros(N)
+    kind = rng.choice(
+        ["open", "spread", "round", "closure", "labiodental", "mid"], p=[0.25, 0.2, 0.15, 0.15, 0.1, 0.15]
+    )
+    if kind == "open":
+        w[_CH["jawOpen"]] = rng.uniform(0.25, 0.7)
+        w[_sides("mouthLowerDown")] = rng.uniform(0.1, 0.6)
+        w[_sides("mouthUpperUp")] = rng.uniform(0.0, 0.3) * (rng.uniform() < 0.4)
+    elif kind == "spread":
+        w[_CH["jawOpen"]] = rng.uniform(0.05, 0.3)
+        w[_sides("mouthStretch")] = rng.uniform(0.2, 0.7)
+        w[_sides("mouthSmile")] = rng.uniform(0.0, 0.3) * (rng.uniform() < 0.5)
+        w[_sides("mouthLowerDown")] = rng.uniform(0.0, 0.4)
+        w[_sides("mouthUpperUp")] = rng.uniform(0.0, 0.4) * (rng.uniform() < 0.5)
+    elif kind == "round":
+        w[_CH["jawOpen"]] = rng.uniform(0.05, 0.35)
+        w[_CH["mouthFunnel"]] = rng.uniform(0.2, 0.8)
+        w[_CH["mouthPucker"]] = rng.uniform(0.1, 0.7)
+    elif kind == "closure":
+        w[_sides("mouthPress")] = rng.uniform(0.2, 0.7)
+        w[_CH["mouthShrugLower"]] = rng.uniform(0.0, 0.6) * (rng.uniform() < 0.5)
+        w[[_CH["mouthRollLower"], _CH["mouthRollUpper"]]] = rng.uniform(0.0, 0.5) * (rng.uniform() < 0.4)
+    elif kind == "labiodental":
+        w[_CH["mouthRollLower"]] = rng.uniform(0.3, 0.9)
+        w[_sides("mouthUpperUp")] = rng.uniform(0.0, 0.4)
+        w[_CH["jawOpen"]] = rng.uniform(0.0, 0.2)
+    else:
+        w[_CH["jawOpen"]] = rng.uniform(0.1, 0.4)
+        w[_sides("mouthLowerDown")] = rng.uniform(0.0, 0.4)
+        w[_CH["mouthShrugUpper"]] = rng.uniform(0.0, 0.4) * (rng.uniform() < 0.3)
+    sided = [i for i, name in enumerate(ICT_EXPRESSIONS) if name.endswith(("_L", "_R")) and w[i] > 0]
+    w[sided] += rng.normal(0, 0.06, len(sided))  # speech is rarely exactly symmetric
+    return w
+
+
+def _speech_or_emotion(rng: np.random.Generator) -> np.ndarray:
+    """A speech viseme (`_viseme`) or a face the basic emotions make, whole, as FACS describes them: sadness
+    (inner brows up, corners down, chin raised: AU 1 + 4 + 15 + 17), fear (brows up and drawn together, eyes
+    wide, lips stretched: AU 1 + 2 + 4 + 5 + 20), disgust (AU 9 + 10 + 15 + 17), anger (brows down, lids
+    tightened, lips pressed: AU 4 + 5/7 + 24), contempt (a one-sided smile with its dimple: AU R12 + R14), a
+    dimpler (AU 14, often with pressed lips) or the lips pulled to one side (a thinking mouth). The clips before
+    these saw the sideways mouth and the dimple only alone, and read a real face's closed lips drawn to one side
+    as a pucker."""
+    kind = rng.choice(
+        ["viseme", "sadness", "fear", "disgust", "anger", "contempt", "dimpler", "sideways"],
+        p=[0.45, 0.1, 0.07, 0.08, 0.08, 0.07, 0.07, 0.08],
+    )
+    if kind == "viseme":
+        return np.clip(_viseme(rng), 0.0, 1.0)
+    w = np.zeros(N)
+    level = rng.uniform(0.3, 1.0)
+    if kind == "sadness":
+        w[_sides("browInnerUp")] = level
+        w[_sides("browDown")] = rng.uniform(0.0, 0.4) * (rng.uniform() < 0.5)
+        w[_sides("mouthFrown")] = rng.uniform(0.2, 0.8)
+        w[_CH["mouthShrugLower"]] = rng.uniform(0.0, 0.6) * (rng.uniform() < 0.5)
+    elif kind == "fear":
+        w[_sides("browInnerUp")] = level
+        w[_sides("browOuterUp")] = rng.uniform(0.2, 0.8)
+        w[_sides("browDown")] = rng.uniform(0.0, 0.4) * (rng.uniform() < 0.5)
+        w[_sides("eyeWide")] = rng.uniform(0.3, 1.0)
+        w[_sides("mouthStretch")] = rng.uniform(0.2, 0.7)
+        w[_CH["jawOpen"]] = rng.uniform(0.0, 0.4) * (rng.uniform() < 0.5)
+    elif kind == "disgust":
+        w[_sides("noseSneer")] = level
+        w[_sides("mouthUpperUp")] = rng.uniform(0.2, 0.7)
+        w[_sides("mouthFrown")] = rng.uniform(0.0, 0.5) * (rng.uniform() < 0.5)
+        w[_CH["mouthShrugLower"]] = rng.uniform(0.0, 0.5) * (rng.uniform() < 0.5)
+        w[_sides("browDown")] = rng.uniform(0.0, 0.5) * (rng.uniform() < 0.5)
+    elif kind == "anger":
+        w[_sides("browDown")] = level
+        eyes = "eyeWide" if rng.uniform() < 0.4 else "eyeSquint"
+        w[_sides(eyes)] = rng.uniform(0.0, 0.6)
+        w[_sides("mouthPress")] = rng.uniform(0.0, 0.7) * (rng.uniform() < 0.6)
+    elif kind == "contempt":
+        side = rng.choice(["L", "R"])
+        w[_CH[f"mouthSmile_{side}"]] = rng.uniform(0.1, 0.5)
+        w[_CH[f"mouthDimple_{side}"]] = level
+    elif kind == "dimpler":
+        w[_sides("mouthDimple")] = np.clip(level + rng.normal(0, 0.08, 2), 0, 1)
+        w[_sides("mouthPress")] = rng.uniform(0.0, 0.5) * (rng.uniform() < 0.5)
+        w[_sides("mouthSmile")] = rng.uniform(0.0, 0.3) * (rng.uniform() < 0.5)
+    else:
+        side = rng.choice(["Left", "Right"])
+        w[_CH[f"mouth{side}"]] = level
+        w[_CH[f"jaw{side}"]] = rng.uniform(0.0, 0.3) * (rng.uniform() < 0.3)
+        w[_sides("mouthPress")] = rng.uniform(0.0, 0.5) * (rng.uniform() < 0.4)
+        w[_CH["mouthShrugLower"]] = rng.uniform(0.0, 0.4) * (rng.uniform() < 0.3)
+    return np.clip(w, 0.0, 1.0)
+
+
 def performance(
     kind: str,
     seconds: float,
@@ -260,6 +357,7 @@ def performance(
     max_yaw_deg: float = 30.0,
     upper_face_share: float = 0.0,
     compound_share: float = 0.0,
+    speech_emotion_share: float = 0.0,
 ) -> Performance:
     """A scripted performance at FPS.
 
@@ -267,7 +365,8 @@ def performance(
     frame; `smile_hold`: a smile held throughout with speech and blinks over it; `random`: expressions from
     the first frame on, neutral about a third of the time (training clips), and with `upper_face_share` that
     share of its expressions drawn from the upper face (`_upper_face`), with `compound_share` that share from
-    FACS compounds (`_compound`). Head turns up to `max_yaw_deg`,
+    FACS compounds (`_compound`), with `speech_emotion_share` that share from speech visemes and
+    the basic emotions (`_speech_or_emotion`). Head turns up to `max_yaw_deg`,
     blinks every 2–5 s."""
     rng = np.random.default_rng(seed)
     table = key_expression_weights()
@@ -299,6 +398,8 @@ def performance(
         hold = rng.uniform(0.25, 0.6) if kind == "random" else rng.uniform(0.4, 1.2)
         if kind == "random" and rng.uniform() < 0.33:
             w = np.zeros(N)
+        elif speech_emotion_share > 0 and rng.uniform() < speech_emotion_share:
+            w = _speech_or_emotion(rng)
         elif compound_share > 0 and rng.uniform() < compound_share:
             w = _compound(rng)
         elif upper_face_share > 0 and rng.uniform() < upper_face_share:

@@ -135,6 +135,28 @@ def test_training_performances_draw_facs_compounds_only_when_asked() -> None:
     assert not np.array_equal(plain, performance("random", 3.0, 7, 30.0, 0.4, 0.3).weights)
 
 
+def test_training_performances_draw_speech_and_emotions_only_when_asked() -> None:
+    """Speech visemes move the lips with the jaw (a spread vowel stretches the lips over a parted jaw) and the
+    emotions move brows and mouth together (sadness: inner brows up, corners down), far more often than the
+    compounds and the upper-face draws do together by chance; without the share, a
+    performance draws exactly what it drew before (the compounds test pins those draws)."""
+    c = {name: i for i, name in enumerate(ICT_EXPRESSIONS)}
+
+    def frames(share: float) -> tuple[int, int]:
+        spread = sad = 0
+        for seed in range(20):
+            w = performance("random", 3.0, seed, 30.0, 0.4, 0.3, speech_emotion_share=share).weights
+            spread += int(np.sum((w[:, c["mouthStretch_L"]] > 0.2) & (w[:, c["jawOpen"]] > 0.05)))
+            sad += int(np.sum((w[:, c["browInnerUp_L"]] > 0.2) & (w[:, c["mouthFrown_L"]] > 0.2)))
+        return spread, sad
+
+    (spread_before, sad_before), (spread, sad) = frames(0.0), frames(1.0)
+    assert spread > spread_before + 50 and sad > sad_before + 40
+    compound = performance("random", 3.0, 7, 30.0, 0.4, 0.3).weights
+    assert np.array_equal(compound, performance("random", 3.0, 7, 30.0, 0.4, 0.3, 0.0).weights)
+    assert not np.array_equal(compound, performance("random", 3.0, 7, 30.0, 0.4, 0.3, 0.4).weights)
+
+
 def test_wink_readings_take_the_winking_eye_from_the_truth() -> None:
     truth = np.array([[0.9, 0.0], [0.0, 0.8], [0.9, 0.9], [0.75, 0.15], [0.1, 0.0]])  # L wink, R wink, blink, …
     ours = np.array([[0.8, 0.1], [0.3, 0.6], [1.0, 1.0], [0.9, 0.5], [0.0, 0.0]])

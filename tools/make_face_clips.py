@@ -3,7 +3,8 @@
 Each clip is one random ICT identity (Gaussian coefficients), skin tone, light, wall and camera (vertical
 FOV 35–70°, head framed like a webcam) performing `performance("random", …)` (key expressions, mixes,
 single channels, winks, one-sided smiles, speech, neutral a third of the time, blinks, head turns to ±35°;
-from clip 556 on, also brows and eyes on their own and with the mouth; from clip 3218 on, FACS compounds),
+from clip 556 on, also brows and eyes on their own and with the mouth; from clip 3218 on, FACS compounds;
+from clip 8400 on, speech visemes and the basic emotions),
 degraded like a webcam (noise, blur, JPEG) and tracked by real MediaPipe in tracking mode. Seeds are the
 clip numbers, all below `EVAL_SEED_BASE`, so `scapecast eval`'s identities are never among them.
 
@@ -39,6 +40,9 @@ UPPER_FACE_FROM_CLIP, UPPER_FACE_SHARE = 556, 0.4
 # From this clip on, also FACS compounds (`eval_synthetic._compound`: broad smiles with the upper lip lifted,
 # sneers, pouts, pressed lips, squeezed blinks); the clips before it saw those channels only alone or in pairs.
 COMPOUND_FROM_CLIP, COMPOUND_SHARE = 3218, 0.3
+# From this clip on, also speech visemes and the basic emotions (`eval_synthetic._speech_or_emotion`: the lips
+# pressed, rolled, stretched and shrugged while talking, sadness, fear, disgust, anger, dimples, a sideways mouth).
+SPEECH_EMOTION_FROM_CLIP, SPEECH_EMOTION_SHARE = 8400, 0.4
 
 
 def main() -> None:
@@ -61,9 +65,11 @@ def main() -> None:
         face = SyntheticFace.draw(model, clip, size=size)
         share = UPPER_FACE_SHARE if clip >= UPPER_FACE_FROM_CLIP else 0.0
         compound = COMPOUND_SHARE if clip >= COMPOUND_FROM_CLIP else 0.0
+        speech_emotion = SPEECH_EMOTION_SHARE if clip >= SPEECH_EMOTION_FROM_CLIP else 0.0
         perf = performance(
-            "random", args.seconds, seed=clip, max_yaw_deg=35.0, upper_face_share=share, compound_share=compound
-        )
+            "random", args.seconds, seed=clip, max_yaw_deg=35.0, upper_face_share=share, compound_share=compound,
+            speech_emotion_share=speech_emotion,
+        )  # fmt: skip
         frames, found = track_clip(renderer.frames(face, perf, quality_seed=clip), config)
         pixels = np.full((len(found), 478, 3), np.nan, np.float32)
         for i, landmarks in enumerate(found):
