@@ -17,8 +17,7 @@ import pytest
 from engine.config import SolveConfig, TrackingConfig
 from engine.face_model import FaceModel, LandmarkEmbedding
 from engine.names import ICT_EXPRESSIONS, ict_to_arkit
-from engine.solve.expression import side_swap
-from engine.solve.landmark_sets import MIRROR
+from engine.solve.expression import mirror_image_landmarks, side_swap
 from engine.solve.solver import FrameFitter, shipped_prior, valid_observation
 from engine.types import Frame
 
@@ -123,8 +122,7 @@ def test_exactly_mirrored_landmarks_swap_exactly(images, fitter) -> None:
 
     with FaceTracker(TrackingConfig(), static=True) as tracker:
         face = tracker.process(Frame(images["portrait.jpg"], 0, 0))[0]
-    pixels = face.pixels[list(MIRROR)].copy()
-    pixels[:, 0] = face.image_size[0] - pixels[:, 0]
+    pixels = mirror_image_landmarks(face.pixels, face.image_size[0])
     size = face.image_size
     original = fitter.fit(valid_observation(face)[0], image_size=size).weights
     mirrored = fitter.fit(valid_observation(replace(face, pixels=pixels))[0], image_size=size).weights

@@ -51,6 +51,7 @@ from engine.eval_synthetic import FPS as CLIP_FPS  # noqa: E402
 from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
 from engine.names import ICT_EXPRESSIONS, ict_partner  # noqa: E402
 from engine.solve.curves import DEFAULT_CURVES_PATH, ResponseCurves  # noqa: E402
+from engine.solve.expression import mirror_image_landmarks, side_swap  # noqa: E402
 from engine.solve.face_solver import FaceSolver  # noqa: E402
 from engine.solve.performer import Performer  # noqa: E402
 from engine.solve.prior import (  # noqa: E402
@@ -69,6 +70,7 @@ from engine.solve.prior import (  # noqa: E402
 from engine.solve.solver import FrameFitter, valid_observation  # noqa: E402
 from engine.types import Landmarks  # noqa: E402
 
+SIDE_SWAP = side_swap()
 # A channel is left to the landmarks alone where their held-out r beats the regression's by this much while
 # their mean error is at most this much worse.
 MASK_R_MARGIN, MASK_MAE_MARGIN = 0.1, 0.03
@@ -181,6 +183,60 @@ def _cross_fitted_mix(head: DisplacedHead, head_read: np.ndarray, plain_read: np
     return mixed
 
 
+def read_features(
+    paths: list[Path], held_out: list[bool], fitter: FrameFitter, neutral_prior: LearnedPrior | None, mirror: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """Every tracked frame's prior features (displaced from the clip's running neutral with `neutral_prior`) and
+    true weights → (x (n, F) float32, y (n, 53), is_test (n,), the held-out clips). With `mirror`, a training
+    clip is also read as its mirror image (another face, its sides swapped), with its own neutral.
+
+    The training clips' rows come first and the held-out ones last, so both are slices of x, not copies, and x is
+    filled in place: a million frames of 2817 displaced features are 11 GB in float32 (the machine has 24 GB)."""
+    order = sorted(range(len(paths)), key=lambda i: held_out[i])  # stable: training clips, then held out
+    counts = []
+    for i in order:
+        with np.load(paths[i]) as clip:
+            counts.append(len(clip["weights"]) * (2 if mirror and not held_out[i] else 1))
+    x: np.ndarray | None = None
+    y = np.empty((sum(counts), len(ICT_EXPRESSIONS)))
+    is_test = np.zeros(sum(counts), dtype=bool)
+    n = 0
+    test_clips = []
+    for i in tqdm(order, desc="features", unit="clip"):
+        test = held_out[i]
+        found, weights, size = load_clip(paths[i])
+        camera = fitter._camera(size)
+        streams = [False, True] if mirror and not test else [False]
+        for mirrored in streams:
+            neutral = None if neutral_prior is None else NeutralFeatures(neutral_prior)  # each clip: a new person
+            for frame, (landmarks, truth) in enumerate(zip(found, weights, strict=True)):
+                obs = valid_observation(landmarks)
+                if obs is None:
+                    continue
+                observed = mirror_image_landmarks(obs[0], size[0]) if mirrored else obs[0]
+                row = fitter.prior_features(observed, camera)
+                if neutral is not None:
+                    # The neutral of the frames before this one, as the solver has it when it fits this frame.
+                    plain_row, row = row, displaced_features(row, neutral.value)
+                    neutral.observe(plain_row, int(frame * 1e9 / CLIP_FPS))
+                if x is None:
+                    x = np.empty((len(y), len(row)), np.float32)  # pages never written are never resident
+                x[n], y[n], is_test[n] = row, truth[SIDE_SWAP] if mirrored else truth, test
+                n += 1
+        if test:
+            test_clips.append((found, weights, size))
+    assert x is not None
+    return x[:n], y[:n], is_test[:n], test_clips
+
+
+def split(is_test: np.ndarray) -> tuple[slice, slice]:
+    """The training rows and the held-out rows of `read_features`' arrays (training first), as slices."""
+    n_train = int((~is_test).sum())
+    if is_test[:n_train].any():
+        raise ValueError("held-out rows must come after the training rows")
+    return slice(0, n_train), slice(n_train, len(is_test))
+
+
 def train_head(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, is_test: np.ndarray, test_clips: list,
                config, model: FaceModel, embedding: LandmarkEmbedding) -> None:  # fmt: skip
     """`--head`: fit the head for every candidate channel on the training frames' displaced features, keep the
@@ -188,9 +244,10 @@ def train_head(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, is_test: 
     prior on every held-out measure, compare the two in the whole solver, and write the head (unless
     `--dry-run`)."""
     candidates = np.array([ICT_EXPRESSIONS.index(name) for name in args.head_channels])
-    fitted = fit_displaced_head(x[~is_test], y[~is_test], candidates, args.head_driven_weight)
+    train, held = split(is_test)
+    fitted = fit_displaced_head(x[train], y[train], candidates, args.head_driven_weight)
     plain = LearnedPrior.load(PEOPLE_PRIOR_PATH)
-    held_out, truth = x[is_test], y[is_test]
+    held_out, truth = x[held], y[held]
     plain_read = plain.predict(held_out[:, : plain.n_inputs])
     alone = fitted.predict(held_out)
     forms = {"plain": np.clip(plain_read[:, candidates], 0, 1), "head": np.clip(alone, 0, 1)}
@@ -271,6 +328,9 @@ def main() -> None:
         "--head-mix", action="store_true",
         help="mix the head's readings with the plain network's where two folds say so (the shipped head)",
     )  # fmt: skip
+    ap.add_argument(
+        "--mirror", action="store_true", help="also train on each training clip's mirror image (its sides swapped)"
+    )
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
     ap.add_argument(
         "--ship-curves", action="store_true",
@@ -285,40 +345,12 @@ def main() -> None:
     if not paths:
         sys.exit(f"no clips in {args.clips}: run tools/make_face_clips.py first")
     held_out = [int(p.stem.split("_")[1]) % 10 == 0 for p in paths]
-    plain = config.solve.model_copy(update={"learned_prior": False})
-    fitter = FrameFitter(model, embedding, None, plain, camera_fov_y_deg=config.performer.fov_prior_deg)
-    features: list[np.ndarray] = []
-    targets: list[np.ndarray] = []
-    test_rows: list[bool] = []
-    test_clips = []
     if args.displaced and args.head:
         ap.error("--displaced and --head train different things: pick one")
-    neutral = NeutralFeatures(LearnedPrior.load(PEOPLE_PRIOR_PATH)) if args.displaced or args.head else None
-    for path, test in zip(tqdm(paths, desc="features", unit="clip"), held_out, strict=True):
-        found, weights, size = load_clip(path)
-        camera = fitter._camera(size)
-        if neutral is not None:
-            neutral.reset()  # each clip is a new person
-        for frame, (landmarks, truth) in enumerate(zip(found, weights, strict=True)):
-            obs = valid_observation(landmarks)
-            if obs is None:
-                continue
-            plain = fitter.prior_features(obs[0], camera)
-            if neutral is not None:
-                # The neutral of the frames before this one, as the solver has it when it fits this frame.
-                t_ns = int(frame * 1e9 / CLIP_FPS)
-                features.append(displaced_features(plain, neutral.value).astype(np.float32))
-                neutral.observe(plain, t_ns)
-            else:
-                features.append(plain.astype(np.float32))
-            targets.append(truth)
-            test_rows.append(test)
-        if test:
-            test_clips.append((found, weights, size))
-    # float32: a quarter of a million frames of 2817 displaced features are 5 GB in float64, and training holds
-    # several copies (the machine has 24 GB).
-    x, y, is_test = np.array(features), np.array(targets), np.array(test_rows)
-    del features
+    plain = config.solve.model_copy(update={"learned_prior": False})
+    fitter = FrameFitter(model, embedding, None, plain, camera_fov_y_deg=config.performer.fov_prior_deg)
+    neutral_prior = LearnedPrior.load(PEOPLE_PRIOR_PATH) if args.displaced or args.head else None
+    x, y, is_test, test_clips = read_features(paths, held_out, fitter, neutral_prior, args.mirror)
     print(f"{len(paths)} clips, {len(x)} tracked frames ({is_test.sum()} held out, {sum(held_out)} clips)")
     if args.head:
         train_head(args, x, y, is_test, test_clips, config, model, embedding)
@@ -326,15 +358,16 @@ def main() -> None:
     augment = identity_feature_basis(model, embedding, args.identity_augment) if args.identity_augment else None
     if augment is not None and args.displaced:  # a neutral moves with its face: the displacement does not
         augment = np.vstack([augment, np.zeros((N_DISPLACED, augment.shape[1]))])
+    train, held = split(is_test)
     prior = fit_mlp_prior(
-        x[~is_test], y[~is_test], seed=args.seed, components=args.components, hidden=args.hidden,
+        x[train], y[train], seed=args.seed, components=args.components, hidden=args.hidden,
         epochs=args.epochs, driven_weight=args.driven_weight, batch=256, dropout=args.dropout,
         input_noise=args.input_noise, augment_basis=augment,
     )  # fmt: skip
     # Features were measured from the mean face (the fitter above has no identity): the solver must do the same.
     prior = dataclasses.replace(prior, reference="mean", displaced=args.displaced)
-    alone, trust = prior.predict_with_trust(x[is_test])
-    print("prior alone, held out:", {k: round(v, 4) for k, v in group_errors(np.clip(alone, 0, 1), y[is_test]).items()},
+    alone, trust = prior.predict_with_trust(x[held])
+    print("prior alone, held out:", {k: round(v, 4) for k, v in group_errors(np.clip(alone, 0, 1), y[held]).items()},
           f"trust mean {trust.mean():.3f}")  # fmt: skip
 
     truth = np.concatenate([w for _, w, _ in test_clips])

@@ -102,6 +102,15 @@ def symmetrize_landmarks(points: np.ndarray, channel_map: np.ndarray | None = No
     return 0.5 * (points + mirrored * flip)
 
 
+def mirror_image_landmarks(points: np.ndarray, width: float) -> np.ndarray:
+    """(478, 3) landmarks in pixels (y up or down) → those of the horizontally flipped image: x → width − x, each
+    landmark taking its mirror partner's place (`MIRROR`), as MediaPipe finds them on the flipped frame up to its
+    own asymmetry. A face read from them reads its sides swapped (`side_swap`)."""
+    mirrored = points[np.array(MIRROR)].copy()
+    mirrored[:, 0] = width - mirrored[:, 0]
+    return mirrored
+
+
 def side_swap(names: tuple[str, ...] = ICT_EXPRESSIONS) -> np.ndarray:
     """(53,) index map from each channel to its mirror image: `X_L` ↔ `X_R`, and the sideways motions
     `jawLeft` ↔ `jawRight`, `mouthLeft` ↔ `mouthRight` (+x is the subject's left)."""

@@ -491,13 +491,13 @@ def fit_mlp_prior(
 
     torch.manual_seed(seed)
     mean = features.mean(axis=0)
-    centred = features - mean
     rng = np.random.default_rng(seed)
     # Principal directions from the (F, F) scatter matrix, accumulated in chunks: the same as an SVD of the
-    # samples, without holding an (n, F) factor for a few hundred thousand frames.
+    # samples, without holding an (n, F) factor (or a centred copy) for a million frames.
+    chunks = [slice(start, start + 20000) for start in range(0, len(features), 20000)]
     scatter = np.zeros((features.shape[1], features.shape[1]))
-    for start in range(0, len(centred), 20000):
-        chunk = centred[start : start + 20000]
+    for rows in chunks:
+        chunk = features[rows] - mean
         if augment_basis is not None:
             # The principal directions must span the augmented cloud, or the shifted samples leave the subspace.
             chunk = chunk + rng.standard_normal((len(chunk), augment_basis.shape[1])) @ augment_basis.T
@@ -508,8 +508,12 @@ def fit_mlp_prior(
     vt = vectors[:, order].T
     basis = vt[:components].T
     scale = np.sqrt(len(features)) / np.maximum(sing[:components], 1e-9)
-    z = centred @ basis
-    outside = np.sqrt(np.maximum((centred * centred).sum(axis=1) - (z * z).sum(axis=1), 0.0))
+    z = np.empty((len(features), components), np.result_type(features, basis))
+    outside = np.empty(len(features))
+    for rows in chunks:
+        chunk = features[rows] - mean
+        z[rows] = chunk @ basis
+        outside[rows] = np.sqrt(np.maximum((chunk * chunk).sum(axis=1) - (z[rows] * z[rows]).sum(axis=1), 0.0))
     x = torch.tensor(z * scale, dtype=torch.float32)
     y = torch.tensor(weights, dtype=torch.float32)
     shift = None if augment_basis is None else torch.tensor((augment_basis.T @ basis) * scale, dtype=torch.float32)
