@@ -23,12 +23,13 @@ both in the whole solver → models/solve_head_displaced.npz. A mirrored pair (l
 left/right) is kept only together.
 `--head-mix` adds a third form to that choice: the head mixed with the plain network's reading
 (`prior.fit_head_mix`, a · head + b · plain + c, fitted on the held-out frames: for the rule, each half of them
-read with the mix fitted on the other; for the head written, on all of them). Of the head's forms that beat the
-plain network on every measure, the one with the lower driven + all-frame error is kept; the shipped head is
-made so.
+read with the mix fitted on the other; for the head written, on all of them). A form is kept where it is at
+least as good as the plain network on every measure; where both are, the mix only if it is also at least as
+good as the head alone on every measure, else the simpler head alone. The shipped head is made so.
 
 Usage: python tools/train_solve_prior.py [--clips out/face_clips] [--epochs 30] [--strengths 30 100 300 1000]
-       [--dropout 0.2] [--input-noise 0.2] [--identity-augment 1.0] [--displaced | --head [--head-mix]] [--dry-run]
+       [--dropout 0.2] [--input-noise 0.2] [--identity-augment 1.0] [--displaced | --head [--head-mix]] [--mirror]
+       [--dry-run]
 The defaults are the shipped model's recipe.
 """
 
@@ -257,18 +258,23 @@ def train_head(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, is_test: 
     scores = {form: np.array([_channel_measures(read[:, j], truth[:, k]) for j, k in enumerate(candidates)])
               for form, read in forms.items()}  # fmt: skip
     # A form of the head qualifies where every measure is at least as good as the plain network's (lower errors
-    # and false readings, higher r); of two that do, the lower driven + all-frame error (the score μ is picked
-    # by) wins. A mirrored pair (`names.ict_partner`) decides together, on the sum of its two sides: one side read
-    # each way would read a mirrored face differently.
+    # and false readings, higher r). The same test picks between the two head forms: the mix (three more numbers,
+    # fitted on held-out frames) is taken only where it is at least as good as the head alone on every measure,
+    # else the simpler head alone. A mirrored pair (`names.ict_partner`) decides together, both sides passing:
+    # one side read each way would read a mirrored face differently.
     names = [ICT_EXPRESSIONS[k] for k in candidates]
+
+    def at_least_as_good(form: str, other: str, sides: list[int]) -> bool:
+        return bool((scores[form][sides, :3] <= scores[other][sides, :3]).all()
+                    and (scores[form][sides, 3] >= scores[other][sides, 3]).all())  # fmt: skip
+
     chosen = []
     for j, name in enumerate(names):
         sides = [j] + ([names.index(ict_partner(name))] if ict_partner(name) in names else [])
-        plain_scores = scores["plain"][sides]
-        qualified = [form for form in forms if form != "plain"
-                     and (scores[form][sides, :3] <= plain_scores[:, :3]).all()
-                     and (scores[form][sides, 3] >= plain_scores[:, 3]).all()]  # fmt: skip
-        chosen.append(min(qualified, key=lambda f: scores[f][sides, :2].sum()) if qualified else "plain")
+        qualified = [form for form in forms if form != "plain" and at_least_as_good(form, "plain", sides)]
+        if len(qualified) == 2:
+            qualified = ["mixed" if at_least_as_good("mixed", "head", sides) else "head"]
+        chosen.append(qualified[0] if qualified else "plain")
         print(f"  {name:16s} " + "   ".join(f"{form} " + " / ".join(f"{v:.3f}" for v in scores[form][j])
                                            for form in forms) + f"   → {chosen[-1]}")  # fmt: skip
     keep = [j for j, form in enumerate(chosen) if form != "plain"]
