@@ -226,7 +226,8 @@ def read_features(
                 n += 1
         if test:
             test_clips.append((found, weights, size))
-    assert x is not None
+    if x is None:
+        sys.exit("no tracked frame in the clips: every frame lost its face")
     return x[:n], y[:n], is_test[:n], test_clips
 
 
