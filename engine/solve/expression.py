@@ -21,7 +21,7 @@ from functools import cached_property
 import numpy as np
 
 from engine.face_model import FaceModel, LandmarkEmbedding
-from engine.names import ICT_EXPRESSIONS
+from engine.names import ICT_EXPRESSIONS, ict_partner
 from engine.solve.bounded_lsq import BoxQPResult, solve_box_qp
 from engine.solve.landmark_sets import MIRROR
 from engine.solve.response import LandmarkResponse
@@ -112,14 +112,10 @@ def mirror_image_landmarks(points: np.ndarray, width: float) -> np.ndarray:
 
 
 def side_swap(names: tuple[str, ...] = ICT_EXPRESSIONS) -> np.ndarray:
-    """(53,) index map from each channel to its mirror image: `X_L` ↔ `X_R`, and the sideways motions
-    `jawLeft` ↔ `jawRight`, `mouthLeft` ↔ `mouthRight` (+x is the subject's left)."""
-    swap = np.arange(len(names))
-    pairs = [tuple(p) for p in symmetric_pairs(names)]
-    pairs += [(i, names.index(n[: -len("Left")] + "Right")) for i, n in enumerate(names) if n.endswith("Left")]
-    for i, j in pairs:
-        swap[i], swap[j] = j, i
-    return swap
+    """(53,) index map from each ICT channel to its mirror image (`names.ict_partner`): `X_L` ↔ `X_R`, and the
+    sideways motions `jawLeft` ↔ `jawRight`, `mouthLeft` ↔ `mouthRight` (+x is the subject's left)."""
+    partners = [ict_partner(name) for name in names]
+    return np.array([names.index(p) if p in names else i for i, p in enumerate(partners)], dtype=np.int64)
 
 
 def symmetric_pairs(names: tuple[str, ...] = ICT_EXPRESSIONS) -> np.ndarray:
