@@ -181,6 +181,34 @@ def test_a_displaced_prior_reads_the_neutral_alike_in_both_fits(
     assert np.abs(results[0] - results[2]).max() > 0.01
 
 
+def test_a_prior_of_several_members_runs_alike_in_both_fits(
+    face_model: FaceModel, embedding: LandmarkEmbedding
+) -> None:
+    """A prior of merged members (block-diagonal hidden layers, whose zero spans the compiled fit skips) pulls
+    the compiled fit exactly as the numpy one, and the pull matters."""
+    from engine.solve.prior import N_FEATURES, LearnedPrior, merge_members
+
+    rng = np.random.default_rng(9)
+    basis, _ = np.linalg.qr(rng.normal(size=(N_FEATURES, 12)))
+
+    def member() -> list[tuple[np.ndarray, np.ndarray]]:
+        shapes = [(12, 16), (16, 16), (16, 53)]
+        return [(rng.normal(0, 0.3, shape), rng.normal(0, 0.1, shape[1])) for shape in shapes]
+
+    prior = LearnedPrior(np.zeros(N_FEATURES), basis, np.full(12, 2.0), merge_members([member() for _ in range(3)]),
+                         300.0, kind="mlp", reference="mean")  # fmt: skip
+    fitter = FrameFitter(face_model, embedding, None, SolveConfig(), None, prior)
+    assert fitter.compiled_tables is not None
+    spans = fitter.compiled_tables.prior.layer_row_spans
+    assert (spans[:, 1] - spans[:, 0] < 48).any()  # the hidden layer's rows span their own member's 16 columns
+    frames = _frames(fitter, face_model, 3, seed=21)
+    assert _compare_sequence(fitter, frames) < 1e-6
+    plain = FrameFitter(face_model, embedding, None, SolveConfig(learned_prior=False), None, None)
+    observed, has_iris, size = frames[1]
+    with_prior, without = (f.fit_numpy(observed, None, has_iris, size).weights for f in (fitter, plain))
+    assert np.abs(with_prior - without).max() > 0.01
+
+
 def _fits_without_and_with_a_neutral(
     fitter: FrameFitter, face_model: FaceModel, seed: int, shift_cm: float
 ) -> list[np.ndarray]:

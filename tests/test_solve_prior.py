@@ -24,6 +24,7 @@ from engine.solve.prior import (
     fit_head_mix,
     fit_mlp_prior,
     fit_ridge_prior,
+    merge_members,
 )
 from engine.solve.solver import FrameFitter, shipped_prior, valid_observation
 from engine.solve.synthetic import constructed_embedding, synthetic_landmarks
@@ -66,6 +67,41 @@ def test_mlp_prior_layers_evaluate_like_the_trained_network() -> None:
     assert trust.mean() > 0.95
     _, trust_far = prior.predict_with_trust(test[0] + rng.normal(0, 0.1, N_FEATURES))
     assert trust_far == 0.0
+
+
+def test_merged_members_read_the_mean_of_the_networks() -> None:
+    """Networks of different widths on one input, merged, are one network whose output is their mean."""
+    rng = np.random.default_rng(3)
+
+    def network(hidden: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        shapes = [(8, hidden), (hidden, hidden), (hidden, N)]
+        return [(rng.normal(0, 1, shape), rng.normal(0, 1, shape[1])) for shape in shapes]
+
+    def prior(layers) -> LearnedPrior:
+        return LearnedPrior(np.zeros(N_FEATURES), rng_basis, np.ones(8), tuple(layers), kind="mlp")
+
+    rng_basis = np.linalg.qr(rng.normal(0, 1, (N_FEATURES, 8)))[0]
+    members = [network(16), network(16), network(12)]
+    merged = merge_members(members)
+    assert merged[1][0].shape == (44, 44) and merged[2][0].shape == (44, N)
+    x = rng.normal(0, 1, (30, N_FEATURES))
+    expected = np.mean([prior(layers).predict(x) for layers in members], axis=0)
+    np.testing.assert_allclose(prior(merged).predict(x), expected, atol=1e-9)
+
+
+def test_an_mlp_prior_of_two_members_is_the_mean_of_the_two_seeds() -> None:
+    """`members=2` trains the networks of seeds 0 and 1 exactly as two single fits would, and stores their mean."""
+    rng = np.random.default_rng(4)
+    mixing = rng.normal(0, 1, (3, N_FEATURES))
+    z = rng.normal(0, 1, (200, 3))
+    x, y = z @ mixing, np.clip(np.tile(z[:, :1], (1, N)), 0, 1)
+    kwargs = {"components": 6, "hidden": 8, "epochs": 3}
+    singles = [fit_mlp_prior(x, y, seed=seed, **kwargs) for seed in (0, 1)]
+    pair = fit_mlp_prior(x, y, members=2, **kwargs)
+    test = rng.normal(0, 1, (20, 3)) @ mixing
+    expected = 0.5 * (singles[0].predict(test) + singles[1].predict(test))
+    np.testing.assert_allclose(pair.predict(test), expected, atol=1e-6)
+    assert np.abs(singles[0].predict(test) - singles[1].predict(test)).max() > 1e-3  # the seeds differ
 
 
 def test_identity_augmentation_teaches_the_mlp_to_ignore_a_face_shape_direction() -> None:

@@ -2,7 +2,8 @@
 
 Reads the clips `tools/make_face_clips.py` rendered and tracked (random ICT identities, skin tones, lights,
 cameras at 35–70°, webcam degradations, MediaPipe in tracking mode) and fits the MLP of
-`engine/solve/prior.py` from the solver's prior features to the true weights. The features are computed as
+`engine/solve/prior.py` from the solver's prior features to the true weights (`--members` networks from
+consecutive seeds, averaged and stored as one: `prior.merge_members`). The features are computed as
 the solver computes them at run time for `--performer auto`: posed on the mean face's rigid landmarks with
 the camera the solver assumes (`performer.fov_prior_deg`, not the clip's true one), so the regressor learns
 to read any face through that same lens. Every tenth clip (by number) is held out; on those the tool
@@ -27,9 +28,9 @@ read with the mix fitted on the other; for the head written, on all of them). A 
 least as good as the plain network on every measure; where both are, the mix only if it is also at least as
 good as the head alone on every measure, else the simpler head alone. The shipped head is made so.
 
-Usage: python tools/train_solve_prior.py [--clips out/face_clips] [--epochs 30] [--strengths 30 100 300 1000]
-       [--dropout 0.2] [--input-noise 0.2] [--identity-augment 1.0] [--displaced | --head [--head-mix]] [--mirror]
-       [--dry-run]
+Usage: python tools/train_solve_prior.py [--clips out/face_clips] [--epochs 30] [--members 3]
+       [--strengths 30 100 300 1000] [--dropout 0.2] [--input-noise 0.2] [--identity-augment 1.0]
+       [--displaced | --head [--head-mix]] [--mirror] [--dry-run]
 The defaults are the shipped model's recipe.
 """
 
@@ -321,6 +322,7 @@ def main() -> None:
         help="shift every training sample along the embedded identity basis by this many prior std (0: off)",
     )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--members", type=int, default=3, help="networks from seeds seed, seed+1, … averaged as one")
     ap.add_argument("--displaced", action="store_true", help="also read the displacement from the neutral")
     ap.add_argument("--head", action="store_true", help="fit the displaced head, not a network")
     ap.add_argument(
@@ -369,7 +371,7 @@ def main() -> None:
     prior = fit_mlp_prior(
         x[train], y[train], seed=args.seed, components=args.components, hidden=args.hidden,
         epochs=args.epochs, driven_weight=args.driven_weight, batch=256, dropout=args.dropout,
-        input_noise=args.input_noise, augment_basis=augment,
+        input_noise=args.input_noise, augment_basis=augment, members=args.members,
     )  # fmt: skip
     # Features were measured from the mean face (the fitter above has no identity): the solver must do the same.
     prior = dataclasses.replace(prior, reference="mean", displaced=args.displaced)

@@ -125,6 +125,27 @@ def _vector_matrix(vector: np.ndarray, matrix: np.ndarray, out: np.ndarray) -> n
     return out
 
 
+@njit(cache=True, error_model="numpy")
+def _vector_matrix_spans(vector: np.ndarray, matrix: np.ndarray, spans: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`_vector_matrix` over each row's nonzero span only (`PriorTables.layer_row_spans`): the same sum, the
+    zeros outside it (a block-diagonal layer's) skipped. A partial row is sliced first, so that its loop, too,
+    starts at 0: LLVM vectorizes that one, not a loop between two loaded bounds (3.5× slower)."""
+    n = matrix.shape[1]
+    for i in range(matrix.shape[0]):
+        value = vector[i]
+        if value != 0.0:
+            start, stop = spans[i, 0], spans[i, 1]
+            if start == 0 and stop == n:
+                row = matrix[i]
+                for j in range(n):
+                    out[j] += value * row[j]
+            else:
+                part_row, part_out = matrix[i, start:stop], out[start:stop]
+                for j in range(part_row.shape[0]):
+                    part_out[j] += value * part_row[j]
+    return out
+
+
 @njit(cache=True, error_model="numpy", fastmath=REDUCTION_MATH)
 def _matrix_vector(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """matrix @ vector, row by row (contiguous dot products)."""
@@ -452,15 +473,17 @@ def _prior(
             centred[start + j] = displacement - prior.mean[start + j]
     z = _vector_matrix(centred, prior.basis, np.zeros(prior.basis.shape[1]))
     h = z * prior.scale
-    weight_start = bias_start = 0
+    weight_start = bias_start = row_start = 0
     for layer in range(prior.layer_shapes.shape[0]):
         n_in, n_out = prior.layer_shapes[layer, 0], prior.layer_shapes[layer, 1]
         if layer:
             h = np.maximum(h, 0.0)
         weight = prior.layer_weights[weight_start : weight_start + n_in * n_out].reshape((n_in, n_out))
-        h = _vector_matrix(h, weight, prior.layer_biases[bias_start : bias_start + n_out].copy())
+        spans = prior.layer_row_spans[row_start : row_start + n_in]
+        h = _vector_matrix_spans(h, weight, spans, prior.layer_biases[bias_start : bias_start + n_out].copy())
         weight_start += n_in * n_out
         bias_start += n_out
+        row_start += n_in
     if prior.head_channels.shape[0] > 0:
         # `DisplacedHead.predict` on the displaced features: the posed mesh and rotation, then the displacement.
         head = prior.head_bias.copy()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -341,6 +342,7 @@ def prior_tables(
         layer_weights=np.concatenate([np.ravel(weight) for weight, _ in layers]).astype(np.float32),
         layer_biases=np.concatenate([np.ravel(bias) for _, bias in layers]).astype(np.float64),
         layer_shapes=np.array([np.shape(weight) for weight, _ in layers], dtype=np.int64),
+        layer_row_spans=np.concatenate([nonzero_spans(np.asarray(weight, np.float32)) for weight, _ in layers]),
         residual_limit=float(limit),
         strength=float(strength),
         channel_mask=contiguous(np.ones(N_CHANNELS) if prior is None else prior.mask),
@@ -351,6 +353,15 @@ def prior_tables(
         head_channels=contiguous(np.zeros(0) if head is None else head.channels, np.int64),
         head_mix=contiguous(np.zeros((0, 3)) if head is None else head.mix_rows()),
     )
+
+
+def nonzero_spans(matrix: np.ndarray) -> np.ndarray:
+    """(n, m) → (n, 2) int64: each row's first nonzero column and one past its last ((0, 0) for a zero row)."""
+    nonzero = matrix != 0
+    any_nonzero = nonzero.any(axis=1)
+    first = np.where(any_nonzero, nonzero.argmax(axis=1), 0)
+    last = np.where(any_nonzero, matrix.shape[1] - nonzero[:, ::-1].argmax(axis=1), 0)
+    return np.stack([first, last], axis=1).astype(np.int64)
 
 
 def fit_ridge_prior(
@@ -473,6 +484,7 @@ def fit_mlp_prior(
     augment_basis: np.ndarray | None = None,
     dropout: float = 0.0,
     input_noise: float = 0.05,
+    members: int = 1,
 ) -> LearnedPrior:
     """A two-hidden-layer ReLU MLP on the PCA-whitened features (`components` of them), trained with mean
     squared error (AdamW, cosine schedule, a little input noise) on (n, F) → (n, 53). Needs torch (training
@@ -485,11 +497,16 @@ def fit_mlp_prior(
     what identity cannot explain (without it, a few hundred rendered identities are memorized).
 
     `dropout` after each hidden layer and `input_noise` (std in whitened units) regularize training only: the
-    stored layers are evaluated as they are."""
-    import torch
-    from tqdm import tqdm
+    stored layers are evaluated as they are.
 
-    torch.manual_seed(seed)
+    `members` > 1: that many networks, trained from seeds `seed`, `seed + 1`, … on the same whitened inputs, and
+    their mean stored as one network (`merge_members`): the solver runs it unchanged. Networks from different
+    seeds agree on faces like their training renders and disagree on faces unlike them (real ones); the mean
+    keeps what they agree on."""
+    import torch
+
+    if members < 1:
+        raise ValueError(f"members must be at least 1, got {members}")
     mean = features.mean(axis=0)
     rng = np.random.default_rng(seed)
     # Principal directions from the (F, F) scatter matrix, accumulated in chunks: the same as an SVD of the
@@ -517,6 +534,24 @@ def fit_mlp_prior(
     x = torch.tensor(z * scale, dtype=torch.float32)
     y = torch.tensor(weights, dtype=torch.float32)
     shift = None if augment_basis is None else torch.tensor((augment_basis.T @ basis) * scale, dtype=torch.float32)
+    trained = [
+        _train_mlp(x, y, shift, seed + i, hidden, epochs, driven_weight, batch, dropout, input_noise)
+        for i in range(members)
+    ]
+    limit = float(np.percentile(outside, 99.5))
+    return LearnedPrior(mean, basis, scale, merge_members(trained), 0.0, with_response, "mlp", limit)
+
+
+def _train_mlp(
+    x: Any, y: Any, shift: Any, seed: int, hidden: int, epochs: int, driven_weight: float, batch: int,
+    dropout: float, input_noise: float,
+) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """One network of `fit_mlp_prior` on whitened torch inputs x (n, P) and weights y (n, 53) → its layers."""
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    components = x.shape[1]
     net = torch.nn.Sequential(
         torch.nn.Linear(components, hidden),
         torch.nn.ReLU(),
@@ -524,12 +559,12 @@ def fit_mlp_prior(
         torch.nn.Linear(hidden, hidden),
         torch.nn.ReLU(),
         torch.nn.Dropout(dropout),
-        torch.nn.Linear(hidden, weights.shape[1]),
+        torch.nn.Linear(hidden, y.shape[1]),
     )
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc="train MLP prior", unit="epoch", leave=False):
+    for _ in tqdm(range(epochs), desc=f"train MLP prior (seed {seed})", unit="epoch", leave=False):
         perm = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch):
             rows = perm[start : start + batch]
@@ -544,8 +579,32 @@ def fit_mlp_prior(
         sched.step()
     net.eval()
     linear = [m for m in net if isinstance(m, torch.nn.Linear)]
-    params = [
+    return [
         (m.weight.detach().numpy().T.astype(np.float64), m.bias.detach().numpy().astype(np.float64)) for m in linear
     ]
-    limit = float(np.percentile(outside, 99.5))
-    return LearnedPrior(mean, basis, scale, tuple(params), 0.0, with_response, "mlp", limit)
+
+
+def merge_members(members: list[list[tuple[np.ndarray, np.ndarray]]]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The layers (W, b) of networks reading the same input (ReLU between layers, as `LearnedPrior` runs them) →
+    one network's layers whose output is their mean: their first layers side by side, their hidden layers
+    block-diagonal (each member's units see only its own), their last layers stacked and divided by the count."""
+    if len({len(layers) for layers in members}) != 1:
+        raise ValueError("members must have the same number of layers")
+    count, depth = len(members), len(members[0])
+    merged = []
+    for layer in range(depth):
+        weights = [layers[layer][0] for layers in members]
+        biases = [layers[layer][1] for layers in members]
+        if layer == depth - 1:
+            weight = np.vstack(weights) / count if depth > 1 else sum(weights) / count
+            merged.append((weight, sum(biases) / count))
+        elif layer == 0:
+            merged.append((np.hstack(weights), np.concatenate(biases)))
+        else:
+            weight = np.zeros((sum(w.shape[0] for w in weights), sum(w.shape[1] for w in weights)))
+            row = col = 0
+            for w in weights:
+                weight[row : row + w.shape[0], col : col + w.shape[1]] = w
+                row, col = row + w.shape[0], col + w.shape[1]
+            merged.append((weight, np.concatenate(biases)))
+    return tuple(merged)

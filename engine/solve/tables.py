@@ -69,6 +69,10 @@ class PriorTables(NamedTuple):
     layer_weights: np.ndarray
     layer_biases: np.ndarray
     layer_shapes: np.ndarray
+    # (Σ in, 2) int64: each layer row's first and past-last nonzero column, the layers' rows one after another.
+    # A prior of several members (`prior.merge_members`) has block-diagonal hidden layers: two thirds of a row
+    # of three members are zeros, and the kernel skips them.
+    layer_row_spans: np.ndarray
     residual_limit: float  # r_limit (cm); 0: no out-of-distribution fade
     strength: float  # μ (cm²); 0: no prior
     channel_mask: np.ndarray  # (K,) the share of μ each channel gets
