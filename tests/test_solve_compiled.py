@@ -181,6 +181,28 @@ def test_a_displaced_prior_reads_the_neutral_alike_in_both_fits(
     assert np.abs(results[0] - results[2]).max() > 0.01
 
 
+def test_the_span_kernel_sums_exactly_as_the_dense_one() -> None:
+    """`_vector_matrix_spans` skips only zeros: bit for bit the dense kernel's sums, on a block-diagonal matrix
+    with a zero row, an interior zero and a full row; `nonzero_spans` finds each row's first and past-last."""
+    from engine.solve.prior import nonzero_spans
+
+    rng = np.random.default_rng(10)
+    matrix = np.zeros((6, 9), np.float32)
+    matrix[0, :] = rng.normal(size=9)  # full
+    matrix[1, 2:5] = rng.normal(size=3)
+    matrix[1, 3] = 0.0  # an interior zero stays inside the span
+    matrix[3, 6:9] = rng.normal(size=3)
+    matrix[4, 4] = -0.0  # a signed zero is a zero
+    matrix[5, 8] = rng.normal()
+    spans = nonzero_spans(matrix)
+    assert spans.tolist() == [[0, 9], [2, 5], [0, 0], [6, 9], [0, 0], [8, 9]]
+    vector = rng.normal(size=6)
+    vector[5] = 0.0
+    bias = rng.normal(size=9)
+    dense = compiled._vector_matrix(vector, matrix, bias.copy())
+    np.testing.assert_array_equal(compiled._vector_matrix_spans(vector, matrix, spans, bias.copy()), dense)
+
+
 def test_a_prior_of_several_members_runs_alike_in_both_fits(
     face_model: FaceModel, embedding: LandmarkEmbedding
 ) -> None:

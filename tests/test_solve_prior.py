@@ -77,7 +77,7 @@ def test_merged_members_read_the_mean_of_the_networks() -> None:
         shapes = [(8, hidden), (hidden, hidden), (hidden, N)]
         return [(rng.normal(0, 1, shape), rng.normal(0, 1, shape[1])) for shape in shapes]
 
-    def prior(layers) -> LearnedPrior:
+    def prior(layers: tuple | list) -> LearnedPrior:
         return LearnedPrior(np.zeros(N_FEATURES), rng_basis, np.ones(8), tuple(layers), kind="mlp")
 
     rng_basis = np.linalg.qr(rng.normal(0, 1, (N_FEATURES, 8)))[0]
@@ -89,8 +89,23 @@ def test_merged_members_read_the_mean_of_the_networks() -> None:
     np.testing.assert_allclose(prior(merged).predict(x), expected, atol=1e-9)
 
 
+def test_merging_one_member_keeps_it_and_a_one_layer_merge_averages() -> None:
+    rng = np.random.default_rng(5)
+    single = [(rng.normal(0, 1, (4, 3)), rng.normal(0, 1, 3)), (rng.normal(0, 1, (3, 2)), rng.normal(0, 1, 2))]
+    for (weight, bias), (kept_weight, kept_bias) in zip(single, merge_members([single]), strict=True):
+        np.testing.assert_array_equal(weight, kept_weight)
+        np.testing.assert_array_equal(bias, kept_bias)
+    linear = [[(rng.normal(0, 1, (4, 2)), rng.normal(0, 1, 2))] for _ in range(3)]
+    ((weight, bias),) = merge_members(linear)
+    np.testing.assert_allclose(weight, np.mean([m[0][0] for m in linear], axis=0))
+    np.testing.assert_allclose(bias, np.mean([m[0][1] for m in linear], axis=0))
+    with pytest.raises(ValueError, match="no members"):
+        merge_members([])
+
+
 def test_an_mlp_prior_of_two_members_is_the_mean_of_the_two_seeds() -> None:
-    """`members=2` trains the networks of seeds 0 and 1 exactly as two single fits would, and stores their mean."""
+    """`members=2` trains the networks of seeds 0 and 1 exactly as two single fits would, and stores their mean
+    (without `augment_basis`: with it, the principal directions depend on the seed, and the members share seed 0's)."""
     rng = np.random.default_rng(4)
     mixing = rng.normal(0, 1, (3, N_FEATURES))
     z = rng.normal(0, 1, (200, 3))

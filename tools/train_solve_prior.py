@@ -430,6 +430,8 @@ def main() -> None:
         target,
         trained_on=np.str_(f"{len(paths)} synthetic performer clips (tools/make_face_clips.py)"),
         camera_fov_y_deg=np.float32(config.performer.fov_prior_deg),
+        members=np.int64(args.members),
+        seed=np.int64(args.seed),
     )  # fmt: skip
     print(f"wrote {target}")
     if args.ship_curves:

@@ -37,6 +37,7 @@ high brows from raised ones, or full lips from parted ones (docs/performer.md, "
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -486,7 +487,8 @@ def fit_mlp_prior(
     input_noise: float = 0.05,
     members: int = 1,
 ) -> LearnedPrior:
-    """A two-hidden-layer ReLU MLP on the PCA-whitened features (`components` of them), trained with mean
+    """A two-hidden-layer ReLU MLP on the PCA-whitened features (`components` of them; `members` × `hidden` units
+    wide once merged), trained with mean
     squared error (AdamW, cosine schedule, a little input noise) on (n, F) → (n, 53). Needs torch (training
     only: the solver evaluates the stored layers with numpy). `driven_weight` multiplies the squared error of
     entries whose true weight exceeds 0.1 (more than 1 trades false positives for less under-reading).
@@ -584,10 +586,14 @@ def _train_mlp(
     ]
 
 
-def merge_members(members: list[list[tuple[np.ndarray, np.ndarray]]]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+def merge_members(
+    members: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]],
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """The layers (W, b) of networks reading the same input (ReLU between layers, as `LearnedPrior` runs them) →
     one network's layers whose output is their mean: their first layers side by side, their hidden layers
     block-diagonal (each member's units see only its own), their last layers stacked and divided by the count."""
+    if not members:
+        raise ValueError("no members to merge")
     if len({len(layers) for layers in members}) != 1:
         raise ValueError("members must have the same number of layers")
     count, depth = len(members), len(members[0])
