@@ -90,6 +90,7 @@ def test_merged_members_read_the_mean_of_the_networks() -> None:
 
 
 def test_merging_one_member_keeps_it_and_a_one_layer_merge_averages() -> None:
+    """One member merges into itself unchanged; one-layer members merge into their mean layer; none is refused."""
     rng = np.random.default_rng(5)
     single = [(rng.normal(0, 1, (4, 3)), rng.normal(0, 1, 3)), (rng.normal(0, 1, (3, 2)), rng.normal(0, 1, 2))]
     for (weight, bias), (kept_weight, kept_bias) in zip(single, merge_members([single]), strict=True):
