@@ -92,6 +92,9 @@ class SolveConfig(_Section):
     # Share of each eye's gaze taken from both eyes' mean (eyes turn together; MediaPipe's per-eye irises
     # disagree far more than eyes do): 1 yoked, 0 each eye on its own (docs/solve.md §3.5).
     gaze_yoke: float = Field(1.0, ge=0, le=1)
+    # Crossed eyes: of the eyes' convergence (each turned towards the nose, degrees), what exceeds this is kept
+    # through the yoke. MediaPipe's per-eye irises disagree by up to about 10° on eyes that look ahead.
+    gaze_vergence_deadzone_deg: float = Field(10.0, ge=0, le=90)
     # The pitch (degrees, up) MediaPipe's irises read when the eyes look straight ahead; subtracted from every
     # reading (measured on training renders with `tools/measure_gaze.py`). No yaw: a mirrored face must read
     # mirrored gaze.
@@ -276,6 +279,10 @@ class PerformerConfig(_Section):
     rest_offset: bool = True
     rest_offset_cap: float = Field(0.5, ge=0, le=0.95)
     rest_offset_time_s: float = Field(4.0, gt=0)  # time constant of its approach
+    # Gaze centre: the vertical gaze the irises read most of the time is taken as straight ahead, capped.
+    gaze_centre: bool = True
+    gaze_centre_cap_deg: float = Field(10.0, ge=0, le=25)
+    gaze_centre_time_s: float = Field(4.0, gt=0)  # time constant of its approach
     new_person_lost_s: float = Field(2.0, gt=0)  # face lost this long: the next face restarts the estimate
 
     @model_validator(mode="before")

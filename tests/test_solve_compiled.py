@@ -82,6 +82,7 @@ def _compare_sequence(fitter: FrameFitter, frames: list, *, camera: bool = True,
         ({}, True, False),  # no irises: gaze keeps the least-squares channels
         ({"gaze_anchor": 0.0}, True, True),  # gaze pinned to the iris read-out
         ({"gaze_yoke": 0.4, "gaze_straight_pitch_deg": -3.0}, True, True),  # part-yoked, another straight ahead
+        ({"gaze_vergence_deadzone_deg": 0.0}, True, True),  # every convergence kept through the yoke
         ({"learned_prior": False, "landmark_response": False}, True, True),
         ({"eyes_enabled": False, "use_depth": False}, True, True),
         ({"pose_iterations": 3, "symmetry_prior": 0.02, "channel_regularization": {"jawOpen": 0.2}}, True, True),

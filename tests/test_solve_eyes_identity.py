@@ -62,7 +62,7 @@ def test_gaze_convention_directions() -> None:
     [
         (1.0, _weights(eyeLookIn_L=0.6, eyeLookOut_R=0.6, eyeLookUp_L=0.3, eyeLookUp_R=0.3)),  # both eyes left, up
         (1.0, _weights(eyeLookOut_L=0.5, eyeLookIn_R=0.5, eyeLookDown_L=0.4, eyeLookDown_R=0.4)),
-        (0.0, _weights(eyeLookIn_L=0.6, eyeLookIn_R=0.6)),  # crossed eyes: only each eye on its own reads them
+        (0.0, _weights(eyeLookIn_L=0.6, eyeLookIn_R=0.6)),  # crossed eyes: each eye on its own reads them fully
         (0.0, _weights(eyeLookOut_L=0.5, eyeLookUp_R=0.7)),
     ],
 )
@@ -76,6 +76,21 @@ def test_gaze_is_read_from_the_irises(face_model, embedding, yoke: float, truth:
     np.testing.assert_allclose(fit.weights[GAZE_CHANNELS], truth[GAZE_CHANNELS], atol=0.05)
 
 
+@pytest.mark.parametrize("yaw_deg", [0.0, -20.0])
+def test_yoked_eyes_still_read_crossed_eyes(face_model, embedding, yaw_deg: float) -> None:
+    """Each eye 18° towards the nose, read with the eyes yoked (the default): both read inwards, by about the
+    convergence beyond the dead zone (8°, 0.27 of the 30° range; the corners' motion correction, which uses
+    the gaze being read, moves it a little), and neither looks out or up or down."""
+    fitter = FrameFitter(face_model, embedding, None, SolveConfig(gaze_straight_pitch_deg=0.0))
+    truth = _weights(eyeLookIn_L=0.6, eyeLookIn_R=0.6)
+    landmarks = synthetic_landmarks(fitter.face, eyeball_centers(face_model), truth, euler_to_rotation(yaw_deg, 5, 0))
+    observed, _ = valid_observation(landmarks)
+    gaze = fitter.fit(observed, image_size=landmarks.image_size).weights[GAZE_CHANNELS]
+    read = dict(zip(("out_L", "out_R", "in_L", "in_R", "up_L", "up_R", "down_L", "down_R"), gaze, strict=True))
+    assert 0.12 < read["in_L"] < 0.4 and 0.12 < read["in_R"] < 0.4
+    assert max(read["out_L"], read["out_R"], read["up_L"], read["up_R"], read["down_L"], read["down_R"]) < 0.05
+
+
 def test_yoked_gaze_averages_the_open_eyes_and_ignores_a_closed_one() -> None:
     """Each eye's noise is halved by the mean of both; a closed eye's iris (it follows the lid) is left out."""
     angles = np.array([[10.0, -4.0], [2.0, 6.0]])  # (left, right) × (yaw, pitch)
@@ -86,6 +101,17 @@ def test_yoked_gaze_averages_the_open_eyes_and_ignores_a_closed_one() -> None:
     winking = yoked(angles, np.array([0.0, 1.0]), 1.0)  # the right eye closed
     np.testing.assert_allclose(winking[0], winking[1])
     assert np.abs(winking[0] - angles[0]).max() < 0.5  # the open left eye's reading, nearly untouched
+
+
+def test_yoked_gaze_keeps_crossed_eyes_beyond_the_dead_zone() -> None:
+    """Convergence (the left eye turned to −x, the right to +x) beyond the dead zone survives the yoke; less of
+    it, and any divergence, is averaged away like noise."""
+    crossed = np.array([[-16.0, 2.0], [12.0, 4.0]])  # convergence 14°, version −2°
+    np.testing.assert_allclose(yoked(crossed, np.zeros(2), 1.0, 10.0), [[-6.0, 3.0], [2.0, 3.0]])
+    np.testing.assert_allclose(yoked(crossed, np.zeros(2), 0.5, 10.0), [[-11.0, 2.5], [7.0, 3.5]])
+    np.testing.assert_allclose(yoked(crossed, np.zeros(2), 1.0, 20.0), [[-2.0, 3.0], [-2.0, 3.0]])
+    diverged = np.array([[16.0, 0.0], [-12.0, 0.0]])
+    np.testing.assert_allclose(yoked(diverged, np.zeros(2), 1.0, 0.0), [[2.0, 0.0], [2.0, 0.0]])
 
 
 def test_gaze_straight_ahead_is_subtracted(face_model, embedding) -> None:

@@ -403,13 +403,18 @@ def _gaze(eyes: EyeTables, observed_model: np.ndarray, weights: np.ndarray) -> n
         for a in range(2):
             angles[a] -= eyes.straight_deg[a]
             angles[2 + a] -= eyes.straight_deg[a]
-        # `eyes.yoked`: each eye moved `yoke` of the way to both eyes' mean, weighted by openness.
+        # `eyes.yoked`: each eye moved `yoke` of the way to both eyes' mean, weighted by openness; convergence
+        # beyond the dead zone given back.
+        excess = 0.5 * (angles[2] - angles[0]) - eyes.vergence_deadzone
         open_left = min(max(1.0 - weights[eyes.blink_channels[0]], 0.05), 1.0)
         open_right = min(max(1.0 - weights[eyes.blink_channels[1]], 0.05), 1.0)
         for a in range(2):
             mean = (open_left * angles[a] + open_right * angles[2 + a]) / (open_left + open_right)
             angles[a] += eyes.yoke * (mean - angles[a])
             angles[2 + a] += eyes.yoke * (mean - angles[2 + a])
+        if excess > 0.0:
+            angles[0] -= eyes.yoke * excess
+            angles[2] += eyes.yoke * excess
         gaze = np.minimum(np.maximum(_matrix_vector(eyes.angles_to_gaze, angles), 0.0), 1.0)
     return gaze
 

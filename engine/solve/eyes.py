@@ -104,6 +104,7 @@ class EyeModel:
         ranges: GazeRanges = DEFAULT_GAZE_RANGES,
         yoke: float = 1.0,
         straight_deg: tuple[float, float] = (0.0, 0.0),
+        vergence_deadzone_deg: float = 90.0,
     ) -> None:
         self.face = face
         self.ranges = ranges
@@ -147,9 +148,15 @@ class EyeModel:
             radius=float(radii.mean()),
             straight_deg=contiguous(np.asarray(straight_deg, dtype=np.float64)),
             yoke=float(yoke),
+            vergence_deadzone=float(vergence_deadzone_deg),
         )
         eyes_like = (width0 > 1.5) & (width0 < 5.0) & (blink_gain < -0.05) & (radii > 0.6) & (radii < 2.0)
         self.valid = bool(eyes_like.all())
+
+    def set_straight_pitch(self, pitch_deg: float) -> None:
+        """The pitch (degrees, up) the irises read for eyes that look ahead, from the next frame on. Written into
+        the tables in place: the compiled fit reads the same array."""
+        self.tables.straight_deg[1] = pitch_deg
 
     def gaze(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """(478, 3) model-frame landmarks (cm), (53,) current weight estimate → (8,) `eyeLook*` weights in
@@ -181,7 +188,8 @@ class EyeModel:
             sines = _clip(offsets.reshape(-1) / t.radius, -1.0, 1.0)
             # (2 eyes, 2) yaw towards +x, pitch towards +y, in degrees → the eight channels.
             angles = np.degrees(np.arcsin(sines)).reshape(2, 2) - t.straight_deg
-            gaze = _clip(t.angles_to_gaze @ yoked(angles, weights[t.blink_channels], t.yoke).reshape(-1), 0.0, 1.0)
+            together = yoked(angles, weights[t.blink_channels], t.yoke, t.vergence_deadzone)
+            gaze = _clip(t.angles_to_gaze @ together.reshape(-1), 0.0, 1.0)
         return gaze
 
     def blink(self, observed_model: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -213,14 +221,23 @@ def with_lid_asymmetry(blinks: np.ndarray, lids: np.ndarray, share: float, deadz
     return _clip(np.array([blinks[0] + shift, blinks[1] - shift]), 0.0, 1.0)
 
 
-def yoked(angles: np.ndarray, blink: np.ndarray, yoke: float) -> np.ndarray:
+def yoked(angles: np.ndarray, blink: np.ndarray, yoke: float, vergence_deadzone: float = 90.0) -> np.ndarray:
     """(2 eyes, 2) gaze angles, (2,) blink weights → the angles moved `yoke` of the way to both eyes' mean.
 
     The mean weighs each eye by how open it is (1 − blink, at least 0.05): a closed lid hides the iris, and
-    MediaPipe's iris then follows the lid, not the eye."""
+    MediaPipe's iris then follows the lid, not the eye. Eyes move up and down together, but they converge:
+    of their convergence (each eye turned towards the nose, the mean of the two turns) what exceeds
+    `vergence_deadzone` degrees is given back, so crossed eyes read crossed while the per-eye noise of eyes that
+    look ahead (within the dead zone) is still averaged away. Divergence is never kept: eyes do not do it."""
     openness = _clip(1.0 - blink, 0.05, 1.0)
     mean = (openness[0] * angles[0] + openness[1] * angles[1]) / (openness[0] + openness[1])
-    return angles + yoke * (mean - angles)
+    out = angles + yoke * (mean - angles)
+    # The left eye turns in towards −x, the right eye towards +x.
+    excess = 0.5 * (angles[1, 0] - angles[0, 0]) - vergence_deadzone
+    if excess > 0.0:
+        out[0, 0] -= yoke * excess
+        out[1, 0] += yoke * excess
+    return out
 
 
 # Two numpy conveniences without their wrappers' per-call cost (several µs each, more than the arithmetic on

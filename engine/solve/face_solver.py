@@ -20,9 +20,10 @@ from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.camera import shipped_fov_reading
 from engine.solve.curves import DEFAULT_CURVES_PATH, ResponseCurves
+from engine.solve.eyes import BLINK, gaze_angles
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.kernels import Kernels
-from engine.solve.performer import Performer, PerformerEstimator, RestOffset
+from engine.solve.performer import GazeCentre, Performer, PerformerEstimator, RestOffset
 from engine.solve.pose import head_pose_from_fit
 from engine.solve.prior import NeutralFeatures
 from engine.solve.solver import (
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 N_EXPRESSIONS = len(ICT_EXPRESSIONS)
 # Residual (cm RMS over the mesh landmarks) at which confidence has fallen to 1/e.
 _RESIDUAL_SCALE_CM = 0.4
+# The gaze centre samples frames whose eyes both read less closed than this (a closing lid drags the iris).
+_GAZE_CENTRE_MAX_BLINK = 0.4
 
 
 def channel_groups() -> dict[str, np.ndarray]:
@@ -92,8 +95,8 @@ class FaceSolver:
     tracking states.
 
     `performer` is who is tracked (`engine/solve/performer.py`): `Performer.auto()` reads any face with the
-    people prior and learns a rest offset online (`performer_config`; the identity and camera estimate when
-    enabled there); an `Identity` or `Performer.from_identity` is an enrolled profile; a rendered avatar
+    people prior and learns a rest offset and a gaze centre online (`performer_config`; the identity and camera
+    estimate when enabled there); an `Identity` or `Performer.from_identity` is an enrolled profile; a rendered avatar
     (the demo performer) is solved with the prior trained on its own renders. The camera is, in order: the
     performer's, `config.camera_fov_y_deg`, the online estimate (when enabled), `performer_config.fov_prior_deg`
     for `auto`, the solver's default (`fov_y_deg`) for a profile."""
@@ -131,6 +134,9 @@ class FaceSolver:
             start_fov = self.estimator.fov_y_deg
         if self.performer.online and pc.rest_offset:
             self.rest = RestOffset(pc.rest_offset_cap, pc.rest_offset_time_s)
+        self.gaze_centre: GazeCentre | None = None
+        if self.performer.online and pc.gaze_centre:
+            self.gaze_centre = GazeCentre(pc.gaze_centre_cap_deg, pc.gaze_centre_time_s)
         if start_fov is None:
             # Unknown camera: auto assumes the prior's centre (what the learned prior was trained with); an
             # enrolled performer keeps the solver's default (`fov_y_deg`), as its calibration was made with it.
@@ -215,6 +221,8 @@ class FaceSolver:
         base: dict[str, object] = {
             "performer": self.performer.name, "fov_y_deg": round(self.fitter.fov_y_deg, 1), "camera": self._camera
         }  # fmt: skip
+        if self.gaze_centre is not None:
+            base["gaze_centre_deg"] = round(self.gaze_centre.pitch_deg, 1)
         if self.estimator is not None:
             base.update(self.estimator.status())
         return base
@@ -230,6 +238,11 @@ class FaceSolver:
                 self._blend_progress = 0.0 if self.performer_config.blend_s > 0 and self.last_fit is not None else 1.0
         previous = None if self._warm is None else self.last_fit
         neutral = None if self.neutral_features is None else self.neutral_features.value
+        if self.gaze_centre is not None:
+            straight = self.config.gaze_straight_pitch_deg + self.gaze_centre.pitch_deg
+            for fitter in (self.fitter, self._blend_from):
+                if fitter is not None:
+                    fitter.eyes.set_straight_pitch(straight)
         fit = self.fitter.fit(observed, self._warm, has_iris, image_size, previous, neutral)
         if self._blend_progress < 1.0 and self._blend_from is not None:
             dt = 0.0 if self._last_clock_ns is None else max(0.0, (t_ns - self._last_clock_ns) * 1e-9)
@@ -272,6 +285,11 @@ class FaceSolver:
                 self._new_person(fade=True)  # another face took this track (a jump in the fit residual)
         if self.rest is not None:
             self.rest.update(fit.weights, t_capture_ns)
+        if self.gaze_centre is not None and self.fitter.eyes_active and has_iris:
+            # The pitch the irises read before the centre was taken off; its own fitter's ranges.
+            read = float(gaze_angles(fit.weights, self.fitter.eyes.ranges)[:, 1].mean()) + self.gaze_centre.pitch_deg
+            eyes_open = bool(fit.weights[list(BLINK)].max() < _GAZE_CENTRE_MAX_BLINK)
+            self.gaze_centre.update(read, eyes_open, t_capture_ns)
         cfg = self.config
         pose = head_pose_from_fit(
             fit.rotation, fit.translation_px, fit.scale_px_per_cm, landmarks.image_size, self.fitter.fov_y_deg
@@ -302,7 +320,9 @@ class FaceSolver:
         the neutral of a displaced prior or head."""
         estimator = self.estimator
         estimated = estimator is not None and (estimator.current is not None or estimator.status()["keyframes"] > 0)
-        rested = self.rest is not None and self.rest.samples > 0
+        rested = (self.rest is not None and self.rest.samples > 0) or (
+            self.gaze_centre is not None and self.gaze_centre.samples > 0
+        )
         return estimated or rested or (self.neutral_features is not None and self.neutral_features.value is not None)
 
     def _new_person(self, fade: bool) -> None:
@@ -312,6 +332,8 @@ class FaceSolver:
             self._restarts_seen = self.estimator.restarts
         if self.rest is not None:
             self.rest.reset()
+        if self.gaze_centre is not None:
+            self.gaze_centre.reset()
         if self.neutral_features is not None:
             self.neutral_features.reset()
         if self.fitter is not self._initial_fitter:

@@ -30,6 +30,11 @@ high. For those channels only, a slow low percentile of the raw weights (the lev
 to) is removed like a calibration, capped, and approached with a time constant of seconds, so a held smile
 (not in the set) or a short expression is never calibrated away; the cheek squint of a smile held for many
 seconds is.
+
+The gaze centre (`GazeCentre`) does the same for where the eyes look: MediaPipe's irises sit differently between
+the eye corners from one face to the next, so a face looking into the camera can read as looking several
+degrees up or down. The median vertical gaze of the last half minute is taken as straight ahead (within a cap),
+as VTuber apps' "calibrate" sets it; a look held for less than half of that stays a look.
 """
 
 from __future__ import annotations
@@ -162,6 +167,50 @@ class RestOffset:
             step = 1.0 - math.exp(-dt / self.time_constant_s)
             current = self.offset[REST_CHANNELS]
             self.offset[REST_CHANNELS] = current + step * (self._target - current)
+        self._last_update_ns = t_ns
+
+
+class GazeCentre:
+    """Where this performer's eyes read when they look ahead: the vertical gaze (degrees, up) that the irises
+    read most of the time, taken off like a calibration (see the module docstring). `update` per tracked frame
+    with the pitch the irises read before this centre was taken off, whether the eyes were open enough to read
+    it, and the frame's clock; `pitch_deg` is the centre in use, within ±`cap_deg`.
+
+    The median of the last `window_s` (sampled at `sample_hz`), so a look held for less than half the window
+    stays a look; approached with `time_constant_s`, so no reading jumps."""
+
+    def __init__(self, cap_deg: float, time_constant_s: float, window_s: float = 30.0, sample_hz: float = 5.0) -> None:
+        self.cap_deg, self.time_constant_s = cap_deg, time_constant_s
+        self._period_ns = int(1e9 / sample_hz)
+        self._history = np.zeros(int(window_s * sample_hz))
+        self._count = 0
+        self._last_sample_ns: int | None = None
+        self._last_update_ns: int | None = None
+        self._target = 0.0
+        self.pitch_deg = 0.0
+
+    def reset(self) -> None:
+        self._count = 0
+        self._last_sample_ns = self._last_update_ns = None
+        self._target = self.pitch_deg = 0.0
+
+    @property
+    def samples(self) -> int:
+        """Pitches sampled since the last reset."""
+        return self._count
+
+    def update(self, read_pitch_deg: float, eyes_open: bool, t_ns: int) -> None:
+        due = self._last_sample_ns is None or t_ns - self._last_sample_ns >= self._period_ns
+        if due and eyes_open and math.isfinite(read_pitch_deg):
+            self._history[self._count % len(self._history)] = read_pitch_deg
+            self._count += 1
+            self._last_sample_ns = t_ns
+            if self._count >= 3:
+                median = float(np.median(self._history[: min(self._count, len(self._history))]))
+                self._target = min(max(median, -self.cap_deg), self.cap_deg)
+        if self._last_update_ns is not None and self._count >= 3:
+            dt = max(0.0, (t_ns - self._last_update_ns) * 1e-9)
+            self.pitch_deg += (1.0 - math.exp(-dt / self.time_constant_s)) * (self._target - self.pitch_deg)
         self._last_update_ns = t_ns
 
 

@@ -182,6 +182,7 @@ class FrameFitter:
             ranges,
             config.gaze_yoke,
             (0.0, config.gaze_straight_pitch_deg),
+            config.gaze_vergence_deadzone_deg,
         )
         self.eyes_active = config.eyes_enabled and self.eyes.valid
         # Gaze is pinned to the iris read-out, unless a learned prior reads it (one trained on renders of a known

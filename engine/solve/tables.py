@@ -54,6 +54,7 @@ class EyeTables(NamedTuple):
     # (2,) yaw, pitch (degrees) the irises read when the eyes look straight ahead (`gaze_straight_pitch_deg`)
     straight_deg: np.ndarray
     yoke: float  # share of each eye's gaze angles taken from both eyes' openness-weighted mean (`gaze_yoke`)
+    vergence_deadzone: float  # degrees of convergence the yoke removes entirely (`gaze_vergence_deadzone_deg`)
 
 
 class PriorTables(NamedTuple):
