@@ -57,6 +57,28 @@ def test_rest_offset_learns_a_resting_jaw_slowly_and_leaves_other_channels() -> 
     assert not rest.offset.any()
 
 
+def test_rest_offset_calibrates_round_cheeks_but_not_a_held_smiles_squint() -> None:
+    """Cheeks that read a squint on a relaxed face are its shape; a smile raises the cheeks (AU6 with AU12), and
+    the squint of a smile held for many seconds stays an expression."""
+    cheeks = [ICT_EXPRESSIONS.index("cheekSquint_L"), ICT_EXPRESSIONS.index("cheekSquint_R")]
+    smiles = [SMILE, ICT_EXPRESSIONS.index("mouthSmile_R")]
+    relaxed, smiling = np.zeros(len(ICT_EXPRESSIONS)), np.zeros(len(ICT_EXPRESSIONS))
+    relaxed[cheeks] = 0.15  # round cheeks
+    smiling[cheeks], smiling[smiles] = 0.4, 0.7  # a held smile, its cheek squint
+    rest = RestOffset(cap=0.5, time_constant_s=2.0)
+    for frame in range(300):  # ten seconds relaxed: the cheeks' level is learnt
+        rest.update(relaxed, frame * SECOND // 30)
+    assert rest.offset[cheeks] == pytest.approx([0.15, 0.15], abs=0.01)
+    for frame in range(300, 1200):  # thirty seconds of a held smile: that level holds
+        rest.update(smiling, frame * SECOND // 30)
+    assert rest.offset[cheeks] == pytest.approx([0.15, 0.15], abs=0.01)
+    assert not rest.offset[smiles].any()
+    started_smiling = RestOffset(cap=0.5, time_constant_s=2.0)
+    for frame in range(900):  # a face seen only smiling keeps its cheek squint
+        started_smiling.update(smiling, frame * SECOND // 30)
+    assert not started_smiling.offset[cheeks].any()
+
+
 def test_gaze_centre_takes_the_usual_pitch_as_ahead_slowly_and_keeps_short_looks() -> None:
     centre = GazeCentre(cap_deg=10.0, time_constant_s=2.0)
     t = 0

@@ -28,8 +28,9 @@ The rest offset (`RestOffset`) handles what the identity fit cannot tell apart f
 face: a jaw that hangs a little, pressed, rolled, full or pouting lips, round cheeks, brows that sit low or
 high. For those channels only, a slow low percentile of the raw weights (the level the face keeps returning
 to) is removed like a calibration, capped, and approached with a time constant of seconds, so a held smile
-(not in the set) or a short expression is never calibrated away; the cheek squint of a smile held for many
-seconds is.
+(not in the set) or a short expression is never calibrated away. A smile raises the cheeks (FACS: AU6 comes
+with AU12), so while one is on the cheeks' level is not sampled: round cheeks at rest are calibrated, the
+squint of a held smile is not.
 
 The gaze centre (`GazeCentre`) does the same for where the eyes look: MediaPipe's irises sit differently between
 the eye corners from one face to the next, so a face looking into the camera can read as looking several
@@ -68,6 +69,10 @@ REST_CHANNELS = np.array([_CH[n] for n in (
     "browOuterUp_L", "browOuterUp_R", "mouthPucker", "mouthFunnel", "cheekSquint_L", "cheekSquint_R",
     "cheekPuff_L", "cheekPuff_R",
 )])  # fmt: skip
+# Cheek squint's rest level is sampled only while the raw smile reads at most this (`RestOffset`).
+_SMILE_HOLDS_CHEEKS = 0.2
+_SMILES = np.array([_CH["mouthSmile_L"], _CH["mouthSmile_R"]])
+_CHEEK_SLOTS = np.array([k for k, c in enumerate(REST_CHANNELS) if ICT_EXPRESSIONS[c].startswith("cheekSquint")])
 # Eye channels move on every face all the time (blinks, gaze): they say nothing of how neutral a frame is.
 _NOT_EYES = np.array([i for i, n in enumerate(ICT_EXPRESSIONS) if not n.startswith("eye")])
 # Head-pose bins for keyframes (degrees): spreading frames over poses separates shape from camera.
@@ -154,7 +159,10 @@ class RestOffset:
 
     def update(self, raw: np.ndarray, t_ns: int) -> None:
         if self._last_sample_ns is None or t_ns - self._last_sample_ns >= self._period_ns:
-            self._history[self._count % len(self._history)] = raw[REST_CHANNELS]
+            sample = raw[REST_CHANNELS]
+            if raw[_SMILES].max() > _SMILE_HOLDS_CHEEKS:  # a smile's cheek squint is no rest: the level holds
+                sample[_CHEEK_SLOTS] = self._target[_CHEEK_SLOTS]
+            self._history[self._count % len(self._history)] = sample
             self._count += 1
             self._last_sample_ns = t_ns
             if self._count >= 3:
