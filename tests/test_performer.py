@@ -226,6 +226,15 @@ def test_a_profile_is_used_as_given(face_model, embedding) -> None:
     raw = np.zeros(len(ICT_EXPRESSIONS))
     raw[JAW] = 0.6
     assert solver.calibrate(raw)[JAW] == pytest.approx(0.5)  # (0.6 − 0.2) / (1 − 0.2)
+    # Where the eyes look ahead is learnt online for a profile too, not kept as a one-sided gaze offset: a look
+    # down from a resting gaze that read up must still read as one.
+    looking_up = offset.copy()
+    looking_up[GAZE_CHANNELS[4:6]] = 0.3  # eyeLookUp_L, _R
+    profile = FaceSolver(face_model, embedding, Performer("me", w_id, looking_up), PLAIN)
+    assert profile.gaze_centre is not None and not profile.neutral_offset[GAZE_CHANNELS].any()
+    assert profile.neutral_offset[JAW] == pytest.approx(0.2)
+    demo = FaceSolver(face_model, embedding, Performer("demo", w_id, looking_up, rendered=True), PLAIN)
+    assert demo.gaze_centre is None and demo.neutral_offset[GAZE_CHANNELS[4]] == pytest.approx(0.3)
     told = FaceSolver(face_model, embedding, Performer.told(w_id, 33.0), PLAIN)
     assert told.fitter.fov_y_deg == 33.0 and isinstance(told.fitter, FrameFitter)
 

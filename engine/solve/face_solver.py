@@ -20,7 +20,7 @@ from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.camera import shipped_fov_reading
 from engine.solve.curves import DEFAULT_CURVES_PATH, ResponseCurves
-from engine.solve.eyes import BLINK, gaze_angles
+from engine.solve.eyes import BLINK, GAZE_CHANNELS, gaze_angles
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.kernels import Kernels
 from engine.solve.performer import GazeCentre, Performer, PerformerEstimator, RestOffset
@@ -95,9 +95,10 @@ class FaceSolver:
     tracking states.
 
     `performer` is who is tracked (`engine/solve/performer.py`): `Performer.auto()` reads any face with the
-    people prior and learns a rest offset and a gaze centre online (`performer_config`; the identity and camera
-    estimate when enabled there); an `Identity` or `Performer.from_identity` is an enrolled profile; a rendered avatar
-    (the demo performer) is solved with the prior trained on its own renders. The camera is, in order: the
+    people prior and learns a rest offset online (`performer_config`; the identity and camera estimate when
+    enabled there); an `Identity` or `Performer.from_identity` is an enrolled profile; a rendered avatar
+    (the demo performer) is solved with the prior trained on its own renders. Every performer but a rendered
+    avatar learns where its eyes look ahead (`GazeCentre`). The camera is, in order: the
     performer's, `config.camera_fov_y_deg`, the online estimate (when enabled), `performer_config.fov_prior_deg`
     for `auto`, the solver's default (`fov_y_deg`) for a profile."""
 
@@ -134,8 +135,10 @@ class FaceSolver:
             start_fov = self.estimator.fov_y_deg
         if self.performer.online and pc.rest_offset:
             self.rest = RestOffset(pc.rest_offset_cap, pc.rest_offset_time_s)
+        # Where the eyes look ahead is MediaPipe's habit on this face and where the camera sits: learnt for anyone
+        # but a rendered avatar (its gaze is exact), an enrolled profile too.
         self.gaze_centre: GazeCentre | None = None
-        if self.performer.online and pc.gaze_centre:
+        if not self.performer.rendered and pc.gaze_centre:
             self.gaze_centre = GazeCentre(pc.gaze_centre_cap_deg, pc.gaze_centre_time_s)
         if start_fov is None:
             # Unknown camera: auto assumes the prior's centre (what the learned prior was trained with); an
@@ -153,9 +156,7 @@ class FaceSolver:
         # The shipped curves were fitted together with the people prior: they apply with it only.
         self.curves = shipped_curves(config, prior is not None and not self.performer.rendered)
         offset = np.asarray(self.performer.neutral_offset, dtype=np.float64)
-        if offset.shape != (N_EXPRESSIONS,):
-            offset = np.zeros(N_EXPRESSIONS)
-        self.neutral_offset = np.clip(offset, 0.0, 0.95)
+        self.neutral_offset = self._rest_levels(offset if offset.shape == (N_EXPRESSIONS,) else np.zeros(N_EXPRESSIONS))
         # The per-frame path its fitter chose (`engine/solve/kernels.py`) serves the checks and the filter too.
         self._kernels = self.fitter.kernels
         # 53 weights, then quaternion (4), translation (3) and scale
@@ -200,13 +201,21 @@ class FaceSolver:
         self._calibration.append(raw.copy())
         if len(self._calibration) >= self._calibration_frames:
             offset = np.mean(self._calibration, axis=0)
-            self.neutral_offset = np.clip(offset, 0.0, 0.95)
+            self.neutral_offset = self._rest_levels(offset)
             self._calibration = None
             strongest = np.argsort(offset)[::-1][:3]
             log.info(
                 "solver: neutral calibrated on %d frames (largest rest offsets: %s)", self._calibration_frames,
                 ", ".join(f"{ICT_EXPRESSIONS[k]} {offset[k]:.2f}" for k in strongest),
             )  # fmt: skip
+
+    def _rest_levels(self, offset: np.ndarray) -> np.ndarray:
+        """A neutral offset as `calibrate` uses it: clipped to [0, 0.95], and without gaze while the gaze centre
+        runs (it moves where the eyes look ahead instead, so a look down from there still reads as one)."""
+        levels = np.clip(offset, 0.0, 0.95)
+        if self.gaze_centre is not None:
+            levels[GAZE_CHANNELS] = 0.0
+        return levels
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """(53,) raw weights → (53,) with the rest offset removed: (w − o)/(1 − o), clamped to [0, 1]. o is the
