@@ -11,7 +11,16 @@ from engine.face_model import FaceModel
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.bench import bench_solve
 from engine.solve.expression import EmbeddedFace
-from engine.solve.eyes import GAZE_CHANNELS, eye_rotations, eyeball_centers, gaze_angles, with_lid_asymmetry, yoked
+from engine.solve.eyes import (
+    GAZE_CHANNELS,
+    GazeRanges,
+    eye_rotations,
+    eyeball_centers,
+    gaze_angles,
+    mean_pitch_deg,
+    with_lid_asymmetry,
+    yoked,
+)
 from engine.solve.identity_fit import fit_identity
 from engine.solve.landmark_sets import IRIS
 from engine.solve.pose import euler_to_rotation, umeyama
@@ -44,6 +53,15 @@ def test_lid_asymmetry_turns_a_symmetric_read_into_the_lids_wink() -> None:
     np.testing.assert_allclose(with_lid_asymmetry(prior, np.array([0.15, 0.0]), 1.0, 0.2), prior)
     # A difference the clip bounds cannot hold is clipped, not wrapped.
     np.testing.assert_allclose(with_lid_asymmetry(np.array([0.1, 0.1]), np.array([1.0, 0.0]), 1.0), [0.6, 0.0])
+
+
+def test_mean_pitch_is_the_gaze_angles_mean_pitch() -> None:
+    """The per-frame scalar helper reads what its array reference reads, for any ranges."""
+    rng = np.random.default_rng(3)
+    for ranges in (GazeRanges(), GazeRanges(30.0, 20.0, 35.0)):
+        for _ in range(20):
+            weights = rng.uniform(0.0, 1.0, len(ICT_EXPRESSIONS))
+            assert mean_pitch_deg(weights, ranges) == pytest.approx(gaze_angles(weights, ranges)[:, 1].mean())
 
 
 def test_gaze_convention_directions() -> None:

@@ -68,6 +68,14 @@ def gaze_angles(weights: np.ndarray, ranges: GazeRanges = DEFAULT_GAZE_RANGES) -
     return out
 
 
+def mean_pitch_deg(weights: np.ndarray, ranges: GazeRanges = DEFAULT_GAZE_RANGES) -> float:
+    """(53,) weights → both eyes' mean pitch (degrees, up): `gaze_angles(weights, ranges)[:, 1].mean()` in
+    scalar arithmetic (a per-frame helper: the array version costs tens of µs)."""
+    up = float(weights[LOOK_UP[0]]) + float(weights[LOOK_UP[1]])
+    down = float(weights[LOOK_DOWN[0]]) + float(weights[LOOK_DOWN[1]])
+    return 0.5 * (up * ranges.up_deg - down * ranges.down_deg)
+
+
 def eye_rotations(weights: np.ndarray, ranges: GazeRanges = DEFAULT_GAZE_RANGES) -> np.ndarray:
     """(53,) weights → (2, 3, 3) model-frame rotations of the (left, right) eyeball about its centre."""
     rotations = np.empty((2, 3, 3))

@@ -20,7 +20,7 @@ from engine.identity import Identity
 from engine.names import ICT_EXPRESSIONS
 from engine.solve.camera import shipped_fov_reading
 from engine.solve.curves import DEFAULT_CURVES_PATH, ResponseCurves
-from engine.solve.eyes import BLINK, GAZE_CHANNELS, gaze_angles
+from engine.solve.eyes import BLINK, GAZE_CHANNELS, mean_pitch_deg
 from engine.solve.filters import OneEuroFilter, continuous_quaternion
 from engine.solve.kernels import Kernels
 from engine.solve.performer import GazeCentre, Performer, PerformerEstimator, RestOffset
@@ -295,9 +295,9 @@ class FaceSolver:
         if self.rest is not None:
             self.rest.update(fit.weights, t_capture_ns)
         if self.gaze_centre is not None and self.fitter.eyes_active and has_iris:
-            # The pitch the irises read before the centre was taken off; its own fitter's ranges.
-            read = float(gaze_angles(fit.weights, self.fitter.eyes.ranges)[:, 1].mean()) + self.gaze_centre.pitch_deg
-            eyes_open = bool(fit.weights[list(BLINK)].max() < _GAZE_CENTRE_MAX_BLINK)
+            # The pitch the irises read before the centre was taken off.
+            read = mean_pitch_deg(fit.weights, self.fitter.eyes.ranges) + self.gaze_centre.pitch_deg
+            eyes_open = max(float(fit.weights[BLINK[0]]), float(fit.weights[BLINK[1]])) < _GAZE_CENTRE_MAX_BLINK
             self.gaze_centre.update(read, eyes_open, t_capture_ns)
         cfg = self.config
         pose = head_pose_from_fit(
