@@ -93,7 +93,8 @@ class SolveConfig(_Section):
     # disagree far more than eyes do): 1 yoked, 0 each eye on its own (docs/solve.md §3.5).
     gaze_yoke: float = Field(1.0, ge=0, le=1)
     # Crossed eyes: of the eyes' convergence (each turned towards the nose, degrees), what exceeds this is kept
-    # through the yoke. MediaPipe's per-eye irises disagree by up to about 10° on eyes that look ahead.
+    # through the yoke. On renders that look ahead, each eye's reading strays from the two eyes' mean by up to
+    # about 10° (95th percentile).
     gaze_vergence_deadzone_deg: float = Field(10.0, ge=0, le=90)
     # The pitch (degrees, up) MediaPipe's irises read when the eyes look straight ahead; subtracted from every
     # reading (measured on training renders with `tools/measure_gaze.py`). No yaw: a mirrored face must read

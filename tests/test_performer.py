@@ -73,10 +73,26 @@ def test_rest_offset_calibrates_round_cheeks_but_not_a_held_smiles_squint() -> N
         rest.update(smiling, frame * SECOND // 30)
     assert rest.offset[cheeks] == pytest.approx([0.15, 0.15], abs=0.01)
     assert not rest.offset[smiles].any()
-    started_smiling = RestOffset(cap=0.5, time_constant_s=2.0)
-    for frame in range(900):  # a face seen only smiling keeps its cheek squint
-        started_smiling.update(smiling, frame * SECOND // 30)
-    assert not started_smiling.offset[cheeks].any()
+    rest.reset()  # someone else, seen only smiling, keeps their cheek squint: nothing of the last face's level
+    for frame in range(900):
+        rest.update(smiling, frame * SECOND // 30)
+    assert not rest.offset[cheeks].any()
+
+
+def test_rest_offset_and_gaze_centre_count_a_gap_as_at_most_a_second_of_approach() -> None:
+    """No face (or no irises) for a while, then back: the level resumes its slow approach instead of jumping."""
+    raw = np.zeros(len(ICT_EXPRESSIONS))
+    raw[JAW] = 0.4
+    rest, centre = RestOffset(cap=0.5, time_constant_s=4.0), GazeCentre(cap_deg=10.0, time_constant_s=4.0)
+    for frame in range(10):  # a third of a second: three samples, the approach barely started
+        rest.update(raw, frame * SECOND // 30)
+        centre.update(8.0, True, frame * SECOND // 30)
+    before = rest.offset[JAW], centre.pitch_deg
+    rest.update(raw, 20 * SECOND)  # back after 20 s
+    centre.update(8.0, True, 20 * SECOND)
+    step = 1.0 - np.exp(-1.0 / 4.0)  # one second of approach
+    assert rest.offset[JAW] == pytest.approx(before[0] + step * (0.4 - before[0]), rel=1e-6)
+    assert centre.pitch_deg == pytest.approx(before[1] + step * (8.0 - before[1]), rel=1e-6)
 
 
 def test_gaze_centre_takes_the_usual_pitch_as_ahead_slowly_and_keeps_short_looks() -> None:

@@ -135,17 +135,17 @@ class FaceSolver:
             start_fov = self.estimator.fov_y_deg
         if self.performer.online and pc.rest_offset:
             self.rest = RestOffset(pc.rest_offset_cap, pc.rest_offset_time_s)
-        # Where the eyes look ahead is MediaPipe's habit on this face and where the camera sits: learnt for anyone
-        # but a rendered avatar (its gaze is exact), an enrolled profile too.
-        self.gaze_centre: GazeCentre | None = None
-        if not self.performer.rendered and pc.gaze_centre:
-            self.gaze_centre = GazeCentre(pc.gaze_centre_cap_deg, pc.gaze_centre_time_s)
         if start_fov is None:
             # Unknown camera: auto assumes the prior's centre (what the learned prior was trained with); an
             # enrolled performer keeps the solver's default (`fov_y_deg`), as its calibration was made with it.
             start_fov = pc.fov_prior_deg if self.performer.online else fov_y_deg(config)
         self.fitter = make_fitter(self.performer.identity_weights, start_fov)
         self._initial_fitter = self.fitter
+        # Where the eyes look ahead is MediaPipe's habit on this face and where the camera sits: learnt for anyone
+        # but a rendered avatar (its gaze is exact), an enrolled profile too, wherever the irises are read.
+        self.gaze_centre: GazeCentre | None = None
+        if not self.performer.rendered and pc.gaze_centre and self.fitter.eyes_active:
+            self.gaze_centre = GazeCentre(pc.gaze_centre_cap_deg, pc.gaze_centre_time_s)
         # Where the camera in use comes from (`status`): given (config or source), assumed, or an estimate's.
         self._initial_camera = "given" if known_fov is not None else "assumed"
         self._camera = self._initial_camera
@@ -294,7 +294,8 @@ class FaceSolver:
                 self._new_person(fade=True)  # another face took this track (a jump in the fit residual)
         if self.rest is not None:
             self.rest.update(fit.weights, t_capture_ns)
-        if self.gaze_centre is not None and self.fitter.eyes_active and has_iris:
+        # Only where gaze is pinned to the irises: a prior that pulls gaze (anchored) would feed the centre back.
+        if self.gaze_centre is not None and has_iris and self.fitter.gaze_anchor == 0.0:
             # The pitch the irises read before the centre was taken off.
             read = mean_pitch_deg(fit.weights, self.fitter.eyes.ranges) + self.gaze_centre.pitch_deg
             eyes_open = max(float(fit.weights[BLINK[0]]), float(fit.weights[BLINK[1]])) < _GAZE_CENTRE_MAX_BLINK
@@ -326,7 +327,7 @@ class FaceSolver:
     @property
     def _person_known(self) -> bool:
         """Whether anything learnt about the person on this track is held: the online estimate, the rest offset,
-        the neutral of a displaced prior or head."""
+        the gaze centre, the neutral of a displaced prior or head."""
         estimator = self.estimator
         estimated = estimator is not None and (estimator.current is not None or estimator.status()["keyframes"] > 0)
         rested = (self.rest is not None and self.rest.samples > 0) or (
@@ -335,8 +336,8 @@ class FaceSolver:
         return estimated or rested or (self.neutral_features is not None and self.neutral_features.value is not None)
 
     def _new_person(self, fade: bool) -> None:
-        """Another person: the rest offset, the neutral and the fitter restart (the initial fitter faded in over
-        `blend_s` while a face is in view, else at once), with the estimator when there is one."""
+        """Another person: the rest offset, the gaze centre, the neutral and the fitter restart (the initial fitter
+        faded in over `blend_s` while a face is in view, else at once), with the estimator when there is one."""
         if self.estimator is not None:
             self._restarts_seen = self.estimator.restarts
         if self.rest is not None:

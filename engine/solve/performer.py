@@ -104,7 +104,8 @@ class Performer:
 
     @staticmethod
     def told(identity_weights: np.ndarray, fov_y_deg: float | None = None, name: str = "told") -> Performer:
-        """Known exactly (synthetic evaluation): nothing is estimated."""
+        """Known exactly (synthetic evaluation): no identity, camera or rest offset is estimated (the solver
+        still learns where the eyes look ahead, MediaPipe's habit on the face, as for every person)."""
         return Performer(name, np.asarray(identity_weights, np.float32), np.zeros(N, np.float32), fov_y_deg)
 
     @staticmethod
@@ -133,93 +134,107 @@ class Estimate:
     seconds: float
 
 
-class RestOffset:
-    """The slow, capped rest offset of `REST_CHANNELS` (see the module docstring). `update` per tracked frame
-    with the raw weights and the frame's clock; `offset` (53,) is zero outside the set."""
+class _SlowLevel:
+    """The level a face keeps returning to, the rest offset's and the gaze centre's common machinery: samples of
+    `width` values, at most one per 1/`sample_hz` s, kept for the last `window_s`; a statistic of them as the
+    target (`_target_of`, recomputed per sample, not per frame: the one costly step); and `level` approaching it
+    with `time_constant_s`, so nothing jumps. A gap (no face, no irises) counts as at most `_MAX_STEP_S` of
+    approach."""
 
-    def __init__(self, cap: float, time_constant_s: float, window_s: float = 10.0, sample_hz: float = 5.0) -> None:
-        self.cap, self.time_constant_s = cap, time_constant_s
+    _MAX_STEP_S = 1.0
+
+    def __init__(self, width: int, time_constant_s: float, window_s: float, sample_hz: float) -> None:
+        self.time_constant_s = time_constant_s
         self._period_ns = int(1e9 / sample_hz)
-        self._history = np.zeros((int(window_s * sample_hz), len(REST_CHANNELS)))
+        self._history = np.zeros((int(window_s * sample_hz), width))
+        self.target = np.zeros(width)
+        self.level = np.zeros(width)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything sampled (a new person)."""
         self._count = 0
         self._last_sample_ns: int | None = None
         self._last_update_ns: int | None = None
-        self._target = np.zeros(len(REST_CHANNELS))
-        self.offset = np.zeros(N)
-
-    def reset(self) -> None:
-        self._count = 0
-        self._last_sample_ns = self._last_update_ns = None
-        self.offset = np.zeros(N)
+        self.target = np.zeros_like(self.target)
+        self.level = np.zeros_like(self.level)
 
     @property
     def samples(self) -> int:
-        """Raw weights sampled since the last reset."""
+        """Samples taken since the last reset."""
         return self._count
 
-    def update(self, raw: np.ndarray, t_ns: int) -> None:
-        if self._last_sample_ns is None or t_ns - self._last_sample_ns >= self._period_ns:
-            sample = raw[REST_CHANNELS]
-            if raw[_SMILES].max() > _SMILE_HOLDS_CHEEKS:  # a smile's cheek squint is no rest: the level holds
-                sample[_CHEEK_SLOTS] = self._target[_CHEEK_SLOTS]
-            self._history[self._count % len(self._history)] = sample
-            self._count += 1
-            self._last_sample_ns = t_ns
-            if self._count >= 3:
-                # The level the face keeps returning to: a low percentile of the last seconds (recomputed
-                # per sample, not per frame: it is the one costly step here).
-                samples = self._history[: min(self._count, len(self._history))]
-                self._target = np.minimum(np.percentile(samples, 20, axis=0), self.cap)
+    def _target_of(self, samples: np.ndarray) -> np.ndarray:
+        """(n, width) samples → (width,) target."""
+        raise NotImplementedError
+
+    def _due(self, t_ns: int) -> bool:
+        return self._last_sample_ns is None or t_ns - self._last_sample_ns >= self._period_ns
+
+    def _add(self, sample: np.ndarray | float, t_ns: int) -> None:
+        self._history[self._count % len(self._history)] = sample
+        self._count += 1
+        self._last_sample_ns = t_ns
+        if self._count >= 3:
+            self.target = self._target_of(self._history[: min(self._count, len(self._history))])
+
+    def _approach(self, t_ns: int) -> None:
         if self._last_update_ns is not None and self._count >= 3:
-            dt = max(0.0, (t_ns - self._last_update_ns) * 1e-9)
-            step = 1.0 - math.exp(-dt / self.time_constant_s)
-            current = self.offset[REST_CHANNELS]
-            self.offset[REST_CHANNELS] = current + step * (self._target - current)
+            dt = min(max(0.0, (t_ns - self._last_update_ns) * 1e-9), self._MAX_STEP_S)
+            self.level = self.level + (1.0 - math.exp(-dt / self.time_constant_s)) * (self.target - self.level)
         self._last_update_ns = t_ns
 
 
-class GazeCentre:
+class RestOffset(_SlowLevel):
+    """The slow, capped rest offset of `REST_CHANNELS` (see the module docstring): a low percentile of the last
+    `window_s`. `update` per tracked frame with the raw weights and the frame's clock; `offset` (53,) is zero
+    outside the set."""
+
+    def __init__(self, cap: float, time_constant_s: float, window_s: float = 10.0, sample_hz: float = 5.0) -> None:
+        self.cap = cap
+        super().__init__(len(REST_CHANNELS), time_constant_s, window_s, sample_hz)
+
+    def reset(self) -> None:
+        super().reset()
+        self.offset = np.zeros(N)
+
+    def _target_of(self, samples: np.ndarray) -> np.ndarray:
+        return np.minimum(np.percentile(samples, 20, axis=0), self.cap)
+
+    def update(self, raw: np.ndarray, t_ns: int) -> None:
+        if self._due(t_ns):
+            sample = raw[REST_CHANNELS]  # a copy
+            if raw[_SMILES].max() > _SMILE_HOLDS_CHEEKS:  # a smile's cheek squint is no rest: the level holds
+                sample[_CHEEK_SLOTS] = self.target[_CHEEK_SLOTS]
+            self._add(sample, t_ns)
+        self._approach(t_ns)
+        self.offset[REST_CHANNELS] = self.level
+
+
+class GazeCentre(_SlowLevel):
     """Where this performer's eyes read when they look ahead: the vertical gaze (degrees, up) that the irises
     read most of the time, taken off like a calibration (see the module docstring). `update` per tracked frame
     with the pitch the irises read before this centre was taken off, whether the eyes were open enough to read
     it, and the frame's clock; `pitch_deg` is the centre in use, within ±`cap_deg`.
 
-    The median of the last `window_s` (sampled at `sample_hz`), so a look held for less than half the window
-    stays a look; approached with `time_constant_s`, so no reading jumps."""
+    The median of the last `window_s`, so a look held for less than half the window stays a look."""
 
     def __init__(self, cap_deg: float, time_constant_s: float, window_s: float = 30.0, sample_hz: float = 5.0) -> None:
-        self.cap_deg, self.time_constant_s = cap_deg, time_constant_s
-        self._period_ns = int(1e9 / sample_hz)
-        self._history = np.zeros(int(window_s * sample_hz))
-        self._count = 0
-        self._last_sample_ns: int | None = None
-        self._last_update_ns: int | None = None
-        self._target = 0.0
-        self.pitch_deg = 0.0
-
-    def reset(self) -> None:
-        self._count = 0
-        self._last_sample_ns = self._last_update_ns = None
-        self._target = self.pitch_deg = 0.0
+        self.cap_deg = cap_deg
+        super().__init__(1, time_constant_s, window_s, sample_hz)
 
     @property
-    def samples(self) -> int:
-        """Pitches sampled since the last reset."""
-        return self._count
+    def pitch_deg(self) -> float:
+        """The centre in use (degrees, up)."""
+        return float(self.level[0])
+
+    def _target_of(self, samples: np.ndarray) -> np.ndarray:
+        return np.clip(np.median(samples, axis=0), -self.cap_deg, self.cap_deg)
 
     def update(self, read_pitch_deg: float, eyes_open: bool, t_ns: int) -> None:
-        due = self._last_sample_ns is None or t_ns - self._last_sample_ns >= self._period_ns
-        if due and eyes_open and math.isfinite(read_pitch_deg):
-            self._history[self._count % len(self._history)] = read_pitch_deg
-            self._count += 1
-            self._last_sample_ns = t_ns
-            if self._count >= 3:
-                median = float(np.median(self._history[: min(self._count, len(self._history))]))
-                self._target = min(max(median, -self.cap_deg), self.cap_deg)
-        if self._last_update_ns is not None and self._count >= 3:
-            dt = max(0.0, (t_ns - self._last_update_ns) * 1e-9)
-            self.pitch_deg += (1.0 - math.exp(-dt / self.time_constant_s)) * (self._target - self.pitch_deg)
-        self._last_update_ns = t_ns
+        if eyes_open and math.isfinite(read_pitch_deg) and self._due(t_ns):
+            self._add(read_pitch_deg, t_ns)
+        self._approach(t_ns)
 
 
 class PerformerEstimator:
