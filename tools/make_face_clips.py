@@ -11,7 +11,9 @@ clip numbers, all below `EVAL_SEED_BASE`, so `scapecast eval`'s identities are n
 Resumable: existing clips are kept (each is written to a temporary name and renamed), so a stopped run
 continues where it stopped. Only the trained model is committed, never these clips.
 
-Usage: python tools/make_face_clips.py [--clips 600] [--seconds 3] [--start 0] [--out out/face_clips]
+Usage: python tools/make_face_clips.py [--clips 600] [--seconds 3] [--start 0] [--every 1] [--out out/face_clips]
+`--every 10` renders only every tenth clip number of the range (from `--start`): the clips the training tool
+holds out, when they are wanted first.
 Each file holds: pixels (T, 478, 3) float32 MediaPipe landmarks in pixels (NaN where no face), image_size
 (2,), weights (T, 53) true ICT weights, euler_deg (T, 3), offset_cm (T, 2), identity_weights (n_id,),
 fov_y_deg, distance_cm.
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--every", type=int, default=1, help="render only clip numbers start, start + every, …")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "face_clips")
     args = parser.parse_args()
     if args.start + args.clips > EVAL_SEED_BASE:
@@ -58,8 +61,12 @@ def main() -> None:
     config = load_config()
     model = FaceModel.load()
     renderer = ClipRenderer(model, config.render)
-    todo = [c for c in range(args.start, args.start + args.clips) if not (args.out / f"clip_{c:05d}.npz").is_file()]
-    for clip in tqdm(todo, desc="render + track clips", unit="clip", initial=args.clips - len(todo), total=args.clips):
+    if args.every < 1:
+        parser.error("--every must be at least 1")
+    wanted = range(args.start, args.start + args.clips, args.every)
+    todo = [c for c in wanted if not (args.out / f"clip_{c:05d}.npz").is_file()]
+    made = len(wanted) - len(todo)
+    for clip in tqdm(todo, desc="render + track clips", unit="clip", initial=made, total=len(wanted)):
         # Webcam-like frame sizes (MediaPipe sees faces of 150–300 px, as from a webcam; smaller renders are cheaper).
         size = [(384, 384), (448, 336), (512, 384), (400, 400)][clip % 4]
         face = SyntheticFace.draw(model, clip, size=size)
