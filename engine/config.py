@@ -123,8 +123,8 @@ class SolveConfig(_Section):
     coast_seconds: float = Field(0.5, ge=0)
     ease_seconds: float = Field(1.0, ge=0)
 
-    # Per-channel response curves out = clip((w − lo)/(hi − lo), 0, 1) (engine/solve/curves.py): the shipped
-    # ones (fitted with the learned prior) when true; channel_curves overrides channels by ICT name.
+    # Per-channel response curves out = clip((w − lo)/(hi − lo), 0, 1) (engine/solve/curves.py): the shipped dead
+    # zones (fitted with the people prior, applied with it) when true; channel_curves overrides channels by ICT name.
     response_curves: bool = True
     channel_curves: dict[str, tuple[float, float]] = {}
 

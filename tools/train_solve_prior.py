@@ -8,9 +8,8 @@ the solver computes them at run time for `--performer auto`: posed on the mean f
 the camera the solver assumes (`performer.fov_prior_deg`, not the clip's true one), so the regressor learns
 to read any face through that same lens. Every tenth clip (by number) is held out; on those the tool
 reports the prior alone and the whole solver (filters, eyes, box) with and without it, per channel group,
-and picks the strength μ from `--strengths` by the held-out driven + all-channel error. Then it fits the
-response curves (`engine/solve/curves.py`) on a fifth of the training clips solved with that prior and
-reports them held out too → models/solve_curves.npz.
+and picks the strength μ from `--strengths` by the held-out driven + all-channel error. The whole solver is
+measured without response curves; refit those on the new prior afterwards (`tools/fit_response_curves.py`).
 
 `--displaced` trains the network that also reads each frame's mesh features minus the performer's neutral
 (`solve.displaced_prior`) → models/solve_prior_people_displaced.npz. Each clip's neutral is built frame by
@@ -52,7 +51,6 @@ from engine.config import load_config  # noqa: E402
 from engine.eval_synthetic import FPS as CLIP_FPS  # noqa: E402
 from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
 from engine.names import ICT_EXPRESSIONS, ict_partner  # noqa: E402
-from engine.solve.curves import DEFAULT_CURVES_PATH, ResponseCurves  # noqa: E402
 from engine.solve.expression import mirror_image_landmarks, side_swap  # noqa: E402
 from engine.solve.face_solver import FaceSolver  # noqa: E402
 from engine.solve.performer import Performer  # noqa: E402
@@ -129,27 +127,22 @@ def _channel_measures(read: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def solve_clips(clips: list, model: FaceModel, embedding: LandmarkEmbedding, config, prior_path: Path | None,
-                curves_path: Path | None = None, head_path: Path | None = None) -> np.ndarray:  # fmt: skip
-    """Run the whole solver (auto performer, filters) over clips with this prior, these response curves and this
-    displaced head (None: none); (frames, 53) solved weights."""
-    import engine.solve.face_solver as face_solver_module
+                head_path: Path | None = None) -> np.ndarray:  # fmt: skip
+    """Run the whole solver (auto performer, filters; response curves off: they are fitted on what this reads)
+    over clips with this prior and this displaced head (None: none); (frames, 53) solved weights."""
     import engine.solve.solver as solver_module
 
     displaced = prior_path is not None and LearnedPrior.load(prior_path).displaced
     solve = config.solve.model_copy(
         update={"learned_prior": prior_path is not None, "prior_strength": None, "displaced_prior": displaced,
-                "displaced_head": head_path is not None}
+                "displaced_head": head_path is not None, "response_curves": False}
     )  # fmt: skip
-    saved = (
-        solver_module.PEOPLE_PRIOR_PATH, solver_module.DISPLACED_PRIOR_PATH, face_solver_module.DEFAULT_CURVES_PATH,
-        solver_module.DISPLACED_HEAD_PATH,
-    )  # fmt: skip
+    saved = solver_module.PEOPLE_PRIOR_PATH, solver_module.DISPLACED_PRIOR_PATH, solver_module.DISPLACED_HEAD_PATH
     if displaced:  # the plain shipped prior stays: it picks the neutral
         solver_module.DISPLACED_PRIOR_PATH = prior_path
     else:
         solver_module.PEOPLE_PRIOR_PATH = prior_path or saved[0]
-    face_solver_module.DEFAULT_CURVES_PATH = curves_path or ROOT / "out" / "no_curves.npz"
-    solver_module.DISPLACED_HEAD_PATH = head_path or saved[3]
+    solver_module.DISPLACED_HEAD_PATH = head_path or saved[2]
     try:
         rows = []
         for found, _, _ in clips:
@@ -158,10 +151,7 @@ def solve_clips(clips: list, model: FaceModel, embedding: LandmarkEmbedding, con
             )
             rows += [solver.solve(lm, int(i * 1e9 / CLIP_FPS), i).weights for i, lm in enumerate(found)]
     finally:
-        (
-            solver_module.PEOPLE_PRIOR_PATH, solver_module.DISPLACED_PRIOR_PATH,
-            face_solver_module.DEFAULT_CURVES_PATH, solver_module.DISPLACED_HEAD_PATH,
-        ) = saved  # fmt: skip
+        solver_module.PEOPLE_PRIOR_PATH, solver_module.DISPLACED_PRIOR_PATH, solver_module.DISPLACED_HEAD_PATH = saved
     return np.array(rows)
 
 
@@ -341,10 +331,6 @@ def main() -> None:
         "--mirror", action="store_true", help="also train on each training clip's mirror image (its sides swapped)"
     )
     ap.add_argument("--dry-run", action="store_true", help="report only, write nothing to models/")
-    ap.add_argument(
-        "--ship-curves", action="store_true",
-        help="also write the fitted response curves to models/ (measured, not shipped: docs/solve.md)",
-    )  # fmt: skip
     args = ap.parse_args()
     started = time.monotonic()
     config = load_config()
@@ -414,15 +400,6 @@ def main() -> None:
             best = (score, strength)
     assert best is not None
     print(f"chosen μ = {best[1]:g} ({time.monotonic() - started:.0f} s)")
-    # Response curves: fitted on a fifth of the training clips solved with the chosen prior, checked held out.
-    prior.with_strength(best[1]).save(candidate)
-    fit_clips = [load_clip(p) for p, test in zip(paths, held_out, strict=True) if not test][::5]
-    fit_truth = np.concatenate([w for _, w, _ in fit_clips])
-    curves = ResponseCurves.fit(solve_clips(fit_clips, model, embedding, config, candidate), fit_truth)
-    curves_candidate = ROOT / "out" / "solve_curves_candidate.npz"
-    curves.save(curves_candidate)
-    with_curves = group_errors(solve_clips(test_clips, model, embedding, config, candidate, curves_candidate), truth)
-    print("solver with prior and curves:", {k: round(v, 4) for k, v in with_curves.items()})
     if args.dry_run:
         return
     target = DISPLACED_PRIOR_PATH if args.displaced else PEOPLE_PRIOR_PATH
@@ -434,9 +411,6 @@ def main() -> None:
         seed=np.int64(args.seed),
     )  # fmt: skip
     print(f"wrote {target}")
-    if args.ship_curves:
-        curves.save(DEFAULT_CURVES_PATH, fitted_on=np.str_(f"{len(fit_clips)} training clips, prior μ={best[1]:g}"))
-        print(f"wrote {DEFAULT_CURVES_PATH}")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ Each channel's weight passes through
 
 `lo` is the level below which a reading counts as noise (the solver's false readings on a face that does not
 make that expression), `hi` the reading that stands for a full expression (channels MediaPipe follows only
-partly read short of 1). Defaults are fitted on held-out synthetic performers by `tools/train_solve_prior.py`
-and shipped in `models/solve_curves.npz` beside the prior they were measured with; `solve.channel_curves`
-overrides any channel by ICT name (`{jawOpen: [0.05, 0.8]}`), and `solve.response_curves: false` turns the
-stage off. Without the file every curve is the identity (lo 0, hi 1).
+partly read short of 1). The shipped curves (`models/solve_curves.npz`) are dead zones only (hi 1), picked per
+channel by `tools/fit_response_curves.py` on synthetic performers the shipped prior never trained on
+(`pick_dead_zones`); `solve.channel_curves` overrides any channel by ICT name (`{jawOpen: [0.05, 0.8]}`), and
+`solve.response_curves: false` turns the stage off. Without the file every curve is the identity (lo 0, hi 1).
 """
 
 from __future__ import annotations
@@ -21,11 +21,19 @@ import numpy as np
 
 from engine.face_model import MODELS_DIR, ModelFileError, read_npz
 from engine.names import ICT_EXPRESSIONS
+from engine.solve.expression import side_swap
 
 DEFAULT_CURVES_PATH = MODELS_DIR / "solve_curves.npz"
 N = len(ICT_EXPRESSIONS)
-# Bounds on fitted curves: a channel is never silenced or amplified without limit by a fit.
-MAX_LO, MIN_HI = 0.3, 0.5
+# A fitted dead zone never silences more of a channel than this.
+MAX_LO = 0.3
+# The dead zones `pick_dead_zones` chooses among: these percentiles of a channel's readings where it is truly at
+# rest (0: none).
+DEAD_ZONE_QUANTILES = (0.0, 25.0, 50.0, 75.0, 90.0)
+# Truth at or below this is a channel at rest; above DRIVEN it is driven (as the eval counts).
+AT_REST, DRIVEN = 0.01, 0.1
+# Fewer frames than this of a channel at rest (or driven) leave its level (or its driven error) unmeasured.
+MIN_FRAMES = 20
 
 
 @dataclass(frozen=True)
@@ -51,33 +59,15 @@ class ResponseCurves:
             lo[k], hi[k] = low, high
         return ResponseCurves(lo, hi)
 
-    @staticmethod
-    def fit(solved: np.ndarray, truth: np.ndarray, quantile: float = 90.0) -> ResponseCurves:
-        """Curves from (n, 53) solved weights (curves off) against the (n, 53) truth.
-
-        lo: the `quantile` of a channel's readings on frames where it is truly 0 (its false-reading floor);
-        hi: the reading a true 1 gets, from a least-squares line through the driven frames (truth > 0.1),
-        bounded to [MIN_HI, 1] and kept above lo."""
-        lo, hi = np.zeros(N), np.ones(N)
-        for k in range(N):
-            rest = truth[:, k] <= 0.01
-            if rest.sum() >= 20:
-                lo[k] = min(float(np.percentile(solved[rest, k], quantile)), MAX_LO)
-            driven = truth[:, k] > 0.1
-            if driven.sum() >= 20:
-                slope, intercept = np.polyfit(truth[driven, k], solved[driven, k], 1)
-                hi[k] = float(np.clip(slope + intercept, MIN_HI, 1.0))
-            hi[k] = max(hi[k], lo[k] + 0.2)
-        return ResponseCurves(lo, np.minimum(hi, 1.0))
-
     def save(self, path: Path | str, **metadata: object) -> None:
+        """Write lo and hi (float32) and any metadata arrays to an npz at `path`."""
         extras = {key: np.asarray(value) for key, value in metadata.items()}
         np.savez(path, lo=self.lo.astype(np.float32), hi=self.hi.astype(np.float32), **extras)
 
     @staticmethod
     def load(path: Path | str = DEFAULT_CURVES_PATH) -> ResponseCurves:
         """The shipped curves; a missing or malformed file is a clear ModelFileError."""
-        z = read_npz(path, "response curves", "tools/train_solve_prior.py")
+        z = read_npz(path, "response curves", "tools/fit_response_curves.py")
         try:
             lo, hi = z["lo"].astype(np.float64), z["hi"].astype(np.float64)
         except Exception as exc:  # a missing array, one that is not numeric
@@ -87,3 +77,39 @@ class ResponseCurves:
         if not ((lo >= 0).all() and (hi <= 1).all() and (hi - lo > 0.05).all()):
             raise ModelFileError(f"response curves {path} hold a curve outside 0 ≤ lo < hi ≤ 1")
         return ResponseCurves(lo, hi)
+
+
+def channel_scores(read: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(53,) per channel: the mean error on the frames that drive it (truth > DRIVEN; 0 with fewer than
+    MIN_FRAMES) plus the mean error on all frames — the score the training tool picks its prior's strength by,
+    per channel. read, truth: (n, 53)."""
+    error = np.abs(read - truth)
+    driven = truth > DRIVEN
+    on_driven = np.array([error[driven[:, k], k].mean() if driven[:, k].sum() >= MIN_FRAMES else 0.0 for k in range(N)])
+    return on_driven + error.mean(axis=0)
+
+
+def pick_dead_zones(
+    solved: np.ndarray, truth: np.ndarray, untouched: np.ndarray, quantiles: tuple[float, ...] = DEAD_ZONE_QUANTILES
+) -> tuple[ResponseCurves, np.ndarray]:
+    """Dead-zone curves (hi 1) from (n, 53) solved weights (curves off) against the (n, 53) truth.
+
+    Per channel, lo is the percentile of its readings where it is truly at rest (truth ≤ AT_REST) among
+    `quantiles` whose curve gives the lowest `channel_scores` on these frames: a dead zone silences the false
+    readings and costs small true expressions, and the score weighs the two. A left/right pair (`side_swap`)
+    picks one percentile by their summed scores and shares the mean of its two levels. Channels in the (53,) bool mask
+    `untouched`, or with fewer than MIN_FRAMES at rest, keep lo 0. Returns the curves and (53,) the picked
+    percentile per channel."""
+    candidates = np.zeros((len(quantiles), N))
+    for k in range(N):
+        rest = truth[:, k] <= AT_REST
+        if untouched[k] or rest.sum() < MIN_FRAMES:
+            continue
+        candidates[:, k] = np.minimum(np.percentile(solved[rest, k], quantiles), MAX_LO)
+    candidates[np.asarray(quantiles) == 0] = 0.0  # the 0th percentile is no dead zone, not the least reading
+    scores = np.array([channel_scores(ResponseCurves(lo, np.ones(N)).apply(solved), truth) for lo in candidates])
+    # A channel and its mirror image pick together and share one dead zone: a symmetric face reads symmetric.
+    mirror = side_swap()
+    best = np.argmin(scores + scores[:, mirror], axis=0)  # ties (a channel left alone) take the first: none
+    lo = candidates[best, np.arange(N)]
+    return ResponseCurves((lo + lo[mirror]) / 2, np.ones(N)), np.asarray(quantiles)[best]
