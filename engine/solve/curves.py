@@ -97,9 +97,9 @@ def pick_dead_zones(
     Per channel, lo is the percentile of its readings where it is truly at rest (truth ≤ AT_REST) among
     `quantiles` whose curve gives the lowest `channel_scores` on these frames: a dead zone silences the false
     readings and costs small true expressions, and the score weighs the two. A left/right pair (`side_swap`)
-    picks one percentile by their summed scores and shares the mean of its two levels. Channels in the (53,) bool mask
-    `untouched`, or with fewer than MIN_FRAMES at rest, keep lo 0. Returns the curves and (53,) the picked
-    percentile per channel."""
+    picks one percentile by their summed scores and shares the mean of its two levels. Channels in the (53,)
+    bool mask `untouched`, or with fewer than MIN_FRAMES at rest, keep lo 0. Returns the curves and (53,) the
+    picked percentile per channel."""
     candidates = np.zeros((len(quantiles), N))
     for k in range(N):
         rest = truth[:, k] <= AT_REST
