@@ -44,14 +44,15 @@ from engine.solve.face_solver import FaceSolver  # noqa: E402
 from engine.solve.performer import Performer  # noqa: E402
 from engine.types import TrackingState  # noqa: E402
 
-SETTLE_FRAMES = FPS // 2  # each clip's first half second is not scored: the performer estimate is forming
+SETTLE_FRAMES = int(FPS) // 2  # each clip's first half second is not scored: the performer estimate is forming
 LOWER_FACE = np.array([n.startswith(("jaw", "mouth", "cheek", "nose")) for n in ICT_EXPRESSIONS])
 
 
 def solve_held_out(paths: list[Path], config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The shipped solver (curves off) over each clip from a fresh performer → (solved (n, 53), truth (n, 53),
-    the clip number of each row), on tracked frames after SETTLE_FRAMES."""
-    solve = config.solve.model_copy(update={"response_curves": False})
+    """The shipped solver (curves off: they apply last, to these filtered weights) over each clip from a fresh
+    performer → (solved (n, 53), truth (n, 53), the clip number of each row), on tracked frames after
+    SETTLE_FRAMES."""
+    solve = config.solve.model_copy(update={"response_curves": False, "channel_curves": {}})
     model, embedding = FaceModel.load(), LandmarkEmbedding.load()
     solved, truth, clip_of = [], [], []
     for path in tqdm(paths, desc="solve held-out clips", unit="clip"):
@@ -67,8 +68,9 @@ def solve_held_out(paths: list[Path], config: Config) -> tuple[np.ndarray, np.nd
 
 
 def measures(read: np.ndarray, truth: np.ndarray) -> dict[str, str]:
-    """Per channel group: driven-frame / all-frame error; the share of frames truly at rest (truth < 0.05) read
-    above 0.2; and the share of frames whose lower face is at rest (all < DRIVEN) with any of it read above 0.2."""
+    """Per channel group: driven-frame / all-frame error; the share of channel-frames at rest (truth < 0.05, as
+    the training tool counts false readings) read above 0.2; and the share of frames whose lower face is at rest
+    (all < DRIVEN) with any of it read above 0.2."""
     error = np.abs(read - truth)
     out = {}
     for group, channels in GROUPS.items():
@@ -95,12 +97,12 @@ def main() -> None:
     solved, truth, clip_of = solve_held_out(paths, load_config())
     untouched = np.zeros(len(ICT_EXPRESSIONS), bool)
     untouched[GAZE_CHANNELS] = True
-    print(f"{len(paths)} held-out clips, {len(solved)} frames; each fold picked on the other half:")
-    halves = (clip_of // 10) % 2 == 0
-    for picked_on, measured_on in ((halves, ~halves), (~halves, halves)):
+    print(f"{len(paths)} held-out clips, {len(solved)} frames; each half measured with the pick on the other:")
+    even = (clip_of // 10) % 2 == 0
+    for name, picked_on, measured_on in (("odd tens", even, ~even), ("even tens", ~even, even)):
         curves, _ = pick_dead_zones(solved[picked_on], truth[picked_on], untouched)
-        print("  curves off:", measures(solved[measured_on], truth[measured_on]))
-        print("  dead zones:", measures(curves.apply(solved[measured_on]), truth[measured_on]))
+        print(f"  {name}, curves off:", measures(solved[measured_on], truth[measured_on]))
+        print(f"  {name}, dead zones:", measures(curves.apply(solved[measured_on]), truth[measured_on]))
     curves, quantiles = pick_dead_zones(solved, truth, untouched)
     print("picked on all of them (percentile of the readings at rest → lo):")
     for k, name in enumerate(ICT_EXPRESSIONS):

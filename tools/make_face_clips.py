@@ -12,8 +12,8 @@ Resumable: existing clips are kept (each is written to a temporary name and rena
 continues where it stopped. Only the trained model is committed, never these clips.
 
 Usage: python tools/make_face_clips.py [--clips 600] [--seconds 3] [--start 0] [--every 1] [--out out/face_clips]
-`--every 10` renders only every tenth clip number of the range (from `--start`): the clips the training tool
-holds out, when they are wanted first.
+`--every 10` renders only every tenth clip number of the range (from `--start`): with a `--start` divisible by
+10, the clips the training tool holds out, when they are wanted first.
 Each file holds: pixels (T, 478, 3) float32 MediaPipe landmarks in pixels (NaN where no face), image_size
 (2,), weights (T, 53) true ICT weights, euler_deg (T, 3), offset_cm (T, 2), identity_weights (n_id,),
 fov_y_deg, distance_cm.
@@ -55,14 +55,14 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="render only clip numbers start, start + every, …")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "face_clips")
     args = parser.parse_args()
+    if args.every < 1:
+        parser.error("--every must be at least 1")
     if args.start + args.clips > EVAL_SEED_BASE:
         parser.error(f"clip seeds must stay below {EVAL_SEED_BASE} (the evaluation identities)")
     args.out.mkdir(parents=True, exist_ok=True)
     config = load_config()
     model = FaceModel.load()
     renderer = ClipRenderer(model, config.render)
-    if args.every < 1:
-        parser.error("--every must be at least 1")
     wanted = range(args.start, args.start + args.clips, args.every)
     todo = [c for c in wanted if not (args.out / f"clip_{c:05d}.npz").is_file()]
     made = len(wanted) - len(todo)

@@ -135,7 +135,7 @@ def solve_clips(clips: list, model: FaceModel, embedding: LandmarkEmbedding, con
     displaced = prior_path is not None and LearnedPrior.load(prior_path).displaced
     solve = config.solve.model_copy(
         update={"learned_prior": prior_path is not None, "prior_strength": None, "displaced_prior": displaced,
-                "displaced_head": head_path is not None, "response_curves": False}
+                "displaced_head": head_path is not None, "response_curves": False, "channel_curves": {}}
     )  # fmt: skip
     saved = solver_module.PEOPLE_PRIOR_PATH, solver_module.DISPLACED_PRIOR_PATH, solver_module.DISPLACED_HEAD_PATH
     if displaced:  # the plain shipped prior stays: it picks the neutral

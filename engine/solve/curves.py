@@ -9,7 +9,8 @@ make that expression), `hi` the reading that stands for a full expression (chann
 partly read short of 1). The shipped curves (`models/solve_curves.npz`) are dead zones only (hi 1), picked per
 channel by `tools/fit_response_curves.py` on synthetic performers the shipped prior never trained on
 (`pick_dead_zones`); `solve.channel_curves` overrides any channel by ICT name (`{jawOpen: [0.05, 0.8]}`), and
-`solve.response_curves: false` turns the stage off. Without the file every curve is the identity (lo 0, hi 1).
+`solve.response_curves: false` turns the shipped ones off (overrides still apply). Without the file every curve
+is the identity (lo 0, hi 1). The solver applies them last, to the filtered weights.
 """
 
 from __future__ import annotations
@@ -95,21 +96,24 @@ def pick_dead_zones(
     """Dead-zone curves (hi 1) from (n, 53) solved weights (curves off) against the (n, 53) truth.
 
     Per channel, lo is the percentile of its readings where it is truly at rest (truth ≤ AT_REST) among
-    `quantiles` whose curve gives the lowest `channel_scores` on these frames: a dead zone silences the false
-    readings and costs small true expressions, and the score weighs the two. A left/right pair (`side_swap`)
-    picks one percentile by their summed scores and shares the mean of its two levels. Channels in the (53,)
-    bool mask `untouched`, or with fewer than MIN_FRAMES at rest, keep lo 0. Returns the curves and (53,) the
-    picked percentile per channel."""
-    candidates = np.zeros((len(quantiles), N))
-    for k in range(N):
-        rest = truth[:, k] <= AT_REST
-        if untouched[k] or rest.sum() < MIN_FRAMES:
-            continue
-        candidates[:, k] = np.minimum(np.percentile(solved[rest, k], quantiles), MAX_LO)
-    candidates[np.asarray(quantiles) == 0] = 0.0  # the 0th percentile is no dead zone, not the least reading
-    scores = np.array([channel_scores(ResponseCurves(lo, np.ones(N)).apply(solved), truth) for lo in candidates])
-    # A channel and its mirror image pick together and share one dead zone: a symmetric face reads symmetric.
+    `quantiles` (the first 0: none) whose curve gives the lowest `channel_scores` on these frames: a dead zone
+    silences the false readings and costs small true expressions, and the score weighs the two. A left/right pair
+    (`side_swap`) shares one level, the mean of its two sides' percentiles, picked by their summed scores.
+    Channels in the (53,) bool mask `untouched`, or with fewer than MIN_FRAMES at rest, keep lo 0, and so does
+    their mirror partner. Returns the curves and (53,) the picked percentile per channel."""
+    if len(solved) == 0 or solved.shape != truth.shape:
+        raise ValueError(f"need matching (n, {N}) readings and truth, got {solved.shape} and {truth.shape}")
+    if quantiles[0] != 0:
+        raise ValueError(f"the first dead zone must be none (percentile 0), got {quantiles[0]}")
     mirror = side_swap()
+    at_rest = truth <= AT_REST
+    left_alone = untouched | (at_rest.sum(axis=0) < MIN_FRAMES)
+    left_alone = left_alone | left_alone[mirror]
+    candidates = np.zeros((len(quantiles), N))
+    for k in np.flatnonzero(~left_alone):
+        candidates[1:, k] = np.minimum(np.percentile(solved[at_rest[:, k], k], quantiles[1:]), MAX_LO)
+    # A channel and its mirror image share one level and pick it together: a symmetric face reads symmetric.
+    candidates = (candidates + candidates[:, mirror]) / 2
+    scores = np.array([channel_scores(ResponseCurves(lo, np.ones(N)).apply(solved), truth) for lo in candidates])
     best = np.argmin(scores + scores[:, mirror], axis=0)  # ties (a channel left alone) take the first: none
-    lo = candidates[best, np.arange(N)]
-    return ResponseCurves((lo + lo[mirror]) / 2, np.ones(N)), np.asarray(quantiles)[best]
+    return ResponseCurves(candidates[best, np.arange(N)], np.ones(N)), np.asarray(quantiles)[best]

@@ -73,8 +73,9 @@ def _state_filter(config: SolveConfig, kernels: Kernels | None = None) -> OneEur
 
 
 def shipped_curves(config: SolveConfig, with_prior: bool) -> ResponseCurves:
-    """The response curves: the shipped ones (`models/solve_curves.npz`, fitted together with the learned
-    prior, so only with it) when enabled, then the config's per-channel overrides; else identity curves."""
+    """The response curves: the shipped dead zones (`models/solve_curves.npz`, fitted on what the plain people
+    prior reads: `tools/fit_response_curves.py`) when enabled and `with_prior`, then the config's per-channel
+    overrides; else identity curves."""
     curves = ResponseCurves.identity()
     if config.response_curves and with_prior and DEFAULT_CURVES_PATH.is_file():
         curves = ResponseCurves.load(DEFAULT_CURVES_PATH)
@@ -153,8 +154,9 @@ class FaceSolver:
         self._blend_from: FrameFitter | None = None  # the fitter a new estimate fades in from
         self._blend_progress = 1.0
         self._last_clock_ns: int | None = None
-        # The shipped curves were fitted together with the people prior: they apply with it only.
-        self.curves = shipped_curves(config, prior is not None and not self.performer.rendered)
+        # The shipped curves were fitted on what the plain people prior reads: they apply with it only.
+        people = prior is not None and not self.performer.rendered and not config.displaced_prior
+        self.curves = shipped_curves(config, people)
         offset = np.asarray(self.performer.neutral_offset, dtype=np.float64)
         self.neutral_offset = self._rest_levels(offset if offset.shape == (N_EXPRESSIONS,) else np.zeros(N_EXPRESSIONS))
         # The per-frame path its fitter chose (`engine/solve/kernels.py`) serves the checks and the filter too.
@@ -304,18 +306,21 @@ class FaceSolver:
         pose = head_pose_from_fit(
             fit.rotation, fit.translation_px, fit.scale_px_per_cm, landmarks.image_size, self.fitter.fov_y_deg
         )
-        weights = self.curves.apply(self.calibrate(fit.weights))
+        weights = self.calibrate(fit.weights)
         if self._lost:
             self._reset_filters()  # a face after a loss starts fresh instead of sliding from stale values
             self._lost = False
         if cfg.filter_enabled:
             quat = continuous_quaternion(pose.quaternion, self._last_quat)
             state = self._filter(np.concatenate([weights, quat, pose.translation, [pose.scale]]), t_capture_ns)
-            weights = np.minimum(np.maximum(state[:N_EXPRESSIONS], 0.0), 1.0)
+            weights = state[:N_EXPRESSIONS]
             quat = state[N_EXPRESSIONS : N_EXPRESSIONS + 4]
             quat = quat / math.sqrt(float(quat @ quat))  # = np.linalg.norm (√(q·q)) without its wrapper
             self._last_quat = quat
             pose = HeadPose(quat, state[N_EXPRESSIONS + 4 : N_EXPRESSIONS + 7], float(state[-1]))
+        # The curves come last, on the filtered weights: a dead zone cuts the smoothed floor it was fitted on, and
+        # a user's min/max acts on what is sent. They also clip to [0, 1].
+        weights = self.curves.apply(weights)
         confidence = _presence(landmarks) * float(np.exp(-((fit.residual_cm / _RESIDUAL_SCALE_CM) ** 2)))
         state = FaceState(
             pose, weights, TrackingState.TRACKING, confidence, t_capture_ns, frame_index, landmarks.face_index
