@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 sys.path.insert(0, str(ROOT / "tools"))
 
-from train_solve_prior import GROUPS, load_clip  # noqa: E402
+from train_solve_prior import GROUPS, load_clip, solve_clips  # noqa: E402
 
 from engine.config import Config, load_config  # noqa: E402
 from engine.eval_synthetic import FPS  # noqa: E402
@@ -40,31 +40,25 @@ from engine.face_model import FaceModel, LandmarkEmbedding  # noqa: E402
 from engine.names import ICT_EXPRESSIONS  # noqa: E402
 from engine.solve.curves import AT_REST, DEFAULT_CURVES_PATH, DRIVEN, pick_dead_zones  # noqa: E402
 from engine.solve.eyes import GAZE_CHANNELS  # noqa: E402
-from engine.solve.face_solver import FaceSolver  # noqa: E402
-from engine.solve.performer import Performer  # noqa: E402
-from engine.types import TrackingState  # noqa: E402
+from engine.solve.prior import DISPLACED_HEAD_PATH, PEOPLE_PRIOR_PATH  # noqa: E402
 
 SETTLE_FRAMES = int(FPS) // 2  # each clip's first half second is not scored: the performer estimate is forming
 LOWER_FACE = np.array([n.startswith(("jaw", "mouth", "cheek", "nose")) for n in ICT_EXPRESSIONS])
 
 
 def solve_held_out(paths: list[Path], config: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The shipped solver (curves off: they apply last, to these filtered weights) over each clip from a fresh
-    performer → (solved (n, 53), truth (n, 53), the clip number of each row), on tracked frames after
-    SETTLE_FRAMES."""
-    solve = config.solve.model_copy(update={"response_curves": False, "channel_curves": {}})
-    model, embedding = FaceModel.load(), LandmarkEmbedding.load()
-    solved, truth, clip_of = [], [], []
-    for path in tqdm(paths, desc="solve held-out clips", unit="clip"):
-        found, weights, _ = load_clip(path)
-        solver = FaceSolver(model, embedding, Performer.auto(), solve, config.performer, estimate_in_background=False)
-        for i, landmarks in enumerate(found):
-            state = solver.solve(landmarks, int(i * 1e9 / FPS), i)
-            if i >= SETTLE_FRAMES and state.tracking == TrackingState.TRACKING:
-                solved.append(state.weights)
-                truth.append(weights[i])
-                clip_of.append(int(path.stem.split("_")[1]))
-    return np.array(solved), np.array(truth), np.array(clip_of)
+    """The shipped solver (the people prior and its head; curves off: they apply last, to these filtered weights)
+    over each clip from a fresh performer (`train_solve_prior.solve_clips`) → (solved (n, 53), truth (n, 53), the
+    clip number of each row), on the frames MediaPipe found a face in, after SETTLE_FRAMES."""
+    clips = [load_clip(p) for p in tqdm(paths, desc="load held-out clips", unit="clip")]
+    solved = solve_clips(clips, FaceModel.load(), LandmarkEmbedding.load(), config, PEOPLE_PRIOR_PATH,
+                         head_path=DISPLACED_HEAD_PATH)  # fmt: skip
+    found = np.concatenate([[lm is not None for lm in c[0]] for c in clips])
+    settled = np.concatenate([np.arange(len(c[0])) >= SETTLE_FRAMES for c in clips])
+    truth = np.concatenate([c[1] for c in clips])
+    clip_of = np.concatenate([[int(p.stem.split("_")[1])] * len(c[0]) for p, c in zip(paths, clips, strict=True)])
+    keep = found & settled
+    return solved[keep], truth[keep], clip_of[keep]
 
 
 def measures(read: np.ndarray, truth: np.ndarray) -> dict[str, str]:

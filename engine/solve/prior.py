@@ -489,9 +489,9 @@ def fit_mlp_prior(
 ) -> LearnedPrior:
     """A two-hidden-layer ReLU MLP on the PCA-whitened features (`components` of them; `members` × `hidden` units
     wide once merged), trained with mean squared error (AdamW, cosine schedule, a little input noise) on (n, F) →
-    (n, 53). Needs torch (training
-    only: the solver evaluates the stored layers with numpy). `driven_weight` multiplies the squared error of
-    entries whose true weight exceeds 0.1 (more than 1 trades false positives for less under-reading).
+    (n, 53). Needs torch (training only: the solver evaluates the stored layers with numpy). `driven_weight`
+    multiplies the squared error of entries whose true weight exceeds 0.1 (more than 1 trades false positives for
+    less under-reading).
 
     `augment_basis` (F, m): feature-space directions along which every training sample is shifted by a fresh
     N(0, 1) combination in every epoch — the embedded identity basis (scaled by the modes' prior std), so the
