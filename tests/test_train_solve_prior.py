@@ -30,6 +30,7 @@ SIZE = (640, 480)
 
 @pytest.fixture(scope="module")
 def tool():
+    """`tools/train_solve_prior.py` imported as a module (tools are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location("train_solve_prior", REPO / "tools" / "train_solve_prior.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -69,6 +70,7 @@ def _write_clip(
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory, fitter, face_model) -> tuple[list[Path], list[bool]]:
+    """Three clip files, the first held out (its number ends in 0), the second with a lost face at frame 4."""
     folder = tmp_path_factory.mktemp("clips")
     paths = [folder / "clip_00010.npz", folder / "clip_00011.npz", folder / "clip_00012.npz"]
     _write_clip(paths[0], fitter, face_model, 7, seed=10)  # held out (its number ends in 0)
