@@ -22,7 +22,6 @@ from engine.solve.pose import euler_to_rotation
 from engine.solve.prior import PEOPLE_PRIOR_PATH, LearnedPrior
 from engine.solve.solver import FrameFitter, valid_observation
 from engine.solve.synthetic import random_expression, synthetic_landmarks
-from engine.types import Landmarks
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (640, 480)
@@ -79,17 +78,15 @@ def clips(tmp_path_factory, fitter, face_model) -> tuple[list[Path], list[bool]]
     return paths, [True, False, False]
 
 
-def _expected_rows(path: Path, fitter: FrameFitter, step: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The plain features and truths of the frames `read_features` should keep, computed directly."""
-    with np.load(path) as clip:
-        pixels, weights = clip["pixels"].astype(np.float64), clip["weights"]
-    scale = np.array([SIZE[0], SIZE[1], SIZE[0]])
+def _expected_rows(tool, path: Path, fitter: FrameFitter, step: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The plain features and truths of the frames `read_features` should keep, computed frame by frame."""
+    found, weights, size = tool.load_clip(path)
     rows, truths = [], []
-    for i in range(0, len(pixels), step):
-        if np.isnan(pixels[i]).any():
+    for i in range(0, len(found), step):
+        if found[i] is None:
             continue
-        observed, _ = valid_observation(Landmarks(pixels[i] / scale, pixels[i], SIZE, 1.0))
-        rows.append(fitter.prior_features(observed, fitter._camera(SIZE)))
+        observed, _ = valid_observation(found[i])
+        rows.append(fitter.prior_features(observed, fitter._camera(size)))
         truths.append(weights[i])
     return rows, truths
 
@@ -100,11 +97,11 @@ def test_training_clips_give_every_steps_frame_and_held_out_clips_all(tool, fitt
     x, y, is_test, test_clips = tool.read_features(paths, held_out, fitter, None, False, frame_step=step)
     expected_x, expected_y = [], []
     for path in (paths[1], paths[2]):  # training clips first, in their order
-        rows, truths = _expected_rows(path, fitter, step)
+        rows, truths = _expected_rows(tool, path, fitter, step)
         expected_x += rows
         expected_y += truths
     n_train = len(expected_x)
-    rows, truths = _expected_rows(paths[0], fitter, 1)  # held out: every frame, whatever the step
+    rows, truths = _expected_rows(tool, paths[0], fitter, 1)  # held out: every frame, whatever the step
     expected_x += rows
     expected_y += truths
     assert len(x) == len(expected_x) and is_test.tolist() == [False] * n_train + [True] * len(rows)
@@ -121,7 +118,7 @@ def test_mirrored_training_clips_double_only_the_training_rows(tool, fitter, cli
     mirrored = tool.read_features(paths, held_out, fitter, None, True, frame_step=2)
     assert (~mirrored[2]).sum() == 2 * (~plain[2]).sum() and mirrored[2].sum() == plain[2].sum()
     # Each training clip's mirror image follows it, its sides swapped.
-    rows = len(_expected_rows(paths[1], fitter, 2)[0])
+    rows = len(_expected_rows(tool, paths[1], fitter, 2)[0])
     np.testing.assert_array_equal(mirrored[1][rows : 2 * rows], plain[1][:rows][:, tool.SIDE_SWAP])
 
 
