@@ -14,7 +14,14 @@ from engine.solve.expression import EmbeddedFace
 from engine.solve.eyes import GAZE_CHANNELS, eyeball_centers
 from engine.solve.face_solver import FaceSolver
 from engine.solve.landmark_sets import IRIS
-from engine.solve.performer import REST_CHANNELS, GazeCentre, Performer, PerformerEstimator, RestOffset
+from engine.solve.performer import (
+    REST_CHANNELS,
+    GazeCentre,
+    Performer,
+    PerformerEstimator,
+    RestOffset,
+    low_percentile,
+)
 from engine.solve.pose import umeyama
 from engine.solve.prior import DISPLACED_HEAD_PATH, DISPLACED_PRIOR_PATH, N_DISPLACED
 from engine.solve.solver import FrameFitter, valid_observation
@@ -55,6 +62,18 @@ def test_rest_offset_learns_a_resting_jaw_slowly_and_leaves_other_channels() -> 
     assert 0.49 < rest.offset[JAW] <= 0.5
     rest.reset()
     assert not rest.offset.any()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 50])
+def test_the_rest_offsets_percentile_is_numpys(rows: int) -> None:
+    """`low_percentile` (the 5 Hz statistic on the solve thread) is `np.percentile`'s linear interpolation, ties
+    and a window not yet full included."""
+    rng = np.random.default_rng(rows)
+    samples = rng.random((rows, len(REST_CHANNELS)))
+    samples[:, 0] = 0.25  # a constant column
+    samples[: rows // 2, 1] = samples[0, 1]  # ties
+    for q in (0.0, 20.0, 50.0, 100.0):
+        np.testing.assert_allclose(low_percentile(samples, q), np.percentile(samples, q, axis=0), atol=1e-15)
 
 
 def test_rest_offset_calibrates_round_cheeks_but_not_a_held_smiles_squint() -> None:
@@ -326,6 +345,52 @@ def test_brows_read_against_the_performers_neutral_do_not_take_a_face_shape_for_
     # By a fifth with the 4193-clip models; the 6593-clip plain prior reads this clip better (0.096) and the head
     # gains 19 % over it (0.078).
     assert error[True] < 0.9 * error[False], error
+
+
+@pytest.mark.skipif(not DISPLACED_HEAD_PATH.is_file(), reason="no shipped displaced head")
+def test_a_head_keeps_the_neutral_the_compiled_fit_read_on_the_way(face_model, embedding) -> None:
+    """The shipped head rides on the plain people prior, whose network scores the neutral: the compiled solver
+    takes that reading from its own fit (`FrameFit.prior_reading`) instead of reading the frame again, and keeps
+    the neutral the numpy solver keeps."""
+    solvers = {
+        compiled: FaceSolver(
+            face_model,
+            embedding,
+            Performer.auto(),
+            SolveConfig(compiled=compiled),
+            PerformerConfig(camera="assumed"),
+            estimate_in_background=False,
+        )  # fmt: skip
+        for compiled in (False, True)
+    }
+    if solvers[True].fitter.kernels is None:
+        pytest.skip("numba is not installed: the numpy path serves")
+    reads = {False: 0, True: 0}
+    for compiled, solver in solvers.items():
+        assert solver.neutral_features is not None and solver.neutral_features.scorer.head is None
+        solver.neutral_features.keep = 3
+        original = solver.neutral_features.observe
+
+        def counted(*args, compiled=compiled, original=original):  # the frame's features read again to score it
+            reads[compiled] += 1
+            return original(*args)
+
+        solver.neutral_features.observe = counted
+    face = EmbeddedFace.build(face_model, embedding, None)
+    centers = eyeball_centers(face_model)
+    rng = np.random.default_rng(4)
+    for i in range(45):  # 1.5 s: 8 samples at 5 Hz of a mouth that opens and closes
+        weights = np.zeros(len(ICT_EXPRESSIONS))
+        weights[ICT_EXPRESSIONS.index("jawOpen")] = 0.5 + 0.5 * np.sin(i / 4)
+        rotation = quaternion_to_matrix(euler_to_quaternion(4 * np.sin(i / 5), 0.0, 0.0))
+        landmarks = synthetic_landmarks(face, centers, weights, rotation, 9.0, (640, 480), noise_cm=0.02, rng=rng)
+        for solver in solvers.values():
+            solver.solve(landmarks, i * SECOND // 30, i)
+    assert reads == {False: 8, True: 0}
+    fast, slow = (solvers[c].neutral_features for c in (True, False))
+    assert fast is not None and slow is not None and fast.value is not None and slow.value is not None
+    assert [round(score, 6) for score, _ in fast._frames] == [round(score, 6) for score, _ in slow._frames]
+    np.testing.assert_allclose(fast.value, slow.value, atol=1e-6)
 
 
 @pytest.mark.skipif(not DISPLACED_PRIOR_PATH.is_file(), reason="no shipped displaced people prior")

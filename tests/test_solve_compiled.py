@@ -270,9 +270,19 @@ def test_a_displaced_head_reads_its_channels_alike_in_both_fits(
     head = DisplacedHead(channels, head_weights, np.full(2, 0.5), mix)
     prior = LearnedPrior(np.zeros(N_FEATURES), basis, np.full(12, 2.0), layers, 300.0, kind="mlp",
                          reference="mean").with_head(head)  # fmt: skip
-    results = _fits_without_and_with_a_neutral(FrameFitter(face_model, embedding, None, SolveConfig(), None, prior),
-                                               face_model, seed=14, shift_cm=0.02)  # fmt: skip
+    fitter = FrameFitter(face_model, embedding, None, SolveConfig(), None, prior)
+    results = _fits_without_and_with_a_neutral(fitter, face_model, seed=14, shift_cm=0.02)
     assert np.abs(results[0][channels] - results[2][channels]).max() > 0.01
+    # On the way the compiled fit hands over the plain network's reading and the features it read, which the
+    # head's neutral is scored with: `NeutralFeatures.observe`'s own numpy reading of the frame.
+    observed, has_iris, size = _frames(fitter, face_model, 2, seed=15)[1]
+    fit = fitter.fit(observed, None, has_iris, size)
+    features = fitter.prior_features(observed, fitter._camera(size))
+    assert fit.prior_reading is not None and fitter.fit_numpy(observed, None, has_iris, size).prior_reading is None
+    network, mesh = fit.prior_reading
+    np.testing.assert_allclose(mesh, features[:N_DISPLACED], atol=1e-12)
+    np.testing.assert_allclose(network, prior.with_head(None).predict(features), atol=1e-5)
+    assert np.abs(network[channels] - fit.weights[channels]).max() > 1e-3  # the reading before the head
 
 
 @pytest.mark.parametrize("coupled", [False, True])

@@ -449,10 +449,12 @@ def _prior(
     center: np.ndarray,
     focal: float,
     neutral_features: np.ndarray,
-) -> tuple[np.ndarray, float]:
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """`FrameFitter.prior_features` (posed on the `rigid` landmarks), made `displaced_features` with
     `neutral_features` (N_DISPLACED,) for a displaced prior or head (empty: no neutral yet, a zero
-    displacement), then `LearnedPrior.predict_with_trust`: (53,) prediction and trust."""
+    displacement), then `LearnedPrior.predict_with_trust`: (53,) prediction and trust; and on the way the network's
+    own reading before any head (53,) and the plain features' mesh part (N_DISPLACED,), which a head's neutral is
+    picked with (`FrameFit.prior_reading`)."""
     neutral_rigid = _take_rows(prior.neutral, rigid)
     weights = _uniform(rigid.shape[0])
     rot, trans, scale = _umeyama(neutral_rigid, _take_rows(observed, rigid), weights)
@@ -489,6 +491,10 @@ def _prior(
         weight_start += n_in * n_out
         bias_start += n_out
         row_start += n_in
+    network = h.copy()
+    posed_mesh = np.empty(n_mesh_values)
+    for j in range(n_mesh_values):
+        posed_mesh[j] = flat_model[j] - flat_neutral[j]
     if prior.head_channels.shape[0] > 0:
         # `DisplacedHead.predict` on the displaced features: the posed mesh and rotation, then the displacement.
         head = prior.head_bias.copy()
@@ -506,9 +512,9 @@ def _prior(
             channel = prior.head_channels[k]
             h[channel] = prior.head_mix[k, 0] * head[k] + prior.head_mix[k, 1] * h[channel] + prior.head_mix[k, 2]
     if prior.residual_limit <= 0:
-        return h, 1.0
+        return h, 1.0, network, posed_mesh
     outside = math.sqrt(max(centred @ centred - z @ z, 0.0))
-    return h, min(max(2.0 - outside / prior.residual_limit, 0.0), 1.0)
+    return h, min(max(2.0 - outside / prior.residual_limit, 0.0), 1.0), network, posed_mesh
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -525,9 +531,11 @@ def fit_frame(
     previous_rotation: np.ndarray,
     previous_scale: float,
     neutral_features: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, float, bool]:
-    """`FrameFitter.fit` (see there): (weights, rotation, translation, scale, observed_model, residual, ok);
-    ok False where a subspace matrix was not positive definite (the reference raises LinAlgError).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, float, bool, np.ndarray, np.ndarray]:
+    """`FrameFitter.fit` (see there): (weights, rotation, translation, scale, observed_model, residual, ok,
+    network, posed_mesh); ok False where a subspace matrix was not positive definite (the reference raises
+    LinAlgError); network and posed_mesh: the prior's reading before any head and the features it was read from
+    (`_prior`), empty without a prior.
     `neutral_features`: the performer's neutral for a displaced prior or head (empty: none yet; unread otherwise)."""
     n_channels = tables.expression.quadratic_prior.shape[0]
     w = warm_start.copy() if has_warm_start else np.zeros(n_channels)
@@ -536,8 +544,12 @@ def fit_frame(
     target = np.zeros(n_channels)
     trust = 0.0
     target_strength = 0.0
+    network = np.zeros(0)
+    posed_mesh = np.zeros(0)
     if tables.prior.strength > 0:
-        target, trust = _prior(tables.prior, tables.rigid_ids, observed, use_camera, center, focal, neutral_features)
+        target, trust, network, posed_mesh = _prior(
+            tables.prior, tables.rigid_ids, observed, use_camera, center, focal, neutral_features
+        )
         target_strength = tables.prior.strength * trust
     rigid = tables.rigid_ids
     gaze_channels = tables.eyes.gaze_channels
@@ -574,12 +586,12 @@ def fit_frame(
                     hi[gaze_channels[j]] = gaze[j]
         w, ok = _solve_expression(tables, observed_model, rot, lo, hi, w, gaze, use_anchor, target, target_strength)
         if not ok:
-            return w, rot, trans, scale, observed_model, 0.0, False
+            return w, rot, trans, scale, observed_model, 0.0, False, network, posed_mesh
         if w[tables.mouth_close] > w[tables.jaw_open] + tables.mouth_close_slack:
             hi[tables.mouth_close] = w[tables.jaw_open]
             w, ok = _solve_expression(tables, observed_model, rot, lo, hi, w, gaze, use_anchor, target, target_strength)
             if not ok:
-                return w, rot, trans, scale, observed_model, 0.0, False
+                return w, rot, trans, scale, observed_model, 0.0, False, network, posed_mesh
         w[tables.mouth_close] = min(w[tables.mouth_close], w[tables.jaw_open])
         if iteration + 1 == tables.pose_iterations:
             break
@@ -605,7 +617,8 @@ def fit_frame(
         for a in range(3):
             d = observed_model[i, a] - model[i, a]
             total += d * d
-    return w, rot, trans, scale, observed_model, math.sqrt(total / N_MESH_LANDMARKS), True
+    residual = math.sqrt(total / N_MESH_LANDMARKS)
+    return w, rot, trans, scale, observed_model, residual, True, network, posed_mesh
 
 
 @njit(cache=True, error_model="numpy")

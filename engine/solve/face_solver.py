@@ -175,6 +175,8 @@ class FaceSolver:
         self._calibration_frames = 0
         # A displaced prior (or head) reads the face against the performer's own neutral, picked by the plain prior.
         self.neutral_features: NeutralFeatures | None = None
+        # Whether the fit's own prior reading (`FrameFit.prior_reading`) is the scorer's: a head on the plain network.
+        self._fit_reads_for_neutral = False
         if prior is not None and prior.reads_displacement:
             # A head rides on the plain people prior: that network itself scores. A displaced one needs it loaded.
             plain = config.model_copy(update={"displaced_prior": False, "displaced_head": False})
@@ -183,6 +185,7 @@ class FaceSolver:
                 log.warning("solver: no plain people prior to pick the neutral with; the displacement stays zero")
             else:
                 self.neutral_features = NeutralFeatures(scorer)
+                self._fit_reads_for_neutral = not prior.displaced
 
     def calibrate_neutral(self, frames: int) -> None:
         """Start a live neutral calibration: the mean raw weights of the next `frames` tracked frames become the
@@ -261,7 +264,7 @@ class FaceSolver:
             old = self._blend_from.fit(observed, self._warm, has_iris, image_size, previous, neutral)
             a = self._blend_progress
             fit = FrameFit(a * fit.weights + (1.0 - a) * old.weights, fit.rotation, fit.translation_px,
-                           fit.scale_px_per_cm, fit.observed_model, fit.residual_cm)  # fmt: skip
+                           fit.scale_px_per_cm, fit.observed_model, fit.residual_cm, fit.prior_reading)  # fmt: skip
             if a >= 1.0:
                 self._blend_from = None
         self._last_clock_ns = t_ns
@@ -279,14 +282,18 @@ class FaceSolver:
             fit = self._fit(observed, has_iris, image_size, t_capture_ns)
         except (np.linalg.LinAlgError, ZeroDivisionError):  # degenerate geometry (e.g. collapsed eye corners)
             return self._no_face(t_capture_ns, frame_index)
-        if not (np.isfinite(fit.weights).all() and np.isfinite(fit.rotation).all() and fit.scale_px_per_cm > 0):
+        # Any NaN or inf makes a sum so (weights and rotation entries are bounded: no finite sum overflows).
+        if not (math.isfinite(float(fit.weights.sum()) + float(fit.rotation.sum())) and fit.scale_px_per_cm > 0):
             return self._no_face(t_capture_ns, frame_index)
         self.last_fit = fit
         self._warm = fit.weights
         if self.neutral_features is not None and self.neutral_features.due(t_capture_ns):
-            self.neutral_features.observe(
-                self.fitter.prior_features(observed, self.fitter._camera(image_size)), t_capture_ns
-            )
+            if self._fit_reads_for_neutral and fit.prior_reading is not None:
+                self.neutral_features.observe_reading(*fit.prior_reading, t_capture_ns)  # read once, not twice
+            else:
+                self.neutral_features.observe(
+                    self.fitter.prior_features(observed, self.fitter._camera(image_size)), t_capture_ns
+                )
         if self._calibration is not None:
             self._collect_calibration(fit.weights)
         if self.estimator is not None:

@@ -81,23 +81,24 @@ def pixels_to_observed(pixels: np.ndarray, image_height: int) -> np.ndarray:
 
 def rotation_to_quaternion(rot: np.ndarray) -> np.ndarray:
     """(3, 3) rotation → (4,) unit quaternion w, x, y, z with w ≥ 0 (Shepperd's method)."""
-    m = rot
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    # Python floats: nine numpy element reads and a small array's arithmetic cost more than the method itself.
+    (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = np.asarray(rot, dtype=np.float64).tolist()
+    trace = m00 + m11 + m22
     if trace > 0:
         s = 2.0 * math.sqrt(trace + 1.0)
-        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
+        q = (0.25 * s, (m21 - m12) / s, (m02 - m20) / s, (m10 - m01) / s)
+    elif m00 > m11 and m00 > m22:
+        s = 2.0 * math.sqrt(1.0 + m00 - m11 - m22)
+        q = ((m21 - m12) / s, 0.25 * s, (m01 + m10) / s, (m02 + m20) / s)
+    elif m11 > m22:
+        s = 2.0 * math.sqrt(1.0 + m11 - m00 - m22)
+        q = ((m02 - m20) / s, (m01 + m10) / s, 0.25 * s, (m12 + m21) / s)
     else:
-        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    quat = np.array(q)
-    quat /= math.sqrt(float(quat @ quat))  # = np.linalg.norm (√(q·q)) without its wrapper
-    return quat if quat[0] >= 0 else -quat
+        s = 2.0 * math.sqrt(1.0 + m22 - m00 - m11)
+        q = ((m10 - m01) / s, (m02 + m20) / s, (m12 + m21) / s, 0.25 * s)
+    norm = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
+    sign = 1.0 if q[0] >= 0 else -1.0
+    return np.array([sign * v / norm for v in q])
 
 
 def quaternion_to_rotation(quat: np.ndarray) -> np.ndarray:
@@ -142,7 +143,7 @@ def head_pose_from_fit(
     (monocular size and distance cannot be told apart).
     """
     width, height = image_size
-    center = np.array([0.5 * width, 0.5 * height])
     focal = focal_length_px(height, fov_y_deg)
-    offset_cm = (np.asarray(trans_px[:2]) - center) / scale_px_per_cm
-    return HeadPose(rotation_to_quaternion(rot), np.array([*offset_cm, -focal / scale_px_per_cm]), 1.0)
+    x_cm = (float(trans_px[0]) - 0.5 * width) / scale_px_per_cm
+    y_cm = (float(trans_px[1]) - 0.5 * height) / scale_px_per_cm
+    return HeadPose(rotation_to_quaternion(rot), np.array([x_cm, y_cm, -focal / scale_px_per_cm]), 1.0)

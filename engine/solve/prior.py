@@ -310,11 +310,18 @@ class NeutralFeatures:
 
     def observe(self, features: np.ndarray, t_ns: int) -> None:
         """One frame's plain (N_FEATURES,) features, if due: score it, keep it if among the most neutral."""
+        if self.due(t_ns):
+            self.observe_reading(self.scorer.predict(features), features[:N_DISPLACED], t_ns)
+
+    def observe_reading(self, reading: np.ndarray, mesh_features: np.ndarray, t_ns: int) -> None:
+        """`observe` for a frame the scorer has already read: its (53,) unclipped `reading` of the frame, whose plain
+        features' mesh part is `mesh_features` (N_DISPLACED,). The compiled fit hands both over
+        (`FrameFit.prior_reading`) when its prior's network is this scorer."""
         if not self.due(t_ns):
             return
         self._last_ns = t_ns
-        score = float(np.clip(self.scorer.predict(features), 0.0, 1.0)[self._scored].max())
-        self._frames.append((score, np.array(features[:N_DISPLACED], dtype=np.float64)))
+        score = float(np.clip(reading, 0.0, 1.0)[self._scored].max())
+        self._frames.append((score, np.array(mesh_features, dtype=np.float64)))
         self._frames.sort(key=lambda entry: entry[0])
         del self._frames[self.keep :]
         self.value = np.mean([f for _, f in self._frames], axis=0)

@@ -104,7 +104,10 @@ class FrameFit:
     """One frame's raw fit. weights: (53,) before calibration; rotation (3, 3), translation_px (3,) and
     scale_px_per_cm map model cm into the observed y-up pixel frame (perspective-corrected when the fit had an
     image size: then the head is f/scale cm away); observed_model: (478, 3) the landmarks in the model frame
-    (cm); residual_cm: RMS distance over the 468 mesh landmarks after the fit."""
+    (cm); residual_cm: RMS distance over the 468 mesh landmarks after the fit. prior_reading: what the compiled
+    fit's learned prior read on the way, (network (53,) before any displaced head, plain features' mesh part
+    (N_DISPLACED,)), so a head's neutral is scored without reading the frame twice (`NeutralFeatures.observe`);
+    None from the numpy fit, or without a prior."""
 
     weights: np.ndarray
     rotation: np.ndarray
@@ -112,6 +115,7 @@ class FrameFit:
     scale_px_per_cm: float
     observed_model: np.ndarray
     residual_cm: float
+    prior_reading: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def posed_features(
@@ -265,7 +269,7 @@ class FrameFitter:
         if self.kernels is None or self.compiled_tables is None:
             return self.fit_numpy(observed, warm_start, has_iris, image_size, previous, neutral)
         center, focal = (np.zeros(2), 1.0) if image_size is None else self._camera(image_size)
-        weights, rot, trans, scale, observed_model, residual, ok = self.kernels.fit_frame(
+        weights, rot, trans, scale, observed_model, residual, ok, network, posed_mesh = self.kernels.fit_frame(
             self.compiled_tables,
             np.ascontiguousarray(observed, dtype=np.float64),
             np.zeros(N_EXPRESSIONS) if warm_start is None else np.ascontiguousarray(warm_start, dtype=np.float64),
@@ -281,7 +285,8 @@ class FrameFitter:
         )
         if not ok:
             raise np.linalg.LinAlgError("expression solve: subspace matrix not positive definite")
-        return FrameFit(weights, rot, trans, scale, observed_model, residual)
+        reading = (network, posed_mesh) if network.shape[0] else None
+        return FrameFit(weights, rot, trans, scale, observed_model, residual, reading)
 
     def fit_numpy(
         self,
