@@ -44,7 +44,7 @@ def bench_solve(
     """Time and accuracy of `FaceSolver.solve` on a synthetic performance (see module doc).
 
     Returns solve_ms {p50, p95, max, mean} wall time per frame (pose + 53 weights + filters; the mean carries the
-    performer estimate's amortized 5 Hz samples, which the median skips), solve_cpu_ms_p50 (this
+    rest offset's, gaze centre's and neutral's 5 Hz samples, which the median skips), solve_cpu_ms_p50 (this
     thread's CPU time: what the solve costs when other processes compete for the cores), the unfiltered fit's mean
     absolute weight error overall and on driven channels (true weight > 0.05), and its head rotation error
     (degrees, p50/p95).

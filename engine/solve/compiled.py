@@ -452,9 +452,9 @@ def _prior(
 ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """`FrameFitter.prior_features` (posed on the `rigid` landmarks), made `displaced_features` with
     `neutral_features` (N_DISPLACED,) for a displaced prior or head (empty: no neutral yet, a zero
-    displacement), then `LearnedPrior.predict_with_trust`: (53,) prediction and trust; and on the way the network's
-    own reading before any head (53,) and the plain features' mesh part (N_DISPLACED,), which a head's neutral is
-    picked with (`FrameFit.prior_reading`)."""
+    displacement), then `LearnedPrior.predict_with_trust`: (53,) prediction and trust; and, for a prior with a
+    head, on the way, the network's own reading before the head (53,) and the plain features' mesh part
+    (N_DISPLACED,), which the head's neutral is scored with (`FrameFit.prior_reading`; empty without a head)."""
     neutral_rigid = _take_rows(prior.neutral, rigid)
     weights = _uniform(rigid.shape[0])
     rot, trans, scale = _umeyama(neutral_rigid, _take_rows(observed, rigid), weights)
@@ -491,17 +491,19 @@ def _prior(
         weight_start += n_in * n_out
         bias_start += n_out
         row_start += n_in
-    network = h.copy()
-    posed_mesh = np.empty(n_mesh_values)
-    for j in range(n_mesh_values):
-        posed_mesh[j] = flat_model[j] - flat_neutral[j]
+    network = np.zeros(0)
+    posed_mesh = np.zeros(0)
     if prior.head_channels.shape[0] > 0:
+        # The reading before the head, and what it read: the head's neutral is scored with them.
+        network = h.copy()
+        posed_mesh = np.empty(n_mesh_values)
         # `DisplacedHead.predict` on the displaced features: the posed mesh and rotation, then the displacement.
         head = prior.head_bias.copy()
         n_head = head.shape[0]
         start = n_mesh_values + 9
         for j in range(n_mesh_values):
             posed = flat_model[j] - flat_neutral[j]
+            posed_mesh[j] = posed
             displacement = posed - neutral_features[j] if has_neutral else 0.0
             for k in range(n_head):
                 head[k] += posed * prior.head_weights[j, k] + displacement * prior.head_weights[start + j, k]
@@ -534,8 +536,8 @@ def fit_frame(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, float, bool, np.ndarray, np.ndarray]:
     """`FrameFitter.fit` (see there): (weights, rotation, translation, scale, observed_model, residual, ok,
     network, posed_mesh); ok False where a subspace matrix was not positive definite (the reference raises
-    LinAlgError); network and posed_mesh: the prior's reading before any head and the features it was read from
-    (`_prior`), empty without a prior.
+    LinAlgError); network and posed_mesh: a headed prior's network reading before the head and the plain features'
+    mesh part (`_prior`), empty without a prior, at strength 0, or without a head.
     `neutral_features`: the performer's neutral for a displaced prior or head (empty: none yet; unread otherwise)."""
     n_channels = tables.expression.quadratic_prior.shape[0]
     w = warm_start.copy() if has_warm_start else np.zeros(n_channels)

@@ -82,6 +82,7 @@ def pixels_to_observed(pixels: np.ndarray, image_height: int) -> np.ndarray:
 def rotation_to_quaternion(rot: np.ndarray) -> np.ndarray:
     """(3, 3) rotation → (4,) unit quaternion w, x, y, z with w ≥ 0 (Shepperd's method)."""
     # Python floats: nine numpy element reads and a small array's arithmetic cost more than the method itself.
+    # For a rotation the branch taken has s = 4·|q_k| ≥ 2 (its component is the largest, q_k² ≥ 1/4): no zero division.
     (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = np.asarray(rot, dtype=np.float64).tolist()
     trace = m00 + m11 + m22
     if trace > 0:

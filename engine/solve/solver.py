@@ -104,10 +104,11 @@ class FrameFit:
     """One frame's raw fit. weights: (53,) before calibration; rotation (3, 3), translation_px (3,) and
     scale_px_per_cm map model cm into the observed y-up pixel frame (perspective-corrected when the fit had an
     image size: then the head is f/scale cm away); observed_model: (478, 3) the landmarks in the model frame
-    (cm); residual_cm: RMS distance over the 468 mesh landmarks after the fit. prior_reading: what the compiled
-    fit's learned prior read on the way, (network (53,) before any displaced head, plain features' mesh part
-    (N_DISPLACED,)), so a head's neutral is scored without reading the frame twice (`NeutralFeatures.observe`);
-    None from the numpy fit, or without a prior."""
+    (cm); residual_cm: RMS distance over the 468 mesh landmarks after the fit. prior_reading: for a prior with a
+    displaced head, what the compiled fit read on the way: the prior's own network (53,) before the head (the plain
+    one unless `prior.displaced`) and the plain features' mesh part (N_DISPLACED,), so the head's neutral is scored
+    without reading the frame twice (`NeutralFeatures.observe_reading`); None from the numpy fit, and without a
+    head, a prior, or prior strength."""
 
     weights: np.ndarray
     rotation: np.ndarray
