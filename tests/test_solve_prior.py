@@ -69,6 +69,23 @@ def test_mlp_prior_layers_evaluate_like_the_trained_network() -> None:
     assert trust_far == 0.0
 
 
+def test_mlp_prior_l1_loss_reads_the_median_and_mse_the_mean() -> None:
+    """A channel that is 0 on 70 % of the samples and 1 on the rest, whatever the features: the squared error's
+    best reading is the mean (0.3), the absolute error's the median (0)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, (600, N_FEATURES))
+    y = (rng.uniform(size=(600, N)) < 0.3).astype(float)
+    test = rng.normal(0, 1, (100, N_FEATURES))
+    read = {
+        loss: float(np.mean(fit_mlp_prior(x, y, components=4, hidden=8, epochs=30, loss=loss).predict(test)))
+        for loss in ("mse", "l1")
+    }
+    assert read["mse"] == pytest.approx(0.3, abs=0.1)
+    assert read["l1"] < 0.1
+    with pytest.raises(ValueError, match="loss"):
+        fit_mlp_prior(x, y, components=4, hidden=8, epochs=1, loss="huber")
+
+
 def test_merged_members_read_the_mean_of_the_networks() -> None:
     """Networks of different widths on one input, merged, are one network whose output is their mean."""
     rng = np.random.default_rng(3)

@@ -57,6 +57,7 @@ from engine.solve.performer import Performer  # noqa: E402
 from engine.solve.prior import (  # noqa: E402
     DISPLACED_HEAD_PATH,
     DISPLACED_PRIOR_PATH,
+    LOSSES,
     N_DISPLACED,
     PEOPLE_PRIOR_PATH,
     DisplacedHead,
@@ -326,6 +327,10 @@ def main() -> None:
         help="shift every training sample along the embedded identity basis by this many prior std (0: off)",
     )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--loss", choices=LOSSES, default="mse",
+        help="the network's training loss: mse (the conditional mean) or l1 (the conditional median)",
+    )  # fmt: skip
     ap.add_argument("--members", type=int, default=3, help="networks from seeds seed, seed+1, … averaged as one")
     ap.add_argument("--displaced", action="store_true", help="also read the displacement from the neutral")
     ap.add_argument("--head", action="store_true", help="fit the displaced head, not a network")
@@ -378,7 +383,7 @@ def main() -> None:
     prior = fit_mlp_prior(
         x[train], y[train], seed=args.seed, components=args.components, hidden=args.hidden,
         epochs=args.epochs, driven_weight=args.driven_weight, batch=256, dropout=args.dropout,
-        input_noise=args.input_noise, augment_basis=augment, members=args.members,
+        input_noise=args.input_noise, augment_basis=augment, members=args.members, loss=args.loss,
     )  # fmt: skip
     # Features were measured from the mean face (the fitter above has no identity): the solver must do the same.
     prior = dataclasses.replace(prior, reference="mean", displaced=args.displaced)

@@ -58,6 +58,7 @@ DISPLACED_HEAD_PATH = MODELS_DIR / "solve_head_displaced.npz"
 N_MESH, N_CHANNELS = 468, 53
 N_FEATURES = N_MESH * 3 + 9
 N_DISPLACED = N_MESH * 3  # the displaced features' extra part: the mesh part minus the neutral's
+LOSSES = ("mse", "l1")  # the training losses `fit_mlp_prior` knows
 
 
 @dataclass(frozen=True)
@@ -493,12 +494,14 @@ def fit_mlp_prior(
     dropout: float = 0.0,
     input_noise: float = 0.05,
     members: int = 1,
+    loss: str = "mse",
 ) -> LearnedPrior:
     """A two-hidden-layer ReLU MLP on the PCA-whitened features (`components` of them; `members` × `hidden` units
-    wide once merged), trained with mean squared error (AdamW, cosine schedule, a little input noise) on (n, F) →
-    (n, 53). Needs torch (training only: the solver evaluates the stored layers with numpy). `driven_weight`
-    multiplies the squared error of entries whose true weight exceeds 0.1 (more than 1 trades false positives for
-    less under-reading).
+    wide once merged), trained with mean squared error (`loss` "mse") or mean absolute error ("l1": the network
+    then reads the conditional median, which is what the eval's mean absolute errors reward) (AdamW, cosine
+    schedule, a little input noise) on (n, F) → (n, 53). Needs torch (training only: the solver evaluates the
+    stored layers with numpy). `driven_weight` multiplies the error of entries whose true weight exceeds 0.1 (more
+    than 1 trades false positives for less under-reading).
 
     `augment_basis` (F, m): feature-space directions along which every training sample is shifted by a fresh
     N(0, 1) combination in every epoch — the embedded identity basis (scaled by the modes' prior std), so the
@@ -516,6 +519,8 @@ def fit_mlp_prior(
 
     if members < 1:
         raise ValueError(f"members must be at least 1, got {members}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     mean = features.mean(axis=0)
     rng = np.random.default_rng(seed)
     # Principal directions from the (F, F) scatter matrix, accumulated in chunks: the same as an SVD of the
@@ -544,7 +549,7 @@ def fit_mlp_prior(
     y = torch.tensor(weights, dtype=torch.float32)
     shift = None if augment_basis is None else torch.tensor((augment_basis.T @ basis) * scale, dtype=torch.float32)
     trained = [
-        _train_mlp(x, y, shift, seed + i, hidden, epochs, driven_weight, batch, dropout, input_noise)
+        _train_mlp(x, y, shift, seed + i, hidden, epochs, driven_weight, batch, dropout, input_noise, loss)
         for i in range(members)
     ]
     limit = float(np.percentile(outside, 99.5))
@@ -553,7 +558,7 @@ def fit_mlp_prior(
 
 def _train_mlp(
     x: Any, y: Any, shift: Any, seed: int, hidden: int, epochs: int, driven_weight: float, batch: int,
-    dropout: float, input_noise: float,
+    dropout: float, input_noise: float, loss: str = "mse",
 ) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """One network of `fit_mlp_prior` on whitened torch inputs x (n, P) and weights y (n, 53) → its layers."""
     import torch
@@ -581,9 +586,11 @@ def _train_mlp(
             if shift is not None:
                 noisy = noisy + torch.randn(len(rows), len(shift), generator=generator) @ shift
             target = y[rows]
-            loss = (((net(noisy) - target) ** 2) * (1.0 + (driven_weight - 1.0) * (target > 0.1))).mean()
+            error = net(noisy) - target
+            error = error * error if loss == "mse" else error.abs()
+            objective = (error * (1.0 + (driven_weight - 1.0) * (target > 0.1))).mean()
             opt.zero_grad()
-            loss.backward()
+            objective.backward()
             opt.step()
         sched.step()
     net.eval()
