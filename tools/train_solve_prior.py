@@ -435,6 +435,7 @@ def main() -> None:
         camera_fov_y_deg=np.float32(config.performer.fov_prior_deg),
         members=np.int64(args.members),
         seed=np.int64(args.seed),
+        loss=np.str_(args.loss),
     )  # fmt: skip
     print(f"wrote {target}")
 
